@@ -1,0 +1,44 @@
+"""gennet_sync: resilience and one JSON error envelope for synchronous Flask services."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from gennet_sync.context import RequestIdFilter, current_request_id
+from gennet_sync.error_handler import GenNet, setup_error_handlers
+from gennet_sync.exceptions import (
+    ConflictError,
+    ForbiddenError,
+    GenNetException,
+    InternalServerError,
+    NotFoundError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+    ValidationError,
+)
+
+try:
+    __version__ = version("gennet_sync")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "ConflictError",
+    "ForbiddenError",
+    "GenNet",
+    "GenNetException",
+    "InternalServerError",
+    "NotFoundError",
+    "RateLimitError",
+    "RequestIdFilter",
+    "ServiceUnavailableError",
+    "UnauthorizedError",
+    "ValidationError",
+    "__version__",
+    "current_request_id",
+    "setup_error_handlers",
+]

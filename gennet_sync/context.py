@@ -1,0 +1,68 @@
+"""Per-request context shared between the Flask side and the requests side.
+
+The error handler sets the current request ID here; ``ServiceSession`` reads it
+to forward ``X-Request-ID`` on outgoing calls.  A :class:`contextvars.ContextVar`
+works for sync, gthread and gevent workers alike.  No Flask, no requests here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from contextvars import ContextVar, Token
+
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "RequestIdFilter",
+    "current_request_id",
+    "is_valid_request_id",
+    "new_request_id",
+    "reset_request_id",
+    "set_request_id",
+]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+_request_id: ContextVar[str | None] = ContextVar("gennet_sync_request_id", default=None)
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def current_request_id() -> str | None:
+    """The ID of the request being served in this context, or ``None`` outside one."""
+    return _request_id.get()
+
+
+def set_request_id(value: str | None) -> Token[str | None]:
+    """Bind ``value`` as the current request ID; pass the token to :func:`reset_request_id`."""
+    return _request_id.set(value)
+
+
+def reset_request_id(token: Token[str | None]) -> None:
+    """Restore the request ID that was current before :func:`set_request_id`."""
+    _request_id.reset(token)
+
+
+def is_valid_request_id(value: str | None) -> bool:
+    """True for 1 to 128 characters of letters, digits, ``.``, ``_`` and ``-``."""
+    return value is not None and _VALID_REQUEST_ID.fullmatch(value) is not None
+
+
+def new_request_id() -> str:
+    """A fresh random request ID (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+class RequestIdFilter(logging.Filter):
+    """Logging filter that puts the current request ID on every record as ``request_id``.
+
+    Example::
+
+        handler.addFilter(RequestIdFilter())
+        handler.setFormatter(logging.Formatter("%(request_id)s %(message)s"))
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = current_request_id() or "-"
+        return True

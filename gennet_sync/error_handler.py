@@ -1,0 +1,246 @@
+"""One JSON error envelope for every error a Flask app returns.
+
+``setup_error_handlers(app)`` (or the :class:`GenNet` extension) registers four
+handlers, by class, and Flask finds the right one along each exception's MRO:
+
+- :class:`~gennet_sync.exceptions.GenNetException`: its own status, envelope, headers;
+- marshmallow's ``ValidationError``: 422 ``VALIDATION_ERROR`` with per-field messages;
+- werkzeug's ``HTTPException``: its own status and headers, code from its phrase;
+- ``Exception``: 500 with a generic message, logged with its traceback.
+
+It also gives every response an ``X-Request-ID`` and keeps that ID in
+:mod:`gennet_sync.context` for the duration of the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request
+from flask.wrappers import Request
+from marshmallow import ValidationError as MarshmallowValidationError
+from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
+
+from gennet_sync.context import (
+    REQUEST_ID_HEADER,
+    current_request_id,
+    is_valid_request_id,
+    new_request_id,
+    reset_request_id,
+    set_request_id,
+)
+from gennet_sync.exceptions import GenNetException, make_envelope
+
+__all__ = ["EXTENSION_KEY", "GenNet", "error_response", "http_status_code", "setup_error_handlers"]
+
+logger = logging.getLogger(__name__)
+
+#: Key of this library's per-app state in ``app.extensions``.
+EXTENSION_KEY = "gennet_sync"
+
+_NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+
+
+def http_status_code(status: int) -> str:
+    """The UPPER_SNAKE code for an HTTP status: 405 → ``METHOD_NOT_ALLOWED``."""
+    phrase = HTTP_STATUS_CODES.get(status, "Error")
+    return _NON_ALNUM.sub("_", phrase).strip("_").upper()
+
+
+def error_response(
+    status: int,
+    code: str,
+    type_: str,
+    message: str,
+    metadata: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Build a JSON envelope response; every handler goes through here."""
+    response = current_app.json.response(make_envelope(code, type_, message, metadata))
+    response.status_code = status
+    if headers:
+        for name, value in headers.items():
+            # Content-Type and Content-Length belong to our JSON body, not the original.
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+    return response
+
+
+class _SafeJSONRequest(Request):
+    """A request whose JSON parsing turns pathological nesting into a 400, not a 500."""
+
+    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        try:
+            return super().get_json(force=force, silent=silent, cache=cache)
+        except RecursionError:
+            if silent:
+                return None
+            raise BadRequest("Failed to decode JSON object: nested too deeply.") from None
+
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        # Flask hides the parser's message outside debug mode; it describes the
+        # client's own input, so say what was wrong.
+        if e is None:
+            return super().on_json_loading_failed(e)
+        raise BadRequest(f"Failed to decode JSON object: {e}") from e
+
+
+class GenNet:
+    """The gennet_sync Flask extension: error envelope and request IDs.
+
+    Works with the app factory pattern; per-app state lives in
+    ``app.extensions["gennet_sync"]`` and settings come from ``app.config``:
+
+    - ``GENNET_EXPOSE_ERRORS`` (default ``None``: follow ``app.debug``): put the
+      details of unexpected exceptions (type, message, traceback) in the 500
+      envelope's metadata.
+    - ``GENNET_REQUEST_ID_HEADER`` (default ``"X-Request-ID"``).
+
+    Example::
+
+        gennet = GenNet()
+
+        def create_app():
+            app = Flask(__name__)
+            gennet.init_app(app)
+            return app
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register the handlers and request hooks on ``app``."""
+        app.config.setdefault("GENNET_EXPOSE_ERRORS", None)
+        app.config.setdefault("GENNET_REQUEST_ID_HEADER", REQUEST_ID_HEADER)
+        app.extensions[EXTENSION_KEY] = self
+        if not issubclass(app.request_class, _SafeJSONRequest):
+            app.request_class = type(
+                "GenNetRequest", (_SafeJSONRequest, app.request_class), {}
+            )
+        app.register_error_handler(GenNetException, _handle_gennet_exception)
+        app.register_error_handler(MarshmallowValidationError, _handle_marshmallow_error)
+        app.register_error_handler(HTTPException, _handle_http_exception)
+        app.register_error_handler(Exception, _handle_unexpected_exception)
+        app.before_request(_bind_request_id)
+        app.after_request(_add_request_id_header)
+        app.teardown_request(_unbind_request_id)
+
+
+def setup_error_handlers(app: Flask) -> GenNet:
+    """Make every error ``app`` returns the gennet_sync JSON envelope.
+
+    Example::
+
+        app = Flask(__name__)
+        setup_error_handlers(app)
+
+    Returns:
+        The :class:`GenNet` extension now registered on ``app``.
+    """
+    return GenNet(app)
+
+
+def _expose_errors() -> bool:
+    setting = current_app.config.get("GENNET_EXPOSE_ERRORS")
+    return bool(current_app.debug if setting is None else setting)
+
+
+def _log_extra() -> dict[str, Any]:
+    return {"request_id": current_request_id()}
+
+
+def _handle_gennet_exception(error: GenNetException) -> Response:
+    if error.status_code >= 500:
+        logger.error("%s: %s", type(error).__name__, error.message, extra=_log_extra())
+    envelope = error.to_dict()["error"]
+    return error_response(
+        error.status_code,
+        envelope["code"],
+        envelope["type"],
+        envelope["message"],
+        envelope["metadata"],
+        error.headers,
+    )
+
+
+def _handle_marshmallow_error(error: MarshmallowValidationError) -> Response:
+    return error_response(
+        422,
+        "VALIDATION_ERROR",
+        "ValidationError",
+        "Request validation failed",
+        {"fields": error.messages},
+    )
+
+
+def _handle_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    if status >= 500:
+        logger.error("HTTP %s: %s", status, error.description, extra=_log_extra())
+    # werkzeug puts Content-Type and friends in get_headers(); keep the rest (Allow,
+    # WWW-Authenticate, Retry-After...).
+    headers = dict(error.get_headers())
+    return error_response(
+        status,
+        http_status_code(status),
+        type(error).__name__,
+        error.description or HTTP_STATUS_CODES.get(status, "Error"),
+        None,
+        headers,
+    )
+
+
+def _handle_unexpected_exception(error: Exception) -> Response:
+    logger.error(
+        "Unhandled exception on %s %s",
+        request.method,
+        request.path,
+        exc_info=(type(error), error, error.__traceback__),
+        extra=_log_extra(),
+    )
+    metadata: dict[str, Any] = {}
+    if _expose_errors():
+        metadata = {
+            "exception_type": type(error).__qualname__,
+            "exception_message": str(error),
+            "traceback": traceback.format_exception(error),
+        }
+    return error_response(
+        500, "INTERNAL_SERVER_ERROR", "InternalServerError", "Internal server error", metadata
+    )
+
+
+def _bind_request_id() -> None:
+    header = current_app.config["GENNET_REQUEST_ID_HEADER"]
+    incoming = request.headers.get(header)
+    request_id = incoming if is_valid_request_id(incoming) else new_request_id()
+    g.gennet_request_id = request_id
+    g.gennet_request_id_token = set_request_id(request_id)
+
+
+def _add_request_id_header(response: Response) -> Response:
+    request_id = g.get("gennet_request_id")
+    if request_id is None:
+        # The request failed before before_request ran (e.g. a routing error in a
+        # blueprint's url_value_preprocessor): still answer with an ID.
+        _bind_request_id()
+        request_id = g.gennet_request_id
+    response.headers[current_app.config["GENNET_REQUEST_ID_HEADER"]] = request_id
+    return response
+
+
+def _unbind_request_id(_error: BaseException | None) -> None:
+    token = g.pop("gennet_request_id_token", None)
+    if token is not None:
+        try:
+            reset_request_id(token)
+        except ValueError:
+            # Token made in another context (a copied context in a streaming
+            # response); that context dies with the request anyway.
+            pass

@@ -1,0 +1,328 @@
+"""The exception hierarchy and the JSON error envelope it renders to.
+
+Every error a gennet_sync service returns has the same shape::
+
+    {"error": {"code": "NOT_FOUND", "type": "NotFoundError",
+               "message": "Network with id 'abc123' not found",
+               "metadata": {"resource_type": "Network", "resource_id": "abc123"}}}
+
+Defaults (``status_code``, ``code``, ``default_message``) are class attributes, and
+the HTTP headers a response must carry come from one hook, :meth:`get_headers`,
+the way werkzeug's ``HTTPException`` does it.  This module imports nothing else from
+the package, nor Flask, nor requests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+__all__ = [
+    "ConflictError",
+    "ForbiddenError",
+    "GenNetException",
+    "InternalServerError",
+    "NotFoundError",
+    "RateLimitError",
+    "ServiceUnavailableError",
+    "UnauthorizedError",
+    "ValidationError",
+    "json_safe",
+    "make_envelope",
+]
+
+#: How deep nested metadata is rendered before the rest is turned into a string.
+_MAX_METADATA_DEPTH = 32
+
+
+def _to_str(value: object) -> str:
+    """``str(value)``, or something printable when ``__str__`` itself fails."""
+    try:
+        return str(value)
+    except Exception:
+        try:
+            return repr(value)
+        except Exception:
+            return f"<unprintable {type(value).__name__}>"
+
+
+def json_safe(value: object, _depth: int = 0, _seen: frozenset[int] = frozenset()) -> Any:
+    """Return ``value`` as something ``json.dumps`` accepts, without ever raising.
+
+    Dict keys become strings, tuples and sets become lists, non-finite floats and
+    any other object become their string form.  Cycles and nesting deeper than
+    32 levels are cut off as strings, so no input can make rendering fail.
+
+    Args:
+        value: Any object.
+
+    Returns:
+        A JSON-serialisable copy of ``value``.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    # Subclasses (IntEnum, StrEnum...) are rendered as their plain value, without
+    # calling methods they may have overridden.
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _to_str(value)
+    if _depth >= _MAX_METADATA_DEPTH or id(value) in _seen:
+        return _to_str(value)
+    seen = _seen | {id(value)}
+    if isinstance(value, Mapping):
+        try:
+            items = list(value.items())
+        except Exception:
+            return _to_str(value)
+        return {_to_str(k): json_safe(v, _depth + 1, seen) for k, v in items}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v, _depth + 1, seen) for v in value]
+    return _to_str(value)
+
+
+def make_envelope(
+    code: str, type_: str, message: str, metadata: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Build the error envelope; the one place its shape is defined.
+
+    Args:
+        code: Machine-readable code in UPPER_SNAKE (``NOT_FOUND``).
+        type_: The error's type name (``NotFoundError``).
+        message: Human-readable message.
+        metadata: Extra details; made JSON-safe here.
+
+    Returns:
+        ``{"error": {"code", "type", "message", "metadata"}}``.
+    """
+    safe = json_safe(dict(metadata)) if metadata else {}
+    return {
+        "error": {
+            "code": _to_str(code),
+            "type": _to_str(type_),
+            "message": _to_str(message),
+            "metadata": safe,
+        }
+    }
+
+
+class GenNetException(Exception):
+    """Base of every gennet_sync error; rendered as the JSON envelope.
+
+    Subclasses set ``status_code``, ``code`` and ``default_message`` as class
+    attributes and add headers by overriding :meth:`get_headers`.
+
+    Example::
+
+        class PaymentRequiredError(GenNetException):
+            status_code = 402
+            code = "PAYMENT_REQUIRED"
+
+        raise PaymentRequiredError("Plan limit reached", metadata={"plan": "free"})
+
+    Args:
+        message: Human-readable message; ``default_message`` when omitted.
+        code: Overrides the class's ``code`` for this instance.
+        metadata: Extra details for the envelope's ``metadata``.
+    """
+
+    status_code: ClassVar[int] = 500
+    code: str = "INTERNAL_SERVER_ERROR"
+    default_message: ClassVar[str] = "Internal server error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.message: str = self.default_message if message is None else _to_str(message)
+        if code is not None:
+            self.code = code
+        self.metadata: dict[str, Any] = dict(metadata) if metadata else {}
+        super().__init__(self.message)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the error response must carry."""
+        return self.get_headers()
+
+    def get_headers(self) -> dict[str, str]:
+        """Hook for subclasses that need response headers (``Retry-After``...)."""
+        return {}
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Return the JSON envelope; never raises, whatever the metadata holds."""
+        return make_envelope(self.code, type(self).__name__, self.message, self.metadata)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
+
+
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    merged = dict(base)
+    if extra:
+        merged.update(extra)
+    return merged
+
+
+class _RetryAfterMixin(GenNetException):
+    """Adds ``retry_after`` (seconds) and the ``Retry-After`` header it implies."""
+
+    retry_after: float | None = None
+
+    def get_headers(self) -> dict[str, str]:
+        headers = super().get_headers()
+        if self.retry_after is not None:
+            # HTTP wants whole non-negative seconds; round up so clients never come back early.
+            headers["Retry-After"] = str(max(0, math.ceil(self.retry_after)))
+        return headers
+
+
+class NotFoundError(GenNetException):
+    """A resource does not exist (404).
+
+    Example::
+
+        raise NotFoundError("Network", network_id)
+    """
+
+    status_code = 404
+    code = "NOT_FOUND"
+    default_message = "Resource not found"
+
+    def __init__(
+        self,
+        resource_type: str,
+        resource_id: object,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.resource_type = resource_type
+        self.resource_id = resource_id
+        super().__init__(
+            f"{resource_type} with id '{_to_str(resource_id)}' not found",
+            code=code,
+            metadata=_merge(
+                {"resource_type": resource_type, "resource_id": resource_id}, metadata
+            ),
+        )
+
+
+class ValidationError(GenNetException):
+    """The request is well-formed but its content is invalid (422).
+
+    Example::
+
+        raise ValidationError("Too many nodes", field="nodes")
+    """
+
+    status_code = 422
+    code = "VALIDATION_ERROR"
+    default_message = "Validation failed"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        field: str | None = None,
+        errors: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.field = field
+        self.errors = errors
+        base: dict[str, Any] = {}
+        if field is not None:
+            base["field"] = field
+        if errors is not None:
+            base["errors"] = errors
+        super().__init__(message, code=code, metadata=_merge(base, metadata))
+
+
+class UnauthorizedError(GenNetException):
+    """Authentication is missing or invalid (401)."""
+
+    status_code = 401
+    code = "UNAUTHORIZED"
+    default_message = "Authentication required"
+
+
+class ForbiddenError(GenNetException):
+    """The caller is authenticated but not allowed (403)."""
+
+    status_code = 403
+    code = "FORBIDDEN"
+    default_message = "Access forbidden"
+
+
+class ConflictError(GenNetException):
+    """The request conflicts with the resource's current state (409)."""
+
+    status_code = 409
+    code = "CONFLICT"
+    default_message = "Conflict"
+
+
+class ServiceUnavailableError(_RetryAfterMixin):
+    """A dependency or this service cannot serve now (503), maybe with ``Retry-After``.
+
+    Example::
+
+        raise ServiceUnavailableError("GRN store is down", service="grn", retry_after=30)
+    """
+
+    status_code = 503
+    code = "SERVICE_UNAVAILABLE"
+    default_message = "Service unavailable"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        service: str | None = None,
+        retry_after: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.service = service
+        self.retry_after = retry_after
+        base: dict[str, Any] = {}
+        if service is not None:
+            base["service"] = service
+        if retry_after is not None:
+            base["retry_after"] = retry_after
+        super().__init__(message, code=code, metadata=_merge(base, metadata))
+
+
+class RateLimitError(_RetryAfterMixin):
+    """The caller sent too many requests (429), maybe with ``Retry-After``."""
+
+    status_code = 429
+    code = "RATE_LIMIT_EXCEEDED"
+    default_message = "Rate limit exceeded"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        base: dict[str, Any] = {} if retry_after is None else {"retry_after": retry_after}
+        super().__init__(message, code=code, metadata=_merge(base, metadata))
+
+
+class InternalServerError(GenNetException):
+    """An unexpected server-side failure (500)."""
+
+    status_code = 500
+    code = "INTERNAL_SERVER_ERROR"
+    default_message = "Internal server error"
