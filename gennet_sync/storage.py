@@ -1,0 +1,165 @@
+"""Where a circuit breaker's state lives: this process, or a whole fleet.
+
+The breaker always runs its state machine locally (that is what keeps the
+success path free of I/O).  A *storage* decides whether that local view is
+shared with other processes:
+
+- :class:`MemoryStorage` (the default): nothing is shared; the breaker never
+  calls any other method of it.
+- ``RedisStorage`` (extra ``[redis]``, :mod:`gennet_sync.redis_storage`): the
+  fleet-wide failure count, OPEN state and HALF_OPEN trial slots live in Redis.
+
+The breaker calls a shared storage at these points only, never holding its lock
+while doing so:
+
+=====================================  =========================================
+breaker event                          storage call
+=====================================  =========================================
+admission, local view older than       :meth:`BreakerStorage.load`
+``sync_interval``
+failure recorded in CLOSED             :meth:`BreakerStorage.record_failure`
+success in CLOSED while the local      :meth:`BreakerStorage.reset_failures`
+view counts failures (so a healthy
+service costs no round trip)
+the breaker opens by its own decision  :meth:`BreakerStorage.set_open`
+(trial failed, rate window, forced)
+a trial success closes it / reset()    :meth:`BreakerStorage.set_closed`
+admission in HALF_OPEN                 :meth:`BreakerStorage.acquire_trial`
+a trial call's outcome is recorded     :meth:`BreakerStorage.release_trial`
+=====================================  =========================================
+
+Every method of a shared storage must return quickly and never raise: when the
+backend is unavailable it returns ``None`` (or does nothing) and the breaker
+carries on with its local state.  This module imports neither Flask nor requests
+and does no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
+__all__ = ["BreakerStorage", "CircuitState", "MemoryStorage", "SharedState", "storage_from_url"]
+
+
+class CircuitState(str, enum.Enum):
+    """The three states of a circuit breaker."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class SharedState:
+    """A breaker's fleet-wide state as a shared storage last saw it.
+
+    Attributes:
+        state: The shared state.  ``HALF_OPEN`` means the OPEN period has ended
+            and trial calls may be attempted (each needs :meth:`acquire_trial`).
+        failure_count: Consecutive failures counted across the fleet (CLOSED only).
+        open_remaining: Seconds until the OPEN period ends; 0.0 unless OPEN.
+    """
+
+    state: CircuitState
+    failure_count: int = 0
+    open_remaining: float = 0.0
+
+
+@runtime_checkable
+class BreakerStorage(Protocol):
+    """What a breaker needs from a storage backend.  See the module docstring."""
+
+    #: False: state is per process and the breaker calls none of the methods below.
+    shared: ClassVar[bool]
+    #: Longest time (seconds) the breaker may act on its local view before ``load``.
+    sync_interval: float
+
+    def load(self, name: str) -> SharedState | None:
+        """The shared state of breaker ``name``, or ``None`` when unavailable."""
+
+    def record_failure(
+        self, name: str, *, failure_threshold: int, open_for: float
+    ) -> SharedState | None:
+        """Atomically count one failure fleet-wide; open for ``open_for`` s at the threshold.
+
+        Returns:
+            The shared state after counting, or ``None`` when unavailable.
+        """
+
+    def reset_failures(self, name: str) -> None:
+        """A success in CLOSED: the consecutive-failure count starts again at 0."""
+
+    def set_open(self, name: str, open_for: float) -> None:
+        """Open breaker ``name`` fleet-wide for ``open_for`` seconds."""
+
+    def set_closed(self, name: str) -> None:
+        """Close breaker ``name`` fleet-wide (a trial succeeded, or ``reset()``)."""
+
+    def acquire_trial(self, name: str, *, max_calls: int, lease: float) -> bool | None:
+        """Take one of ``max_calls`` fleet-wide HALF_OPEN trial slots for at most ``lease`` s.
+
+        Returns:
+            True when a slot was taken, False when all are taken, ``None`` when
+            unavailable (the breaker then decides with its local slots).
+        """
+
+    def release_trial(self, name: str) -> None:
+        """Give back a trial slot taken by :meth:`acquire_trial`."""
+
+
+class MemoryStorage:
+    """Per-process state: the breaker keeps everything in its own fields.
+
+    The default.  No dependency, no I/O; the breaker never calls the methods
+    below (``shared`` is False), which exist so the class satisfies
+    :class:`BreakerStorage`.
+    """
+
+    shared: ClassVar[bool] = False
+    sync_interval: float = float("inf")
+
+    def load(self, name: str) -> SharedState | None:
+        return None
+
+    def record_failure(
+        self, name: str, *, failure_threshold: int, open_for: float
+    ) -> SharedState | None:
+        return None
+
+    def reset_failures(self, name: str) -> None:
+        return None
+
+    def set_open(self, name: str, open_for: float) -> None:
+        return None
+
+    def set_closed(self, name: str) -> None:
+        return None
+
+    def acquire_trial(self, name: str, *, max_calls: int, lease: float) -> bool | None:
+        return None
+
+    def release_trial(self, name: str) -> None:
+        return None
+
+
+def storage_from_url(url: str | None) -> BreakerStorage:
+    """The storage a URL names: ``None``/``""``/``"memory://"`` or ``redis://host:port/db``.
+
+    Raises:
+        ValueError: for a URL scheme that names no storage.
+    """
+    if not url or url.startswith("memory:"):
+        return MemoryStorage()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        # Imported here so the default path needs no redis-py.
+        from gennet_sync.redis_storage import RedisStorage  # noqa: PLC0415
+
+        return RedisStorage.from_url(url)
+    raise ValueError(
+        f"GENNET_BREAKER_STORAGE must be memory:// or a redis:// URL, not {url!r}"
+    )
