@@ -14,12 +14,14 @@ It also gives every response an ``X-Request-ID`` and keeps that ID in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from flask.wrappers import Request
 from marshmallow import ValidationError as MarshmallowValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
@@ -35,7 +37,15 @@ from gennet_sync.context import (
 )
 from gennet_sync.exceptions import GenNetException, make_envelope
 
-__all__ = ["EXTENSION_KEY", "GenNet", "error_response", "http_status_code", "setup_error_handlers"]
+__all__ = [
+    "EXTENSION_KEY",
+    "AppState",
+    "GenNet",
+    "app_state",
+    "error_response",
+    "http_status_code",
+    "setup_error_handlers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +70,7 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """Build a JSON envelope response; every handler goes through here."""
-    response = current_app.json.response(make_envelope(code, type_, message, metadata))
+    response = jsonify(make_envelope(code, type_, message, metadata))
     response.status_code = status
     if headers:
         for name, value in headers.items():
@@ -87,6 +97,30 @@ class _SafeJSONRequest(Request):
         if e is None:
             return super().on_json_loading_failed(e)
         raise BadRequest(f"Failed to decode JSON object: {e}") from e
+
+
+@dataclass
+class AppState:
+    """Per-app state of gennet_sync, kept in ``app.extensions["gennet_sync"]``.
+
+    Attributes:
+        extension: The :class:`GenNet` instance registered on the app.
+        features: State of optional features, by name (``"compression"``,
+            ``"versioning"``, ``"openapi"``...), set by their own ``init_app``.
+    """
+
+    extension: GenNet
+    features: dict[str, Any] = field(default_factory=dict)
+
+
+def app_state(app: Flask) -> AppState:
+    """The gennet_sync state of ``app``, registering :class:`GenNet` first if needed."""
+    state = app.extensions.get(EXTENSION_KEY)
+    if state is None:
+        GenNet(app)
+        state = app.extensions[EXTENSION_KEY]
+    assert isinstance(state, AppState)
+    return state
 
 
 class GenNet:
@@ -118,11 +152,11 @@ class GenNet:
         """Register the handlers and request hooks on ``app``."""
         app.config.setdefault("GENNET_EXPOSE_ERRORS", None)
         app.config.setdefault("GENNET_REQUEST_ID_HEADER", REQUEST_ID_HEADER)
-        app.extensions[EXTENSION_KEY] = self
+        if EXTENSION_KEY in app.extensions:
+            return  # already set up: registering the handlers twice would be harmless but noisy
+        app.extensions[EXTENSION_KEY] = AppState(extension=self)
         if not issubclass(app.request_class, _SafeJSONRequest):
-            app.request_class = type(
-                "GenNetRequest", (_SafeJSONRequest, app.request_class), {}
-            )
+            app.request_class = type("GenNetRequest", (_SafeJSONRequest, app.request_class), {})
         app.register_error_handler(GenNetException, _handle_gennet_exception)
         app.register_error_handler(MarshmallowValidationError, _handle_marshmallow_error)
         app.register_error_handler(HTTPException, _handle_http_exception)
@@ -238,9 +272,7 @@ def _add_request_id_header(response: Response) -> Response:
 def _unbind_request_id(_error: BaseException | None) -> None:
     token = g.pop("gennet_request_id_token", None)
     if token is not None:
-        try:
+        # A token made in another context (a copied context in a streaming
+        # response) cannot be reset here; that context dies with the request anyway.
+        with contextlib.suppress(ValueError):
             reset_request_id(token)
-        except ValueError:
-            # Token made in another context (a copied context in a streaming
-            # response); that context dies with the request anyway.
-            pass

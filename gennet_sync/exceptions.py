@@ -208,9 +208,7 @@ class NotFoundError(GenNetException):
         super().__init__(
             f"{resource_type} with id '{_to_str(resource_id)}' not found",
             code=code,
-            metadata=_merge(
-                {"resource_type": resource_type, "resource_id": resource_id}, metadata
-            ),
+            metadata=_merge({"resource_type": resource_type, "resource_id": resource_id}, metadata),
         )
 
 

@@ -43,15 +43,12 @@ from typing import ClassVar, Protocol, runtime_checkable
 __all__ = ["BreakerStorage", "CircuitState", "MemoryStorage", "SharedState", "storage_from_url"]
 
 
-class CircuitState(str, enum.Enum):
-    """The three states of a circuit breaker."""
+class CircuitState(enum.StrEnum):
+    """The three states of a circuit breaker (a ``str``: ``"closed"``...)."""
 
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -160,6 +157,4 @@ def storage_from_url(url: str | None) -> BreakerStorage:
         from gennet_sync.redis_storage import RedisStorage  # noqa: PLC0415
 
         return RedisStorage.from_url(url)
-    raise ValueError(
-        f"GENNET_BREAKER_STORAGE must be memory:// or a redis:// URL, not {url!r}"
-    )
+    raise ValueError(f"GENNET_BREAKER_STORAGE must be memory:// or a redis:// URL, not {url!r}")
