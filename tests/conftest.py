@@ -3,7 +3,13 @@ chromium) fail, never skip, when it is missing."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import threading
+from collections.abc import Iterator
+
+from flask import Flask
+from werkzeug.serving import make_server
 
 
 def require_binary(name: str) -> str:
@@ -15,3 +21,17 @@ def require_binary(name: str) -> str:
             f"(.ci/run installs it; locally: apt-get install {name})"
         )
     return path
+
+
+@contextlib.contextmanager
+def serve_app(app: Flask) -> Iterator[str]:
+    """Serve ``app`` on a free 127.0.0.1 port in a thread; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="test-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -1,0 +1,353 @@
+"""Every error a Flask app returns is the envelope, with the right status and headers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import marshmallow
+import pytest
+import requests
+from flask import Flask, abort, g, request
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from werkzeug.datastructures import WWWAuthenticate
+from werkzeug.exceptions import TooManyRequests, Unauthorized
+
+from gennet_sync import (
+    GenNet,
+    NotFoundError,
+    RateLimitError,
+    ServiceUnavailableError,
+    current_request_id,
+    setup_error_handlers,
+)
+from gennet_sync.error_handler import EXTENSION_KEY, AppState, app_state, http_status_code
+from tests.conftest import serve_app
+
+
+class NetworkSchema(marshmallow.Schema):
+    name = marshmallow.fields.String(required=True)
+    nodes = marshmallow.fields.List(marshmallow.fields.String(), required=True)
+
+
+def make_app(**config: Any) -> Flask:
+    app = Flask("under_test")
+    app.config.update({"MAX_CONTENT_LENGTH": 1024, **config})
+    setup_error_handlers(app)
+
+    @app.get("/networks/<network_id>")
+    def get_network(network_id: str) -> dict[str, str]:
+        raise NotFoundError("Network", network_id)
+
+    @app.post("/networks")
+    def create_network() -> tuple[dict[str, Any], int]:
+        return NetworkSchema().load(request.get_json()), 201
+
+    @app.get("/validate-later")
+    def validate_later() -> dict[str, Any]:
+        # marshmallow raised outside request parsing: still a 422, not a 500.
+        loaded: dict[str, Any] = NetworkSchema().load({"name": 5})
+        return loaded
+
+    @app.get("/crash")
+    def crash() -> str:
+        raise RuntimeError("password=hunter2 at /srv/app/secret.py")
+
+    @app.get("/busy")
+    def busy() -> str:
+        raise ServiceUnavailableError("Model checker busy", service="qualitative", retry_after=7)
+
+    @app.get("/limited")
+    def limited() -> str:
+        raise RateLimitError(retry_after=1.5)
+
+    @app.get("/login")
+    def login() -> str:
+        raise Unauthorized(www_authenticate=WWWAuthenticate("bearer", {"realm": "grn"}))
+
+    @app.get("/slow-down")
+    def slow_down() -> str:
+        raise TooManyRequests(retry_after=12)
+
+    @app.get("/teapot")
+    def teapot() -> str:
+        abort(418)
+
+    @app.get("/request-id")
+    def request_id() -> dict[str, str | None]:
+        return {"context": current_request_id(), "g": g.gennet_request_id}
+
+    return app
+
+
+@pytest.fixture
+def client() -> Any:
+    return make_app().test_client()
+
+
+def error_of(response: Any) -> dict[str, Any]:
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "type", "message", "metadata"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def test_our_exception_keeps_status_code_type_message_and_metadata(client: Any) -> None:
+    response = client.get("/networks/abc123")
+    assert response.status_code == 404
+    assert error_of(response) == {
+        "code": "NOT_FOUND",
+        "type": "NotFoundError",
+        "message": "Network with id 'abc123' not found",
+        "metadata": {"resource_type": "Network", "resource_id": "abc123"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code", "retry_after"),
+    [("/busy", 503, "SERVICE_UNAVAILABLE", "7"), ("/limited", 429, "RATE_LIMIT_EXCEEDED", "2")],
+)
+def test_retry_after_reaches_the_response_header(
+    client: Any, path: str, status: int, code: str, retry_after: str
+) -> None:
+    response = client.get(path)
+    assert response.status_code == status
+    assert response.headers["Retry-After"] == retry_after
+    assert error_of(response)["code"] == code
+
+
+def test_marshmallow_errors_are_422_with_per_field_messages(client: Any) -> None:
+    response = client.post("/networks", json={"nodes": "not-a-list"})
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["code"] == "VALIDATION_ERROR"
+    assert error["type"] == "ValidationError"
+    assert error["metadata"]["fields"] == {
+        "name": ["Missing data for required field."],
+        "nodes": ["Not a valid list."],
+    }
+
+
+def test_marshmallow_error_raised_anywhere_in_a_view_is_422(client: Any) -> None:
+    response = client.get("/validate-later")
+    assert response.status_code == 422
+    assert set(error_of(response)["metadata"]["fields"]) == {"name", "nodes"}
+
+
+def test_unknown_route_is_a_404_envelope(client: Any) -> None:
+    response = client.get("/no/such/route")
+    assert response.status_code == 404
+    error = error_of(response)
+    assert (error["code"], error["type"]) == ("NOT_FOUND", "NotFound")
+
+
+def test_wrong_method_is_405_and_keeps_the_allow_header(client: Any) -> None:
+    response = client.delete("/networks/abc")
+    assert response.status_code == 405
+    assert error_of(response)["code"] == "METHOD_NOT_ALLOWED"
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+
+
+def test_www_authenticate_and_retry_after_of_werkzeug_errors_are_kept(client: Any) -> None:
+    unauthorized = client.get("/login")
+    assert unauthorized.status_code == 401
+    assert unauthorized.headers["WWW-Authenticate"] == "Bearer realm=grn"
+    assert error_of(unauthorized)["code"] == "UNAUTHORIZED"
+    too_many = client.get("/slow-down")
+    assert too_many.headers["Retry-After"] == "12"
+    assert error_of(too_many)["code"] == "TOO_MANY_REQUESTS"
+
+
+def test_any_werkzeug_status_gets_its_phrase_as_code(client: Any) -> None:
+    response = client.get("/teapot")
+    assert response.status_code == 418
+    assert error_of(response)["code"] == "I_M_A_TEAPOT"
+    assert http_status_code(413) == "REQUEST_ENTITY_TOO_LARGE"
+    assert http_status_code(415) == "UNSUPPORTED_MEDIA_TYPE"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code", "says"),
+    [
+        (b'{"name": "toggle",', "application/json", 400, "BAD_REQUEST", "decode JSON"),
+        (b"\xff\xfe\xfd", "application/json", 400, "BAD_REQUEST", "decode JSON"),
+        (b'{"name": "x"}', "text/plain", 415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type"),
+        (b"[" * 600 + b"]" * 600, "application/json", 413, "REQUEST_ENTITY_TOO_LARGE", ""),
+        (b"[" * 1000, "application/json", 400, "BAD_REQUEST", "decode JSON"),
+    ],
+    ids=["truncated", "invalid-utf8", "wrong-content-type", "too-large", "unbalanced"],
+)
+def test_malformed_bodies_are_4xx_envelopes_that_say_what_was_wrong(
+    client: Any, body: bytes, content_type: str, status: int, code: str, says: str
+) -> None:
+    response = client.post("/networks", data=body, content_type=content_type)
+    assert response.status_code == status
+    error = error_of(response)
+    assert error["code"] == code
+    assert says in error["message"]
+
+
+def test_deeply_nested_json_is_a_400_not_a_recursion_crash() -> None:
+    app = make_app(MAX_CONTENT_LENGTH=None)
+    depth = 100_000
+    response = app.test_client().post(
+        "/networks", data=b"[" * depth + b"]" * depth, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert "nested too deeply" in error_of(response)["message"]
+
+
+def test_crash_in_production_leaks_nothing(client: Any) -> None:
+    response = client.get("/crash")
+    assert response.status_code == 500
+    assert error_of(response) == {
+        "code": "INTERNAL_SERVER_ERROR",
+        "type": "InternalServerError",
+        "message": "Internal server error",
+        "metadata": {},
+    }
+    text = response.get_data(as_text=True)
+    for secret in ("hunter2", "secret.py", "RuntimeError", "Traceback"):
+        assert secret not in text
+
+
+def test_crash_is_logged_with_traceback_and_request_id(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="gennet_sync"):
+        response = client.get("/crash", headers={"X-Request-ID": "req-42"})
+    assert response.headers["X-Request-ID"] == "req-42"
+    [record] = [r for r in caplog.records if r.name == "gennet_sync.error_handler"]
+    assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+    assert record.request_id == "req-42"  # type: ignore[attr-defined]
+    assert "GET /crash" in record.getMessage()
+
+
+@pytest.mark.parametrize("config", [{"DEBUG": True}, {"GENNET_EXPOSE_ERRORS": True}])
+def test_debug_or_expose_errors_puts_details_in_metadata(config: dict[str, Any]) -> None:
+    response = make_app(**config).test_client().get("/crash")
+    assert response.status_code == 500
+    metadata = error_of(response)["metadata"]
+    assert metadata["exception_type"] == "RuntimeError"
+    assert "hunter2" in metadata["exception_message"]
+    assert any("secret" in line or "crash" in line for line in metadata["traceback"])
+
+
+def test_expose_errors_false_wins_over_debug() -> None:
+    response = make_app(DEBUG=True, GENNET_EXPOSE_ERRORS=False).test_client().get("/crash")
+    assert error_of(response)["metadata"] == {}
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    ["a" * 129, "has space", "semi;colon", "é", "", "x" * 8000],
+    ids=["too-long", "space", "semicolon", "non-ascii", "empty", "huge"],
+)
+def test_insane_request_ids_are_replaced(client: Any, incoming: str) -> None:
+    response = client.get("/request-id", headers={"X-Request-ID": incoming})
+    assert response.status_code == 200
+    assigned = response.headers["X-Request-ID"]
+    assert assigned != incoming
+    assert len(assigned) == 32
+    assert response.get_json() == {"context": assigned, "g": assigned}
+
+
+def test_sane_request_id_is_kept_and_visible_to_the_view(client: Any) -> None:
+    incoming = "trace-01.ABC_def-" + "9" * 111
+    assert len(incoming) == 128
+    response = client.get("/request-id", headers={"X-Request-ID": incoming})
+    assert response.headers["X-Request-ID"] == incoming
+    assert response.get_json() == {"context": incoming, "g": incoming}
+    # Outside the request the ID is gone again.
+    assert current_request_id() is None
+
+
+def test_error_responses_carry_a_request_id_too(client: Any) -> None:
+    for path in ("/networks/x", "/crash", "/no/such/route"):
+        assert len(client.get(path).headers["X-Request-ID"]) == 32
+
+
+def test_extension_supports_the_app_factory_pattern_and_keeps_state_per_app() -> None:
+    gennet = GenNet()
+    apps = [Flask(f"app{i}") for i in range(2)]
+    for app in apps:
+        app.config["GENNET_REQUEST_ID_HEADER"] = "X-Correlation-ID"
+        gennet.init_app(app)
+        gennet.init_app(app)  # twice is harmless
+
+        @app.get("/gone")
+        def gone() -> str:
+            raise NotFoundError("Thing", 1)
+
+    for app in apps:
+        state = app.extensions[EXTENSION_KEY]
+        assert isinstance(state, AppState) and state.extension is gennet
+        assert app_state(app) is state
+        response = app.test_client().get("/gone", headers={"X-Correlation-ID": "abc"})
+        assert response.status_code == 404
+        assert response.headers["X-Correlation-ID"] == "abc"
+
+
+def test_app_state_sets_the_extension_up_when_missing() -> None:
+    app = Flask("bare")
+    state = app_state(app)
+    assert app.test_client().get("/nothing").get_json()["error"]["code"] == "NOT_FOUND"
+    assert app_state(app) is state
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    secret=st.text(min_size=1, max_size=40),
+    metadata=st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+    exc_type=st.sampled_from([RuntimeError, ValueError, KeyError, OSError, ZeroDivisionError]),
+)
+def test_any_crash_in_production_is_a_valid_envelope_without_its_text(
+    secret: str, metadata: dict[str, str], exc_type: type[Exception]
+) -> None:
+    marker = "LEAK-" + secret
+    app = Flask("prop")
+    setup_error_handlers(app)
+    logging.getLogger("gennet_sync.error_handler").disabled = True
+
+    @app.get("/boom")
+    def boom() -> str:
+        error = exc_type(marker)
+        error.metadata = metadata  # type: ignore[attr-defined]
+        raise error
+
+    try:
+        response = app.test_client().get("/boom")
+    finally:
+        logging.getLogger("gennet_sync.error_handler").disabled = False
+    assert response.status_code == 500
+    text = response.get_data(as_text=True)
+    body = json.loads(text)
+    assert body["error"]["code"] == "INTERNAL_SERVER_ERROR"
+    assert body["error"]["metadata"] == {}
+    assert marker not in text
+    assert json.dumps(marker)[1:-1] not in text
+    assert exc_type.__name__ not in text
+
+
+@pytest.fixture
+def live_url() -> Iterator[str]:
+    with serve_app(make_app()) as url:
+        yield url
+
+
+def test_over_a_real_http_server_errors_are_json_with_headers(live_url: str) -> None:
+    with requests.Session() as session:
+        crash = session.get(f"{live_url}/crash", timeout=5)
+        busy = session.get(f"{live_url}/busy", timeout=5)
+        wrong = session.post(f"{live_url}/networks/x", timeout=5)
+    assert crash.status_code == 500
+    assert crash.headers["Content-Type"] == "application/json"
+    assert crash.json()["error"]["message"] == "Internal server error"
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "7"
+    assert wrong.status_code == 405 and "GET" in wrong.headers["Allow"]
+    for response in (crash, busy, wrong):
+        assert len(response.headers["X-Request-ID"]) == 32

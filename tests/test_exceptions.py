@@ -1,0 +1,223 @@
+"""The exception hierarchy and the envelope it renders to."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gennet_sync.exceptions import (
+    ConflictError,
+    ForbiddenError,
+    GenNetException,
+    InternalServerError,
+    NotFoundError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+    ValidationError,
+    json_safe,
+)
+
+# (instance, status, code, message, metadata, headers) for every class in DESIGN.md's table.
+TABLE: list[tuple[GenNetException, int, str, str, dict[str, Any], dict[str, str]]] = [
+    (
+        NotFoundError("Network", "abc123"),
+        404,
+        "NOT_FOUND",
+        "Network with id 'abc123' not found",
+        {"resource_type": "Network", "resource_id": "abc123"},
+        {},
+    ),
+    (
+        ValidationError("Too many nodes", field="nodes"),
+        422,
+        "VALIDATION_ERROR",
+        "Too many nodes",
+        {"field": "nodes"},
+        {},
+    ),
+    (
+        ValidationError("Bad body", errors={"name": ["Missing"]}),
+        422,
+        "VALIDATION_ERROR",
+        "Bad body",
+        {"errors": {"name": ["Missing"]}},
+        {},
+    ),
+    (UnauthorizedError(), 401, "UNAUTHORIZED", "Authentication required", {}, {}),
+    (ForbiddenError(), 403, "FORBIDDEN", "Access forbidden", {}, {}),
+    (ConflictError("Name taken"), 409, "CONFLICT", "Name taken", {}, {}),
+    (ServiceUnavailableError(), 503, "SERVICE_UNAVAILABLE", "Service unavailable", {}, {}),
+    (
+        ServiceUnavailableError("down", service="grn", retry_after=30),
+        503,
+        "SERVICE_UNAVAILABLE",
+        "down",
+        {"service": "grn", "retry_after": 30},
+        {"Retry-After": "30"},
+    ),
+    (RateLimitError(), 429, "RATE_LIMIT_EXCEEDED", "Rate limit exceeded", {}, {}),
+    (
+        RateLimitError(retry_after=2.2),
+        429,
+        "RATE_LIMIT_EXCEEDED",
+        "Rate limit exceeded",
+        {"retry_after": 2.2},
+        {"Retry-After": "3"},
+    ),
+    (InternalServerError(), 500, "INTERNAL_SERVER_ERROR", "Internal server error", {}, {}),
+]
+
+
+@pytest.mark.parametrize(("error", "status", "code", "message", "metadata", "headers"), TABLE)
+def test_each_class_renders_its_row_of_the_table(
+    error: GenNetException,
+    status: int,
+    code: str,
+    message: str,
+    metadata: dict[str, Any],
+    headers: dict[str, str],
+) -> None:
+    assert error.status_code == status
+    assert error.code == code
+    assert error.message == message
+    assert error.metadata == metadata
+    assert error.headers == headers
+    assert error.to_dict() == {
+        "error": {
+            "code": code,
+            "type": type(error).__name__,
+            "message": message,
+            "metadata": metadata,
+        }
+    }
+    assert str(error) == message
+
+
+def test_every_subclass_is_a_gennet_exception_and_catchable_as_one() -> None:
+    with pytest.raises(GenNetException) as caught:
+        raise NotFoundError("Gene", 7)
+    assert caught.value.metadata == {"resource_type": "Gene", "resource_id": 7}
+
+
+def test_metadata_keyword_is_merged_into_the_class_metadata() -> None:
+    error = NotFoundError("Network", "x", metadata={"hint": "check the id"})
+    assert error.metadata == {
+        "resource_type": "Network",
+        "resource_id": "x",
+        "hint": "check the id",
+    }
+    unavailable = ServiceUnavailableError(service="a", metadata={"service": "b"})
+    assert unavailable.metadata["service"] == "b"
+    assert ConflictError("dup", metadata={"name": "n"}).metadata == {"name": "n"}
+
+
+def test_code_can_be_overridden_per_instance_without_changing_the_class() -> None:
+    error = ConflictError("Version mismatch", code="VERSION_CONFLICT")
+    assert error.to_dict()["error"]["code"] == "VERSION_CONFLICT"
+    assert ConflictError("x").code == "CONFLICT"
+
+
+def test_retry_after_header_is_whole_seconds_rounded_up_and_never_negative() -> None:
+    assert ServiceUnavailableError(retry_after=0.01).headers == {"Retry-After": "1"}
+    assert ServiceUnavailableError(retry_after=0).headers == {"Retry-After": "0"}
+    assert ServiceUnavailableError(retry_after=-5).headers == {"Retry-After": "0"}
+
+
+def test_a_custom_subclass_gets_the_envelope_from_class_attributes() -> None:
+    class PaymentRequiredError(GenNetException):
+        status_code = 402
+        code = "PAYMENT_REQUIRED"
+
+    error = PaymentRequiredError("Plan limit reached", metadata={"plan": "free"})
+    assert error.status_code == 402
+    assert error.to_dict()["error"] == {
+        "code": "PAYMENT_REQUIRED",
+        "type": "PaymentRequiredError",
+        "message": "Plan limit reached",
+        "metadata": {"plan": "free"},
+    }
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr either")
+
+
+class _Color(enum.IntEnum):
+    RED = 1
+
+
+def test_metadata_that_json_cannot_encode_is_rendered_as_strings() -> None:
+    cyclic: dict[str, Any] = {}
+    cyclic["self"] = cyclic
+    error = GenNetException(
+        "odd",
+        metadata={
+            "obj": object(),
+            "set": {1},
+            "tuple": (1, "a"),
+            "nan": math.nan,
+            "inf": -math.inf,
+            "bytes": b"\x00\xff",
+            "keys": {1: "one", (2, 3): "pair"},
+            "unprintable": _Unprintable(),
+            "cyclic": cyclic,
+            "enum": _Color.RED,
+        },
+    )
+    envelope = error.to_dict()
+    text = json.dumps(envelope, allow_nan=False)
+    metadata = json.loads(text)["error"]["metadata"]
+    assert metadata["set"] == [1]
+    assert metadata["tuple"] == [1, "a"]
+    assert metadata["nan"] == "nan"
+    assert metadata["inf"] == "-inf"
+    assert metadata["keys"] == {"1": "one", "(2, 3)": "pair"}
+    assert metadata["unprintable"] == "<unprintable _Unprintable>"
+    assert metadata["enum"] == 1
+    assert isinstance(metadata["cyclic"]["self"], str)
+
+
+def test_deep_nesting_is_cut_off_instead_of_recursing_forever() -> None:
+    nested: list[Any] = []
+    for _ in range(10_000):
+        nested = [nested]
+    rendered = json_safe({"deep": nested})
+    json.dumps(rendered)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+anything = json_values | st.builds(object) | st.binary() | st.sets(st.integers(), max_size=3)
+
+
+@given(
+    message=st.text(),
+    metadata=st.dictionaries(st.text(max_size=10), anything, max_size=6),
+    code=st.none() | st.text(min_size=1, max_size=20),
+)
+def test_any_message_and_metadata_give_a_valid_envelope(
+    message: str, metadata: dict[str, Any], code: str | None
+) -> None:
+    envelope = GenNetException(message, code=code, metadata=metadata).to_dict()
+    decoded = json.loads(json.dumps(envelope, allow_nan=False))
+    assert set(decoded) == {"error"}
+    assert set(decoded["error"]) == {"code", "type", "message", "metadata"}
+    assert decoded["error"]["message"] == message
+    assert decoded["error"]["code"] == (code or "INTERNAL_SERVER_ERROR")
+    assert set(decoded["error"]["metadata"]) == set(metadata)
