@@ -53,7 +53,7 @@ def _make_app(with_envelope: bool) -> Flask:
 
 
 def _environ(path: str) -> WSGIEnviron:
-    builder = EnvironBuilder(path=path, method="GET", headers={"X-Request-ID": "bench-1"})
+    builder = EnvironBuilder(path=path, method="GET", headers=[("X-Request-ID", "bench-1")])
     try:
         return builder.get_environ()
     finally:
