@@ -1,0 +1,520 @@
+"""Breaker state shared by every worker and host through Redis (extra ``[redis]``).
+
+:class:`RedisStorage` implements :class:`~gennet_sync.storage.BreakerStorage`.
+The breaker keeps running its state machine locally and calls the storage only
+at the points listed in :mod:`gennet_sync.storage`, so a successful call in
+CLOSED state costs no round trip.  Every call that does reach Redis is exactly
+one round trip: the multi-key steps run as Lua scripts (sent once, then by
+SHA, reloaded automatically after a restart or ``SCRIPT FLUSH``).
+
+Keys of breaker ``name`` under prefix ``P`` (the ``{name}`` hash tag keeps them
+in one Redis Cluster slot, so a script may touch all of them):
+
+==========================  ===================================================
+key                         meaning
+==========================  ===================================================
+``P:{name}:failures``       consecutive failures counted across the fleet
+``P:{name}:open``           exists while OPEN; its PX TTL *is* the open period,
+                            so no host compares its clock with another's
+``P:{name}:tripped``        exists while not CLOSED; with ``open`` gone the
+                            breaker is HALF_OPEN
+``P:{name}:trials``         sorted set of HALF_OPEN trial leases (member: a
+                            token, score: lease expiry in Redis server time)
+==========================  ===================================================
+
+Every key carries a TTL, so an abandoned breaker leaves nothing behind, and a
+missing key always reads as CLOSED, so a ``FLUSHALL`` cannot wedge anything.
+
+When Redis is down, slow or refusing commands, every method returns ``None``
+(or does nothing) within the socket timeout and the breaker carries on with its
+local state.  One warning is logged per outage and one info line when Redis
+answers again; in between the storage backs off exponentially and, until the
+next probe is due, returns at once without touching the network.
+
+Requires Redis 5 or newer (scripts read the server clock with ``TIME``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from gennet_sync.storage import CircuitState, SharedState
+
+__all__ = ["RedisStorage"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# KEYS of every script: failures, open, tripped, trials.
+# Replies of LOAD and RECORD_FAILURE: {failures, PTTL of open, tripped (0/1)}.
+
+_LOAD = """
+local failures = tonumber(redis.call('GET', KEYS[1])) or 0
+return {failures, redis.call('PTTL', KEYS[2]), redis.call('EXISTS', KEYS[3])}
+"""
+
+# ARGV: failure_threshold, open period (ms), tripped-marker TTL (ms), key TTL (ms).
+_RECORD_FAILURE = """
+local open_ms = redis.call('PTTL', KEYS[2])
+if open_ms ~= -2 then
+  return {0, open_ms, 1}
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {0, -2, 1}
+end
+local failures = redis.call('INCR', KEYS[1])
+if failures >= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
+  redis.call('DEL', KEYS[1], KEYS[4])
+  return {failures, tonumber(ARGV[2]), 1}
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {failures, -2, 0}
+"""
+
+# ARGV: open period (ms), tripped-marker TTL (ms).
+_SET_OPEN = """
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+redis.call('DEL', KEYS[1], KEYS[4])
+return 1
+"""
+
+# ARGV: max_calls, lease (ms), token.
+# Replies 1: lease taken; 0: OPEN or every slot leased; 2: CLOSED fleet-wide, so
+# the call needs no trial slot at all.
+_ACQUIRE_TRIAL = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return 2
+end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms)
+if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[1]) then
+  return 0
+end
+local lease_ms = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[4], now_ms + lease_ms, ARGV[3])
+if redis.call('PTTL', KEYS[4]) < lease_ms then
+  redis.call('PEXPIRE', KEYS[4], lease_ms)
+end
+return 1
+"""
+
+_LEASE_TAKEN = 1
+_NO_TRIAL_NEEDED = 2
+
+#: Instances alive in this process, reset in a forked child (gunicorn preload_app).
+_instances: weakref.WeakSet[RedisStorage] = weakref.WeakSet()
+
+
+def _reset_instances_after_fork() -> None:
+    for storage in list(_instances):
+        storage._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_instances_after_fork)
+
+
+def _milliseconds(seconds: float) -> int:
+    """A positive whole number of milliseconds (PX rejects 0)."""
+    return max(1, math.ceil(seconds * 1000.0))
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    value = float(value)
+    if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _Keys:
+    failures: str
+    open: str
+    tripped: str
+    trials: str
+
+    def all(self) -> list[str]:
+        return [self.failures, self.open, self.tripped, self.trials]
+
+
+class RedisStorage:
+    """Fleet-wide breaker state in Redis, for every worker of every host.
+
+    Args:
+        client_or_url: A ``redis://``, ``rediss://`` or ``unix://`` URL, or a
+            ready ``redis.Redis`` client.  A client is used as given: give it
+            short socket timeouts and no retries, or a slow Redis will slow the
+            calls that reach it.
+        prefix: First part of every key, so several applications can share one
+            Redis database.
+        sync_interval: Longest time (seconds) a breaker acts on its local view
+            before reloading the shared state: the delay within which a trip by
+            one process reaches the others.  0 reloads on every admission.
+        socket_timeout: Read timeout (seconds) of a connection made from a URL.
+        connect_timeout: Connect timeout (seconds) of a connection made from a URL.
+        key_ttl: Seconds an idle failure count, or a tripped breaker nobody
+            touches after its open period, is kept before Redis drops it.
+        retry_backoff: Seconds without Redis after the first failed command;
+            doubles after every failed probe, up to ``max_retry_backoff``.
+        max_retry_backoff: Longest pause (seconds) between two probes.
+        clock: Monotonic clock (seconds) timing the backoff; injectable for tests.
+
+    Raises:
+        ValueError: for a timeout, interval or TTL that is negative, zero (where
+            zero makes no sense), infinite or NaN, or an empty prefix.
+
+    Example::
+
+        from gennet_sync.circuit_breaker import CircuitBreaker
+        from gennet_sync.redis_storage import RedisStorage
+
+        storage = RedisStorage("redis://cache:6379/0", prefix="orders", sync_interval=0.5)
+        breaker = CircuitBreaker(failure_threshold=5, recovery_timeout=30,
+                                 name="payments", storage=storage)
+
+    or, for every breaker the registry creates, with no code change::
+
+        GENNET_BREAKER_STORAGE=redis://cache:6379/0?prefix=orders&sync_interval=0.5
+    """
+
+    shared: ClassVar[bool] = True
+
+    #: Query parameters of a storage URL that configure the storage, not redis-py.
+    URL_OPTIONS: ClassVar[tuple[str, ...]] = (
+        "prefix",
+        "sync_interval",
+        "key_ttl",
+        "retry_backoff",
+        "max_retry_backoff",
+    )
+
+    def __init__(
+        self,
+        client_or_url: redis.Redis | str,
+        *,
+        prefix: str = "gennet:cb",
+        sync_interval: float = 0.5,
+        socket_timeout: float = 0.2,
+        connect_timeout: float = 0.2,
+        key_ttl: float = 86400.0,
+        retry_backoff: float = 1.0,
+        max_retry_backoff: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"prefix must be a non-empty string, not {prefix!r}")
+        self.prefix = prefix
+        self.sync_interval = _check_positive("sync_interval", sync_interval, allow_zero=True)
+        socket_timeout = _check_positive("socket_timeout", socket_timeout)
+        connect_timeout = _check_positive("connect_timeout", connect_timeout)
+        self.key_ttl = _check_positive("key_ttl", key_ttl)
+        self.retry_backoff = _check_positive("retry_backoff", retry_backoff)
+        self.max_retry_backoff = _check_positive("max_retry_backoff", max_retry_backoff)
+        if self.max_retry_backoff < self.retry_backoff:
+            raise ValueError(
+                f"max_retry_backoff ({max_retry_backoff!r}) must be >= "
+                f"retry_backoff ({retry_backoff!r})"
+            )
+        self._clock = clock
+
+        self._owns_client = isinstance(client_or_url, str)
+        if isinstance(client_or_url, str):
+            self.client: redis.Redis = redis.Redis.from_url(
+                client_or_url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                # A breaker storage must answer fast or not at all: one attempt,
+                # then the outage backoff below decides when to try again.
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+            )
+        else:
+            self.client = client_or_url
+
+        self._load = self.client.register_script(_LOAD)
+        self._record_failure = self.client.register_script(_RECORD_FAILURE)
+        self._set_open = self.client.register_script(_SET_OPEN)
+        self._acquire_trial = self.client.register_script(_ACQUIRE_TRIAL)
+
+        self._keys_cache: dict[str, _Keys] = {}
+        self._token_prefix = uuid.uuid4().hex
+        self._token_counter = itertools.count()
+        self._init_process_state()
+        _instances.add(self)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStorage:
+        """A storage for ``url``; storage options may ride in its query string.
+
+        ``prefix``, ``sync_interval``, ``key_ttl``, ``retry_backoff`` and
+        ``max_retry_backoff`` in the query string configure the storage (keyword
+        ``options`` win over them); every other query parameter (``socket_timeout``,
+        ``health_check_interval``, ...) goes to redis-py.
+
+        Args:
+            url: ``redis://[[user]:password@]host[:port][/db][?option=value...]``,
+                ``rediss://...`` or ``unix://path``.
+            **options: Keyword arguments of :class:`RedisStorage`.
+
+        Raises:
+            ValueError: for an option value that is not a valid number.
+
+        Example::
+
+            storage = RedisStorage.from_url("redis://cache:6379/0?prefix=orders")
+        """
+        parts = urlsplit(url)
+        redis_query: list[tuple[str, str]] = []
+        url_options: dict[str, Any] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key not in cls.URL_OPTIONS:
+                redis_query.append((key, value))
+            elif key == "prefix":
+                url_options[key] = value
+            else:
+                try:
+                    url_options[key] = float(value)
+                except ValueError:
+                    raise ValueError(
+                        f"{key} in the storage URL must be a number, not {value!r}"
+                    ) from None
+        redis_url = urlunsplit(parts._replace(query=urlencode(redis_query)))
+        return cls(redis_url, **{**url_options, **options})
+
+    # -- BreakerStorage --------------------------------------------------------
+
+    def load(self, name: str) -> SharedState | None:
+        """The shared state of breaker ``name``, or ``None`` when Redis is unavailable."""
+        keys = self._keys(name)
+        reply = self._run(lambda: self._load(keys=keys.all()))
+        return None if reply is None else self._decode(reply)
+
+    def record_failure(
+        self, name: str, *, failure_threshold: int, open_for: float
+    ) -> SharedState | None:
+        """Count one failure fleet-wide and open at ``failure_threshold``, atomically.
+
+        A failure reported while the fleet is already OPEN or HALF_OPEN (a call
+        admitted on a view older than the trip) is not counted: the state is
+        returned as it is, so the breaker can catch up.
+
+        Returns:
+            The shared state after counting, or ``None`` when Redis is unavailable.
+        """
+        keys = self._keys(name)
+        open_ms = _milliseconds(open_for)
+        args = [max(1, failure_threshold), open_ms, open_ms + self._key_ttl_ms, self._key_ttl_ms]
+        reply = self._run(lambda: self._record_failure(keys=keys.all(), args=args))
+        return None if reply is None else self._decode(reply)
+
+    def reset_failures(self, name: str) -> None:
+        """A success in CLOSED: the fleet's consecutive-failure count starts again at 0."""
+        key = self._keys(name).failures
+        self._run(lambda: self.client.delete(key))
+
+    def set_open(self, name: str, open_for: float) -> None:
+        """Open breaker ``name`` fleet-wide for ``open_for`` s; leased trials end."""
+        keys = self._keys(name)
+        open_ms = _milliseconds(open_for)
+        args = [open_ms, open_ms + self._key_ttl_ms]
+        self._run(lambda: self._set_open(keys=keys.all(), args=args))
+
+    def set_closed(self, name: str) -> None:
+        """Close breaker ``name`` fleet-wide: count, OPEN period and trial leases go."""
+        keys = self._keys(name)
+        self._run(lambda: self.client.delete(*keys.all()))
+
+    def acquire_trial(self, name: str, *, max_calls: int, lease: float) -> bool | None:
+        """Lease one of ``max_calls`` fleet-wide HALF_OPEN trial slots for ``lease`` s.
+
+        A lease not given back with :meth:`release_trial` (its process died)
+        ends by itself after ``lease`` seconds.  When the fleet is CLOSED the
+        call needs no slot and True is returned without taking one.
+
+        Returns:
+            True when the call may go ahead as a trial, False when the breaker is
+            OPEN or every slot is leased, ``None`` when Redis is unavailable.
+        """
+        keys = self._keys(name)
+        token = f"{self._token_prefix}:{os.getpid()}:{next(self._token_counter)}"
+        args: list[int | str] = [max(1, max_calls), _milliseconds(lease), token]
+        reply = self._run(lambda: self._acquire_trial(keys=keys.all(), args=args))
+        if reply is None:
+            return None
+        outcome = int(reply)
+        if outcome == _LEASE_TAKEN:
+            self._remember_lease(name, token)
+        elif outcome == _NO_TRIAL_NEEDED:
+            self._remember_lease(name, None)
+        return outcome in (_LEASE_TAKEN, _NO_TRIAL_NEEDED)
+
+    def release_trial(self, name: str) -> None:
+        """Give back a slot this process leased with :meth:`acquire_trial`.
+
+        Leases are interchangeable: the calling thread's own lease goes back
+        first, otherwise this process's oldest.  Without a lease held, nothing
+        is sent to Redis.
+        """
+        token = self._forget_lease(name)
+        if token is not None:
+            key = self._keys(name).trials
+            self._run(lambda: self.client.zrem(key, token))
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """False from a failed command until Redis answers again."""
+        return self._unavailable_since is None
+
+    def close(self) -> None:
+        """Close the connections of a client this storage created from a URL."""
+        if self._owns_client:
+            self.client.close()
+
+    def __repr__(self) -> str:
+        kwargs = self.client.get_connection_kwargs()
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        return (
+            f"{type(self).__name__}({where}/{kwargs.get('db', 0)}, prefix={self.prefix!r}, "
+            f"sync_interval={self.sync_interval!r})"
+        )
+
+    # -- internals -------------------------------------------------------------
+
+    @property
+    def _key_ttl_ms(self) -> int:
+        return _milliseconds(self.key_ttl)
+
+    def _keys(self, name: str) -> _Keys:
+        keys = self._keys_cache.get(name)
+        if keys is None:
+            base = f"{self.prefix}:{{{name}}}:"
+            keys = _Keys(base + "failures", base + "open", base + "tripped", base + "trials")
+            self._keys_cache[name] = keys
+        return keys
+
+    @staticmethod
+    def _decode(reply: Any) -> SharedState:
+        failures, open_pttl, tripped = (int(value) for value in reply)
+        if open_pttl != -2:
+            # -1 (no TTL) only happens when an operator opened it by hand:
+            # OPEN until they delete the key.
+            return SharedState(CircuitState.OPEN, open_remaining=max(open_pttl, 0) / 1000.0)
+        if tripped:
+            return SharedState(CircuitState.HALF_OPEN)
+        return SharedState(CircuitState.CLOSED, failure_count=failures)
+
+    def _remember_lease(self, name: str, token: str | None) -> None:
+        with self._lock:
+            self._leases.setdefault(name, []).append((threading.get_ident(), token))
+
+    def _forget_lease(self, name: str) -> str | None:
+        with self._lock:
+            held = self._leases.get(name)
+            if not held:
+                return None
+            me = threading.get_ident()
+            index = next((i for i, (owner, _) in enumerate(held) if owner == me), 0)
+            _, token = held.pop(index)
+            if not held:
+                del self._leases[name]
+            return token
+
+    def _init_process_state(self) -> None:
+        self._lock = threading.Lock()
+        #: name -> (thread ident, token or None for "no slot needed") per acquired trial.
+        self._leases: dict[str, list[tuple[int, str | None]]] = {}
+        self._unavailable_since: float | None = None
+        self._backoff = self.retry_backoff
+        self._retry_at = 0.0
+
+    def _after_fork(self) -> None:
+        # The parent's leases are not the child's to give back, and a lock held
+        # by a parent thread at fork time would never be released in the child.
+        self._init_process_state()
+
+    def _run(self, command: Callable[[], _T]) -> _T | None:
+        """Run one Redis command; ``None`` (and the outage bookkeeping) on failure."""
+        probing = self._unavailable_since is not None
+        if probing and not self._probe_due():
+            return None
+        try:
+            result = command()
+        except Exception as exc:  # the breaker must never see a storage error
+            self._note_failure(exc, probing=probing)
+            return None
+        if self._unavailable_since is not None:
+            self._note_recovery()
+        return result
+
+    def _probe_due(self) -> bool:
+        """Whether this call may probe Redis during an outage (one caller at a time)."""
+        with self._lock:
+            if self._unavailable_since is None:
+                return True
+            now = self._clock()
+            if now < self._retry_at:
+                return False
+            # Claim the probe: the other callers keep skipping until it fails.
+            self._retry_at = now + self._backoff
+            return True
+
+    def _note_failure(self, exc: Exception, *, probing: bool) -> None:
+        with self._lock:
+            now = self._clock()
+            if self._unavailable_since is None:
+                self._unavailable_since = now
+                self._backoff = self.retry_backoff
+                first = True
+            elif probing:
+                self._backoff = min(self._backoff * 2.0, self.max_retry_backoff)
+                first = False
+            else:
+                # A call already in flight when the outage began: the pause stands.
+                return
+            self._retry_at = now + self._backoff
+            backoff = self._backoff
+        if first:
+            logger.warning(
+                "Redis breaker storage %r unavailable (%s: %s); breakers carry on with "
+                "their local state, next attempt in %.1f s",
+                self,
+                type(exc).__name__,
+                exc,
+                backoff,
+            )
+
+    def _note_recovery(self) -> None:
+        with self._lock:
+            since = self._unavailable_since
+            if since is None:
+                return
+            self._unavailable_since = None
+            self._backoff = self.retry_backoff
+            self._retry_at = 0.0
+            outage = self._clock() - since
+        logger.info("Redis breaker storage %r available again after %.1f s", self, outage)
