@@ -18,6 +18,7 @@ from gennet_sync.exceptions import (
     UnauthorizedError,
     ValidationError,
 )
+from gennet_sync.versioning import APIVersion, VersionedAPI
 
 try:
     __version__ = version("gennet_sync")
@@ -27,6 +28,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "APIVersion",
     "ConflictError",
     "ForbiddenError",
     "GenNet",
@@ -38,6 +40,7 @@ __all__ = [
     "ServiceUnavailableError",
     "UnauthorizedError",
     "ValidationError",
+    "VersionedAPI",
     "__version__",
     "current_request_id",
     "setup_error_handlers",

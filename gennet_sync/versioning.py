@@ -1,0 +1,391 @@
+"""URL-prefixed API versions that tell clients when a version is going away.
+
+:class:`VersionedAPI` mounts one blueprint per version under ``/api/<version>`` and
+adds to every response under that prefix (successes, error envelopes and unknown
+paths alike):
+
+- ``API-Version: v1``;
+- for a deprecated version, ``Deprecation: @<epoch seconds>`` (RFC 9745),
+  ``Sunset: <HTTP-date>`` (RFC 8594) when a sunset date is set, and
+  ``Link: <...>; rel="deprecation"`` pointing to the deprecation information
+  (by default the versions index at ``/api``), plus ``rel="successor-version"``
+  naming the newest version that is not deprecated.
+
+A request for a version that does not exist (``/api/v9/...``) answers the 404
+envelope with the supported versions in its metadata::
+
+    {"error": {"code": "NOT_FOUND", "type": "NotFoundError",
+               "message": "API version with id 'v9' not found",
+               "metadata": {"resource_type": "API version", "resource_id": "v9",
+                            "supported_versions": ["v1", "v2"]}}}
+
+``GET /api`` lists the versions with their dates.  The per-app state lives in
+``app_state(app).features["versioning"]`` (the :class:`VersionedAPI`), where the
+OpenAPI feature finds the versions to document.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from flask import Blueprint, Flask, Response, jsonify, request
+from flask.sansio.blueprints import BlueprintSetupState
+from werkzeug.exceptions import NotFound
+from werkzeug.http import http_date
+
+from gennet_sync.error_handler import app_state
+from gennet_sync.exceptions import NotFoundError
+
+__all__ = [
+    "API_VERSION_HEADER",
+    "APIVersion",
+    "DateLike",
+    "VersionedAPI",
+]
+
+#: Response header naming the version that served a request.
+API_VERSION_HEADER = "API-Version"
+
+#: What ``deprecated=`` and ``sunset=`` accept: an aware or naive (taken as UTC)
+#: datetime, a date (midnight UTC), or a string in ISO 8601 or HTTP-date form.
+DateLike = datetime | date | str
+
+_VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+_FEATURE = "versioning"
+
+# Blueprint setup methods that still work after registration because they go
+# through ``record``; the others (before_request, errorhandler...) are merged into
+# the app once, at registration, so adding them later would silently do nothing.
+_LIVE_SETUP_METHODS = frozenset(
+    {"add_url_rule", "route", "get", "post", "put", "patch", "delete", "record", "record_once"}
+)
+
+
+def _to_datetime(value: DateLike, what: str) -> datetime:
+    """``value`` as an aware UTC datetime; ``ValueError`` naming ``what`` when unparseable."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            try:
+                parsed = parsedate_to_datetime(text)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{what}={value!r} is neither an ISO 8601 date nor an HTTP-date"
+                ) from None
+        value = parsed
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, time(0, 0), tzinfo=UTC)
+    raise TypeError(f"{what} must be a datetime, a date or a string, not {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class APIVersion:
+    """One registered API version; the headers it puts on its responses.
+
+    Attributes:
+        name: The version as it appears in URLs (``"v1"``).
+        url_prefix: Where its routes live (``"/api/v1"``).
+        blueprint: The blueprint holding its routes.
+        deprecated: When it was (or will be) deprecated, in UTC; ``None`` if it is not.
+        sunset: When it stops being served, in UTC; ``None`` if not announced.
+        link: URL of the deprecation information for the ``Link`` header; ``None``
+            uses the versions index.
+
+    Example::
+
+        version = api.versions["v1"]
+        version.is_deprecated, version.headers()
+    """
+
+    name: str
+    url_prefix: str
+    blueprint: Blueprint
+    deprecated: datetime | None = None
+    sunset: datetime | None = None
+    link: str | None = None
+
+    def __post_init__(self) -> None:
+        if (
+            self.deprecated is not None
+            and self.sunset is not None
+            and self.sunset < self.deprecated
+        ):
+            raise ValueError(
+                f"version {self.name!r}: sunset ({self.sunset.isoformat()}) is earlier than "
+                f"its deprecation ({self.deprecated.isoformat()}); RFC 8594 requires "
+                "the sunset not to precede the deprecation"
+            )
+
+    @property
+    def is_deprecated(self) -> bool:
+        """Whether a deprecation date is set (past or announced for the future)."""
+        return self.deprecated is not None
+
+    def headers(
+        self, *, deprecation_link: str | None = None, successor: str | None = None
+    ) -> dict[str, str]:
+        """The headers every response of this version carries.
+
+        Args:
+            deprecation_link: Fallback target of ``rel="deprecation"`` when
+                :attr:`link` is not set.
+            successor: URL of the version that replaces this one, if any.
+
+        Returns:
+            ``API-Version`` always; ``Deprecation``, ``Sunset`` and ``Link`` when set.
+        """
+        headers = {API_VERSION_HEADER: self.name}
+        if self.deprecated is not None:
+            headers["Deprecation"] = f"@{int(self.deprecated.timestamp())}"
+        if self.sunset is not None:
+            headers["Sunset"] = http_date(self.sunset)
+        links = []
+        target = self.link or deprecation_link
+        if self.deprecated is not None and target:
+            links.append(f'<{target}>; rel="deprecation"')
+        if self.deprecated is not None and successor:
+            links.append(f'<{successor}>; rel="successor-version"')
+        if links:
+            headers["Link"] = ", ".join(links)
+        return headers
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON description served by the versions index."""
+        return {
+            "version": self.name,
+            "url": self.url_prefix,
+            "deprecated": self.deprecated.isoformat() if self.deprecated else None,
+            "sunset": self.sunset.isoformat() if self.sunset else None,
+        }
+
+
+class _VersionBlueprint(Blueprint):
+    """A blueprint that accepts routes after it was registered.
+
+    Routes are applied through ``record``; this subclass also runs every record
+    made after registration against the setup states it was registered with, so
+    ``api.version("v1")`` can register the blueprint at once and routes can be
+    added to it afterwards, in any order.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._live_states: list[BlueprintSetupState] = []
+
+    def _check_setup_finished(self, f_name: str) -> None:
+        if f_name in _LIVE_SETUP_METHODS:
+            return
+        try:
+            super()._check_setup_finished(f_name)
+        except AssertionError as error:
+            raise AssertionError(
+                f"{error}\nFor request hooks or error handlers on one version, build a "
+                "Blueprint yourself and pass it: api.version('v1', blueprint=bp)."
+            ) from None
+
+    def record(self, func: Callable[[BlueprintSetupState], None]) -> None:
+        super().record(func)
+        for state in self._live_states:
+            func(state)
+
+    def make_setup_state(
+        self, app: Any, options: dict[str, Any], first_registration: bool = False
+    ) -> BlueprintSetupState:
+        state = super().make_setup_state(app, options, first_registration)
+        self._live_states.append(state)
+        return state
+
+
+class VersionedAPI:
+    """URL-prefixed API versions with deprecation and sunset headers.
+
+    Works with the app factory pattern: versions declared before ``init_app`` are
+    registered on every app it is given.
+
+    Example::
+
+        from datetime import date
+        from flask import Flask
+        from gennet_sync import VersionedAPI, setup_error_handlers
+
+        app = Flask(__name__)
+        setup_error_handlers(app)
+        api = VersionedAPI(app)
+
+        v1 = api.version("v1", deprecated=date(2025, 1, 1), sunset=date(2026, 1, 1))
+        v2 = api.version("v2")
+
+        @v1.get("/networks")
+        def list_networks_v1(): ...
+
+        @v2.get("/networks")
+        def list_networks_v2(): ...
+
+        # GET /api/v1/networks -> API-Version: v1, Deprecation: @1735689600,
+        #   Sunset: Thu, 01 Jan 2026 00:00:00 GMT,
+        #   Link: </api>; rel="deprecation", </api/v2>; rel="successor-version"
+        # GET /api/v9/networks -> 404 envelope, metadata.supported_versions == ["v1", "v2"]
+
+    Args:
+        app: The app to register on now; or call :meth:`init_app` later.
+        prefix: URL prefix of all versions.
+        index: Serve ``GET <prefix>`` listing the versions and their dates.
+    """
+
+    def __init__(self, app: Flask | None = None, *, prefix: str = "/api", index: bool = True):
+        cleaned = "/" + prefix.strip("/")
+        if cleaned == "/":
+            raise ValueError("prefix must not be empty: versions live under a path like /api")
+        self.prefix = cleaned
+        self.index = index
+        self._versions: dict[str, APIVersion] = {}
+        self._apps: list[Flask] = []
+        if app is not None:
+            self.init_app(app)
+
+    @property
+    def versions(self) -> Mapping[str, APIVersion]:
+        """The registered versions, by name, in the order they were declared."""
+        return dict(self._versions)
+
+    @property
+    def supported_versions(self) -> list[str]:
+        """Names of the registered versions, in declaration order."""
+        return list(self._versions)
+
+    def init_app(self, app: Flask) -> None:
+        """Register the versions declared so far, the hooks and the index on ``app``."""
+        state = app_state(app)
+        existing = state.features.get(_FEATURE)
+        if existing is self:
+            return
+        if existing is not None:
+            raise RuntimeError("this app already has a VersionedAPI; use that one")
+        state.features[_FEATURE] = self
+        self._apps.append(app)
+        app.before_request(self._reject_unknown_version)
+        app.after_request(self._add_version_headers)
+        if self.index:
+            app.add_url_rule(
+                self.prefix, endpoint="gennet_api_versions", view_func=self._versions_index
+            )
+        for version in self._versions.values():
+            self._register(app, version)
+
+    def version(
+        self,
+        name: str,
+        *,
+        deprecated: DateLike | None = None,
+        sunset: DateLike | None = None,
+        link: str | None = None,
+        blueprint: Blueprint | None = None,
+    ) -> Blueprint:
+        """Declare version ``name``, served under ``<prefix>/<name>``.
+
+        Args:
+            name: Version name as it appears in URLs: letters, digits, ``-`` and ``_``.
+            deprecated: Date of deprecation (may be in the future); sends the
+                ``Deprecation`` and ``Link`` headers.
+            sunset: Date the version stops being served; sends ``Sunset``.  Must
+                not be earlier than ``deprecated``.
+            link: URL with human-readable deprecation information for
+                ``Link: <link>; rel="deprecation"``; defaults to the versions index.
+            blueprint: An existing blueprint to mount (use this for per-version
+                request hooks or error handlers); a new one is made otherwise.
+                Its endpoints are named ``<name>.<view>``, so one blueprint can be
+                mounted under several versions.
+
+        Returns:
+            The blueprint: add routes to it (before or after this call).
+
+        Raises:
+            ValueError: A bad or duplicate name, an unparseable date, or a sunset
+                earlier than the deprecation.
+        """
+        if not _VERSION_NAME.match(name):
+            raise ValueError(
+                f"version name {name!r} must be 1-32 letters, digits, '-' or '_' "
+                "(it is a URL segment and a blueprint name)"
+            )
+        if name in self._versions:
+            raise ValueError(f"version {name!r} is already declared")
+        bp = blueprint if blueprint is not None else _VersionBlueprint(name, __name__)
+        version = APIVersion(
+            name=name,
+            url_prefix=f"{self.prefix}/{name}",
+            blueprint=bp,
+            deprecated=None if deprecated is None else _to_datetime(deprecated, "deprecated"),
+            sunset=None if sunset is None else _to_datetime(sunset, "sunset"),
+            link=link,
+        )
+        self._versions[name] = version
+        for app in self._apps:
+            self._register(app, version)
+        return bp
+
+    def version_for_path(self, path: str) -> APIVersion | None:
+        """The version whose prefix ``path`` falls under, if any."""
+        head = path[len(self.prefix) + 1 :] if path.startswith(self.prefix + "/") else ""
+        name = head.split("/", 1)[0]
+        return self._versions.get(name) if name else None
+
+    def successor_of(self, version: APIVersion) -> APIVersion | None:
+        """The newest declared version that is not deprecated, unless it is ``version``."""
+        current = [v for v in self._versions.values() if not v.is_deprecated]
+        if not current or current[-1] is version:
+            return None
+        return current[-1]
+
+    def _register(self, app: Flask, version: APIVersion) -> None:
+        app.register_blueprint(version.blueprint, url_prefix=version.url_prefix, name=version.name)
+
+    def _reject_unknown_version(self) -> None:
+        # Routing already failed (no rule matched): if the path names a version that
+        # does not exist, say so and list the real ones instead of a bare 404.
+        if not isinstance(request.routing_exception, NotFound):
+            return
+        path = request.path
+        if not path.startswith(self.prefix + "/"):
+            return
+        name = path[len(self.prefix) + 1 :].split("/", 1)[0]
+        if not name or name in self._versions:
+            return
+        raise NotFoundError(
+            "API version",
+            name,
+            metadata={"supported_versions": self.supported_versions},
+        )
+
+    def _add_version_headers(self, response: Response) -> Response:
+        version = self.version_for_path(request.path)
+        if version is None:
+            return response
+        successor = self.successor_of(version)
+        headers = version.headers(
+            deprecation_link=self._index_url() if self.index else None,
+            successor=f"{request.script_root}{successor.url_prefix}" if successor else None,
+        )
+        for name, value in headers.items():
+            if name == "Link" and response.headers.get("Link"):
+                response.headers["Link"] = f"{response.headers['Link']}, {value}"
+            else:
+                response.headers[name] = value
+        return response
+
+    def _index_url(self) -> str:
+        return f"{request.script_root}{self.prefix}"
+
+    def _versions_index(self) -> Response:
+        return jsonify({"versions": [v.describe() for v in self._versions.values()]})

@@ -1,0 +1,240 @@
+"""Tests for gennet_sync.versioning: prefixes, version headers, unknown versions."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import pytest
+from flask import Blueprint, Flask, url_for
+from werkzeug.test import TestResponse
+
+from gennet_sync import VersionedAPI, setup_error_handlers
+from gennet_sync.error_handler import app_state
+from gennet_sync.exceptions import ConflictError
+
+DEPRECATED = date(2025, 1, 1)
+SUNSET = date(2026, 1, 1)
+
+
+def json_of(response: TestResponse) -> dict[str, Any]:
+    data = response.get_json()
+    assert isinstance(data, dict), response.data
+    return data
+
+
+def make_app() -> tuple[Flask, VersionedAPI]:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    api = VersionedAPI(app)
+    v1 = api.version("v1", deprecated=DEPRECATED, sunset=SUNSET)
+    v2 = api.version("v2")
+
+    @v1.get("/networks/<network_id>")
+    def get_network_v1(network_id: str) -> dict[str, str]:
+        return {"id": network_id, "version": "1"}
+
+    @v2.get("/networks/<network_id>")
+    def get_network_v2(network_id: str) -> dict[str, str]:
+        if network_id == "taken":
+            raise ConflictError("busy")
+        return {"id": network_id, "version": "2"}
+
+    return app, api
+
+
+def test_each_version_serves_its_own_routes_under_its_prefix() -> None:
+    app, _ = make_app()
+    client = app.test_client()
+    assert client.get("/api/v1/networks/a").json == {"id": "a", "version": "1"}
+    assert client.get("/api/v2/networks/a").json == {"id": "a", "version": "2"}
+    with app.test_request_context():
+        assert url_for("v2.get_network_v2", network_id="x") == "/api/v2/networks/x"
+
+
+def test_current_version_has_api_version_header_and_no_deprecation() -> None:
+    app, _ = make_app()
+    response = app.test_client().get("/api/v2/networks/a")
+    assert response.headers["API-Version"] == "v2"
+    assert "Deprecation" not in response.headers
+    assert "Sunset" not in response.headers
+    assert "Link" not in response.headers
+
+
+def test_deprecated_version_sends_rfc_deprecation_sunset_and_link() -> None:
+    app, _ = make_app()
+    response = app.test_client().get("/api/v1/networks/a")
+    assert response.status_code == 200
+    assert response.headers["API-Version"] == "v1"
+    epoch = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp())
+    assert response.headers["Deprecation"] == f"@{epoch}"
+    assert response.headers["Sunset"] == "Thu, 01 Jan 2026 00:00:00 GMT"
+    assert parsedate_to_datetime(response.headers["Sunset"]) == datetime(2026, 1, 1, tzinfo=UTC)
+    link = response.headers["Link"]
+    assert '</api>; rel="deprecation"' in link
+    assert '</api/v2>; rel="successor-version"' in link
+
+
+def test_error_envelopes_and_unknown_paths_inside_a_version_carry_its_headers() -> None:
+    app, _ = make_app()
+    client = app.test_client()
+    conflict = client.get("/api/v2/networks/taken")
+    assert conflict.status_code == 409
+    assert json_of(conflict)["error"]["code"] == "CONFLICT"
+    assert conflict.headers["API-Version"] == "v2"
+    missing = client.get("/api/v1/nothing-here")
+    assert missing.status_code == 404
+    assert json_of(missing)["error"]["code"] == "NOT_FOUND"
+    assert missing.headers["API-Version"] == "v1"
+    assert "Deprecation" in missing.headers
+    wrong_method = client.post("/api/v1/networks/a")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["API-Version"] == "v1"
+
+
+def test_unknown_version_is_a_404_envelope_listing_supported_versions() -> None:
+    app, _ = make_app()
+    response = app.test_client().get("/api/v9/networks/a")
+    assert response.status_code == 404
+    error = json_of(response)["error"]
+    assert error["code"] == "NOT_FOUND"
+    assert error["type"] == "NotFoundError"
+    assert "v9" in error["message"]
+    assert error["metadata"]["supported_versions"] == ["v1", "v2"]
+    assert error["metadata"]["resource_id"] == "v9"
+    assert "API-Version" not in response.headers
+
+
+def test_paths_outside_the_prefix_are_untouched() -> None:
+    app, _ = make_app()
+
+    @app.get("/health")
+    def health() -> str:
+        return "ok"
+
+    client = app.test_client()
+    assert "API-Version" not in client.get("/health").headers
+    plain_404 = client.get("/apiary")
+    assert plain_404.status_code == 404
+    assert "supported_versions" not in json_of(plain_404)["error"]["metadata"]
+
+
+def test_versions_index_lists_versions_with_dates() -> None:
+    app, _ = make_app()
+    body = app.test_client().get("/api").json
+    assert body == {
+        "versions": [
+            {
+                "version": "v1",
+                "url": "/api/v1",
+                "deprecated": "2025-01-01T00:00:00+00:00",
+                "sunset": "2026-01-01T00:00:00+00:00",
+            },
+            {"version": "v2", "url": "/api/v2", "deprecated": None, "sunset": None},
+        ]
+    }
+
+
+def test_sunset_earlier_than_deprecation_is_rejected() -> None:
+    api = VersionedAPI()
+    with pytest.raises(ValueError, match="earlier than"):
+        api.version("v1", deprecated=date(2026, 1, 1), sunset=date(2025, 1, 1))
+    assert api.supported_versions == []
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (date(2025, 3, 1), datetime(2025, 3, 1, tzinfo=UTC)),
+        (datetime(2025, 3, 1, 12, 0), datetime(2025, 3, 1, 12, 0, tzinfo=UTC)),
+        (
+            datetime(2025, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))),
+            datetime(2025, 3, 1, 12, 0, tzinfo=UTC),
+        ),
+        ("2025-03-01", datetime(2025, 3, 1, tzinfo=UTC)),
+        ("Sat, 01 Mar 2025 00:00:00 GMT", datetime(2025, 3, 1, tzinfo=UTC)),
+    ],
+)
+def test_dates_are_accepted_in_common_forms_and_normalised_to_utc(
+    value: date | datetime | str, expected: datetime
+) -> None:
+    api = VersionedAPI()
+    api.version("v1", deprecated=value)
+    assert api.versions["v1"].deprecated == expected
+
+
+@pytest.mark.parametrize("name", ["", "v 1", "v1/beta", "a.b", "x" * 40])
+def test_bad_version_names_are_rejected(name: str) -> None:
+    with pytest.raises(ValueError, match="version name"):
+        VersionedAPI().version(name)
+
+
+def test_bad_dates_and_duplicates_are_rejected() -> None:
+    api = VersionedAPI()
+    with pytest.raises(ValueError, match="neither"):
+        api.version("v1", sunset="next tuesday")
+    api.version("v1")
+    with pytest.raises(ValueError, match="already declared"):
+        api.version("v1")
+
+
+def test_app_factory_and_existing_blueprint_mounted_under_two_versions() -> None:
+    shared = Blueprint("shared", __name__)
+    calls: list[str] = []
+
+    @shared.before_request
+    def count() -> None:
+        calls.append("hook")
+
+    @shared.get("/ping")
+    def ping() -> str:
+        return "pong"
+
+    api = VersionedAPI(prefix="/service/")
+    api.version("v1", blueprint=shared, deprecated="2025-01-01", link="https://example.org/v1")
+    api.version("v2", blueprint=shared)
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    api.init_app(app)
+    assert app_state(app).features["versioning"] is api
+    client = app.test_client()
+    old = client.get("/service/v1/ping")
+    assert old.text == "pong"
+    assert old.headers["Link"].startswith('<https://example.org/v1>; rel="deprecation"')
+    assert client.get("/service/v2/ping").headers["API-Version"] == "v2"
+    assert calls == ["hook", "hook"]
+    with app.test_request_context():
+        assert url_for("v1.ping") == "/service/v1/ping"
+
+
+def test_routes_added_after_registration_work_but_late_hooks_fail_loudly() -> None:
+    app, api = make_app()
+    v3 = api.version("v3")
+
+    @v3.route("/late", methods=["GET", "POST"])
+    def late() -> str:
+        return "late"
+
+    assert app.test_client().post("/api/v3/late").text == "late"
+    with pytest.raises(AssertionError, match="blueprint=bp"):
+        v3.before_request(lambda: None)
+
+
+def test_second_versioned_api_on_one_app_is_refused() -> None:
+    app, _ = make_app()
+    with pytest.raises(RuntimeError, match="already has"):
+        VersionedAPI(app)
+
+
+def test_existing_link_header_is_kept() -> None:
+    app, api = make_app()
+    v1 = api.versions["v1"].blueprint
+
+    @v1.get("/paged")
+    def paged() -> tuple[str, int, dict[str, str]]:
+        return "", 200, {"Link": '</api/v1/paged?page=2>; rel="next"'}
+
+    link = app.test_client().get("/api/v1/paged").headers["Link"]
+    assert link.startswith('</api/v1/paged?page=2>; rel="next", ')
+    assert 'rel="deprecation"' in link
