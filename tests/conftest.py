@@ -8,8 +8,11 @@ import shutil
 import threading
 from collections.abc import Iterator
 
+import pytest
 from flask import Flask
 from werkzeug.serving import make_server
+
+from tests.redis_server import RedisServer
 
 
 def require_binary(name: str) -> str:
@@ -35,3 +38,42 @@ def serve_app(app: Flask) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def _started_redis_server() -> RedisServer:
+    # A free port can be taken between choosing and binding it: try a few.
+    for attempt in range(3):
+        server = RedisServer()
+        try:
+            server.start()
+        except RuntimeError:
+            server.stop()
+            if attempt == 2:
+                raise
+        else:
+            return server
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free 127.0.0.1 port, shared by the session.
+
+    Tests sharing it use their own key prefix and must leave it running; a test
+    that kills or pauses Redis uses ``disposable_redis_server`` instead.
+    """
+    server = _started_redis_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def disposable_redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, free to kill, pause and restart."""
+    server = _started_redis_server()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,558 @@
+"""RedisStorage against a real redis-server: fleet-wide counts, OPEN periods,
+trial leases, round trips, and what happens when Redis dies, hangs or forgets.
+
+Several ``RedisStorage`` instances on one server stand for several processes'
+views of the fleet; the multi-process tests at the end use real processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from gennet_sync.redis_storage import RedisStorage
+from gennet_sync.storage import BreakerStorage, CircuitState, SharedState, storage_from_url
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+LOGGER = "gennet_sync.redis_storage"
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class CountingConnection(redis.Connection):
+    """A redis-py connection that counts commands sent and connection attempts."""
+
+    commands = 0
+    connects = 0
+
+    def connect(self) -> None:
+        if self._sock is None:
+            type(self).connects += 1
+        super().connect()  # type: ignore[no-untyped-call]
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        type(self).commands += 1
+        super().send_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def counting_client(port: int) -> tuple[redis.Redis, type[CountingConnection]]:
+    """A client with short timeouts and no retries whose connections count their I/O."""
+    counter = type("Counter", (CountingConnection,), {"commands": 0, "connects": 0})
+    pool = redis.ConnectionPool(
+        connection_class=counter,
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=0.2,
+        socket_connect_timeout=0.2,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+    )
+    return redis.Redis(connection_pool=pool), counter
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    """Poll ``predicate`` (for Redis-side expiry, which no fake clock can move)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def make_storage(redis_server: RedisServer) -> Iterator[Callable[..., RedisStorage]]:
+    """RedisStorage instances (one per simulated process) under a prefix of this test's own."""
+    prefix = f"test:{uuid.uuid4().hex[:8]}"
+    made: list[RedisStorage] = []
+
+    def make(**options: Any) -> RedisStorage:
+        options.setdefault("prefix", prefix)
+        options.setdefault("sync_interval", 0.1)
+        storage = RedisStorage(redis_server.url, **options)
+        made.append(storage)
+        return storage
+
+    yield make
+    for storage in made:
+        storage.close()
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+def closed(count: int = 0) -> SharedState:
+    return SharedState(CircuitState.CLOSED, failure_count=count)
+
+
+def assert_open(state: SharedState | None, open_for: float) -> None:
+    """OPEN, with at most ``open_for`` s left, and not a second less."""
+    assert state is not None
+    assert state.state is CircuitState.OPEN
+    assert open_for - min(1.0, open_for) <= state.open_remaining <= open_for
+
+
+def is_half_open(storage: RedisStorage, name: str) -> bool:
+    return storage.load(name) == SharedState(CircuitState.HALF_OPEN)
+
+
+# -- the protocol ---------------------------------------------------------------
+
+
+def test_is_a_shared_breaker_storage(make_storage: Callable[..., RedisStorage]) -> None:
+    storage: BreakerStorage = make_storage(sync_interval=0.25)
+    assert isinstance(storage, BreakerStorage)
+    assert storage.shared is True
+    assert storage.sync_interval == 0.25
+
+
+def test_storage_from_url_reads_storage_options_from_the_query(
+    redis_server: RedisServer,
+) -> None:
+    url = f"{redis_server.url}?prefix=orders&sync_interval=0.3&socket_timeout=0.1"
+    chosen = storage_from_url(url)
+    assert isinstance(chosen, RedisStorage)
+    storage = chosen
+    try:
+        assert storage.prefix == "orders"
+        assert storage.sync_interval == 0.3
+        assert storage.client.get_connection_kwargs()["socket_timeout"] == 0.1
+        assert storage.load("svc") == closed()
+    finally:
+        storage.close()
+
+
+def test_from_url_rejects_a_storage_option_that_is_not_a_number() -> None:
+    with pytest.raises(ValueError, match="sync_interval"):
+        RedisStorage.from_url("redis://127.0.0.1:1/0?sync_interval=soon")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("sync_interval", -1.0),
+        ("socket_timeout", 0.0),
+        ("connect_timeout", float("nan")),
+        ("key_ttl", float("inf")),
+        ("retry_backoff", -0.5),
+        ("prefix", ""),
+    ],
+)
+def test_bad_settings_are_a_value_error_naming_them(option: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=option):
+        RedisStorage("redis://127.0.0.1:1/0", **{option: value})
+
+
+def test_max_retry_backoff_below_retry_backoff_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="max_retry_backoff"):
+        RedisStorage("redis://127.0.0.1:1/0", retry_backoff=5.0, max_retry_backoff=1.0)
+
+
+def test_repr_names_the_server_but_not_the_password(redis_server: RedisServer) -> None:
+    storage = RedisStorage(f"redis://:s3cret@127.0.0.1:{redis_server.port}/0")
+    try:
+        text = repr(storage)
+        assert f"127.0.0.1:{redis_server.port}" in text
+        assert "s3cret" not in text
+    finally:
+        storage.close()
+
+
+# -- counting and tripping across processes --------------------------------------
+
+
+def test_an_unknown_breaker_is_closed(make_storage: Callable[..., RedisStorage]) -> None:
+    assert make_storage().load("never-seen") == closed()
+
+
+def test_failures_from_every_process_add_up_and_trip_at_the_threshold(
+    make_storage: Callable[..., RedisStorage],
+) -> None:
+    a, b, c = make_storage(), make_storage(), make_storage()
+    assert a.record_failure("svc", failure_threshold=4, open_for=30) == closed(1)
+    assert b.record_failure("svc", failure_threshold=4, open_for=30) == closed(2)
+    assert a.record_failure("svc", failure_threshold=4, open_for=30) == closed(3)
+    assert c.load("svc") == closed(3)
+
+    tripped = b.record_failure("svc", failure_threshold=4, open_for=30)
+    assert tripped is not None
+    assert tripped.state is CircuitState.OPEN
+    assert 29.0 < tripped.open_remaining <= 30.0
+
+    seen = c.load("svc")
+    assert seen is not None
+    assert seen.state is CircuitState.OPEN
+    assert 29.0 < seen.open_remaining <= 30.0
+
+
+def test_concurrent_failures_trip_exactly_once(make_storage: Callable[..., RedisStorage]) -> None:
+    storages = [make_storage() for _ in range(4)]
+    results: list[SharedState | None] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def fail(storage: RedisStorage) -> None:
+        start.wait()
+        for _ in range(5):
+            state = storage.record_failure("svc", failure_threshold=10, open_for=30)
+            with lock:
+                results.append(state)
+
+    threads = [threading.Thread(target=fail, args=(storages[i % 4],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    counts = sorted(r.failure_count for r in results if r and r.state is CircuitState.CLOSED)
+    assert counts == list(range(1, 10)), "each failure before the trip counted exactly once"
+    assert sum(1 for r in results if r and r.state is CircuitState.OPEN) == 40 - 9
+
+
+def test_a_failure_reported_after_the_trip_is_not_counted(
+    make_storage: Callable[..., RedisStorage],
+) -> None:
+    a, b = make_storage(), make_storage()
+    a.set_open("svc", 30)
+    late = b.record_failure("svc", failure_threshold=1, open_for=5)
+    assert late is not None
+    assert late.state is CircuitState.OPEN
+    assert late.open_remaining > 5.0, "the running OPEN period is kept, not restarted"
+    a.set_closed("svc")
+    assert b.load("svc") == closed(0)
+
+
+def test_a_success_resets_the_fleet_count(make_storage: Callable[..., RedisStorage]) -> None:
+    a, b = make_storage(), make_storage()
+    a.record_failure("svc", failure_threshold=3, open_for=30)
+    a.record_failure("svc", failure_threshold=3, open_for=30)
+    b.reset_failures("svc")
+    assert a.load("svc") == closed(0)
+    assert a.record_failure("svc", failure_threshold=3, open_for=30) == closed(1)
+
+
+def test_open_period_ends_in_half_open_for_everyone(
+    make_storage: Callable[..., RedisStorage],
+) -> None:
+    a, b = make_storage(), make_storage()
+    b.set_open("svc", 0.05)
+    assert_open(a.load("svc"), 0.05)
+    wait_until(lambda: a.load("svc") == SharedState(CircuitState.HALF_OPEN))
+    # A failure of a call admitted on an old view does not count in HALF_OPEN:
+    # the trial decides.
+    assert a.record_failure("svc", failure_threshold=1, open_for=30) == SharedState(
+        CircuitState.HALF_OPEN
+    )
+    b.set_closed("svc")
+    assert a.load("svc") == closed()
+
+
+def test_names_and_prefixes_do_not_share_state(
+    make_storage: Callable[..., RedisStorage],
+) -> None:
+    a = make_storage()
+    other_app = make_storage(prefix=f"{a.prefix}-other")
+    a.set_open("payments", 30)
+    assert a.load("search") == closed()
+    assert other_app.load("payments") == closed()
+
+
+# -- HALF_OPEN trial leases ------------------------------------------------------
+
+
+def test_trials_are_limited_fleet_wide(make_storage: Callable[..., RedisStorage]) -> None:
+    storages = [make_storage() for _ in range(3)]
+    storages[0].set_open("svc", 0.01)
+    wait_until(lambda: storages[0].load("svc") == SharedState(CircuitState.HALF_OPEN))
+
+    granted = [s.acquire_trial("svc", max_calls=2, lease=30) for s in storages]
+    assert granted == [True, True, False]
+    storages[1].release_trial("svc")
+    assert storages[2].acquire_trial("svc", max_calls=2, lease=30) is True
+    assert storages[1].acquire_trial("svc", max_calls=2, lease=30) is False
+
+
+def race_for_trials(
+    storages: list[RedisStorage], name: str, *, threads: int, max_calls: int
+) -> list[bool | None]:
+    """``threads`` threads, spread over ``storages``, ask for a trial slot at once."""
+    start = threading.Barrier(threads)
+    granted: list[bool | None] = []
+    lock = threading.Lock()
+
+    def admit(storage: RedisStorage) -> None:
+        start.wait()
+        result = storage.acquire_trial(name, max_calls=max_calls, lease=30)
+        with lock:
+            granted.append(result)
+
+    workers = [
+        threading.Thread(target=admit, args=(storages[i % len(storages)],)) for i in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=10)
+    return granted
+
+
+def test_racing_threads_of_many_processes_get_exactly_max_calls_trials(
+    make_storage: Callable[..., RedisStorage],
+) -> None:
+    storages = [make_storage() for _ in range(4)]
+    for round_number in range(5):
+        name = f"svc-{round_number}"
+        storages[0].set_open(name, 0.01)
+        wait_until(functools.partial(is_half_open, storages[0], name))
+        granted = race_for_trials(storages, name, threads=16, max_calls=3)
+        assert granted.count(True) == 3
+        assert granted.count(False) == 13
+
+
+def test_no_trial_while_open(make_storage: Callable[..., RedisStorage]) -> None:
+    a = make_storage()
+    a.set_open("svc", 30)
+    assert a.acquire_trial("svc", max_calls=5, lease=30) is False
+
+
+def test_a_closed_fleet_admits_without_taking_a_slot(
+    make_storage: Callable[..., RedisStorage],
+) -> None:
+    stale, other = make_storage(), make_storage()
+    # ``stale`` still believes HALF_OPEN, but another process already closed it.
+    assert stale.acquire_trial("svc", max_calls=1, lease=30) is True
+    other.set_open("svc", 0.01)
+    wait_until(lambda: other.load("svc") == SharedState(CircuitState.HALF_OPEN))
+    assert other.acquire_trial("svc", max_calls=1, lease=30) is True, "no slot was held"
+    stale.release_trial("svc")
+    assert stale.acquire_trial("svc", max_calls=1, lease=30) is False, "the slot stays leased"
+
+
+def test_the_lease_of_a_process_that_died_runs_out(
+    make_storage: Callable[..., RedisStorage],
+) -> None:
+    dead, alive = make_storage(), make_storage()
+    alive.set_open("svc", 0.01)
+    wait_until(lambda: alive.load("svc") == SharedState(CircuitState.HALF_OPEN))
+    assert dead.acquire_trial("svc", max_calls=1, lease=0.1) is True
+    assert alive.acquire_trial("svc", max_calls=1, lease=30) is False
+    wait_until(lambda: alive.acquire_trial("svc", max_calls=1, lease=30) is True)
+
+
+def test_reopening_and_closing_end_the_leases(make_storage: Callable[..., RedisStorage]) -> None:
+    a, b = make_storage(), make_storage()
+    a.set_open("svc", 0.01)
+    wait_until(lambda: a.load("svc") == SharedState(CircuitState.HALF_OPEN))
+    assert a.acquire_trial("svc", max_calls=1, lease=30) is True
+    a.set_open("svc", 0.01)  # the trial failed
+    wait_until(lambda: b.load("svc") == SharedState(CircuitState.HALF_OPEN))
+    assert b.acquire_trial("svc", max_calls=1, lease=30) is True, "a new period, a new slot"
+    b.set_closed("svc")
+    a.release_trial("svc")  # late, harmless
+    assert b.load("svc") == closed()
+
+
+# -- keys, TTLs and round trips --------------------------------------------------
+
+
+def test_every_key_expires(make_storage: Callable[..., RedisStorage], raw: redis.Redis) -> None:
+    a = make_storage(key_ttl=600)
+    a.record_failure("counting", failure_threshold=5, open_for=30)
+    a.record_failure("tripped", failure_threshold=1, open_for=30)
+    a.set_open("trial", 0.01)
+    wait_until(lambda: a.load("trial") == SharedState(CircuitState.HALF_OPEN))
+    a.acquire_trial("trial", max_calls=1, lease=20)
+
+    keys = sorted(k.decode() for k in raw.scan_iter(match=f"{a.prefix}:*"))
+    assert keys == [
+        f"{a.prefix}:{{counting}}:failures",
+        f"{a.prefix}:{{trial}}:trials",
+        f"{a.prefix}:{{trial}}:tripped",
+        f"{a.prefix}:{{tripped}}:open",
+        f"{a.prefix}:{{tripped}}:tripped",
+    ]
+    for key in keys:
+        assert 0 < raw.pttl(key) <= (600 + 30) * 1000, key
+
+
+def test_each_call_is_one_round_trip(redis_server: RedisServer) -> None:
+    client, counter = counting_client(redis_server.port)
+    storage = RedisStorage(client, prefix=f"rt:{uuid.uuid4().hex[:8]}")
+    try:
+        storage.load("svc")  # connects (and the handshake) once
+        calls: list[Callable[[], object]] = [
+            lambda: storage.load("svc"),
+            lambda: storage.record_failure("svc", failure_threshold=2, open_for=0.01),
+            lambda: storage.reset_failures("svc"),
+            lambda: storage.record_failure("svc", failure_threshold=1, open_for=0.01),  # trips
+            lambda: storage.set_open("svc", 0.01),
+            lambda: storage.set_closed("svc"),
+            lambda: storage.acquire_trial("svc", max_calls=1, lease=5),
+            lambda: storage.release_trial("svc"),  # the CLOSED admission took no slot: free
+        ]
+        sent = []
+        for call in calls:
+            before = counter.commands
+            call()
+            sent.append(counter.commands - before)
+        assert sent == [1, 1, 1, 1, 1, 1, 1, 0]
+        assert counter.connects == 1
+    finally:
+        client.close()
+
+
+def test_flushall_and_lost_scripts_do_not_wedge_it(
+    make_storage: Callable[..., RedisStorage], raw: redis.Redis
+) -> None:
+    a = make_storage()
+    a.record_failure("svc", failure_threshold=1, open_for=30)
+    raw.flushall()
+    assert a.load("svc") == closed(), "missing keys read as CLOSED"
+    raw.script_flush()
+    assert a.record_failure("svc", failure_threshold=2, open_for=30) == closed(1)
+    assert a.available
+
+
+# -- Redis down, slow, back ------------------------------------------------------
+
+
+def every_method(storage: RedisStorage) -> list[object]:
+    """Call every method; the replies of those that have one."""
+    storage.reset_failures("svc")
+    storage.set_open("svc", 30)
+    storage.set_closed("svc")
+    storage.release_trial("svc")
+    return [
+        storage.load("svc"),
+        storage.record_failure("svc", failure_threshold=1, open_for=30),
+        storage.acquire_trial("svc", max_calls=1, lease=30),
+    ]
+
+
+def test_redis_down_returns_none_quickly_and_warns_once(
+    disposable_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    storage = RedisStorage(disposable_redis_server.url, clock=clock)
+    try:
+        assert storage.load("svc") == closed()
+        disposable_redis_server.kill()
+        caplog.set_level(logging.INFO, logger=LOGGER)
+        started = time.monotonic()
+        for _ in range(20):
+            assert every_method(storage) == [None] * 3
+            clock.advance(0.1)
+        assert time.monotonic() - started < 1.0
+        warnings = [r for r in caplog.records if r.name == LOGGER]
+        assert len(warnings) == 1
+        assert warnings[0].levelno == logging.WARNING
+        assert "unavailable" in warnings[0].getMessage()
+        assert not storage.available
+    finally:
+        storage.close()
+
+
+def test_backs_off_without_network_io_then_resumes_sharing(
+    disposable_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    client, counter = counting_client(disposable_redis_server.port)
+    storage = RedisStorage(client, retry_backoff=1.0, max_retry_backoff=3.0, clock=clock)
+    other = RedisStorage(disposable_redis_server.url)
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    try:
+        assert storage.load("svc") == closed()
+        disposable_redis_server.kill()
+        assert storage.load("svc") is None  # the failure that starts the outage
+        attempts = counter.connects
+
+        for _ in range(5):
+            assert storage.load("svc") is None
+        clock.advance(0.9)
+        assert storage.record_failure("svc", failure_threshold=1, open_for=30) is None
+        assert counter.connects == attempts, "no network I/O while backing off"
+
+        clock.advance(0.2)  # 1.1 s: the probe is due, and fails
+        assert storage.load("svc") is None
+        assert counter.connects == attempts + 1
+        clock.advance(1.5)  # the pause doubled to 2 s
+        assert storage.load("svc") is None
+        assert counter.connects == attempts + 1
+        clock.advance(0.6)
+        assert storage.load("svc") is None
+        assert counter.connects == attempts + 2
+        clock.advance(3.0)  # capped at max_retry_backoff
+        assert storage.load("svc") is None
+        assert counter.connects == attempts + 3
+
+        disposable_redis_server.start()  # empty, on the same port
+        assert storage.load("svc") is None, "still backing off"
+        clock.advance(3.0)
+        assert storage.record_failure("svc", failure_threshold=2, open_for=30) == closed(1)
+        assert storage.available
+        assert other.record_failure("svc", failure_threshold=2, open_for=30) is not None
+        assert_open(storage.load("svc"), 30)  # sharing resumed
+
+        levels = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+        assert [level for level, _ in levels] == [logging.WARNING, logging.INFO]
+        assert "available again" in levels[1][1]
+    finally:
+        storage.close()
+        other.close()
+        client.close()
+
+
+def test_a_hung_redis_costs_one_socket_timeout_not_a_hang(
+    disposable_redis_server: RedisServer,
+) -> None:
+    storage = RedisStorage(disposable_redis_server.url, socket_timeout=0.1, connect_timeout=0.1)
+    try:
+        assert storage.load("svc") == closed()
+        disposable_redis_server.pause()
+        started = time.monotonic()
+        assert storage.record_failure("svc", failure_threshold=1, open_for=30) is None
+        assert storage.load("svc") is None  # backing off: at once
+        assert time.monotonic() - started < 1.0
+    finally:
+        disposable_redis_server.resume()
+        storage.close()
+
+
+def test_a_restarted_redis_is_used_at_once_with_its_scripts_loaded_again(
+    disposable_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = RedisStorage(disposable_redis_server.url)
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    try:
+        assert storage.record_failure("svc", failure_threshold=3, open_for=30) == closed(1)
+        disposable_redis_server.restart()  # between two calls: empty, no scripts
+        # The pool replaces the dead connection and the script is sent again
+        # (NOSCRIPT) within this one call; the count starts again from nothing.
+        assert storage.record_failure("svc", failure_threshold=3, open_for=30) == closed(1)
+        assert storage.record_failure("svc", failure_threshold=3, open_for=30) == closed(2)
+        assert storage.available
+        assert [r for r in caplog.records if r.name == LOGGER] == []
+    finally:
+        storage.close()
