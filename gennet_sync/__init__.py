@@ -5,6 +5,28 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
+from gennet_sync.circuit_breaker import (
+    BreakerConfig,
+    BreakerMetrics,
+    BreakerMode,
+    CallPermit,
+    CircuitBreaker,
+    CircuitBreakerError,
+    CircuitBreakerRegistry,
+    CircuitState,
+    ExponentialOpenDuration,
+    FixedOpenDuration,
+    Outcome,
+    StateChangeEvent,
+    TransitionReason,
+    all_circuit_breakers,
+    circuit_breaker,
+    circuit_breaker_metrics,
+    clear_circuit_breakers,
+    get_circuit_breaker,
+    register_config,
+    set_default_storage,
+)
 from gennet_sync.context import RequestIdFilter, current_request_id
 from gennet_sync.error_handler import GenNet, setup_error_handlers
 from gennet_sync.exceptions import (
@@ -29,19 +51,39 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "APIVersion",
+    "BreakerConfig",
+    "BreakerMetrics",
+    "BreakerMode",
+    "CallPermit",
+    "CircuitBreaker",
+    "CircuitBreakerError",
+    "CircuitBreakerRegistry",
+    "CircuitState",
     "ConflictError",
+    "ExponentialOpenDuration",
+    "FixedOpenDuration",
     "ForbiddenError",
     "GenNet",
     "GenNetException",
     "InternalServerError",
     "NotFoundError",
+    "Outcome",
     "RateLimitError",
     "RequestIdFilter",
     "ServiceUnavailableError",
+    "StateChangeEvent",
+    "TransitionReason",
     "UnauthorizedError",
     "ValidationError",
     "VersionedAPI",
     "__version__",
+    "all_circuit_breakers",
+    "circuit_breaker",
+    "circuit_breaker_metrics",
+    "clear_circuit_breakers",
     "current_request_id",
+    "get_circuit_breaker",
+    "register_config",
+    "set_default_storage",
     "setup_error_handlers",
 ]

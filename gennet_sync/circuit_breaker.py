@@ -1,0 +1,1068 @@
+"""A circuit breaker that is exact under threads and never serialises the calls it guards.
+
+The breaker's lock guards a few field writes: admitting a call (:meth:`CircuitBreaker.acquire`)
+and recording its outcome (:class:`CallPermit`).  The protected function runs outside
+it, so any number of threads call a slow service in parallel, while HALF_OPEN still
+admits exactly ``half_open_max_calls`` trial calls.  Time comes from an injected
+clock; this module imports neither Flask nor requests and never sleeps.
+
+Example::
+
+    breaker = get_circuit_breaker("grn-store", failure_threshold=3, recovery_timeout=30)
+
+    @breaker
+    def load_network(network_id: str) -> dict[str, object]:
+        return store.get(network_id)
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import fields
+from types import TracebackType
+from typing import Any, Final, Unpack
+
+from gennet_sync._breaker_policy import (
+    BreakerConfig,
+    BreakerMetrics,
+    BreakerMode,
+    BreakerOptions,
+    ExponentialOpenDuration,
+    FixedOpenDuration,
+    Outcome,
+    StateChangeEvent,
+    TransitionReason,
+    make_window,
+    rate_trip_reason,
+)
+from gennet_sync.exceptions import ServiceUnavailableError
+from gennet_sync.storage import (
+    BreakerStorage,
+    CircuitState,
+    MemoryStorage,
+    SharedState,
+    storage_from_url,
+)
+from gennet_sync.typing import Clock, P, R, StateListener
+
+__all__ = [
+    "BreakerConfig",
+    "BreakerMetrics",
+    "BreakerMode",
+    "BreakerOptions",
+    "CallPermit",
+    "CircuitBreaker",
+    "CircuitBreakerError",
+    "CircuitBreakerRegistry",
+    "CircuitState",
+    "ExponentialOpenDuration",
+    "FixedOpenDuration",
+    "Outcome",
+    "StateChangeEvent",
+    "TransitionReason",
+    "all_circuit_breakers",
+    "circuit_breaker",
+    "circuit_breaker_metrics",
+    "clear_circuit_breakers",
+    "get_circuit_breaker",
+    "register_config",
+    "registry",
+    "set_default_storage",
+]
+
+_logger = logging.getLogger(__name__)
+
+_CLOSED: Final = CircuitState.CLOSED
+_OPEN: Final = CircuitState.OPEN
+_HALF_OPEN: Final = CircuitState.HALF_OPEN
+_SUCCESS: Final = Outcome.SUCCESS
+_FAILURE: Final = Outcome.FAILURE
+_IGNORED: Final = Outcome.IGNORED
+_NORMAL: Final = BreakerMode.NORMAL
+
+#: How long a forced opening is announced to a shared storage: until ``reset()``.
+FORCED_OPEN_SHARED_SECONDS: Final = 365 * 24 * 3600.0
+
+_anonymous_ids = itertools.count(1)
+
+
+class CircuitBreakerError(ServiceUnavailableError):
+    """Raised instead of calling the service while its breaker refuses calls (503).
+
+    Its metadata names the breaker (``service``) and the seconds until a trial
+    call will be let through (``retry_after``, also the ``Retry-After`` header),
+    so a Flask service that lets it propagate answers 503 with ``Retry-After``.
+
+    Example::
+
+        try:
+            breaker.call(fetch)
+        except CircuitBreakerError as error:
+            log.warning("%s unavailable for %.1f s", error.service, error.retry_after or 0)
+
+    Args:
+        message: Human-readable message; names the breaker and state by default.
+        service: The breaker's name.
+        retry_after: Seconds until the next trial call; ``None`` when unknown
+            (forced open: until an operator resets it).
+        state: The breaker's state when it refused the call.
+        metadata: Extra envelope metadata.
+        code: Overrides the error code.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        service: str,
+        retry_after: float | None,
+        state: CircuitState = _OPEN,
+        metadata: Mapping[str, Any] | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.state = state
+        if message is None:
+            message = f"Circuit breaker '{service}' is {state.value}; call not attempted"
+        extra: dict[str, Any] = {"state": state.value}
+        if metadata:
+            extra.update(metadata)
+        super().__init__(
+            message,
+            service=service,
+            retry_after=None if retry_after is None else round(max(0.0, retry_after), 3),
+            metadata=extra,
+            code=code,
+        )
+
+
+class CallPermit:
+    """The right to make one call through a breaker; report its outcome exactly once.
+
+    Returned by :meth:`CircuitBreaker.acquire`.  The first of :meth:`success`,
+    :meth:`failure` or :meth:`ignore` counts; later ones do nothing.  Usable as a
+    context manager: leaving the block without an exception is a success, with one
+    the breaker's config classifies it.
+
+    Example::
+
+        permit = breaker.acquire()          # raises CircuitBreakerError when refused
+        try:
+            response = send(request)
+        except ConnectionError as error:
+            permit.failure(error)
+            raise
+        except BaseException:
+            permit.ignore()
+            raise
+        permit.success()
+    """
+
+    __slots__ = ("_breaker", "_done", "_generation", "_shared_trial", "_started", "_trial")
+
+    def __init__(
+        self, breaker: CircuitBreaker, generation: int, started: float | None, trial: bool
+    ) -> None:
+        self._breaker = breaker
+        self._generation = generation
+        self._started = started
+        self._trial = trial
+        self._shared_trial = False
+        self._done = False
+
+    @property
+    def is_trial(self) -> bool:
+        """True when this call is a HALF_OPEN trial."""
+        return self._trial
+
+    @property
+    def done(self) -> bool:
+        """True once an outcome has been recorded."""
+        return self._done
+
+    def success(self) -> None:
+        """Record a success (its duration feeds slow-call detection)."""
+        self._breaker._record(self, _SUCCESS, None)
+
+    def failure(self, error: BaseException | None = None) -> None:
+        """Record a failure.
+
+        Args:
+            error: The exception, when there is one (for logging).
+        """
+        self._breaker._record(self, _FAILURE, error)
+
+    def ignore(self) -> None:
+        """Count this call neither way; frees its HALF_OPEN trial slot."""
+        self._breaker._record(self, _IGNORED, None)
+
+    def record(self, outcome: Outcome, error: BaseException | None = None) -> None:
+        """Record ``outcome`` (one of the three above)."""
+        self._breaker._record(self, outcome, error)
+
+    def __enter__(self) -> CallPermit:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.success()
+        else:
+            self._breaker._record_exception(self, exc)
+
+
+class CircuitBreaker:
+    """Stops calling a failing service for a while, then lets trial calls probe it.
+
+    CLOSED: calls run; ``failure_threshold`` consecutive failures (or a failure or
+    slow-call rate over the sliding window) open it.  OPEN: calls fail at once
+    with :class:`CircuitBreakerError`.  After the open duration it is HALF_OPEN:
+    exactly ``half_open_max_calls`` trial calls run at a time; ``success_threshold``
+    successes close it, a failure reopens it.
+
+    Example::
+
+        breaker = CircuitBreaker(failure_threshold=5, recovery_timeout=30, name="grn")
+
+        result = breaker.call(requests.get, url, timeout=5)
+
+        @breaker
+        def fetch(url: str) -> bytes: ...
+
+        with breaker:
+            fetch(url)
+
+    Args:
+        failure_threshold: Consecutive failures that open it; ``None`` for rate only.
+        recovery_timeout: Seconds OPEN before trial calls.
+        name: Its name (in errors, events and the shared storage); generated
+            when omitted.
+        clock: Monotonic clock in seconds; inject a fake one in tests.
+        storage: Where state is shared; ``None`` or a :class:`MemoryStorage`
+            keeps it in this process and costs nothing.
+        listeners: Called with every :class:`StateChangeEvent`.
+        **options: The rest of :class:`BreakerConfig`.
+
+    Raises:
+        ValueError: for a bad setting, naming the parameter.
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int | None = 5,
+        recovery_timeout: float = 60.0,
+        name: str | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        storage: BreakerStorage | None = None,
+        listeners: Iterable[StateListener] = (),
+        **options: Unpack[BreakerOptions],
+    ) -> None:
+        config = BreakerConfig(
+            failure_threshold=failure_threshold, recovery_timeout=recovery_timeout, **options
+        )
+        if storage is not None and storage.shared and name is None:
+            raise ValueError("name is required with a shared storage (it is the shared key)")
+        self.config: Final[BreakerConfig] = config
+        self.name: Final[str] = name if name is not None else f"breaker-{next(_anonymous_ids)}"
+        self._clock = clock
+        self._storage: BreakerStorage = storage if storage is not None else MemoryStorage()
+        self._shared = bool(self._storage.shared)
+        self._listeners: tuple[StateListener, ...] = tuple(listeners)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        # Copies of config read on hot paths.
+        self._failure_threshold = config.failure_threshold or 0
+        self._slow_call_duration = config.slow_call_duration
+        self._window = make_window(config)
+        self._clock_on_record = config.slow_call_duration is not None or (
+            config.uses_window and config.window_type == "time"
+        )
+        # True while a success needs nothing but a counter update (see _record).
+        self._plain_success = (
+            self._window is None and not self._shared and not self._clock_on_record
+        )
+        # The state machine's fields; written under self._lock only.
+        self._state = _CLOSED
+        self._mode = _NORMAL
+        self._generation = 0  # bumped by every transition: outcomes of older permits are stale
+        self._consecutive_failures = 0
+        self._openings = 0  # consecutive openings, for the open-duration policy
+        self._opened_at: float | None = None
+        self._open_until = 0.0
+        self._half_open_at = 0.0
+        self._trials = 0
+        self._trial_successes = 0
+        self._synced_at = -math.inf
+        self._events: list[StateChangeEvent] = []
+        self._actions: list[tuple[str, float]] = []
+        # Cumulative counters.
+        self._successes = self._failures = self._ignored = 0
+        self._rejections = self._slow_calls = 0
+        _track(self)
+
+    # -- public state ---------------------------------------------------------------
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state (OPEN turns HALF_OPEN here once its time is up)."""
+        if self._state is _CLOSED:
+            return _CLOSED
+        with self._lock:
+            self._refresh(self._clock())
+            state = self._state
+            events = self._take_events()
+        self._finish(events)
+        return state
+
+    @property
+    def mode(self) -> BreakerMode:
+        """The operational mode (``NORMAL`` unless set by hand)."""
+        return self._mode
+
+    @property
+    def failure_count(self) -> int:
+        """Consecutive failures counted in CLOSED."""
+        return self._consecutive_failures
+
+    @property
+    def storage(self) -> BreakerStorage:
+        """The storage this breaker shares its state through."""
+        return self._storage
+
+    def add_listener(self, listener: StateListener) -> None:
+        """Call ``listener`` with every future state change."""
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: StateListener) -> None:
+        """Stop calling ``listener``; no error when it was not registered."""
+        with self._lock:
+            self._listeners = tuple(item for item in self._listeners if item is not listener)
+
+    # -- admission and outcomes ---------------------------------------------------
+
+    def acquire(self) -> CallPermit:
+        """Admit one call now, or refuse it at once.
+
+        Returns:
+            A :class:`CallPermit`; report the call's outcome on it.
+
+        Raises:
+            CircuitBreakerError: when the breaker refuses the call (it never
+                waits for another thread's call).
+        """
+        if self._shared:
+            return self._acquire_shared()
+        started = self._clock() if self._slow_call_duration is not None else None
+        with self._lock:
+            if self._state is _CLOSED:
+                return CallPermit(self, self._generation, started, False)
+            now = self._clock() if started is None else started
+            admitted, trial = self._admit(now)
+            permit = CallPermit(self, self._generation, started, trial) if admitted else None
+            retry_after = None if admitted else self._retry_after(now)
+            state = self._state
+            events = self._take_events()
+        self._finish(events)
+        if permit is None:
+            raise CircuitBreakerError(service=self.name, retry_after=retry_after, state=state)
+        return permit
+
+    def call(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``func(*args, **kwargs)`` through the breaker.
+
+        Exceptions and results are classified by the config (failure, ignored,
+        success); the exception always propagates unchanged.
+
+        Raises:
+            CircuitBreakerError: when the breaker refuses the call.
+        """
+        permit = self.acquire()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as error:
+            self._record_exception(permit, error)
+            raise
+        if self.config.record_result_if is None:
+            self._record(permit, _SUCCESS, None)
+            return result
+        try:
+            outcome = self.config.classify_result(result)
+        except BaseException:
+            self._record(permit, _IGNORED, None)
+            raise
+        self._record(permit, outcome, None)
+        return result
+
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        """Decorate ``func`` so every call runs through this breaker."""
+
+        @functools.wraps(func)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            return self.call(func, *args, **kwargs)
+
+        return guarded
+
+    def __enter__(self) -> CircuitBreaker:
+        permits: list[CallPermit] = self._local.__dict__.setdefault("permits", [])
+        permits.append(self.acquire())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        permit: CallPermit = self._local.permits.pop()
+        if exc is None:
+            self._record(permit, _SUCCESS, None)
+        else:
+            self._record_exception(permit, exc)
+
+    def _record_exception(self, permit: CallPermit, error: BaseException) -> None:
+        try:
+            outcome = self.config.classify_exception(error)
+        except Exception:
+            _logger.exception("circuit breaker %r: classifying %r failed", self.name, error)
+            outcome = _FAILURE
+        self._record(permit, outcome, error)
+
+    def _record(self, permit: CallPermit, outcome: Outcome, error: BaseException | None) -> None:
+        now = self._clock() if self._clock_on_record else 0.0
+        with self._lock:
+            if permit._done:
+                return
+            permit._done = True
+            if (
+                outcome is _SUCCESS
+                and self._plain_success
+                and permit._generation == self._generation
+                and not permit._trial
+            ):
+                # The hot path: a success in CLOSED with nothing else to track.
+                self._successes += 1
+                self._consecutive_failures = 0
+                return
+            self._record_outcome(permit, outcome, now)
+            events = self._take_events()
+            actions = self._take_actions()
+        if error is not None and outcome is _FAILURE:
+            _logger.debug("circuit breaker %r: failure recorded: %r", self.name, error)
+        if permit._shared_trial:
+            self._call_storage("release_trial")
+        self._finish(events)
+        if actions:
+            self._run_actions(actions, permit)
+
+    # -- the state machine: every transition, always under self._lock ------------------
+
+    def _refresh(self, now: float) -> None:
+        """Apply the transitions that time alone causes."""
+        if self._state is _OPEN and now >= self._open_until:
+            self._to_half_open(now, TransitionReason.RECOVERY_TIMEOUT)
+        wait = self.config.max_half_open_wait
+        if self._state is _HALF_OPEN and wait is not None and now - self._half_open_at >= wait:
+            if self.config.on_half_open_timeout == "close":
+                self._to_closed(now, TransitionReason.HALF_OPEN_WAIT_EXPIRED)
+            else:
+                self._to_open(now, TransitionReason.HALF_OPEN_WAIT_EXPIRED)
+                self._refresh(now)  # a zero open duration goes straight on to HALF_OPEN
+
+    def _admit(self, now: float) -> tuple[bool, bool]:
+        """``(admitted, is_trial)`` for a call arriving now."""
+        self._refresh(now)
+        if self._state is _CLOSED:
+            return True, False
+        if self._state is _HALF_OPEN and self._trials < self.config.half_open_max_calls:
+            self._trials += 1
+            return True, True
+        self._rejections += 1
+        return False, False
+
+    def _record_outcome(self, permit: CallPermit, outcome: Outcome, now: float) -> None:
+        if outcome is _SUCCESS:
+            self._successes += 1
+        slow = permit._started is not None and now - permit._started >= (
+            self._slow_call_duration or 0.0
+        )
+        self._slow_calls += slow
+        if outcome is _FAILURE:
+            self._failures += 1
+        elif outcome is _IGNORED:
+            self._ignored += 1
+        if permit._generation != self._generation or self._mode is BreakerMode.DISABLED:
+            return  # admitted before the last transition: too late to count
+        if permit._trial:
+            self._trials -= outcome is not _FAILURE
+            if outcome is _FAILURE:
+                self._to_open(now or self._clock(), TransitionReason.TRIAL_FAILED)
+            elif outcome is _SUCCESS:
+                self._trial_successes += 1
+                if self._trial_successes >= self.config.success_threshold:
+                    self._to_closed(now or self._clock(), TransitionReason.TRIAL_SUCCEEDED)
+            return
+        if outcome is _IGNORED:
+            return
+        failed = outcome is _FAILURE
+        if self._window is not None:
+            self._window.record(failed, slow, now)
+        if self._mode is not _NORMAL:
+            return  # metrics only
+        if not failed:
+            if self._consecutive_failures and self._shared:
+                self._actions.append(("reset_failures", 0.0))
+            self._consecutive_failures = 0
+        else:
+            self._consecutive_failures += 1
+            if self._shared and self._failure_threshold:
+                # The storage counts fleet-wide and opens at the threshold.
+                self._actions.append(("record_failure", self._next_open_duration()))
+            elif self._failure_threshold and self._consecutive_failures >= self._failure_threshold:
+                self._to_open(now or self._clock(), TransitionReason.FAILURE_THRESHOLD)
+                return
+        if self._window is not None and (failed or slow):
+            reason = rate_trip_reason(self.config, self._window, now)
+            if reason is not None:
+                self._to_open(now or self._clock(), reason)
+
+    def _to_open(
+        self,
+        now: float,
+        reason: TransitionReason,
+        duration: float | None = None,
+        *,
+        share: bool = True,
+    ) -> None:
+        self._openings += 1
+        if duration is None:
+            duration = self._next_open_duration(self._openings)
+        self._set_state(_OPEN, now, reason)
+        self._opened_at = now
+        self._open_until = now + duration
+        if self._shared and share:
+            self._actions.append(("set_open", duration))
+
+    def _to_half_open(self, now: float, reason: TransitionReason) -> None:
+        self._set_state(_HALF_OPEN, now, reason)
+        self._half_open_at = now
+        self._trials = self._trial_successes = 0
+
+    def _to_closed(self, now: float, reason: TransitionReason, *, share: bool = True) -> None:
+        self._set_state(_CLOSED, now, reason)
+        self._openings = self._consecutive_failures = 0
+        self._opened_at = None
+        if self._window is not None:
+            self._window.clear()
+        if self._shared and share:
+            self._actions.append(("set_closed", 0.0))
+
+    def _set_state(self, new: CircuitState, now: float, reason: TransitionReason) -> None:
+        old = self._state
+        self._state = new
+        self._generation += 1
+        if old is not new:
+            self._events.append(StateChangeEvent(self.name, old, new, now, reason))
+
+    def _next_open_duration(self, openings: int | None = None) -> float:
+        if openings is None:
+            openings = self._openings + 1
+        return float(self.config.open_duration(self.config.recovery_timeout, openings))
+
+    def _retry_after(self, now: float) -> float | None:
+        if self._state is _OPEN:
+            remaining = self._open_until - now
+            return None if math.isinf(remaining) else remaining
+        if self._state is _HALF_OPEN:
+            wait = self.config.max_half_open_wait
+            return self.config.recovery_timeout if wait is None else self._half_open_at + wait - now
+        return None
+
+    # -- operational modes ----------------------------------------------------------
+
+    def open(self) -> None:
+        """Force it OPEN until :meth:`reset`: isolate the service by hand."""
+        with self._lock:
+            now = self._clock()
+            self._mode = BreakerMode.FORCED_OPEN
+            self._plain_success = False
+            self._to_open(now, TransitionReason.FORCED_OPEN, math.inf, share=False)
+            if self._shared:
+                self._actions.append(("set_open", FORCED_OPEN_SHARED_SECONDS))
+            events, actions = self._take_events(), self._take_actions()
+        self._run_actions(actions, None)
+        self._finish(events)
+
+    def reset(self) -> None:
+        """Close it and clear its failure counts; back to ``NORMAL`` mode."""
+        self._set_mode(BreakerMode.NORMAL, TransitionReason.RESET, share=True)
+
+    def disable(self) -> None:
+        """Always CLOSED, never trips, records nothing, until :meth:`reset`."""
+        self._set_mode(BreakerMode.DISABLED, TransitionReason.DISABLED, share=False)
+
+    def metrics_only(self) -> None:
+        """Never rejects, but keeps recording calls and rates, until :meth:`reset`."""
+        self._set_mode(BreakerMode.METRICS_ONLY, TransitionReason.METRICS_ONLY, share=False)
+
+    def _set_mode(self, mode: BreakerMode, reason: TransitionReason, *, share: bool) -> None:
+        with self._lock:
+            self._mode = mode
+            self._plain_success = (
+                mode is _NORMAL
+                and self._window is None
+                and not (self._shared or self._clock_on_record)
+            )
+            self._to_closed(self._clock(), reason, share=share)
+            events, actions = self._take_events(), self._take_actions()
+        self._run_actions(actions, None)
+        self._finish(events)
+
+    # -- metrics --------------------------------------------------------------------
+
+    def metrics(self) -> BreakerMetrics:
+        """A consistent snapshot of this breaker's counters and rates."""
+        with self._lock:
+            now = self._clock()
+            self._refresh(now)
+            failure_rate = slow_rate = None
+            window_calls = 0
+            if self._window is not None:
+                window_calls, failures, slow = self._window.totals(now)
+                if window_calls >= self.config.minimum_calls:
+                    failure_rate = failures / window_calls
+                    slow_rate = slow / window_calls
+            snapshot = BreakerMetrics(
+                name=self.name,
+                state=self._state,
+                mode=self._mode,
+                calls=self._successes + self._failures + self._ignored,
+                successes=self._successes,
+                failures=self._failures,
+                ignored=self._ignored,
+                rejections=self._rejections,
+                slow_calls=self._slow_calls,
+                consecutive_failures=self._consecutive_failures,
+                failure_rate=failure_rate,
+                slow_call_rate=slow_rate,
+                window_calls=window_calls,
+                opened_at=self._opened_at if self._state is _OPEN else None,
+                retry_after=self._retry_after(now),
+            )
+            events = self._take_events()
+        self._finish(events)
+        return snapshot
+
+    # -- outside the lock: listeners and the shared storage -----------------------------
+
+    def _take_events(self) -> list[StateChangeEvent]:
+        events = self._events
+        if events:
+            self._events = []
+        return events
+
+    def _take_actions(self) -> list[tuple[str, float]]:
+        actions = self._actions
+        if actions:
+            self._actions = []
+        return actions
+
+    def _finish(self, events: list[StateChangeEvent]) -> None:
+        for event in events:
+            _logger.info(
+                "circuit breaker %r: %s -> %s (%s)",
+                event.name,
+                event.old_state.value,
+                event.new_state.value,
+                event.reason.value,
+            )
+            for listener in self._listeners:
+                try:
+                    listener(event)
+                except Exception:
+                    _logger.exception("circuit breaker %r: listener %r raised", self.name, listener)
+
+    def _call_storage(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._storage, method)(self.name, *args, **kwargs)
+        except Exception:
+            # The protocol says "never raise"; a backend that does is treated as unavailable.
+            _logger.exception("circuit breaker %r: storage.%s raised", self.name, method)
+            return None
+
+    def _run_actions(self, actions: list[tuple[str, float]], permit: CallPermit | None) -> None:
+        for action, seconds in actions:
+            if action == "record_failure":
+                shared = self._call_storage(
+                    "record_failure", failure_threshold=self._failure_threshold, open_for=seconds
+                )
+                self._after_shared_failure(shared, permit)
+            elif action == "set_open":
+                self._call_storage("set_open", seconds)
+            else:
+                self._call_storage(action)
+
+    def _after_shared_failure(self, shared: SharedState | None, permit: CallPermit | None) -> None:
+        with self._lock:
+            if (
+                permit is None
+                or permit._generation != self._generation
+                or self._mode is not _NORMAL
+            ):
+                return
+            now = self._clock()
+            if shared is None:
+                # Storage unavailable: decide with the local count.
+                if self._consecutive_failures >= self._failure_threshold:
+                    self._to_open(now, TransitionReason.FAILURE_THRESHOLD, share=False)
+            elif shared.state is _OPEN:
+                self._to_open(
+                    now, TransitionReason.FAILURE_THRESHOLD, shared.open_remaining, share=False
+                )
+            else:
+                self._consecutive_failures = shared.failure_count
+            events = self._take_events()
+        self._finish(events)
+
+    def _acquire_shared(self) -> CallPermit:
+        now = self._clock()
+        if now - self._synced_at >= self._storage.sync_interval:
+            self._synced_at = now
+            shared = self._call_storage("load")
+            if shared is not None:
+                self._apply_shared(shared, now)
+        started = now if self._slow_call_duration is not None else None
+        with self._lock:
+            admitted, trial = self._admit(now)
+            permit = CallPermit(self, self._generation, started, trial) if admitted else None
+            retry_after = None if admitted else self._retry_after(now)
+            state = self._state
+            events, actions = self._take_events(), self._take_actions()
+        self._run_actions(actions, None)
+        self._finish(events)
+        if permit is not None and trial and self._mode is _NORMAL:
+            lease = self.config.max_half_open_wait or self.config.recovery_timeout
+            taken = self._call_storage(
+                "acquire_trial", max_calls=self.config.half_open_max_calls, lease=lease
+            )
+            if taken is False:
+                with self._lock:
+                    if not permit._done and permit._generation == self._generation:
+                        self._trials -= 1
+                        self._rejections += 1
+                    permit._done = True
+                    retry_after = self._retry_after(now)
+                    state = self._state
+                permit = None
+            else:
+                permit._shared_trial = taken is True
+        if permit is None:
+            raise CircuitBreakerError(service=self.name, retry_after=retry_after, state=state)
+        return permit
+
+    def _apply_shared(self, shared: SharedState, now: float) -> None:
+        """Adopt the fleet's view (another process tripped, recovered or was reset)."""
+        reason = TransitionReason.SHARED_STATE
+        with self._lock:
+            if self._mode is not _NORMAL:
+                return
+            if shared.state is _OPEN:
+                if self._state is _OPEN:
+                    self._open_until = now + shared.open_remaining
+                else:
+                    self._to_open(now, reason, shared.open_remaining, share=False)
+            elif shared.state is _HALF_OPEN:
+                if self._state is not _HALF_OPEN:
+                    self._to_half_open(now, reason)
+            elif self._state is not _CLOSED:
+                self._to_closed(now, reason, share=False)
+            else:
+                self._consecutive_failures = shared.failure_count
+            events = self._take_events()
+        self._finish(events)
+
+    def _after_fork(self) -> None:
+        """In a forked child: fresh lock, and no trial slot held by a parent's thread."""
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        if self._state is _HALF_OPEN:
+            self._trials = 0
+            self._generation += 1
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name!r} {self._state.value} mode={self._mode.value}>"
+
+
+def circuit_breaker(
+    failure_threshold: int | None = 5,
+    recovery_timeout: float = 60.0,
+    name: str | None = None,
+    *,
+    clock: Clock = time.monotonic,
+    storage: BreakerStorage | None = None,
+    listeners: Iterable[StateListener] = (),
+    **options: Unpack[BreakerOptions],
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorator factory: one new breaker per decorated function.
+
+    The breaker is named after the function unless ``name`` is given, and is
+    reachable as the wrapper's ``circuit_breaker`` attribute.
+
+    Example::
+
+        @circuit_breaker(failure_threshold=5, recovery_timeout=60)
+        def fetch_network(network_id: str) -> dict[str, object]: ...
+
+    Raises:
+        ValueError: for a bad setting, naming the parameter.
+    """
+    # Validate now, so a bad setting fails at import time, not at first decoration.
+    BreakerConfig(failure_threshold=failure_threshold, recovery_timeout=recovery_timeout, **options)
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        breaker = CircuitBreaker(
+            failure_threshold,
+            recovery_timeout,
+            name if name is not None else f"{func.__module__}.{func.__qualname__}",
+            clock=clock,
+            storage=storage,
+            listeners=listeners,
+            **options,
+        )
+        guarded = breaker(func)
+        guarded.circuit_breaker = breaker  # type: ignore[attr-defined]
+        return guarded
+
+    return decorate
+
+
+# -- the registry ---------------------------------------------------------------------
+
+
+class CircuitBreakerRegistry:
+    """Named breakers, one per name per process, created on first use.
+
+    Example::
+
+        registry.register_config("default", failure_threshold=5, recovery_timeout=30)
+        grn = registry.get("grn", config="default", failure_threshold=3)
+        assert registry.get("grn") is grn
+
+    Breakers are created with the registry's default storage: the one given to
+    :meth:`set_default_storage`, else the ``GENNET_BREAKER_STORAGE`` environment
+    variable (read when a breaker is created; one storage per URL per process).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._configs: dict[str, dict[str, Any]] = {}
+        self._default_storage: BreakerStorage | None = None
+        self._storages: dict[str, BreakerStorage] = {}
+
+    def register_config(self, config_name: str, **config: Any) -> None:
+        """Name a set of settings that :meth:`get` can start from (``config=``).
+
+        Raises:
+            ValueError: for a bad setting, naming the parameter.
+        """
+        settings = dict(config)
+        _build_config(settings)  # validate now
+        with self._lock:
+            self._configs[config_name] = settings
+
+    def set_default_storage(self, storage: BreakerStorage | str | None) -> None:
+        """The storage new breakers use: an instance, a URL, or ``None`` for the environment."""
+        resolved = self._storage_for_url(storage) if isinstance(storage, str) else storage
+        with self._lock:
+            self._default_storage = resolved
+
+    def get(
+        self,
+        name: str,
+        *,
+        config: str | None = None,
+        clock: Clock | None = None,
+        storage: BreakerStorage | None = None,
+        listeners: Iterable[StateListener] = (),
+        **settings: Any,
+    ) -> CircuitBreaker:
+        """The breaker named ``name``, created from the settings on first use.
+
+        Args:
+            name: The breaker's name (for a session: the service's name).
+            config: A name given to :meth:`register_config`; ``settings`` override it.
+            clock: Clock for a new breaker.
+            storage: Storage for a new breaker; the registry's default otherwise.
+            listeners: Added to a new breaker.
+            **settings: :class:`BreakerConfig` fields.
+
+        Raises:
+            ValueError: when the breaker exists with different settings (naming
+                them), for an unknown ``config`` name, or a bad setting.
+        """
+        with self._lock:
+            if config is not None and config not in self._configs:
+                raise ValueError(f"no circuit breaker config named {config!r}")
+            requested = {**self._configs.get(config, {}), **settings} if config else settings
+            existing = self._breakers.get(name)
+        if existing is not None:
+            _check_same(existing, requested, clock, storage)
+            return existing
+        _build_config(requested)  # unknown or bad settings: ValueError before creating anything
+        if storage is None:
+            storage = self._resolve_default_storage()
+        breaker = CircuitBreaker(
+            name=name,
+            clock=clock or time.monotonic,
+            storage=storage,
+            listeners=listeners,
+            **requested,
+        )
+        with self._lock:
+            existing = self._breakers.setdefault(name, breaker)
+        if existing is not breaker:  # another thread created it first
+            _check_same(existing, requested, clock, storage)
+        return existing
+
+    def all(self) -> list[CircuitBreaker]:
+        """Every registered breaker, sorted by name."""
+        with self._lock:
+            return [self._breakers[name] for name in sorted(self._breakers)]
+
+    def metrics(self) -> dict[str, BreakerMetrics]:
+        """A metrics snapshot of every registered breaker, by name."""
+        return {breaker.name: breaker.metrics() for breaker in self.all()}
+
+    def clear(self) -> None:
+        """Forget every breaker, named config and default storage (for tests)."""
+        with self._lock:
+            self._breakers.clear()
+            self._configs.clear()
+            self._default_storage = None
+
+    def _resolve_default_storage(self) -> BreakerStorage:
+        with self._lock:
+            storage = self._default_storage
+        if storage is not None:
+            return storage
+        return self._storage_for_url(os.environ.get("GENNET_BREAKER_STORAGE") or "memory://")
+
+    def _storage_for_url(self, url: str) -> BreakerStorage:
+        with self._lock:
+            cached = self._storages.get(url)
+        if cached is not None:
+            return cached
+        created = storage_from_url(url)
+        with self._lock:
+            return self._storages.setdefault(url, created)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+def _build_config(settings: Mapping[str, Any]) -> BreakerConfig:
+    try:
+        return BreakerConfig(**settings)
+    except TypeError as error:
+        raise ValueError(f"unknown circuit breaker setting: {error}") from None
+
+
+def _check_same(
+    breaker: CircuitBreaker,
+    requested: Mapping[str, Any],
+    clock: Clock | None,
+    storage: BreakerStorage | None,
+) -> None:
+    wanted = _build_config({**_config_settings(breaker.config), **requested})
+    differing = breaker.config.differing_fields(wanted, frozenset(requested))
+    if clock is not None and clock is not breaker._clock:
+        differing.append("clock")
+    if storage is not None and storage is not breaker.storage:
+        differing.append("storage")
+    if differing:
+        raise ValueError(
+            f"circuit breaker {breaker.name!r} already exists with different {', '.join(differing)}"
+        )
+
+
+def _config_settings(config: BreakerConfig) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+#: The process-wide registry behind :func:`get_circuit_breaker`.
+registry: Final = CircuitBreakerRegistry()
+
+
+def get_circuit_breaker(name: str, **config: Any) -> CircuitBreaker:
+    """The process's one breaker named ``name`` (see :meth:`CircuitBreakerRegistry.get`).
+
+    Example::
+
+        breaker = get_circuit_breaker("qualitative-service", failure_threshold=5)
+
+    Raises:
+        ValueError: when it exists with different settings (naming them).
+    """
+    return registry.get(name, **config)
+
+
+def register_config(config_name: str, **config: Any) -> None:
+    """Name shared settings for :func:`get_circuit_breaker`'s ``config=``."""
+    registry.register_config(config_name, **config)
+
+
+def set_default_storage(storage: BreakerStorage | str | None) -> None:
+    """The storage (or storage URL) the registry gives new breakers."""
+    registry.set_default_storage(storage)
+
+
+def all_circuit_breakers() -> list[CircuitBreaker]:
+    """Every breaker in the process registry, sorted by name."""
+    return registry.all()
+
+
+def circuit_breaker_metrics() -> dict[str, BreakerMetrics]:
+    """A metrics snapshot of every breaker in the process registry."""
+    return registry.metrics()
+
+
+def clear_circuit_breakers() -> None:
+    """Empty the process registry (for tests)."""
+    registry.clear()
+
+
+# -- fork safety ----------------------------------------------------------------------
+
+_live_breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def _track(breaker: CircuitBreaker) -> None:
+    with _live_lock:
+        _live_breakers.add(breaker)
+
+
+def _reinit_after_fork() -> None:
+    # A thread of the parent may have held any of these locks at fork time; that
+    # thread does not exist in the child, so the lock would never be released.
+    global _live_lock  # noqa: PLW0603
+    _live_lock = threading.Lock()
+    registry._after_fork()
+    for breaker in list(_live_breakers):
+        breaker._after_fork()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)
