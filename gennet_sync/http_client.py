@@ -1,0 +1,826 @@
+"""Calls to other services: a ``requests.Session`` with the resilience built in.
+
+:class:`ServiceSession` is used wherever a ``requests.Session`` is, and adds what
+every service-to-service call needs:
+
+- relative URLs joined to ``base_url`` (absolute URLs are used as given);
+- a default ``(connect, read)`` timeout on every request that passes none;
+- the service's circuit breaker from the process-wide registry: connection
+  errors, timeouts and 5xx answers are failures, 4xx answers never are, and an
+  open breaker refuses the call with ``CircuitBreakerError`` before any I/O;
+- retries through urllib3's ``Retry`` on the mounted adapters: idempotent
+  methods only, connection errors and 502/503/504, exponential backoff with
+  jitter, ``Retry-After`` honoured up to a cap;
+- a connection pool sized for threaded workers, never shared with a forked child;
+- ``X-Request-ID`` of the request being served forwarded on every call, and a
+  ``User-Agent`` naming gennet_sync and the calling service;
+- optionally, gzip-compressed request bodies and errors raised as the
+  ``GenNetException`` the downstream service raised (:func:`raise_for_error`).
+
+The breaker, the default timeout and the error mapping live in :meth:`send`, which
+``Session.request()``, every verb and every redirect hop go through.  One logical
+call, with its urllib3 retries and redirect hops, is one breaker outcome.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import gzip
+import logging
+import os
+import re
+import time
+import weakref
+from collections.abc import Collection, Iterator, Mapping
+from contextvars import ContextVar
+from http import HTTPStatus
+from importlib.metadata import PackageNotFoundError, version
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader, MaxRetryError, ReadTimeoutError, ResponseError
+from urllib3.util import make_headers
+from urllib3.util.retry import Retry
+
+from gennet_sync.circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerError,
+    CircuitState,
+    get_circuit_breaker,
+)
+from gennet_sync.context import REQUEST_ID_HEADER, current_request_id
+from gennet_sync.exceptions import (
+    ConflictError,
+    ForbiddenError,
+    GenNetException,
+    InternalServerError,
+    NotFoundError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+    ValidationError,
+    make_envelope,
+)
+
+if TYPE_CHECKING:
+    from urllib3.connectionpool import ConnectionPool
+    from urllib3.response import BaseHTTPResponse
+
+    from gennet_sync.circuit_breaker import CallPermit
+
+__all__ = [
+    "DEFAULT_FAILURE_STATUSES",
+    "DEFAULT_POOL_MAXSIZE",
+    "DEFAULT_RETRY_AFTER_MAX",
+    "DEFAULT_TIMEOUT",
+    "DownstreamError",
+    "ServiceRetry",
+    "ServiceSession",
+    "TimeoutValue",
+    "raise_for_error",
+]
+
+logger = logging.getLogger(__name__)
+
+#: A requests timeout: seconds for both phases, ``(connect, read)``, or ``None`` (wait forever).
+TimeoutValue: TypeAlias = float | tuple[float | None, float | None] | None
+
+#: ``(connect, read)`` seconds.  The connect timeout sits just above the 3 s TCP
+#: retransmission step; the read timeout stays below gunicorn's default 30 s
+#: worker timeout, so a hung downstream never gets the calling worker killed.
+DEFAULT_TIMEOUT: Final[tuple[float, float]] = (3.05, 20.0)
+
+#: Responses the breaker counts as failures: the service is broken or unreachable.
+#: 4xx answers are the caller's problem and never count; nor does 501.
+DEFAULT_FAILURE_STATUSES: Final = frozenset({500, 502, 503, 504})
+
+#: Connections kept per host: room for a gthread worker's threads (and then some),
+#: so 32 threads on one session never see "Connection pool is full".
+DEFAULT_POOL_MAXSIZE: Final = 64
+
+#: Hosts whose pools are kept (requests' default).
+DEFAULT_POOL_CONNECTIONS: Final = 10
+
+#: Longest ``Retry-After`` (seconds) a retry waits for; a sync worker must not sleep for minutes.
+DEFAULT_RETRY_AFTER_MAX: Final = 5
+
+#: Retries of one call by default (connection errors and 502/503/504, idempotent methods).
+DEFAULT_RETRIES: Final = 2
+
+#: Request bodies at least this large are gzipped when ``compress_requests`` is on.
+DEFAULT_COMPRESS_MIN_SIZE: Final = 1024
+
+#: Statuses whose error class is known when a downstream type is not; others get a
+#: :class:`DownstreamError` subclass carrying the status.
+_STATUS_CLASSES: Final[Mapping[int, type[GenNetException]]] = {
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: ValidationError,
+    429: RateLimitError,
+    500: InternalServerError,
+    502: ServiceUnavailableError,
+    503: ServiceUnavailableError,
+    504: ServiceUnavailableError,
+}
+
+#: Exceptions from ``Session.send`` that mean the service is unreachable or broken.
+_TRANSPORT_FAILURES: Final = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.RetryError,
+)
+
+_ABSOLUTE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_NOT_TOKEN = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+
+try:
+    _VERSION = version("gennet_sync")
+except PackageNotFoundError:  # a source tree that was never installed
+    _VERSION = "0.0.0"
+
+#: The codings urllib3 decodes itself: gzip and deflate always, br and zstd when
+#: brotli and zstandard are installed.  Advertising more would get bodies back
+#: that nothing here can read.
+ACCEPT_ENCODING: Final = make_headers(accept_encoding=True)["accept-encoding"].replace(",", ", ")
+
+#: The session whose call is in progress in this context; its redirect hops reuse
+#: that call's breaker permit instead of asking for another.
+_call_in_progress: ContextVar[ServiceSession | None] = ContextVar(
+    "gennet_sync_call_in_progress", default=None
+)
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def _retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` value asks for (delta-seconds or an HTTP date); ``None`` if bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # an HTTP date is GMT by definition
+        return None
+    # An HTTP date is wall-clock time, so it is compared with the wall clock.
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+class ServiceRetry(Retry):
+    """urllib3's ``Retry`` made safe for a synchronous worker.
+
+    Two differences from ``Retry``:
+
+    - a ``Retry-After`` longer than ``retry_after_max`` is not waited for at all:
+      the retries end and the response comes back at once, ``Retry-After`` intact,
+      for the caller to pass on (a shorter one is slept, as usual);
+    - a read timeout is never retried: the server got the request and is slow,
+      and trying again would multiply the time the worker waits.  A connection
+      dropped mid-exchange is still retried (``read`` counts those), for
+      idempotent methods only.
+
+    An invalid ``Retry-After`` header is ignored instead of failing the call.
+
+    Example::
+
+        retry = ServiceRetry(total=3, connect=3, read=1, status=3,
+                             status_forcelist={502, 503, 504}, backoff_factor=0.1,
+                             backoff_jitter=0.1, retry_after_max=5, raise_on_status=False)
+        session = ServiceSession(base_url="http://grn:8000", retries=retry)
+    """
+
+    def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
+        try:
+            return super().get_retry_after(response)
+        except InvalidHeader:
+            return None
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> ServiceRetry:
+        if isinstance(error, ReadTimeoutError):
+            raise error.with_traceback(_stacktrace)
+        if response is not None and self.respect_retry_after_header:
+            wait = _retry_after_seconds(response.headers.get("Retry-After"))
+            if wait is not None and wait > self.retry_after_max:
+                reason = ResponseError(
+                    f"Retry-After of {wait:.0f} s is longer than retry_after_max "
+                    f"({self.retry_after_max} s)"
+                )
+                raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def make_retry(
+    retries: int,
+    *,
+    status_forcelist: Collection[int] = (502, 503, 504),
+    allowed_methods: Collection[str] = Retry.DEFAULT_ALLOWED_METHODS,
+    backoff_factor: float = 0.1,
+    backoff_max: float = 2.0,
+    backoff_jitter: float = 0.1,
+    retry_after_max: int = DEFAULT_RETRY_AFTER_MAX,
+) -> ServiceRetry:
+    """The :class:`ServiceRetry` a session builds from ``retries=<int>``.
+
+    Up to ``retries`` retries of connection errors and ``status_forcelist``
+    answers, one retry of a connection dropped mid-exchange, none of a read
+    timeout; only ``allowed_methods`` (the idempotent ones) are retried.  The first
+    retry is immediate, then ``backoff_factor * 2**n`` seconds plus up to
+    ``backoff_jitter``, at most ``backoff_max``.  The final response comes back
+    whatever its status (``raise_on_status=False``).
+    """
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    return ServiceRetry(
+        total=retries,
+        connect=retries,
+        read=min(retries, 1),
+        status=retries,
+        other=0,
+        redirect=False,
+        status_forcelist=frozenset(status_forcelist),
+        allowed_methods=frozenset(m.upper() for m in allowed_methods),
+        backoff_factor=backoff_factor,
+        backoff_max=backoff_max,
+        backoff_jitter=backoff_jitter,
+        retry_after_max=retry_after_max,
+        raise_on_status=False,
+        respect_retry_after_header=True,
+    )
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class DownstreamError(GenNetException):
+    """An error answered by a downstream service that has no class of its own here.
+
+    :func:`raise_for_error` raises one when a downstream envelope names a type
+    this process does not know (werkzeug's ``MethodNotAllowed``...), or for an
+    error status without a class.  It keeps the downstream status, code, type,
+    message and metadata, so it renders to the same envelope.  Each status has
+    its own subclass (``status_code`` is a class attribute); for a status that has
+    a class (404, 503...) that subclass also derives from it, so
+    ``except NotFoundError`` still catches a downstream ``NotFound``.
+
+    Example::
+
+        try:
+            session.delete("/networks/abc")
+        except DownstreamError as error:
+            log.warning("%s said %s", error.metadata["service"], error.error_type)
+
+    Args:
+        message: The downstream message.
+        error_type: The downstream envelope's ``type``; the class name by default.
+        code: The downstream envelope's ``code``.
+        metadata: The downstream envelope's ``metadata``.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        error_type: str | None = None,
+        code: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, metadata=metadata)
+        self.error_type: str = error_type or type(self).__name__
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return make_envelope(self.code, self.error_type, self.message, self.metadata)
+
+
+def _status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _status_code_name(status: int) -> str:
+    """``NOT_FOUND`` for 404, the way the Flask side names status codes."""
+    return _NON_ALNUM.sub("_", _status_phrase(status)).strip("_").upper()
+
+
+def _status_type_name(status: int) -> str:
+    """``MethodNotAllowed`` for 405, the way werkzeug names its exceptions."""
+    return "".join(word.capitalize() for word in _NON_ALNUM.split(_status_phrase(status)))
+
+
+@functools.cache
+def downstream_error_class(status: int) -> type[DownstreamError]:
+    """The :class:`DownstreamError` subclass for HTTP ``status`` (one per status, cached)."""
+    known = _STATUS_CLASSES.get(status)
+    bases: tuple[type, ...] = (DownstreamError,) if known is None else (DownstreamError, known)
+    name = f"Downstream{status}Error" if known is None else f"Downstream{known.__name__}"
+    namespace = {
+        "status_code": status,
+        "code": _status_code_name(status),
+        "default_message": _status_phrase(status),
+        "__module__": __name__,
+        "__doc__": f"A downstream error answered with HTTP {status}.",
+    }
+    return cast(type[DownstreamError], type(name, bases, namespace))
+
+
+def _exception_classes() -> Iterator[type[GenNetException]]:
+    """``GenNetException`` and its subclasses, breadth first (the library's own come first)."""
+    queue: list[type[GenNetException]] = [GenNetException]
+    seen: set[type[GenNetException]] = set()
+    while queue:
+        cls = queue.pop(0)
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if not issubclass(cls, DownstreamError):
+            yield cls
+        queue.extend(cls.__subclasses__())
+
+
+def _class_for_type(type_name: str, status: int) -> type[GenNetException] | None:
+    for cls in _exception_classes():
+        if cls.__name__ == type_name and cls.status_code == status:
+            return cls
+    return None
+
+
+def _rebuild(
+    cls: type[GenNetException], message: str, code: str, metadata: dict[str, Any]
+) -> GenNetException:
+    """An instance of ``cls`` holding exactly the downstream message, code and metadata.
+
+    Subclass constructors build their own message from their arguments
+    (``NotFoundError(resource_type, resource_id)``); the downstream message must
+    be kept as it is, so the base initialiser is called and the attributes the
+    subclass constructors set are filled in from the metadata.
+    """
+    error = cls.__new__(cls)
+    GenNetException.__init__(error, message, code=code, metadata=metadata)
+    if isinstance(error, NotFoundError):
+        error.resource_type = str(metadata.get("resource_type", ""))
+        error.resource_id = metadata.get("resource_id")
+    if isinstance(error, ValidationError):
+        error.field = metadata.get("field")
+        error.errors = metadata.get("errors")
+    if isinstance(error, ServiceUnavailableError):
+        service = metadata.get("service")
+        error.service = service if isinstance(service, str) else None
+    if isinstance(error, (ServiceUnavailableError, RateLimitError)):
+        retry_after = metadata.get("retry_after")
+        if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
+            error.retry_after = float(retry_after)
+        else:
+            error.retry_after = None
+    if isinstance(error, DownstreamError):
+        error.error_type = cls.__name__
+    if isinstance(error, CircuitBreakerError):
+        states = {member.value: member for member in CircuitState}
+        state = metadata.get("state")
+        error.state = (
+            states.get(state, CircuitState.OPEN) if isinstance(state, str) else CircuitState.OPEN
+        )
+    return error
+
+
+def _parse_envelope(response: requests.Response) -> tuple[str, str, str, dict[str, Any]] | None:
+    """``(code, type, message, metadata)`` of a gennet_sync error envelope, else ``None``."""
+    if "json" not in response.headers.get("Content-Type", "").lower():
+        return None
+    try:
+        data = response.json()
+    except (ValueError, requests.RequestException):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None
+    code, type_name, message = error.get("code"), error.get("type"), error.get("message")
+    metadata = error.get("metadata", {})
+    if metadata is None:
+        metadata = {}
+    if not (
+        isinstance(code, str)
+        and isinstance(type_name, str)
+        and isinstance(message, str)
+        and isinstance(metadata, dict)
+    ):
+        return None
+    return code, type_name, message, dict(metadata)
+
+
+def _service_of(response: requests.Response) -> str:
+    return urlsplit(response.url or "").netloc or "downstream"
+
+
+def error_from_response(
+    response: requests.Response, *, service: str | None = None
+) -> GenNetException | None:
+    """The ``GenNetException`` a downstream error response stands for; ``None`` below 400.
+
+    See :func:`raise_for_error`, which raises it.
+    """
+    status = response.status_code
+    if status < 400:
+        return None
+    service = service or _service_of(response)
+    header_retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+    envelope = _parse_envelope(response)
+    error: GenNetException
+    if envelope is not None:
+        code, type_name, message, metadata = envelope
+        # The innermost service that failed stays named (a 503 that B relays from
+        # C keeps service "C"); otherwise the metadata names the service called.
+        metadata.setdefault("service", service)
+        cls = _class_for_type(type_name, status)
+        if cls is None:
+            error = _rebuild(downstream_error_class(status), message, code, metadata)
+            assert isinstance(error, DownstreamError)
+            error.error_type = type_name
+        else:
+            error = _rebuild(cls, message, code, metadata)
+    else:
+        metadata = {"service": service, "status_code": status}
+        if header_retry_after is not None and status in (429, 502, 503, 504):
+            metadata["retry_after"] = header_retry_after
+        message = f"Service '{service}' answered {status} {_status_phrase(status)}"
+        known = _STATUS_CLASSES.get(status)
+        if known is None:
+            code = _status_code_name(status)
+            error = _rebuild(downstream_error_class(status), message, code, metadata)
+            assert isinstance(error, DownstreamError)
+            error.error_type = _status_type_name(status)
+        else:
+            error = _rebuild(known, message, known.code, metadata)
+    if header_retry_after is not None and isinstance(
+        error, (ServiceUnavailableError, RateLimitError)
+    ):
+        error.retry_after = header_retry_after
+    return error
+
+
+def raise_for_error(response: requests.Response, *, service: str | None = None) -> None:
+    """Raise the ``GenNetException`` a downstream error response (>= 400) stands for.
+
+    - A gennet_sync envelope becomes the exception class its ``type`` names (when
+      this process has a ``GenNetException`` subclass of that name and status),
+      else a :class:`DownstreamError` for its status; code, type, message and
+      metadata are kept, and ``metadata["service"]`` is added when absent.
+    - Any other 4xx/5xx maps by status (404 → ``NotFoundError``, 502/503/504 →
+      ``ServiceUnavailableError``, ...), with ``service`` and ``status_code`` in
+      its metadata.
+    - The response's ``Retry-After`` becomes the error's ``retry_after``.
+
+    A Flask app with :func:`~gennet_sync.error_handler.setup_error_handlers` that
+    lets the exception propagate answers its own client with the same envelope.
+
+    Example::
+
+        response = session.get("/networks/abc")
+        raise_for_error(response, service="grn")   # NotFoundError, as grn raised it
+
+    Args:
+        response: A response from a downstream service.
+        service: The service's name for the metadata; the URL's ``host:port`` by default.
+
+    Raises:
+        GenNetException: The matching subclass, when the status is 400 or more.
+    """
+    error = error_from_response(response, service=service)
+    if error is not None:
+        raise error
+
+
+def _transport_error(error: BaseException, service: str) -> ServiceUnavailableError:
+    if isinstance(error, requests.Timeout):
+        message = f"Service '{service}' did not answer in time"
+        reason = "timeout"
+    else:
+        message = f"Service '{service}' could not be reached"
+        reason = "connection_error"
+    return ServiceUnavailableError(message, service=service, metadata={"reason": reason})
+
+
+# --------------------------------------------------------------------------- the session
+
+
+class _NoPermit:
+    """Stands in for a breaker permit when the session has no breaker."""
+
+    def success(self) -> None:
+        pass
+
+    def failure(self, error: BaseException | None = None) -> None:
+        pass
+
+    def ignore(self) -> None:
+        pass
+
+
+_NO_PERMIT: Final = _NoPermit()
+
+#: Sessions alive in this process; a forked child drops their inherited connections.
+_live_sessions: weakref.WeakSet[ServiceSession] = weakref.WeakSet()
+
+
+def _drop_inherited_connections() -> None:
+    """In a forked child: close the parent's pooled sockets, so none is ever shared.
+
+    Closing the child's copy of a socket leaves the parent's connection open; the
+    pools fill again with the child's own connections on its next calls.
+    """
+    for session in list(_live_sessions):
+        for adapter in list(session.adapters.values()):
+            adapter.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_connections)
+
+
+def _user_agent(caller: str | None) -> str:
+    agent = f"gennet_sync/{_VERSION} python-requests/{requests.__version__}"
+    if caller:
+        return f"{_NOT_TOKEN.sub('-', caller).strip('-') or 'service'} {agent}"
+    return agent
+
+
+def _validate_timeout(timeout: TimeoutValue) -> TimeoutValue:
+    parts = timeout if isinstance(timeout, tuple) else (timeout,)
+    if isinstance(timeout, tuple) and len(timeout) != 2:
+        raise ValueError(f"timeout must be a number or a (connect, read) pair, got {timeout!r}")
+    for part in parts:
+        if part is not None and not part > 0:
+            raise ValueError(f"timeout values must be > 0 or None, got {timeout!r}")
+    return timeout
+
+
+class ServiceSession(requests.Session):
+    """A ``requests.Session`` for calling one service: breaker, timeouts, retries, errors.
+
+    Use it wherever a ``requests.Session`` is used; it returns a
+    ``requests.Response`` for every status, as requests does.
+
+    Example::
+
+        session = ServiceSession(base_url="http://qualitative-service:8000",
+                                 service_name="qualitative-service", caller="orders")
+        response = session.post("/ctl/verify", json={"formula": "AG(p)"})
+
+        strict = ServiceSession(base_url="http://grn:8000", raise_errors=True)
+        network = strict.get("/networks/abc").json()   # NotFoundError if grn says 404
+
+    Args:
+        base_url: Prefix of relative URLs: ``"/ctl/verify"`` and ``"ctl/verify"``
+            both become ``base_url + "/ctl/verify"`` (the base's own path is kept).
+            Absolute URLs are used as given.
+        service_name: The service's name: its breaker's name in the registry (every
+            session for it shares that breaker) and the ``service`` in errors.
+            Without it, the ``host:port`` of ``base_url``, or of each request's URL
+            when there is no ``base_url`` either (one breaker per host).
+        use_circuit_breaker: ``False``: no breaker at all.
+        circuit_breaker_threshold: Consecutive failures that open the breaker.
+        circuit_breaker_timeout: Seconds the breaker stays open before a trial call.
+        circuit_breaker: A breaker to use instead of the registry's.
+        circuit_breaker_config: More breaker settings (``BreakerConfig`` fields and
+            the registry's ``clock``, ``storage``, ``config``...); they override the
+            two above.  The registry raises ``ValueError`` when a breaker of that
+            name exists with other settings.
+        failure_statuses: Response statuses the breaker counts as failures.
+        timeout: Default ``(connect, read)`` seconds, or one number for both, for
+            requests that pass no ``timeout``; ``None``: no default (wait forever).
+        retries: Retries per call (see :func:`make_retry`), or a urllib3 ``Retry``
+            to mount as it is; 0: none.
+        raise_errors: Raise error responses as ``GenNetException`` (see
+            :func:`raise_for_error`) and connection failures and timeouts as
+            ``ServiceUnavailableError``.  ``False``: behave like requests.
+        pool_connections: Hosts whose connection pools are kept.
+        pool_maxsize: Connections kept per host: at least the number of threads
+            sharing the session.
+        caller: The calling service's name, put in ``User-Agent``; the
+            ``GENNET_SERVICE_NAME`` environment variable by default.
+        forward_request_id: Send the ``X-Request-ID`` of the request being served
+            (unless the call sets its own).
+        compress_requests: Gzip request bodies of at least ``compress_min_size``
+            bytes (``Content-Encoding: gzip``) when that makes them smaller.
+        compress_min_size: Smallest body compressed, in bytes.
+
+    Raises:
+        ValueError: For a bad setting (negative timeout, empty pool, a ``base_url``
+            that is not an http(s) URL...).
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        service_name: str | None = None,
+        *,
+        use_circuit_breaker: bool = True,
+        circuit_breaker_threshold: int = 5,
+        circuit_breaker_timeout: float = 60.0,
+        circuit_breaker: CircuitBreaker | None = None,
+        circuit_breaker_config: Mapping[str, Any] | None = None,
+        failure_statuses: Collection[int] = DEFAULT_FAILURE_STATUSES,
+        timeout: TimeoutValue = DEFAULT_TIMEOUT,
+        retries: int | Retry = DEFAULT_RETRIES,
+        raise_errors: bool = False,
+        pool_connections: int = DEFAULT_POOL_CONNECTIONS,
+        pool_maxsize: int = DEFAULT_POOL_MAXSIZE,
+        caller: str | None = None,
+        forward_request_id: bool = True,
+        compress_requests: bool = False,
+        compress_min_size: int = DEFAULT_COMPRESS_MIN_SIZE,
+    ) -> None:
+        super().__init__()
+        if base_url is not None:
+            parts = urlsplit(base_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
+            base_url = base_url.rstrip("/")
+        if pool_connections < 1 or pool_maxsize < 1:
+            raise ValueError("pool_connections and pool_maxsize must be >= 1")
+        if compress_min_size < 0:
+            raise ValueError(f"compress_min_size must be >= 0, got {compress_min_size}")
+        self.base_url: str | None = base_url
+        self.service_name: str | None = service_name
+        self.timeout: TimeoutValue = _validate_timeout(timeout)
+        self.raise_errors = raise_errors
+        self.failure_statuses: frozenset[int] = frozenset(failure_statuses)
+        self.forward_request_id = forward_request_id
+        self.compress_requests = compress_requests
+        self.compress_min_size = compress_min_size
+        self.retry: Retry = retries if isinstance(retries, Retry) else make_retry(retries)
+        self.pool_connections = pool_connections
+        self.pool_maxsize = pool_maxsize
+
+        self._breaker_settings: dict[str, Any] = {
+            "failure_threshold": circuit_breaker_threshold,
+            "recovery_timeout": circuit_breaker_timeout,
+            **(circuit_breaker_config or {}),
+        }
+        self._per_host_breakers: dict[str, CircuitBreaker] = {}
+        self._breaker: CircuitBreaker | None = None
+        self._breaker_per_host = False
+        if circuit_breaker is not None:
+            self._breaker = circuit_breaker
+        elif use_circuit_breaker:
+            name = service_name or (urlsplit(base_url).netloc if base_url else None)
+            if name is None:
+                self._breaker_per_host = True
+            else:
+                self._breaker = get_circuit_breaker(name, **self._breaker_settings)
+
+        self.headers["User-Agent"] = _user_agent(caller or os.environ.get("GENNET_SERVICE_NAME"))
+        self.headers["Accept-Encoding"] = ACCEPT_ENCODING
+        for prefix in ("https://", "http://"):
+            self.mount(prefix, self._make_adapter())
+        _live_sessions.add(self)
+
+    def _make_adapter(self) -> HTTPAdapter:
+        return HTTPAdapter(
+            pool_connections=self.pool_connections,
+            pool_maxsize=self.pool_maxsize,
+            max_retries=self.retry,
+        )
+
+    @property
+    def circuit_breaker(self) -> CircuitBreaker | None:
+        """The session's breaker; ``None`` when disabled or chosen per request host."""
+        return self._breaker
+
+    def breaker_for(self, url: str) -> CircuitBreaker | None:
+        """The breaker a call to ``url`` goes through (``None``: no breaker)."""
+        if not self._breaker_per_host:
+            return self._breaker
+        host = urlsplit(url).netloc
+        breaker = self._per_host_breakers.get(host)
+        if breaker is None:
+            breaker = get_circuit_breaker(host, **self._breaker_settings)
+            self._per_host_breakers[host] = breaker
+        return breaker
+
+    def _service_label(self, url: str, breaker: CircuitBreaker | None) -> str:
+        if self.service_name:
+            return self.service_name
+        if breaker is not None and breaker.name:
+            return breaker.name
+        return urlsplit(url).netloc or "downstream"
+
+    def join_url(self, url: str) -> str:
+        """``url`` joined to ``base_url`` when relative; absolute URLs unchanged."""
+        if self.base_url is None or _ABSOLUTE_URL.match(url):
+            return url
+        if url.startswith("//"):  # scheme-relative: another host, same scheme
+            return f"{urlsplit(self.base_url).scheme}:{url}"
+        if not url or url.startswith(("?", "#")):
+            return self.base_url + url
+        return f"{self.base_url}/{url.lstrip('/')}"
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        url = request.url
+        if isinstance(url, bytes):
+            url = url.decode("utf-8")
+        if isinstance(url, str):
+            request.url = self.join_url(url)
+        return super().prepare_request(request)
+
+    def rebuild_method(
+        self, prepared_request: requests.PreparedRequest, response: requests.Response
+    ) -> None:
+        super().rebuild_method(prepared_request, response)
+        if response.status_code not in (307, 308):
+            # requests drops the body on these redirects but keeps Content-Encoding,
+            # which would describe a body that is no longer there.
+            prepared_request.headers.pop("Content-Encoding", None)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """Send ``request`` through the breaker, with the default timeout and headers.
+
+        Raises:
+            CircuitBreakerError: The service's breaker refuses calls; nothing was sent.
+            GenNetException: With ``raise_errors``, for an error response or a
+                connection failure (``ServiceUnavailableError``).
+            requests.RequestException: Without ``raise_errors``, as requests does.
+        """
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        if self.forward_request_id and REQUEST_ID_HEADER not in request.headers:
+            request_id = current_request_id()
+            if request_id:
+                request.headers[REQUEST_ID_HEADER] = request_id
+        if self.compress_requests:
+            self._compress_body(request)
+        if _call_in_progress.get() is self:
+            # A redirect hop of a call that already holds a permit.
+            return super().send(request, **kwargs)
+        token = _call_in_progress.set(self)
+        try:
+            return self._send_call(request, kwargs)
+        finally:
+            _call_in_progress.reset(token)
+
+    def _send_call(
+        self, request: requests.PreparedRequest, kwargs: dict[str, Any]
+    ) -> requests.Response:
+        url = request.url or ""
+        breaker = self.breaker_for(url)
+        permit: CallPermit | _NoPermit = _NO_PERMIT if breaker is None else breaker.acquire()
+        try:
+            response = super().send(request, **kwargs)
+        except _TRANSPORT_FAILURES as error:
+            permit.failure(error)
+            if self.raise_errors:
+                raise _transport_error(error, self._service_label(url, breaker)) from error
+            raise
+        except BaseException:
+            # Not the service's fault: a bad URL, a hook that raised, KeyboardInterrupt.
+            permit.ignore()
+            raise
+        if response.status_code in self.failure_statuses:
+            permit.failure(None)
+        else:
+            permit.success()
+        if self.raise_errors and response.status_code >= 400:
+            raise_for_error(response, service=self._service_label(url, breaker))
+        return response
+
+    def _compress_body(self, request: requests.PreparedRequest) -> None:
+        body = request.body
+        if body is None or "Content-Encoding" in request.headers:
+            return
+        if isinstance(body, str):
+            try:
+                body = body.encode("latin-1")  # what http.client would send
+            except UnicodeEncodeError:
+                return
+        if not isinstance(body, bytes) or len(body) < self.compress_min_size:
+            return
+        compressed = gzip.compress(body, compresslevel=6, mtime=0)
+        if len(compressed) >= len(body):
+            return
+        request.body = compressed
+        request.headers["Content-Encoding"] = "gzip"
+        request.headers["Content-Length"] = str(len(compressed))
+
+    def __repr__(self) -> str:
+        breaker = self._breaker.name if self._breaker else None
+        return f"<ServiceSession base_url={self.base_url!r} breaker={breaker!r}>"
