@@ -7,20 +7,26 @@ views of the fleet; the multi-process tests at the end use real processes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import multiprocessing
+import os
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from multiprocessing.synchronize import Barrier as BarrierType
 from typing import Any
 
 import pytest
 import redis
 
+from gennet_sync.circuit_breaker import CircuitBreaker, CircuitBreakerError, get_circuit_breaker
 from gennet_sync.redis_storage import RedisStorage
 from gennet_sync.storage import BreakerStorage, CircuitState, SharedState, storage_from_url
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -556,3 +562,248 @@ def test_a_restarted_redis_is_used_at_once_with_its_scripts_loaded_again(
         assert [r for r in caplog.records if r.name == LOGGER] == []
     finally:
         storage.close()
+
+
+# -- real processes sharing one breaker -------------------------------------------
+#
+# Each worker is a separate interpreter (spawn) that gets its breaker from the
+# registry with GENNET_BREAKER_STORAGE set, as a gunicorn worker would.  The
+# test process and the workers share CLOCK_MONOTONIC, so their times compare.
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on: connecting is refused at once."""
+    return free_port()
+
+
+def call_dead_service(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+        pass  # pragma: no cover - nothing listens there
+
+
+def registry_breaker(storage_url: str, name: str, **config: Any) -> CircuitBreaker:
+    os.environ["GENNET_BREAKER_STORAGE"] = storage_url
+    return get_circuit_breaker(name, **config)
+
+
+def dead_service_worker(
+    storage_url: str,
+    name: str,
+    threshold: int,
+    port: int,
+    calls: int,
+    start: BarrierType,
+    results: multiprocessing.Queue[tuple[int, int, list[str]]],
+) -> None:
+    breaker = registry_breaker(storage_url, name, failure_threshold=threshold, recovery_timeout=60)
+    start.wait()
+    sent = rejected = 0
+    unexpected: list[str] = []
+    for _ in range(calls):
+        try:
+            breaker.call(call_dead_service, port)
+        except ConnectionRefusedError:
+            sent += 1
+        except CircuitBreakerError:
+            rejected += 1
+        except Exception as exc:
+            unexpected.append(repr(exc))
+    results.put((sent, rejected, unexpected))
+
+
+def recovering_service_call(log: list[tuple[float, float]]) -> str:
+    started = time.monotonic()
+    time.sleep(0.2)  # a slow but healthy answer
+    log.append((started, time.monotonic()))
+    return "ok"
+
+
+def recovering_service_worker(
+    storage_url: str,
+    name: str,
+    duration: float,
+    start: BarrierType,
+    results: multiprocessing.Queue[list[tuple[float, float]]],
+) -> None:
+    breaker = registry_breaker(
+        storage_url,
+        name,
+        failure_threshold=1,
+        recovery_timeout=0.4,
+        half_open_max_calls=2,
+        max_half_open_wait=0.5,
+    )
+    log: list[tuple[float, float]] = []
+    start.wait()
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline and len(log) < 3:
+        with contextlib.suppress(CircuitBreakerError):
+            breaker.call(recovering_service_call, log)
+        time.sleep(0.005)
+    results.put(log)
+
+
+def healthy_until_rejected_worker(
+    storage_url: str,
+    name: str,
+    duration: float,
+    start: BarrierType,
+    results: multiprocessing.Queue[dict[str, Any]],
+) -> None:
+    """Calls a service that fails every other call, until the breaker rejects one."""
+    breaker = registry_breaker(storage_url, name, failure_threshold=100, recovery_timeout=60)
+    outcomes: dict[str, Any] = {
+        "attempts": 0,
+        "returned": 0,
+        "failed": 0,
+        "rejected_at": None,
+        "unexpected": [],
+    }
+    start.wait()
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        outcomes["attempts"] += 1
+        fail = outcomes["attempts"] % 2 == 0
+        try:
+            breaker.call(flaky_service_call, fail)
+        except CircuitBreakerError:
+            outcomes["rejected_at"] = time.monotonic()
+            break
+        except ConnectionError:
+            outcomes["failed"] += 1
+        except Exception as exc:
+            outcomes["unexpected"].append(repr(exc))
+        else:
+            outcomes["returned"] += 1
+        time.sleep(0.002)
+    results.put(outcomes)
+
+
+def flaky_service_call(fail: bool) -> str:
+    if fail:
+        raise ConnectionError("downstream reset the connection")
+    return "ok"
+
+
+def noop() -> None:
+    pass
+
+
+def run_workers(
+    target: Callable[..., None], count: int, *args: Any, during: Callable[[], None] = noop
+) -> list[Any]:
+    """Start ``count`` worker processes, release them together, collect one result each."""
+    results: multiprocessing.Queue[Any] = SPAWN.Queue()
+    start = SPAWN.Barrier(count + 1)
+    workers = [SPAWN.Process(target=target, args=(*args, start, results)) for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    try:
+        start.wait(timeout=60)  # every worker has imported everything and built its breaker
+        during()
+        collected = [results.get(timeout=60) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+            worker.close()
+        results.close()
+        results.join_thread()
+    return collected
+
+
+@pytest.mark.parametrize("processes", [3])
+def test_a_dead_service_gets_threshold_plus_n_calls_from_the_fleet_not_threshold_times_n(
+    redis_server: RedisServer, processes: int
+) -> None:
+    threshold, calls, port = 3, 12, closed_port()
+    name = f"dead-{uuid.uuid4().hex[:8]}"
+
+    local = run_workers(dead_service_worker, processes, "memory://", name, threshold, port, calls)
+    assert [unexpected for _, _, unexpected in local] == [[]] * processes
+    assert sum(sent for sent, _, _ in local) == threshold * processes
+
+    shared_url = f"{redis_server.url}?sync_interval=0.1"
+    shared = run_workers(dead_service_worker, processes, shared_url, name, threshold, port, calls)
+    assert [unexpected for _, _, unexpected in shared] == [[]] * processes
+    sent = sum(sent for sent, _, _ in shared)
+    assert threshold <= sent <= threshold + processes
+    assert all(sent + rejected == calls for sent, rejected, _ in shared)
+
+
+def test_half_open_admits_the_configured_trials_across_processes(
+    redis_server: RedisServer,
+) -> None:
+    name = f"recovering-{uuid.uuid4().hex[:8]}"
+    tripper = RedisStorage(redis_server.url)
+    try:
+        url = f"{redis_server.url}?sync_interval=0.1"
+        logs = run_workers(
+            recovering_service_worker, 4, url, name, 3.0, during=lambda: tripper.set_open(name, 0.4)
+        )
+    finally:
+        tripper.close()
+    calls = sorted(call for log in logs for call in log)
+    assert calls, "the service recovered and was called"
+    first_trial_done = min(end for _, end in calls)
+    trials = [call for call in calls if call[0] < first_trial_done]
+    assert len(trials) == 2, "half_open_max_calls=2 trials before the first one succeeded"
+
+
+def test_a_trip_reaches_every_process_within_a_second(redis_server: RedisServer) -> None:
+    name = f"trip-{uuid.uuid4().hex[:8]}"
+    tripper = RedisStorage(redis_server.url)
+    tripped_at: list[float] = []
+
+    def trip_after_a_while() -> None:
+        time.sleep(0.3)
+        tripped_at.append(time.monotonic())
+        tripper.set_open(name, 60)
+
+    try:
+        url = f"{redis_server.url}?sync_interval=0.1"
+        outcomes = run_workers(
+            healthy_until_rejected_worker, 3, url, name, 5.0, during=trip_after_a_while
+        )
+    finally:
+        tripper.close()
+    for outcome in outcomes:
+        assert outcome["unexpected"] == []
+        assert outcome["rejected_at"] is not None
+        assert 0 <= outcome["rejected_at"] - tripped_at[0] < 1.0
+
+
+def test_killing_redis_mid_run_loses_no_call_and_restarting_it_resumes_sharing(
+    disposable_redis_server: RedisServer,
+) -> None:
+    name = f"outage-{uuid.uuid4().hex[:8]}"
+    tripped_at: list[float] = []
+
+    def outage_then_trip() -> None:
+        time.sleep(0.3)
+        disposable_redis_server.kill()
+        time.sleep(0.5)
+        disposable_redis_server.start()
+        time.sleep(0.5)  # the workers' backoff (at most 0.2 s) runs out
+        tripper = RedisStorage(disposable_redis_server.url)
+        try:
+            tripped_at.append(time.monotonic())
+            tripper.set_open(name, 60)
+        finally:
+            tripper.close()
+
+    url = f"{disposable_redis_server.url}?sync_interval=0.1&retry_backoff=0.1&max_retry_backoff=0.2"
+    outcomes = run_workers(
+        healthy_until_rejected_worker, 3, url, name, 8.0, during=outage_then_trip
+    )
+    for outcome in outcomes:
+        assert outcome["unexpected"] == []
+        # Every call made before the trip reached the service, Redis or not.
+        assert outcome["returned"] + outcome["failed"] == outcome["attempts"] - 1
+        assert outcome["failed"] > 0
+        assert outcome["rejected_at"] is not None, "sharing resumed after the restart"
+        assert 0 <= outcome["rejected_at"] - tripped_at[0] < 1.0
