@@ -268,7 +268,12 @@ class BreakerConfig:
     def __post_init__(self) -> None:
         for name in ("record_exceptions", "ignore_exceptions"):
             value = getattr(self, name)
-            classes = (value,) if _is_exception_class(value) else tuple(value)
+            if _is_exception_class(value):
+                classes: tuple[object, ...] = (value,)
+            elif isinstance(value, tuple | list | set | frozenset):
+                classes = tuple(value)
+            else:
+                classes = (value,)
             if not all(_is_exception_class(cls) for cls in classes):
                 raise ValueError(f"{name} must be exception classes, not {value!r}")
             object.__setattr__(self, name, classes)

@@ -727,12 +727,13 @@ class CircuitBreaker:
                 # Storage unavailable: decide with the local count.
                 if self._consecutive_failures >= self._failure_threshold:
                     self._to_open(now, TransitionReason.FAILURE_THRESHOLD, share=False)
-            elif shared.state is _OPEN:
-                self._to_open(
-                    now, TransitionReason.FAILURE_THRESHOLD, shared.open_remaining, share=False
-                )
             else:
-                self._consecutive_failures = shared.failure_count
+                opened = shared.state is _OPEN
+                self._adopt(
+                    shared,
+                    now,
+                    TransitionReason.FAILURE_THRESHOLD if opened else TransitionReason.SHARED_STATE,
+                )
             events = self._take_events()
         self._finish(events)
 
@@ -774,24 +775,26 @@ class CircuitBreaker:
 
     def _apply_shared(self, shared: SharedState, now: float) -> None:
         """Adopt the fleet's view (another process tripped, recovered or was reset)."""
-        reason = TransitionReason.SHARED_STATE
         with self._lock:
-            if self._mode is not _NORMAL:
-                return
-            if shared.state is _OPEN:
-                if self._state is _OPEN:
-                    self._open_until = now + shared.open_remaining
-                else:
-                    self._to_open(now, reason, shared.open_remaining, share=False)
-            elif shared.state is _HALF_OPEN:
-                if self._state is not _HALF_OPEN:
-                    self._to_half_open(now, reason)
-            elif self._state is not _CLOSED:
-                self._to_closed(now, reason, share=False)
-            else:
-                self._consecutive_failures = shared.failure_count
+            if self._mode is _NORMAL:
+                self._adopt(shared, now, TransitionReason.SHARED_STATE)
             events = self._take_events()
         self._finish(events)
+
+    def _adopt(self, shared: SharedState, now: float, reason: TransitionReason) -> None:
+        """Make the local state machine agree with the shared one (under the lock)."""
+        if shared.state is _OPEN:
+            if self._state is _OPEN:
+                self._open_until = now + shared.open_remaining
+            else:
+                self._to_open(now, reason, shared.open_remaining, share=False)
+        elif shared.state is _HALF_OPEN:
+            if self._state is not _HALF_OPEN:
+                self._to_half_open(now, reason)
+        elif self._state is not _CLOSED:
+            self._to_closed(now, reason, share=False)
+        else:
+            self._consecutive_failures = shared.failure_count
 
     def _after_fork(self) -> None:
         """In a forked child: fresh lock, and no trial slot held by a parent's thread."""
