@@ -29,7 +29,7 @@ import enum
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
@@ -134,10 +134,10 @@ class Const:
 
 @dataclass(frozen=True)
 class Var:
-    """A node's current value.  ``position`` is where the name appears in its text."""
+    """A node's current value.  ``position`` (where the name appears) is not compared."""
 
     name: str
-    position: int = 0
+    position: int = field(default=0, compare=False)
 
     def __str__(self) -> str:
         return self.name
