@@ -27,6 +27,7 @@ from gennet_sync.circuit_breaker import (
     register_config,
     set_default_storage,
 )
+from gennet_sync.compression import Compression
 from gennet_sync.context import RequestIdFilter, current_request_id
 from gennet_sync.error_handler import GenNet, setup_error_handlers
 from gennet_sync.exceptions import (
@@ -59,6 +60,7 @@ __all__ = [
     "CircuitBreakerError",
     "CircuitBreakerRegistry",
     "CircuitState",
+    "Compression",
     "ConflictError",
     "ExponentialOpenDuration",
     "FixedOpenDuration",

@@ -1,0 +1,763 @@
+"""Compression in both directions: responses negotiated, request bodies decoded safely.
+
+:class:`Compression` does two independent jobs on a Flask app:
+
+**Responses** are compressed with ``zstd``, ``br``, ``gzip`` or ``deflate``, chosen
+from ``Accept-Encoding`` by q-value (RFC 9110 §12.5.3): ``q=0`` excludes a coding,
+``*`` stands for every coding not listed, ``identity;q=0`` forbids an uncompressed
+answer (so even a response under the minimum size is compressed), ties go to the
+server's preference order, and malformed elements are ignored rather than
+failing the request.  Every response of a compressible type gets
+``Vary: Accept-Encoding``; a response that already has a ``Content-Encoding``, a
+partial (206) response, or one marked ``Cache-Control: no-transform`` is left as
+it is; streamed responses are compressed chunk by chunk and flushed after each
+chunk so they keep streaming; a strong ``ETag`` gets a ``-<coding>`` suffix, since
+the compressed bytes are a different representation, and conditional requests are
+re-evaluated against it.
+
+Why not wrap Flask-Compress (1.25)?  It does the per-algorithm compression well,
+but the parts this module exists for are in its negotiation and hooks:
+``gzip;q=0`` *selects* gzip (a q of zero is treated as a preference, not an
+exclusion), ``gzip; q=0.5`` (with the space RFC 9110 allows) is not recognised,
+``*`` falls back to the first server coding even when that coding is excluded
+(``*, zstd;q=0`` gets zstd), ``identity;q=0`` is not honoured for small responses,
+206 and ``no-transform`` responses are compressed, and streamed chunks are not
+flushed (a slow stream is held in the compressor).  Fixing those means replacing
+its ``after_request`` and its negotiation function, which is all of it but the
+four ``compress()`` calls; so this module does the same calls itself (the same
+libraries and default levels) and Flask-Compress is the benchmark's competitor.
+
+**Request bodies** with ``Content-Encoding: gzip, deflate, br, zstd`` (stacked
+codings too, e.g. ``gzip, br``) are decoded by a WSGI middleware before Flask
+builds the request, so ``request.get_data()``, ``get_json()`` and forms see the
+decoded bytes.  Decoding is streamed in bounded memory (each read inflates at
+most 64 KiB), and the decoded size is capped (``GENNET_MAX_DECODED_SIZE``, else
+``MAX_CONTENT_LENGTH``, else 10 MiB): passing the cap raises a 413 at once, so a
+gzip bomb never inflates.  When ``MAX_CONTENT_LENGTH`` is set, werkzeug also
+applies it to the decoded stream, with its own rule: a body that reaches the limit
+exactly and is read further counts as too large.
+
+An unknown coding is a 415 (with ``Accept-Encoding`` listing what is supported,
+RFC 7694), a corrupt or truncated body a 400, and a ``Content-Encoding`` on a GET
+or HEAD a 400; all rendered as the error envelope.
+
+``br`` needs ``brotli`` (>= 1.2, for bounded decoding) and ``zstd`` needs Python
+3.14's ``compression.zstd`` or ``backports.zstd``: install the ``compression``
+extra.  Without them those codings are neither offered nor accepted.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import io
+import re
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Protocol
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.wsgi import LimitedStream
+
+from gennet_sync.error_handler import app_state
+
+__all__ = [
+    "DEFAULT_MAX_DECODED_SIZE",
+    "Compression",
+    "CompressionSettings",
+    "UnsupportedContentEncoding",
+    "available_encodings",
+    "compress_bytes",
+    "negotiate_encoding",
+]
+
+#: Decoded request bodies are capped at this many bytes unless the app sets
+#: ``GENNET_MAX_DECODED_SIZE`` or ``MAX_CONTENT_LENGTH``.
+DEFAULT_MAX_DECODED_SIZE = 10 * 1024 * 1024
+
+#: Server preference order, best first.
+_PREFERENCE = ("zstd", "br", "gzip", "deflate")
+_DEFAULT_LEVELS: Mapping[str, int] = {"zstd": 3, "br": 4, "gzip": 6, "deflate": 6}
+_DEFAULT_MIMETYPES = frozenset(
+    {
+        "application/json",
+        "application/javascript",
+        "application/xml",
+        "application/xhtml+xml",
+        "application/x-ndjson",
+        "application/geo+json",
+        "application/manifest+json",
+        "image/svg+xml",
+    }
+)
+_CHUNK = 64 * 1024
+_MAX_STACKED_CODINGS = 4
+_ZSTD_WINDOW_LOG_MAX = 23  # 8 MiB windows at most: a frame cannot demand a 2 GiB buffer
+_ENVIRON_ERROR = "gennet_sync.compression.error"
+_ENVIRON_CODINGS = "gennet_sync.content_encoding"
+_FEATURE = "compression"
+_Q_VALUE = re.compile(r"^(?:0(?:\.\d{0,3})?|1(?:\.0{0,3})?)$")
+_ALIASES = {"x-gzip": "gzip"}
+
+
+@functools.cache
+def _brotli() -> ModuleType | None:
+    try:
+        module = importlib.import_module("brotli")
+    except ImportError:
+        return None
+    # brotli < 1.2 cannot bound the output of one decompression call.
+    return module if hasattr(module.Decompressor(), "can_accept_more_data") else None
+
+
+@functools.cache
+def _zstd() -> ModuleType | None:
+    for name in ("compression.zstd", "backports.zstd"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def available_encodings() -> tuple[str, ...]:
+    """The content codings usable here, in server preference order.
+
+    Example::
+
+        >>> "gzip" in available_encodings()
+        True
+    """
+    present = {"gzip": True, "deflate": True, "br": _brotli() is not None}
+    present["zstd"] = _zstd() is not None
+    return tuple(coding for coding in _PREFERENCE if present[coding])
+
+
+# --------------------------------------------------------------------------- negotiation
+
+
+def _parse_accept_encoding(header: str) -> dict[str, float]:
+    """``{coding: q}`` from an ``Accept-Encoding`` value; malformed elements are dropped."""
+    weights: dict[str, float] = {}
+    for element in header.split(","):
+        coding, _, params = element.partition(";")
+        coding = coding.strip().lower()
+        coding = _ALIASES.get(coding, coding)
+        if not coding:
+            continue
+        quality = 1.0
+        valid = True
+        for param in params.split(";") if params else ():
+            name, _, value = param.partition("=")
+            if name.strip().lower() != "q":
+                continue
+            value = value.strip()
+            if not _Q_VALUE.match(value):
+                valid = False
+                break
+            quality = float(value)
+        if valid:
+            # A coding listed twice keeps its lowest weight: the safer reading.
+            weights[coding] = min(quality, weights.get(coding, quality))
+    return weights
+
+
+@functools.lru_cache(maxsize=512)
+def negotiate_encoding(accept_encoding: str | None, available: Sequence[str]) -> str | None:
+    """Pick the content coding for a response, following RFC 9110 §12.5.3.
+
+    Args:
+        accept_encoding: The request's ``Accept-Encoding`` value; ``None`` when the
+            header is absent (then the answer is ``"identity"``: nothing asked for).
+        available: Codings the server can produce, best first.
+
+    Returns:
+        A coding from ``available``; ``"identity"`` for an uncompressed answer; or
+        ``None`` when nothing is acceptable (every coding and identity excluded).
+
+    Example::
+
+        >>> negotiate_encoding("gzip;q=0.5, br", ("zstd", "br", "gzip"))
+        'br'
+        >>> negotiate_encoding("gzip;q=0, *", ("zstd", "gzip"))
+        'zstd'
+        >>> negotiate_encoding("identity;q=0, gzip;q=0", ("gzip",)) is None
+        True
+    """
+    if accept_encoding is None:
+        return "identity"
+    weights = _parse_accept_encoding(accept_encoding)
+    star = weights.get("*")
+    best: str | None = None
+    best_q = 0.0
+    for coding in available:
+        q = weights.get(coding, star if star is not None else 0.0)
+        if q > best_q:
+            best, best_q = coding, q
+    # identity is acceptable unless excluded; it competes on q only when the
+    # client gave it one (directly or through "*"): "gzip;q=0.5" still wants gzip.
+    identity_q = weights.get("identity", star)
+    if best is not None and (identity_q is None or best_q >= identity_q):
+        return best
+    if identity_q is None or identity_q > 0:
+        return "identity"
+    return None
+
+
+# --------------------------------------------------------------------------- compressors
+
+
+def compress_bytes(data: bytes, coding: str, level: int | None = None) -> bytes:
+    """Compress ``data`` in one call with ``coding`` (``gzip``, ``deflate``, ``br``, ``zstd``).
+
+    Args:
+        data: The bytes to compress.
+        coding: The content coding.
+        level: Compression level; the coding's default (gzip/deflate 6, br 4,
+            zstd 3) when ``None``.
+
+    Returns:
+        The encoded bytes, decodable by any HTTP client that accepts ``coding``.
+
+    Raises:
+        ValueError: ``coding`` is unknown or its library is not installed.
+    """
+    level = _DEFAULT_LEVELS.get(coding, 0) if level is None else level
+    if coding == "gzip":
+        return zlib.compress(data, level, wbits=31)  # gzip framing, mtime 0: reproducible
+    if coding == "deflate":
+        return zlib.compress(data, level)  # HTTP "deflate" is the zlib format
+    if coding == "br" and (brotli := _brotli()) is not None:
+        result: bytes = brotli.compress(data, quality=level)
+        return result
+    if coding == "zstd" and (zstd := _zstd()) is not None:
+        result = zstd.compress(data, level)
+        return result
+    raise ValueError(f"content coding {coding!r} is not available here")
+
+
+def _stream_compressor(
+    coding: str, level: int
+) -> tuple[Callable[[bytes], bytes], Callable[[], bytes]]:
+    """``(compress_and_flush(chunk), finish())`` for compressing a stream chunk by chunk."""
+    if coding in ("gzip", "deflate"):
+        zobj = zlib.compressobj(level, zlib.DEFLATED, 31 if coding == "gzip" else 15)
+
+        def zchunk(data: bytes) -> bytes:
+            return zobj.compress(data) + zobj.flush(zlib.Z_SYNC_FLUSH)
+
+        return zchunk, zobj.flush
+    if coding == "br" and (brotli := _brotli()) is not None:
+        bobj = brotli.Compressor(quality=level)
+
+        def bchunk(data: bytes) -> bytes:
+            return bytes(bobj.process(data)) + bytes(bobj.flush())
+
+        return bchunk, lambda: bytes(bobj.finish())
+    if coding == "zstd" and (zstd := _zstd()) is not None:
+        cobj = zstd.ZstdCompressor(level=level)
+
+        def zstchunk(data: bytes) -> bytes:
+            return bytes(cobj.compress(data, cobj.FLUSH_BLOCK))
+
+        return zstchunk, lambda: bytes(cobj.flush(cobj.FLUSH_FRAME))
+    raise ValueError(f"content coding {coding!r} is not available here")
+
+
+def _compress_stream(
+    chunks: Iterable[bytes], source: object, coding: str, level: int
+) -> Iterator[bytes]:
+    compress_chunk, finish = _stream_compressor(coding, level)
+    try:
+        for chunk in chunks:
+            if chunk:
+                out = compress_chunk(chunk)
+                if out:
+                    yield out
+        tail = finish()
+        if tail:
+            yield tail
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class CompressionSettings:
+    """How :class:`Compression` behaves; validated once, at construction.
+
+    Attributes:
+        algorithms: Codings offered for responses, best first; those whose library
+            is missing are dropped.  Empty: responses are never compressed.
+        min_size: Responses smaller than this many bytes are sent as they are
+            (unless the client forbids ``identity``).  0 compresses everything.
+        levels: Compression level per coding; missing ones use the defaults
+            (gzip/deflate 6, br 4, zstd 3).
+        mimetypes: Compressible media types, in addition to every ``text/*`` type
+            and every ``+json`` / ``+xml`` suffix.
+        compress_responses: Compress responses at all.
+        decompress_requests: Decode ``Content-Encoding`` request bodies at all.
+        max_decoded_size: Cap on a decoded request body in bytes; ``None`` reads
+            ``GENNET_MAX_DECODED_SIZE``, then ``MAX_CONTENT_LENGTH``, then 10 MiB.
+    """
+
+    algorithms: tuple[str, ...] = _PREFERENCE
+    min_size: int = 500
+    levels: Mapping[str, int] = field(default_factory=lambda: dict(_DEFAULT_LEVELS))
+    mimetypes: frozenset[str] = _DEFAULT_MIMETYPES
+    compress_responses: bool = True
+    decompress_requests: bool = True
+    max_decoded_size: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.algorithms if a not in _PREFERENCE]
+        if unknown:
+            raise ValueError(f"unknown algorithms {unknown}; choose from {list(_PREFERENCE)}")
+        if self.min_size < 0:
+            raise ValueError(f"min_size must be >= 0, got {self.min_size}")
+        if self.max_decoded_size is not None and self.max_decoded_size < 1:
+            raise ValueError(f"max_decoded_size must be >= 1 byte, got {self.max_decoded_size}")
+        bounds = {"gzip": (0, 9), "deflate": (0, 9), "br": (0, 11), "zstd": (-7, 22)}
+        for coding, level in self.levels.items():
+            low, high = bounds.get(coding, (0, -1))
+            if not low <= level <= high:
+                raise ValueError(f"level {level} for {coding!r} is outside {low}..{high}")
+        object.__setattr__(self, "levels", {**_DEFAULT_LEVELS, **self.levels})
+
+    def level(self, coding: str) -> int:
+        """The level used for ``coding``."""
+        return self.levels[coding]
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+class UnsupportedContentEncoding(UnsupportedMediaType):
+    """415 for a request ``Content-Encoding`` this server cannot decode.
+
+    Carries ``Accept-Encoding`` with the codings it can decode (RFC 7694).
+    """
+
+    def __init__(self, description: str, supported: Sequence[str]) -> None:
+        super().__init__(description)
+        self.supported = tuple(supported)
+
+    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        headers = super().get_headers(*args, **kwargs)
+        headers.append(("Accept-Encoding", ", ".join(self.supported) or "identity"))
+        return headers
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _Decoder(Protocol):
+    """The bounded-output decompressor shape (like ``bz2``/``lzma`` decompressors)."""
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def needs_input(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes, max_length: int) -> bytes: ...
+
+
+class _ZlibDecoder:
+    """gzip (``wbits=31``) or deflate, zlib-wrapped or raw (told apart by the header)."""
+
+    def __init__(self, gzip: bool) -> None:
+        self._gzip = gzip
+        self._obj: Any = zlib.decompressobj(31) if gzip else None
+
+    @property
+    def eof(self) -> bool:
+        return self._obj is not None and bool(self._obj.eof)
+
+    @property
+    def needs_input(self) -> bool:
+        return self._obj is None or not self._obj.unconsumed_tail
+
+    @property
+    def unused_data(self) -> bytes:
+        return b"" if self._obj is None else bytes(self._obj.unused_data)
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self._obj is None:
+            # HTTP "deflate" is meant to be zlib-wrapped, but some clients send raw
+            # deflate; a zlib header is recognisable (CM=8, header checksum).
+            is_zlib = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+            self._obj = zlib.decompressobj(15 if is_zlib else -15)
+        if not data:
+            data = self._obj.unconsumed_tail
+        return bytes(self._obj.decompress(data, max_length))
+
+
+class _BrotliDecoder:
+    def __init__(self, brotli: ModuleType) -> None:
+        self._obj = brotli.Decompressor()
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._obj.is_finished())
+
+    @property
+    def needs_input(self) -> bool:
+        return bool(self._obj.can_accept_more_data())
+
+    @property
+    def unused_data(self) -> bytes:
+        return b""  # brotli rejects data after the end of its stream itself
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        return bytes(self._obj.process(data, output_buffer_limit=max_length))
+
+
+def _new_decoder(coding: str) -> _Decoder:
+    if coding in ("gzip", "deflate"):
+        return _ZlibDecoder(gzip=coding == "gzip")
+    if coding == "br" and (brotli := _brotli()) is not None:
+        return _BrotliDecoder(brotli)
+    if coding == "zstd" and (zstd := _zstd()) is not None:
+        options = {zstd.DecompressionParameter.window_log_max: _ZSTD_WINDOW_LOG_MAX}
+        decoder: _Decoder = zstd.ZstdDecompressor(options=options)
+        return decoder
+    raise ValueError(f"content coding {coding!r} is not available here")
+
+
+def _decoding_errors() -> tuple[type[Exception], ...]:
+    errors: list[type[Exception]] = [zlib.error]
+    if (brotli := _brotli()) is not None:
+        errors.append(brotli.error)
+    if (zstd := _zstd()) is not None:
+        errors.append(zstd.ZstdError)
+    return tuple(errors)
+
+
+class _DecodingLayer:
+    """One content coding undone, read in bounded pieces from the layer below."""
+
+    def __init__(self, source: _Readable, coding: str) -> None:
+        self._source = source
+        self._coding = coding
+        self._decoder = _new_decoder(coding)
+        self._errors = _decoding_errors()
+
+    def _corrupt(self, reason: str) -> BadRequest:
+        return BadRequest(f"Request body is not valid {self._coding} data: {reason}")
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return self._read(_CHUNK if size is None or size < 0 else max(1, size))
+        except self._errors as error:
+            raise self._corrupt(str(error) or type(error).__name__) from None
+
+    def _read(self, size: int) -> bytes:
+        stalls = 0
+        while stalls < 3:
+            decoder = self._decoder
+            if decoder.eof:
+                trailing = decoder.unused_data or self._source.read(_CHUNK)
+                if not trailing:
+                    return b""
+                if self._coding not in ("gzip", "zstd"):
+                    raise self._corrupt("data after the end of the compressed stream")
+                # gzip members and zstd frames may be concatenated.
+                self._decoder = decoder = _new_decoder(self._coding)
+                data = trailing
+            elif decoder.needs_input:
+                data = self._source.read(_CHUNK)
+                if not data:
+                    out = decoder.decompress(b"", size)  # output still held by the decoder
+                    if out:
+                        return out
+                    if decoder.eof:
+                        continue
+                    raise self._corrupt("the body ends before the compressed stream does")
+            else:
+                data = b""
+            out = decoder.decompress(data, size)
+            if out:
+                return out
+            stalls = 0 if data else stalls + 1
+        raise self._corrupt("the decoder stopped making progress")
+
+
+class _DecodedBody(io.RawIOBase):
+    """The decoded request body as ``wsgi.input``: bounded reads, capped total size."""
+
+    def __init__(self, source: _Readable, codings: Sequence[str], cap: int) -> None:
+        super().__init__()
+        top: _Readable = source
+        # "gzip, br" means gzip was applied first: undo br first.
+        for coding in reversed(codings):
+            top = _DecodingLayer(top, coding)
+        self._top = top
+        self._cap = cap
+        self._total = 0
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if not self._buffer:
+            self._buffer = self._top.read(min(len(view), _CHUNK))
+            self._total += len(self._buffer)
+            if self._total > self._cap:
+                self._buffer = b""
+                raise RequestEntityTooLarge(
+                    f"The decoded request body exceeds the limit of {self._cap} bytes."
+                )
+        count = min(len(view), len(self._buffer))
+        view[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        return count
+
+
+def _parse_content_encoding(value: str) -> list[str]:
+    codings = [c.strip().lower() for c in value.split(",")]
+    return [_ALIASES.get(c, c) for c in codings if c and c != "identity"]
+
+
+class _RequestDecodingMiddleware:
+    """WSGI middleware that swaps ``wsgi.input`` for the decoded body.
+
+    Errors found before the app runs (unknown coding, coding on a GET) are left in
+    the environ for the Flask hook to raise, so they become the error envelope.
+    """
+
+    def __init__(self, wsgi_app: Any, app: Flask, settings: CompressionSettings) -> None:
+        self.wsgi_app = wsgi_app
+        self._app = app
+        self._settings = settings
+
+    def _cap(self) -> int:
+        config = self._app.config
+        for value in (
+            self._settings.max_decoded_size,
+            config.get("GENNET_MAX_DECODED_SIZE"),
+            config.get("MAX_CONTENT_LENGTH"),
+        ):
+            if value is not None:
+                return int(value)
+        return DEFAULT_MAX_DECODED_SIZE
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        header = environ.get("HTTP_CONTENT_ENCODING")
+        if header is not None:
+            self._rewrite(environ, header)
+        return self.wsgi_app(environ, start_response)
+
+    def _rewrite(self, environ: dict[str, Any], header: str) -> None:
+        codings = _parse_content_encoding(header)
+        del environ["HTTP_CONTENT_ENCODING"]
+        environ[_ENVIRON_CODINGS] = header
+        if not codings:
+            return
+        supported = available_encodings()
+        error: Exception | None = None
+        if environ.get("REQUEST_METHOD", "GET").upper() in ("GET", "HEAD"):
+            error = BadRequest(
+                f"Content-Encoding ({header!r}) is not allowed on a "
+                f"{environ['REQUEST_METHOD'].upper()} request: it has no body to decode."
+            )
+        elif any(c not in supported for c in codings):
+            unknown = ", ".join(c for c in codings if c not in supported)
+            error = UnsupportedContentEncoding(
+                f"Unsupported Content-Encoding {unknown!r}; supported: {', '.join(supported)}.",
+                supported,
+            )
+        elif len(codings) > _MAX_STACKED_CODINGS:
+            error = UnsupportedContentEncoding(
+                f"Content-Encoding stacks {len(codings)} codings; at most "
+                f"{_MAX_STACKED_CODINGS} are accepted.",
+                supported,
+            )
+        if error is not None:
+            environ[_ENVIRON_ERROR] = error
+            environ["wsgi.input"] = io.BytesIO(b"")
+            environ["CONTENT_LENGTH"] = "0"
+            return
+        wsgi_input: Any = environ["wsgi.input"]
+        raw: _Readable = wsgi_input
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            try:
+                raw = LimitedStream(
+                    wsgi_input, int(length)
+                )  # raises ClientDisconnected (400) if short
+            except ValueError:
+                environ[_ENVIRON_ERROR] = BadRequest("Invalid Content-Length header.")
+                return
+        elif not environ.get("wsgi.input_terminated"):
+            raw = io.BytesIO(b"")
+        environ["wsgi.input"] = _DecodedBody(raw, codings, self._cap())
+        environ["wsgi.input_terminated"] = True
+        environ.pop("CONTENT_LENGTH", None)  # the decoded length is not known in advance
+
+
+def _raise_request_decoding_error() -> None:
+    error = request.environ.get(_ENVIRON_ERROR)
+    if error is not None:
+        raise error
+
+
+# --------------------------------------------------------------------------- the extension
+
+
+def _is_compressible(mimetype: str, extra: frozenset[str]) -> bool:
+    return mimetype in extra or mimetype.startswith("text/") or mimetype.endswith(("+json", "+xml"))
+
+
+def _add_vary(response: Response) -> None:
+    vary = response.headers.get("Vary", "")
+    tokens = {token.strip().lower() for token in vary.split(",")}
+    if "*" in tokens or "accept-encoding" in tokens:
+        return
+    response.headers["Vary"] = f"{vary}, Accept-Encoding" if vary.strip() else "Accept-Encoding"
+
+
+class Compression:
+    """Response compression and safe request-body decoding for a Flask app.
+
+    Example::
+
+        from flask import Flask
+        from gennet_sync import Compression, setup_error_handlers
+
+        app = Flask(__name__)
+        app.config["MAX_CONTENT_LENGTH"] = 5 * 1024 * 1024  # also caps decoded bodies
+        setup_error_handlers(app)
+        Compression(app, min_size=1024)
+
+        # GET with "Accept-Encoding: br;q=1, gzip;q=0.8" -> Content-Encoding: br
+        # POST with "Content-Encoding: gzip" -> request.get_json() sees the JSON;
+        #   a body inflating past 5 MiB -> 413 envelope, unknown coding -> 415.
+
+    Args:
+        app: The app to set up now; or call :meth:`init_app` later.
+        settings: A :class:`CompressionSettings`; or give its fields as keywords.
+        **options: Fields of :class:`CompressionSettings`.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        settings: CompressionSettings | None = None,
+        **options: Any,
+    ) -> None:
+        if settings is not None and options:
+            raise TypeError("pass either settings= or keyword options, not both")
+        if "algorithms" in options and isinstance(options["algorithms"], str):
+            options["algorithms"] = tuple(a.strip() for a in options["algorithms"].split(","))
+        elif "algorithms" in options:
+            options["algorithms"] = tuple(options["algorithms"])
+        if "mimetypes" in options:
+            options["mimetypes"] = frozenset(options["mimetypes"])
+        self.settings = settings if settings is not None else CompressionSettings(**options)
+        available = set(available_encodings())
+        self._algorithms = tuple(a for a in self.settings.algorithms if a in available)
+        if app is not None:
+            self.init_app(app)
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The codings actually offered for responses (configured and installed)."""
+        return self._algorithms
+
+    def init_app(self, app: Flask) -> None:
+        """Install the request decoder and the response hook on ``app``."""
+        state = app_state(app)
+        if state.features.get(_FEATURE) is not None:
+            raise RuntimeError("Compression is already set up on this app")
+        state.features[_FEATURE] = self
+        if self.settings.decompress_requests:
+            app.wsgi_app = _RequestDecodingMiddleware(  # type: ignore[method-assign]
+                app.wsgi_app, app, self.settings
+            )
+            app.before_request(_raise_request_decoding_error)
+        if self.settings.compress_responses:
+            app.after_request(self.compress_response)
+
+    def compress_response(self, response: Response) -> Response:
+        """Compress ``response`` for the current request when it should be.
+
+        Registered as an ``after_request`` hook by :meth:`init_app`.
+        """
+        if not _is_compressible(response.mimetype or "", self.settings.mimetypes):
+            return response
+        status = response.status_code
+        if status < 200 or status in (204, 206, 304) or "Content-Range" in response.headers:
+            return response
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        if encoding and encoding != "identity":
+            return response  # already encoded by the view: never compress twice
+        _add_vary(response)
+        cache_control = response.headers.get("Cache-Control", "").lower()
+        if "no-transform" in cache_control:
+            return response
+        coding = negotiate_encoding(request.headers.get("Accept-Encoding"), self._algorithms)
+        if coding is None:
+            # Nothing the client accepts is available; RFC 9110 allows answering
+            # without a coding rather than failing a request that already ran.
+            return response
+        identity_forbidden = coding != "identity" and (
+            negotiate_encoding(request.headers.get("Accept-Encoding"), ()) is None
+        )
+        if coding == "identity":
+            return response
+        level = self.settings.level(coding)
+        min_size = 0 if identity_forbidden else self.settings.min_size
+        streamed = response.is_streamed
+        if streamed:
+            length = response.content_length
+            if length is not None and length < min_size:
+                return response
+        else:
+            data = response.get_data()
+            if len(data) < min_size:
+                return response
+            response.set_data(compress_bytes(data, coding, level))
+        response.headers["Content-Encoding"] = coding
+        response.headers.pop("Accept-Ranges", None)
+        etag, weak = response.get_etag()
+        if etag and not weak:
+            response.set_etag(f"{etag}-{coding}")
+        revalidating = request.method in ("GET", "HEAD") and status == 200
+        if not streamed:
+            if revalidating:
+                response.make_conditional(request)
+            return response
+        source = response.response
+        if (
+            revalidating
+            and etag
+            and not weak
+            and request.if_none_match.contains(f"{etag}-{coding}")
+        ):
+            # make_conditional would buffer the whole stream to compute a length.
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+            response.response = []
+            response.status_code = 304
+            response.headers.pop("Content-Length", None)
+            return response
+        response.response = _compress_stream(response.iter_encoded(), source, coding, level)
+        response.direct_passthrough = False
+        response.headers.pop("Content-Length", None)
+        return response

@@ -1,0 +1,567 @@
+"""Tests for gennet_sync.compression: negotiation, response compression, safe request decoding."""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import tracemalloc
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import brotli
+import pytest
+import requests
+from backports import zstd
+from flask import Flask, Response, request, stream_with_context
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from werkzeug.serving import make_server
+from werkzeug.test import TestResponse
+
+from gennet_sync import Compression, setup_error_handlers
+from gennet_sync.compression import (
+    CompressionSettings,
+    available_encodings,
+    compress_bytes,
+    negotiate_encoding,
+)
+
+ALL = ("zstd", "br", "gzip", "deflate")
+PAYLOAD = {"nodes": [{"id": f"gene-{i}", "weight": i * 0.5} for i in range(400)]}
+
+
+def decode(data: bytes, coding: str) -> bytes:
+    if coding == "gzip":
+        return zlib.decompress(data, 31)
+    if coding == "deflate":
+        return zlib.decompress(data)
+    if coding == "br":
+        return bytes(brotli.decompress(data))
+    if coding == "zstd":
+        return bytes(zstd.decompress(data))
+    raise AssertionError(coding)
+
+
+def json_of(response: TestResponse) -> dict[str, Any]:
+    data = response.get_json()
+    assert isinstance(data, dict), response.data
+    return data
+
+
+def make_app(**options: Any) -> Flask:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    Compression(app, **options)
+
+    @app.get("/data")
+    def data() -> dict[str, Any]:
+        return PAYLOAD
+
+    @app.get("/small")
+    def small() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    @app.post("/echo")
+    def echo() -> dict[str, Any]:
+        body = request.get_json()
+        return {"received": body, "encoding_seen": request.headers.get("Content-Encoding")}
+
+    @app.post("/count")
+    def count() -> dict[str, int]:
+        total = 0
+        for _ in range(100_000):
+            chunk = request.stream.read(8192)
+            if not chunk:
+                break
+            total += len(chunk)
+        return {"bytes": total}
+
+    @app.get("/stream")
+    def stream() -> Response:
+        def generate() -> Iterator[str]:
+            for i in range(5):
+                yield json.dumps({"chunk": i, "pad": "x" * 600}) + "\n"
+
+        return Response(stream_with_context(generate()), mimetype="application/x-ndjson")
+
+    return app
+
+
+# ---------------------------------------------------------------- negotiation
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, "identity"),
+        ("", "identity"),
+        ("gzip", "gzip"),
+        ("gzip, deflate, br, zstd", "zstd"),
+        ("GZIP", "gzip"),
+        ("x-gzip", "gzip"),
+        ("gzip;q=0.5, br;q=0.8", "br"),
+        ("gzip; q=0.9, br ; q=0.2", "gzip"),
+        ("br;q=0, gzip", "gzip"),
+        ("gzip;q=0", "identity"),
+        ("*", "zstd"),
+        ("*, zstd;q=0", "br"),
+        ("*;q=0.1, gzip;q=0.5", "gzip"),
+        ("*;q=0", None),
+        ("identity;q=0", None),
+        ("identity;q=0, gzip;q=0", None),
+        ("identity", "identity"),
+        ("identity;q=1, gzip;q=0.5", "identity"),
+        ("identity;q=0.5, gzip;q=0.5", "gzip"),
+        ("gzip;q=2", "identity"),
+        ("gzip;q=abc, deflate", "deflate"),
+        ("gzip;q=-1", "identity"),
+        (",,;;q=, br", "br"),
+        ("compress, sdch", "identity"),
+        ("gzip;q=0.5, gzip;q=0", "identity"),
+    ],
+)
+def test_negotiation_follows_q_values(header: str | None, expected: str | None) -> None:
+    assert negotiate_encoding(header, ALL) == expected
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=60))
+def test_negotiation_never_fails_and_never_picks_an_excluded_coding(header: str) -> None:
+    chosen = negotiate_encoding(header, ALL)
+    assert chosen is None or chosen == "identity" or chosen in ALL
+    if chosen in ALL:
+        assert f"{chosen};q=0," not in header.replace(" ", "") + ","
+
+
+# ---------------------------------------------------------------- responses
+
+
+@pytest.mark.parametrize("coding", ALL)
+def test_each_algorithm_round_trips_with_vary_and_length(coding: str) -> None:
+    client = make_app().test_client()
+    response = client.get("/data", headers={"Accept-Encoding": coding})
+    assert response.headers["Content-Encoding"] == coding
+    assert "Accept-Encoding" in response.headers["Vary"]
+    assert int(response.headers["Content-Length"]) == len(response.data)
+    assert json.loads(decode(response.data, coding)) == PAYLOAD
+    assert len(response.data) < len(json.dumps(PAYLOAD)) / 3
+
+
+def test_small_responses_stay_plain_but_still_vary() -> None:
+    client = make_app().test_client()
+    response = client.get("/small", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in response.headers
+    assert response.headers["Vary"] == "Accept-Encoding"
+    assert json_of(response) == {"ok": "yes"}
+
+
+def test_identity_forbidden_compresses_even_small_responses() -> None:
+    client = make_app().test_client()
+    response = client.get("/small", headers={"Accept-Encoding": "identity;q=0, gzip"})
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert json.loads(decode(response.data, "gzip")) == {"ok": "yes"}
+
+
+def test_no_accept_encoding_means_no_compression() -> None:
+    response = make_app().test_client().get("/data")
+    assert "Content-Encoding" not in response.headers
+    assert json_of(response) == PAYLOAD
+
+
+def test_configured_algorithms_and_levels_are_used() -> None:
+    client = make_app(algorithms="gzip", levels={"gzip": 1}).test_client()
+    response = client.get("/data", headers={"Accept-Encoding": "zstd, br, gzip"})
+    assert response.headers["Content-Encoding"] == "gzip"
+    plain = decode(response.data, "gzip")
+    assert json.loads(plain) == PAYLOAD
+    assert response.data == compress_bytes(plain, "gzip", 1)
+    assert response.data != compress_bytes(plain, "gzip", 6)
+
+
+def test_responses_are_never_compressed_twice_or_against_no_transform() -> None:
+    app = make_app()
+    raw = json.dumps(PAYLOAD).encode()
+
+    @app.get("/pre")
+    def pre() -> Response:
+        return Response(
+            compress_bytes(raw, "br"),
+            mimetype="application/json",
+            headers={"Content-Encoding": "br"},
+        )
+
+    @app.get("/no-transform")
+    def no_transform() -> Response:
+        return Response(raw, mimetype="application/json", headers={"Cache-Control": "no-transform"})
+
+    @app.get("/partial")
+    def partial() -> Response:
+        return Response(
+            raw[:1000],
+            status=206,
+            mimetype="application/json",
+            headers={"Content-Range": f"bytes 0-999/{len(raw)}"},
+        )
+
+    @app.get("/image")
+    def image() -> Response:
+        return Response(b"\x89PNG" + bytes(5000), mimetype="image/png")
+
+    client = app.test_client()
+    pre_response = client.get("/pre", headers={"Accept-Encoding": "gzip, br"})
+    assert pre_response.headers["Content-Encoding"] == "br"
+    assert decode(pre_response.data, "br") == raw
+    assert (
+        "Content-Encoding"
+        not in client.get("/no-transform", headers={"Accept-Encoding": "gzip"}).headers
+    )
+    partial_response = client.get("/partial", headers={"Accept-Encoding": "gzip"})
+    assert partial_response.status_code == 206
+    assert partial_response.data == raw[:1000]
+    image_response = client.get("/image", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in image_response.headers
+    assert "Vary" not in image_response.headers
+
+
+def test_existing_vary_is_extended_not_replaced() -> None:
+    app = make_app()
+
+    @app.get("/lang")
+    def lang() -> Response:
+        return Response(
+            json.dumps(PAYLOAD), mimetype="application/json", headers={"Vary": "Accept-Language"}
+        )
+
+    response = app.test_client().get("/lang", headers={"Accept-Encoding": "gzip"})
+    assert response.headers["Vary"] == "Accept-Language, Accept-Encoding"
+
+
+def test_strong_etag_is_adjusted_and_revalidates_weak_is_kept() -> None:
+    app = make_app()
+
+    @app.get("/tagged")
+    def tagged() -> Response:
+        response = Response(json.dumps(PAYLOAD), mimetype="application/json")
+        response.set_etag("v7")
+        return response
+
+    @app.get("/weak")
+    def weak() -> Response:
+        response = Response(json.dumps(PAYLOAD), mimetype="application/json")
+        response.set_etag("v7", weak=True)
+        return response
+
+    client = app.test_client()
+    first = client.get("/tagged", headers={"Accept-Encoding": "gzip"})
+    assert first.headers["ETag"] == '"v7-gzip"'
+    again = client.get("/tagged", headers={"Accept-Encoding": "gzip", "If-None-Match": '"v7-gzip"'})
+    assert again.status_code == 304
+    assert again.data == b""
+    other = client.get("/tagged", headers={"Accept-Encoding": "br", "If-None-Match": '"v7-gzip"'})
+    assert other.status_code == 200
+    assert other.headers["ETag"] == '"v7-br"'
+    assert client.get("/weak", headers={"Accept-Encoding": "gzip"}).headers["ETag"] == 'W/"v7"'
+
+
+@pytest.mark.parametrize("coding", ALL)
+def test_streamed_responses_are_compressed_chunk_by_chunk(coding: str) -> None:
+    app = make_app()
+    resumed: list[int] = []
+
+    @app.get("/live")
+    def live() -> Response:
+        def generate() -> Iterator[bytes]:
+            for i in range(3):
+                resumed.append(i)
+                yield (f'{{"event": {i}}}\n' + " " * 700).encode()
+
+        return Response(generate(), mimetype="text/event-stream")
+
+    response = app.test_client().get("/live", headers={"Accept-Encoding": coding}, buffered=False)
+    try:
+        assert response.headers["Content-Encoding"] == coding
+        assert "Content-Length" not in response.headers
+        chunks: Iterator[bytes] = iter(response.response)  # type: ignore[arg-type]
+        first = next(chunks)
+        # The first compressed chunk is decodable on its own before the
+        # generator is resumed: the compressor was flushed, not buffering.
+        assert resumed == [0]
+        if coding == "gzip":
+            partial = zlib.decompressobj(31).decompress(first)
+        elif coding == "deflate":
+            partial = zlib.decompressobj().decompress(first)
+        elif coding == "br":
+            partial = bytes(brotli.Decompressor().process(first))
+        else:
+            partial = bytes(zstd.ZstdDecompressor().decompress(first))
+        assert partial.startswith(b'{"event": 0}')
+        rest = b"".join(chunks)
+    finally:
+        response.close()
+    assert decode(first + rest, coding).count(b'"event"') == 3
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80))
+def test_bogus_accept_encoding_never_breaks_a_response(header: str) -> None:
+    response = make_app().test_client().get("/data", headers={"Accept-Encoding": header})
+    assert response.status_code == 200
+    coding = response.headers.get("Content-Encoding")
+    body = decode(response.data, coding) if coding else response.data
+    assert json.loads(body) == PAYLOAD
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="unknown algorithms"):
+        CompressionSettings(algorithms=("lz4",))
+    with pytest.raises(ValueError, match="min_size"):
+        CompressionSettings(min_size=-1)
+    with pytest.raises(ValueError, match="outside"):
+        CompressionSettings(levels={"gzip": 12})
+    with pytest.raises(ValueError, match="max_decoded_size"):
+        CompressionSettings(max_decoded_size=0)
+    assert set(available_encodings()) == set(ALL)
+
+
+# ---------------------------------------------------------------- request bodies
+
+BODY = {"formula": "AG(p)", "genes": list(range(300))}
+RAW_BODY = json.dumps(BODY).encode()
+
+
+def encode_body(data: bytes, codings: list[str]) -> bytes:
+    for coding in codings:
+        data = compress_bytes(data, coding)
+    return data
+
+
+@pytest.mark.parametrize(
+    "codings",
+    [["gzip"], ["deflate"], ["br"], ["zstd"], ["gzip", "br"], ["zstd", "deflate", "gzip"]],
+)
+def test_encoded_request_bodies_reach_the_view_decoded(codings: list[str]) -> None:
+    client = make_app().test_client()
+    response = client.post(
+        "/echo",
+        data=encode_body(RAW_BODY, codings),
+        headers={"Content-Encoding": ", ".join(codings), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 200, response.data
+    assert json_of(response) == {"received": BODY, "encoding_seen": None}
+
+
+def test_raw_deflate_and_concatenated_gzip_members_are_accepted() -> None:
+    client = make_app().test_client()
+    raw_deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = raw_deflate.compress(RAW_BODY) + raw_deflate.flush()
+    response = client.post(
+        "/echo",
+        data=body,
+        headers={"Content-Encoding": "deflate", "Content-Type": "application/json"},
+    )
+    assert json_of(response)["received"] == BODY
+    half = len(RAW_BODY) // 2
+    members = compress_bytes(RAW_BODY[:half], "gzip") + compress_bytes(RAW_BODY[half:], "gzip")
+    response = client.post(
+        "/echo",
+        data=members,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert json_of(response)["received"] == BODY
+
+
+@pytest.mark.parametrize("header", ["compress", "gzip, bogus", "lz4", "br, br, br, br, br"])
+def test_unknown_or_stacked_bogus_codings_are_415_envelopes(header: str) -> None:
+    response = (
+        make_app().test_client().post("/echo", data=b"xx", headers={"Content-Encoding": header})
+    )
+    assert response.status_code == 415
+    error = json_of(response)["error"]
+    assert error["code"] == "UNSUPPORTED_MEDIA_TYPE"
+    assert set(response.headers["Accept-Encoding"].split(", ")) == set(ALL)
+
+
+@pytest.mark.parametrize(
+    ("coding", "body"),
+    [
+        ("gzip", compress_bytes(RAW_BODY, "gzip")[:-20]),
+        ("gzip", b"this is not gzip at all"),
+        ("gzip", compress_bytes(RAW_BODY, "gzip") + b"trailing garbage"),
+        ("deflate", compress_bytes(RAW_BODY, "deflate")[:40]),
+        ("br", compress_bytes(RAW_BODY, "br")[:-5]),
+        ("br", b"\xff" * 50),
+        ("zstd", compress_bytes(RAW_BODY, "zstd")[:-8]),
+        ("zstd", b"\x00" * 30),
+        ("gzip", b""),
+    ],
+)
+def test_corrupt_or_truncated_bodies_are_400_envelopes(coding: str, body: bytes) -> None:
+    response = (
+        make_app()
+        .test_client()
+        .post(
+            "/echo",
+            data=body,
+            headers={"Content-Encoding": coding, "Content-Type": "application/json"},
+        )
+    )
+    assert response.status_code == 400, response.data
+    error = json_of(response)["error"]
+    assert error["code"] == "BAD_REQUEST"
+    assert coding in error["message"]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_content_encoding_on_get_is_a_400_envelope(method: str) -> None:
+    response = (
+        make_app().test_client().open("/data", method=method, headers={"Content-Encoding": "gzip"})
+    )
+    assert response.status_code == 400
+    if method == "GET":
+        assert "not allowed on a GET" in json_of(response)["error"]["message"]
+
+
+def test_identity_content_encoding_is_a_no_op() -> None:
+    response = (
+        make_app()
+        .test_client()
+        .post(
+            "/echo",
+            data=RAW_BODY,
+            headers={"Content-Encoding": "identity", "Content-Type": "application/json"},
+        )
+    )
+    assert json_of(response)["received"] == BODY
+
+
+def test_decoded_size_cap_follows_max_content_length() -> None:
+    app = make_app()
+    app.config["MAX_CONTENT_LENGTH"] = 4096
+    client = app.test_client()
+    fits = compress_bytes(b"a" * 4095, "gzip")
+    assert json_of(client.post("/count", data=fits, headers={"Content-Encoding": "gzip"})) == {
+        "bytes": 4095
+    }
+    too_big = compress_bytes(b"a" * 4097, "gzip")
+    response = client.post("/count", data=too_big, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 413
+    error = json_of(response)["error"]
+    assert error["code"] == "REQUEST_ENTITY_TOO_LARGE"
+
+
+def test_explicit_cap_and_default_cap() -> None:
+    capped = make_app(max_decoded_size=100).test_client()
+    response = capped.post(
+        "/count", data=compress_bytes(bytes(101), "zstd"), headers={"Content-Encoding": "zstd"}
+    )
+    assert response.status_code == 413
+    assert "limit of 100 bytes" in json_of(response)["error"]["message"]
+    default = make_app().test_client()
+    ten_mib = 10 * 1024 * 1024
+    ok = default.post(
+        "/count", data=compress_bytes(bytes(ten_mib), "br"), headers={"Content-Encoding": "br"}
+    )
+    assert json_of(ok) == {"bytes": ten_mib}
+    over = default.post(
+        "/count", data=compress_bytes(bytes(ten_mib + 1), "br"), headers={"Content-Encoding": "br"}
+    )
+    assert over.status_code == 413
+
+
+@pytest.fixture(scope="module")
+def gzip_bomb() -> bytes:
+    """About 1 MB of gzip that inflates to 1 GiB of zeros, made without holding 1 GiB."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1024 * 1024)
+    parts = [compressor.compress(zeros) for _ in range(1024)]
+    parts.append(compressor.flush())
+    return b"".join(parts)
+
+
+def test_gzip_bomb_is_refused_in_bounded_memory(gzip_bomb: bytes) -> None:
+    assert 900_000 < len(gzip_bomb) < 1_200_000
+    app = make_app()
+
+    @app.post("/all")
+    def read_all() -> dict[str, int]:
+        return {"bytes": len(request.get_data())}
+
+    client = app.test_client()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        baseline, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        response = client.post("/all", data=gzip_bomb, headers={"Content-Encoding": "gzip"})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 413
+    assert json_of(response)["error"]["code"] == "REQUEST_ENTITY_TOO_LARGE"
+    assert peak - baseline < 64 * 1024 * 1024, f"peak {(peak - baseline) / 2**20:.1f} MiB"
+
+
+# ---------------------------------------------------------------- over real HTTP
+
+
+@pytest.fixture
+def live_server() -> Iterator[str]:
+    app = make_app()
+    app.config["MAX_CONTENT_LENGTH"] = 2 * 1024 * 1024
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.integration
+def test_over_http_both_directions(live_server: str, gzip_bomb: bytes) -> None:
+    with requests.Session() as session:
+        body = compress_bytes(RAW_BODY, "gzip")
+        response = session.post(
+            f"{live_server}/echo",
+            data=body,
+            headers={
+                "Content-Encoding": "gzip",
+                "Content-Type": "application/json",
+                "Accept-Encoding": "gzip",
+            },
+        )
+        assert response.status_code == 200
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert response.json()["received"] == BODY  # requests undoes the gzip itself
+        chunked = session.post(
+            f"{live_server}/echo",
+            data=iter([body[:100], body[100:]]),  # Transfer-Encoding: chunked, no Content-Length
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+        assert chunked.json()["received"] == BODY
+        bomb = session.post(
+            f"{live_server}/count", data=gzip_bomb, headers={"Content-Encoding": "gzip"}
+        )
+        assert bomb.status_code == 413
+        assert bomb.json()["error"]["code"] == "REQUEST_ENTITY_TOO_LARGE"
+        streamed = session.get(
+            f"{live_server}/stream", headers={"Accept-Encoding": "br"}, stream=True
+        )
+        with streamed:
+            assert streamed.headers["Content-Encoding"] == "br"
+            raw = streamed.raw.read(decode_content=False)
+        lines = decode(raw, "br").decode().splitlines()
+        assert [json.loads(line)["chunk"] for line in lines] == [0, 1, 2, 3, 4]
+
+
+def test_init_twice_is_refused() -> None:
+    app = make_app()
+    with pytest.raises(RuntimeError, match="already"):
+        Compression(app)
+    assert isinstance(Compression(settings=CompressionSettings()).settings, CompressionSettings)
+    with pytest.raises(TypeError):
+        Compression(settings=CompressionSettings(), min_size=3)
