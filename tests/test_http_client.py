@@ -1,0 +1,1207 @@
+"""Tests for gennet_sync.http_client: ServiceSession and raise_for_error.
+
+Unit tests mock the transport with ``responses``; integration tests talk to real
+servers on 127.0.0.1 (werkzeug in a thread, gunicorn in a subprocess).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import brotli
+import pytest
+import requests
+import responses
+import zstandard
+from flask import Flask, Response, jsonify, redirect, request
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from gennet_sync import setup_error_handlers
+from gennet_sync.circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerError,
+    CircuitState,
+    clear_circuit_breakers,
+    get_circuit_breaker,
+)
+from gennet_sync.context import reset_request_id, set_request_id
+from gennet_sync.exceptions import (
+    ConflictError,
+    ForbiddenError,
+    GenNetException,
+    InternalServerError,
+    NotFoundError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+    ValidationError,
+)
+from gennet_sync.http_client import (
+    DEFAULT_TIMEOUT,
+    DownstreamError,
+    ServiceRetry,
+    ServiceSession,
+    make_retry,
+    raise_for_error,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = "http://svc.test:8000"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breaker_registry() -> Iterator[None]:
+    clear_circuit_breakers()
+    yield
+    clear_circuit_breakers()
+
+
+@pytest.fixture
+def mock() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+def sent_timeout(call: Any) -> Any:
+    """The timeout requests passed to the (mocked) adapter for a recorded call."""
+    return call.request.req_kwargs["timeout"]
+
+
+def state_of(breaker: CircuitBreaker) -> CircuitState:
+    return breaker.state
+
+
+def envelope(code: str, type_: str, message: str, **metadata: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "type": type_, "message": message, "metadata": metadata}}
+
+
+# =========================================================================== unit tests
+
+
+class TestUrls:
+    @pytest.mark.parametrize(
+        ("base", "url", "expected"),
+        [
+            ("http://svc.test:8000", "/ctl/verify", "http://svc.test:8000/ctl/verify"),
+            ("http://svc.test:8000", "ctl/verify", "http://svc.test:8000/ctl/verify"),
+            ("http://svc.test:8000/api/v1/", "/nets", "http://svc.test:8000/api/v1/nets"),
+            ("http://svc.test:8000/api", "nets?x=1", "http://svc.test:8000/api/nets?x=1"),
+            ("http://svc.test:8000/api", "", "http://svc.test:8000/api"),
+            ("http://svc.test:8000", "http://other.test/x", "http://other.test/x"),
+            ("http://svc.test:8000", "HTTPS://other.test/x", "HTTPS://other.test/x"),
+            ("https://svc.test", "//other.test/x", "https://other.test/x"),
+        ],
+    )
+    def test_join(self, base: str, url: str, expected: str) -> None:
+        with ServiceSession(base_url=base, service_name="svc") as session:
+            assert session.join_url(url) == expected
+
+    def test_relative_call_goes_to_base_url_and_absolute_is_untouched(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        mock.get(f"{BASE}/api/nets", json={"where": "base"})
+        mock.get("http://elsewhere.test/nets", json={"where": "absolute"})
+        with ServiceSession(base_url=f"{BASE}/api", service_name="svc") as session:
+            assert session.get("/nets").json() == {"where": "base"}
+            assert session.get("http://elsewhere.test/nets").json() == {"where": "absolute"}
+
+    def test_every_verb_works(self, mock: responses.RequestsMock) -> None:
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
+            mock.add(method, f"{BASE}/thing", status=204)
+        with ServiceSession(base_url=BASE, service_name="svc") as session:
+            calls: list[Callable[..., requests.Response]] = [
+                session.get,
+                session.post,
+                session.put,
+                session.patch,
+                session.delete,
+                session.head,
+                session.options,
+            ]
+            assert [call("/thing").status_code for call in calls] == [204] * 7
+        assert session.circuit_breaker is not None
+        assert session.circuit_breaker.metrics().successes == 7
+
+    @pytest.mark.parametrize("bad", ["svc.test:8000", "ftp://svc.test", "/relative", "http://"])
+    def test_bad_base_url_is_refused(self, bad: str) -> None:
+        with pytest.raises(ValueError, match="base_url"):
+            ServiceSession(base_url=bad)
+
+
+class TestTimeouts:
+    def test_default_timeout_applies_when_none_given(self, mock: responses.RequestsMock) -> None:
+        mock.get(f"{BASE}/x")
+        with ServiceSession(base_url=BASE, service_name="svc") as session:
+            session.get("/x")
+        assert sent_timeout(mock.calls[0]) == DEFAULT_TIMEOUT
+
+    def test_session_and_call_timeouts(self, mock: responses.RequestsMock) -> None:
+        mock.get(f"{BASE}/x")
+        with ServiceSession(base_url=BASE, service_name="svc", timeout=(1.0, 2.0)) as session:
+            session.get("/x")
+            session.get("/x", timeout=7)
+        assert [sent_timeout(c) for c in mock.calls] == [(1.0, 2.0), 7]
+
+    def test_timeout_reaches_direct_send(self, mock: responses.RequestsMock) -> None:
+        mock.get(f"{BASE}/x")
+        with ServiceSession(service_name="svc", timeout=4.0) as session:
+            prepared = session.prepare_request(requests.Request("GET", f"{BASE}/x"))
+            session.send(prepared)
+        assert sent_timeout(mock.calls[0]) == 4.0
+
+    @pytest.mark.parametrize("bad", [0, -1.0, (1.0, -2.0), (1.0, 2.0, 3.0)])
+    def test_bad_timeout_is_refused(self, bad: Any) -> None:
+        with pytest.raises(ValueError, match="timeout"):
+            ServiceSession(service_name="svc", timeout=bad)
+
+
+class TestBreakerUnit:
+    def test_5xx_are_failures_and_open_it_then_calls_fail_fast(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        mock.get(f"{BASE}/x", status=503)
+        with ServiceSession(
+            base_url=BASE, service_name="svc", circuit_breaker_threshold=3, retries=0
+        ) as session:
+            statuses = [session.get("/x").status_code for _ in range(3)]
+            assert statuses == [503, 503, 503]
+            with pytest.raises(CircuitBreakerError) as caught:
+                session.get("/x")
+        assert len(mock.calls) == 3
+        assert caught.value.status_code == 503
+        assert caught.value.metadata["service"] == "svc"
+        assert caught.value.retry_after is not None and caught.value.retry_after > 0
+
+    @pytest.mark.parametrize("status", [400, 401, 404, 409, 422, 429])
+    def test_4xx_never_count(self, mock: responses.RequestsMock, status: int) -> None:
+        mock.get(f"{BASE}/x", status=status)
+        with ServiceSession(
+            base_url=BASE, service_name="svc", circuit_breaker_threshold=1, retries=0
+        ) as session:
+            for _ in range(5):
+                assert session.get("/x").status_code == status
+        breaker = session.circuit_breaker
+        assert breaker is not None
+        assert state_of(breaker) is CircuitState.CLOSED
+        assert breaker.metrics().failures == 0
+
+    def test_failure_statuses_are_configurable(self, mock: responses.RequestsMock) -> None:
+        mock.get(f"{BASE}/x", status=500)
+        mock.get(f"{BASE}/y", status=429)
+        with ServiceSession(
+            base_url=BASE, service_name="svc", failure_statuses={429}, retries=0
+        ) as session:
+            session.get("/x")
+            session.get("/y")
+        assert session.circuit_breaker is not None
+        metrics = session.circuit_breaker.metrics()
+        assert (metrics.successes, metrics.failures) == (1, 1)
+
+    def test_connection_errors_and_timeouts_are_failures(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        mock.get(f"{BASE}/down", body=requests.ConnectionError("refused"))
+        mock.get(f"{BASE}/slow", body=requests.ReadTimeout("slow"))
+        with ServiceSession(base_url=BASE, service_name="svc", retries=0) as session:
+            with pytest.raises(requests.ConnectionError):
+                session.get("/down")
+            with pytest.raises(requests.ReadTimeout):
+                session.get("/slow")
+        assert session.circuit_breaker is not None
+        assert session.circuit_breaker.failure_count == 2
+
+    def test_keyboard_interrupt_is_not_a_failure_and_frees_the_trial(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        clock = FakeClock()
+        breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=10, name="svc", clock=clock)
+
+        def interrupted(_request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+            raise KeyboardInterrupt
+
+        mock.get(f"{BASE}/fail", status=500)
+        mock.add_callback(responses.GET, f"{BASE}/interrupt", callback=interrupted)
+        mock.get(f"{BASE}/ok", status=200)
+        with ServiceSession(base_url=BASE, circuit_breaker=breaker, retries=0) as session:
+            session.get("/fail")
+            assert state_of(breaker) is CircuitState.OPEN
+            clock.advance(10)
+            with pytest.raises(KeyboardInterrupt):
+                session.get("/interrupt")  # takes the only trial slot, then gives it back
+            assert state_of(breaker) is CircuitState.HALF_OPEN
+            assert session.get("/ok").status_code == 200
+        assert state_of(breaker) is CircuitState.CLOSED
+        assert breaker.metrics().ignored == 1
+
+    def test_a_bad_url_is_not_the_service_failing(self, mock: responses.RequestsMock) -> None:
+        with ServiceSession(service_name="svc", circuit_breaker_threshold=1) as session:
+            with pytest.raises(requests.exceptions.InvalidURL):
+                session.get("http://[bad")
+            assert session.circuit_breaker is not None
+            assert session.circuit_breaker.state is CircuitState.CLOSED
+
+    def test_sessions_for_one_service_share_its_breaker(self) -> None:
+        with (
+            ServiceSession(base_url=BASE, service_name="svc") as one,
+            ServiceSession(base_url="http://10.0.0.9", service_name="svc") as two,
+        ):
+            assert one.circuit_breaker is two.circuit_breaker is get_circuit_breaker("svc")
+
+    def test_breaker_named_after_base_url_host_without_service_name(self) -> None:
+        with ServiceSession(base_url="http://grn.test:8000/api") as session:
+            assert session.circuit_breaker is not None
+            assert session.circuit_breaker.name == "grn.test:8000"
+
+    def test_one_breaker_per_host_without_base_url_or_name(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        mock.get("http://a.test/x", status=503)
+        mock.get("http://b.test/x", status=200)
+        with ServiceSession(circuit_breaker_threshold=1, retries=0) as session:
+            session.get("http://a.test/x")
+            with pytest.raises(CircuitBreakerError):
+                session.get("http://a.test/x")
+            assert session.get("http://b.test/x").status_code == 200
+            assert session.breaker_for("http://a.test/y") is get_circuit_breaker("a.test")
+
+    def test_full_config_and_conflicting_config(self) -> None:
+        with ServiceSession(
+            service_name="svc",
+            circuit_breaker_config={"failure_threshold": 2, "half_open_max_calls": 3},
+        ) as session:
+            assert session.circuit_breaker is not None
+            assert session.circuit_breaker.config.failure_threshold == 2
+            assert session.circuit_breaker.config.half_open_max_calls == 3
+        with pytest.raises(ValueError, match="svc"):
+            ServiceSession(service_name="svc", circuit_breaker_threshold=9)
+
+    def test_disabled_breaker_never_refuses(self, mock: responses.RequestsMock) -> None:
+        mock.get(f"{BASE}/x", status=503)
+        with ServiceSession(
+            base_url=BASE, service_name="svc", use_circuit_breaker=False, retries=0
+        ) as session:
+            assert session.circuit_breaker is None
+            assert [session.get("/x").status_code for _ in range(10)] == [503] * 10
+
+    def test_given_breaker_instance_is_used(self, mock: responses.RequestsMock) -> None:
+        breaker = CircuitBreaker(failure_threshold=1, name="mine")
+        breaker.open()
+        with (
+            ServiceSession(base_url=BASE, circuit_breaker=breaker) as session,
+            pytest.raises(CircuitBreakerError),
+        ):
+            session.get("/x")
+        assert len(mock.calls) == 0
+
+
+STATUS_CLASSES: list[tuple[type[GenNetException], int]] = [
+    (NotFoundError, 404),
+    (ValidationError, 422),
+    (UnauthorizedError, 401),
+    (ForbiddenError, 403),
+    (ConflictError, 409),
+    (ServiceUnavailableError, 503),
+    (RateLimitError, 429),
+    (InternalServerError, 500),
+]
+
+
+class TestRaiseForError:
+    def _response(self, mock: responses.RequestsMock, **kwargs: Any) -> requests.Response:
+        mock.get(f"{BASE}/x", **kwargs)
+        with ServiceSession(base_url=BASE, use_circuit_breaker=False, retries=0) as session:
+            return session.get("/x")
+
+    def test_success_does_not_raise(self, mock: responses.RequestsMock) -> None:
+        raise_for_error(self._response(mock, status=304))
+
+    def test_envelope_becomes_the_same_class_with_everything_kept(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        body = envelope(
+            "NOT_FOUND",
+            "NotFoundError",
+            "Network with id 'abc' not found",
+            resource_type="Network",
+            resource_id="abc",
+        )
+        response = self._response(mock, status=404, json=body)
+        with pytest.raises(NotFoundError) as caught:
+            raise_for_error(response, service="grn")
+        error = caught.value
+        assert type(error) is NotFoundError
+        assert (error.resource_type, error.resource_id) == ("Network", "abc")
+        expected = json.loads(json.dumps(body))
+        expected["error"]["metadata"]["service"] = "grn"
+        assert error.to_dict() == expected
+
+    @pytest.mark.parametrize(("cls", "status"), STATUS_CLASSES)
+    def test_each_class_by_type(
+        self, mock: responses.RequestsMock, cls: type[GenNetException], status: int
+    ) -> None:
+        body = envelope("CUSTOM_CODE", cls.__name__, "went wrong", detail=[1, 2])
+        with pytest.raises(cls) as caught:
+            raise_for_error(self._response(mock, status=status, json=body), service="svc")
+        assert type(caught.value) is cls
+        assert caught.value.code == "CUSTOM_CODE"
+        assert caught.value.message == "went wrong"
+        assert caught.value.metadata == {"detail": [1, 2], "service": "svc"}
+
+    def test_service_defaults_to_host_and_an_inner_service_is_kept(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        inner = envelope("SERVICE_UNAVAILABLE", "ServiceUnavailableError", "c down", service="c")
+        mock.get(f"{BASE}/inner", status=503, json=inner)
+        mock.get(f"{BASE}/plain", status=404)
+        with ServiceSession(base_url=BASE, use_circuit_breaker=False, retries=0) as session:
+            with pytest.raises(ServiceUnavailableError) as relayed:
+                raise_for_error(session.get("/inner"))
+            with pytest.raises(NotFoundError) as plain:
+                raise_for_error(session.get("/plain"))
+        assert relayed.value.service == "c"
+        assert plain.value.metadata["service"] == "svc.test:8000"
+
+    def test_unknown_type_keeps_type_code_and_status(self, mock: responses.RequestsMock) -> None:
+        body = envelope("METHOD_NOT_ALLOWED", "MethodNotAllowed", "no POST here")
+        response = self._response(mock, status=405, json=body, headers={"Allow": "GET"})
+        with pytest.raises(DownstreamError) as caught:
+            raise_for_error(response, service="svc")
+        error = caught.value
+        assert error.status_code == 405
+        assert error.to_dict()["error"]["type"] == "MethodNotAllowed"
+        assert error.to_dict()["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+    def test_unknown_type_with_a_known_status_is_still_that_class(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        body = envelope("NOT_FOUND", "NotFound", "The requested URL was not found.")
+        with pytest.raises(NotFoundError) as caught:
+            raise_for_error(self._response(mock, status=404, json=body), service="svc")
+        assert isinstance(caught.value, DownstreamError)
+        assert caught.value.to_dict()["error"]["type"] == "NotFound"
+        assert caught.value.status_code == 404
+
+    def test_type_with_another_status_falls_back_by_status(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        body = envelope("TEAPOT", "NotFoundError", "odd")
+        with pytest.raises(DownstreamError) as caught:
+            raise_for_error(self._response(mock, status=418, json=body), service="svc")
+        assert not isinstance(caught.value, NotFoundError)
+        assert caught.value.status_code == 418
+
+    @pytest.mark.parametrize(
+        ("status", "cls"),
+        [
+            (401, UnauthorizedError),
+            (403, ForbiddenError),
+            (404, NotFoundError),
+            (409, ConflictError),
+            (422, ValidationError),
+            (429, RateLimitError),
+            (500, InternalServerError),
+            (502, ServiceUnavailableError),
+            (503, ServiceUnavailableError),
+            (504, ServiceUnavailableError),
+        ],
+    )
+    def test_non_envelope_maps_by_status(
+        self, mock: responses.RequestsMock, status: int, cls: type[GenNetException]
+    ) -> None:
+        response = self._response(mock, status=status, body="<html>proxy error</html>")
+        with pytest.raises(cls) as caught:
+            raise_for_error(response, service="svc")
+        assert type(caught.value) is cls
+        assert caught.value.metadata["service"] == "svc"
+        assert caught.value.metadata["status_code"] == status
+        assert "proxy error" not in caught.value.message
+
+    def test_non_envelope_without_a_class_keeps_its_status(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        with pytest.raises(DownstreamError) as caught:
+            raise_for_error(self._response(mock, status=413, body="too big"), service="svc")
+        assert caught.value.status_code == 413
+        assert caught.value.to_dict()["error"]["code"] == "CONTENT_TOO_LARGE" or (
+            caught.value.to_dict()["error"]["code"] == "REQUEST_ENTITY_TOO_LARGE"
+        )
+
+    def test_json_that_is_not_an_envelope_maps_by_status(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        response = self._response(mock, status=404, json={"detail": "nope"})
+        with pytest.raises(NotFoundError) as caught:
+            raise_for_error(response, service="svc")
+        assert caught.value.code == "NOT_FOUND"
+
+    @pytest.mark.parametrize("header", ["30", "Wed, 21 Oct 2099 07:28:00 GMT"])
+    def test_retry_after_is_carried(self, mock: responses.RequestsMock, header: str) -> None:
+        response = self._response(mock, status=503, body="busy", headers={"Retry-After": header})
+        with pytest.raises(ServiceUnavailableError) as caught:
+            raise_for_error(response, service="svc")
+        assert caught.value.retry_after is not None and caught.value.retry_after >= 30
+        assert "Retry-After" in caught.value.headers
+
+    def test_retry_after_header_on_an_envelope(self, mock: responses.RequestsMock) -> None:
+        body = envelope("RATE_LIMIT_EXCEEDED", "RateLimitError", "slow down", retry_after=7)
+        response = self._response(mock, status=429, json=body, headers={"Retry-After": "9"})
+        with pytest.raises(RateLimitError) as caught:
+            raise_for_error(response, service="svc")
+        assert caught.value.retry_after == 9
+        assert caught.value.headers == {"Retry-After": "9"}
+        assert caught.value.metadata["retry_after"] == 7  # the downstream's own metadata
+
+    def test_downstream_breaker_error_is_rebuilt(self, mock: responses.RequestsMock) -> None:
+        original = CircuitBreakerError(service="c", retry_after=12.0)
+        response = self._response(
+            mock, status=503, json=original.to_dict(), headers={"Retry-After": "12"}
+        )
+        with pytest.raises(CircuitBreakerError) as caught:
+            raise_for_error(response, service="b")
+        assert caught.value.state is CircuitState.OPEN
+        assert caught.value.service == "c"
+        assert caught.value.to_dict() == original.to_dict()
+
+    @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        cls_status=st.sampled_from(STATUS_CLASSES),
+        code=st.from_regex(r"[A-Z][A-Z_]{0,20}", fullmatch=True),
+        message=st.text(max_size=40),
+        metadata=st.dictionaries(
+            st.text(max_size=8).filter(lambda k: k != "service"),
+            st.recursive(
+                st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                lambda inner: (
+                    st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+                ),
+                max_leaves=8,
+            ),
+            max_size=4,
+        ),
+    )
+    def test_any_envelope_round_trips(
+        self,
+        cls_status: tuple[type[GenNetException], int],
+        code: str,
+        message: str,
+        metadata: dict[str, Any],
+    ) -> None:
+        cls, status = cls_status
+        body = {
+            "error": {"code": code, "type": cls.__name__, "message": message, "metadata": metadata}
+        }
+        with responses.RequestsMock() as mock:
+            response = self._response(mock, status=status, json=body)
+        with pytest.raises(cls) as caught:
+            raise_for_error(response, service="svc")
+        expected = json.loads(json.dumps(body))
+        expected["error"]["metadata"]["service"] = "svc"
+        assert caught.value.to_dict() == expected
+
+
+class TestRaiseErrorsOption:
+    def test_error_response_raises(self, mock: responses.RequestsMock) -> None:
+        mock.get(f"{BASE}/x", status=409, json=envelope("CONFLICT", "ConflictError", "taken"))
+        with (
+            ServiceSession(base_url=BASE, service_name="svc", raise_errors=True) as session,
+            pytest.raises(ConflictError, match="taken"),
+        ):
+            session.get("/x")
+
+    def test_success_is_returned(self, mock: responses.RequestsMock) -> None:
+        mock.get(f"{BASE}/x", json={"ok": True})
+        with ServiceSession(base_url=BASE, service_name="svc", raise_errors=True) as session:
+            assert session.get("/x").json() == {"ok": True}
+
+    @pytest.mark.parametrize(
+        ("exc", "reason"),
+        [
+            (requests.ConnectionError("refused"), "connection_error"),
+            (requests.ConnectTimeout("connect"), "timeout"),
+            (requests.ReadTimeout("read"), "timeout"),
+        ],
+    )
+    def test_transport_failures_become_service_unavailable(
+        self, mock: responses.RequestsMock, exc: Exception, reason: str
+    ) -> None:
+        mock.get(f"{BASE}/x", body=exc)
+        with ServiceSession(
+            base_url=BASE, service_name="svc", raise_errors=True, retries=0
+        ) as session:
+            with pytest.raises(ServiceUnavailableError) as caught:
+                session.get("/x")
+            assert session.circuit_breaker is not None
+            assert session.circuit_breaker.failure_count == 1
+        assert type(caught.value) is ServiceUnavailableError
+        assert caught.value.service == "svc"
+        assert caught.value.metadata["reason"] == reason
+        assert isinstance(caught.value.__cause__, type(exc))
+
+    def test_breaker_error_stays_itself(self, mock: responses.RequestsMock) -> None:
+        mock.get(f"{BASE}/x", status=503)
+        with ServiceSession(
+            base_url=BASE,
+            service_name="svc",
+            raise_errors=True,
+            circuit_breaker_threshold=1,
+            retries=0,
+        ) as session:
+            with pytest.raises(ServiceUnavailableError) as first:
+                session.get("/x")
+            with pytest.raises(CircuitBreakerError):
+                session.get("/x")
+        assert not isinstance(first.value, CircuitBreakerError)
+        assert len(mock.calls) == 1
+
+    def test_a_5xx_raised_still_counts_as_failure(self, mock: responses.RequestsMock) -> None:
+        mock.get(f"{BASE}/x", status=500)
+        with ServiceSession(
+            base_url=BASE, service_name="svc", raise_errors=True, retries=0
+        ) as session:
+            with pytest.raises(InternalServerError):
+                session.get("/x")
+            assert session.circuit_breaker is not None
+            assert session.circuit_breaker.failure_count == 1
+
+
+class TestHeaders:
+    def test_request_id_is_forwarded(self, mock: responses.RequestsMock) -> None:
+        mock.get(f"{BASE}/x")
+        token = set_request_id("req-123")
+        try:
+            with ServiceSession(base_url=BASE, service_name="svc") as session:
+                session.get("/x")
+                session.get("/x", headers={"X-Request-ID": "caller-set"})
+        finally:
+            reset_request_id(token)
+        sent = [call.request.headers.get("X-Request-ID") for call in mock.calls]
+        assert sent == ["req-123", "caller-set"]
+
+    def test_no_request_id_outside_a_request_or_when_disabled(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        mock.get(f"{BASE}/x")
+        with ServiceSession(base_url=BASE, service_name="svc") as session:
+            session.get("/x")
+        token = set_request_id("req-123")
+        try:
+            with ServiceSession(
+                base_url=BASE, service_name="svc", forward_request_id=False
+            ) as session:
+                session.get("/x")
+        finally:
+            reset_request_id(token)
+        assert [c.request.headers.get("X-Request-ID") for c in mock.calls] == [None, None]
+
+    def test_user_agent_names_library_and_caller(
+        self, mock: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        mock.get(f"{BASE}/x")
+        monkeypatch.setenv("GENNET_SERVICE_NAME", "from-env")
+        with ServiceSession(base_url=BASE, service_name="svc", caller="orders api") as one:
+            one.get("/x")
+        with ServiceSession(base_url=BASE, service_name="svc") as two:
+            two.get("/x")
+        agents = [call.request.headers["User-Agent"] for call in mock.calls]
+        assert re.fullmatch(r"orders-api gennet_sync/\S+ python-requests/\S+", agents[0])
+        assert agents[1].startswith("from-env gennet_sync/")
+
+    def test_accept_encoding_lists_installed_codecs(self) -> None:
+        with ServiceSession(service_name="svc") as session:
+            codings = {c.strip() for c in str(session.headers["Accept-Encoding"]).split(",")}
+        assert {"gzip", "deflate", "br", "zstd"} <= codings
+
+
+class TestCompression:
+    def test_large_body_is_gzipped(self, mock: responses.RequestsMock) -> None:
+        mock.post(f"{BASE}/x")
+        payload = {"nodes": [f"gene{i}" for i in range(500)]}
+        with ServiceSession(base_url=BASE, service_name="svc", compress_requests=True) as s:
+            s.post("/x", json=payload)
+        sent = mock.calls[0].request
+        assert sent.headers["Content-Encoding"] == "gzip"
+        assert isinstance(sent.body, bytes)
+        assert int(sent.headers["Content-Length"]) == len(sent.body)
+        assert json.loads(gzip.decompress(sent.body)) == payload
+
+    def test_small_incompressible_or_encoded_bodies_are_left_alone(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        mock.post(f"{BASE}/x")
+        noise = os.urandom(4096)
+        with ServiceSession(base_url=BASE, service_name="svc", compress_requests=True) as s:
+            s.post("/x", json={"a": 1})
+            s.post("/x", data=noise)
+            s.post("/x", data=b"x" * 5000, headers={"Content-Encoding": "br"})
+        first, second, third = (call.request for call in mock.calls)
+        assert "Content-Encoding" not in first.headers
+        assert "Content-Encoding" not in second.headers and second.body == noise
+        assert third.headers["Content-Encoding"] == "br" and third.body == b"x" * 5000
+
+    def test_off_by_default(self, mock: responses.RequestsMock) -> None:
+        mock.post(f"{BASE}/x")
+        with ServiceSession(base_url=BASE, service_name="svc") as s:
+            s.post("/x", data=b"x" * 5000)
+        assert "Content-Encoding" not in mock.calls[0].request.headers
+
+
+class TestRetryPolicy:
+    def test_default_retry_shape(self) -> None:
+        retry = make_retry(2)
+        assert isinstance(retry, ServiceRetry)
+        assert retry.raise_on_status is False
+        assert set(retry.status_forcelist) == {502, 503, 504}
+        assert retry.allowed_methods is not None and "POST" not in retry.allowed_methods
+        assert retry.backoff_jitter > 0
+        assert retry.retry_after_max <= 10
+
+    def test_negative_retries_refused(self) -> None:
+        with pytest.raises(ValueError, match="retries"):
+            make_retry(-1)
+
+
+# =========================================================================== integration
+
+
+@dataclass
+class Downstream:
+    """A real HTTP server on 127.0.0.1 and what it saw."""
+
+    url: str
+    hits: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, path: str) -> int:
+        with self.lock:
+            return self.hits[path]
+
+
+def _downstream_app(state: Downstream) -> Flask:
+    app = Flask("downstream")
+    setup_error_handlers(app)
+
+    @app.before_request
+    def record() -> None:
+        with state.lock:
+            state.hits[request.path] += 1
+
+    @app.route("/ok", methods=["GET", "POST"])
+    def ok() -> Response:
+        return jsonify(ok=True)
+
+    @app.route("/status/<int:code>", methods=["GET", "POST"])
+    def status(code: int) -> Response:
+        response = Response(f"status {code}", status=code, mimetype="text/plain")
+        if "retry_after" in request.args:
+            response.headers["Retry-After"] = request.args["retry_after"]
+        return response
+
+    @app.route("/flaky/<key>/<int:failures>", methods=["GET", "POST"])
+    def flaky(key: str, failures: int) -> Response:
+        if state.count(request.path) <= failures:
+            response = Response("busy", status=503)
+            if "retry_after" in request.args:
+                response.headers["Retry-After"] = request.args["retry_after"]
+            return response
+        return jsonify(ok=True, attempt=state.count(request.path))
+
+    @app.route("/slow")
+    def slow() -> Response:
+        time.sleep(float(request.args.get("delay", "1")))
+        return jsonify(ok=True)
+
+    @app.route("/headers", methods=["GET", "POST"])
+    def headers() -> Response:
+        return jsonify(dict(request.headers))
+
+    @app.route("/echo", methods=["POST", "PUT"])
+    def echo() -> Response:
+        raw = request.get_data()
+        encoding = request.headers.get("Content-Encoding")
+        body = gzip.decompress(raw) if encoding == "gzip" else raw
+        return jsonify(encoding=encoding, wire_length=len(raw), body=json.loads(body))
+
+    @app.route("/redirect/<int:code>", methods=["GET", "POST"])
+    def redirect_to(code: int) -> WerkzeugResponse:
+        return redirect(request.args.get("to", "/headers"), code=code)
+
+    @app.route("/networks/<network_id>")
+    def network(network_id: str) -> Response:
+        raise NotFoundError("Network", network_id)
+
+    @app.route("/encoded/<coding>")
+    def encoded(coding: str) -> Response:
+        data = json.dumps({"coding": coding, "data": "x" * 2000}).encode()
+        compress: dict[str, Callable[[bytes], bytes]] = {
+            "br": brotli.compress,
+            "zstd": lambda raw: zstandard.ZstdCompressor().compress(raw),
+            "gzip": gzip.compress,
+        }
+        response = Response(compress[coding](data), mimetype="application/json")
+        response.headers["Content-Encoding"] = coding
+        return response
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+@pytest.fixture
+def downstream() -> Iterator[Downstream]:
+    state = Downstream(url="")
+    server: BaseWSGIServer = make_server(
+        "127.0.0.1", 0, _downstream_app(state), threaded=True, request_handler=_QuietHandler
+    )
+    state.url = f"http://127.0.0.1:{server.server_port}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.integration
+class TestBreakerIntegration:
+    def test_opens_on_503s_and_fails_fast_without_touching_the_server(
+        self, downstream: Downstream
+    ) -> None:
+        with ServiceSession(
+            base_url=downstream.url, service_name="down", circuit_breaker_threshold=3
+        ) as session:
+            for _ in range(3):
+                assert session.get("/status/503").status_code == 503
+            breaker = session.circuit_breaker
+            assert breaker is not None
+            assert state_of(breaker) is CircuitState.OPEN
+            # Every logical call was retried twice by urllib3 yet counted once.
+            assert downstream.count("/status/503") == 9
+            assert breaker.metrics().failures == 3
+            started = time.monotonic()
+            for _ in range(20):
+                with pytest.raises(CircuitBreakerError):
+                    session.get("/status/503")
+            assert time.monotonic() - started < 1
+        assert downstream.count("/status/503") == 9
+
+    def test_opens_on_timeouts_and_read_timeouts_are_not_retried(
+        self, downstream: Downstream
+    ) -> None:
+        with ServiceSession(
+            base_url=downstream.url,
+            service_name="down",
+            circuit_breaker_threshold=2,
+            timeout=(1.0, 0.2),
+        ) as session:
+            for _ in range(2):
+                with pytest.raises(requests.ReadTimeout):
+                    session.get("/slow", params={"delay": "0.6"})
+            with pytest.raises(CircuitBreakerError):
+                session.get("/slow", params={"delay": "0.6"})
+        assert downstream.count("/slow") == 2
+
+    def test_connection_refused_is_one_failure(self) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with ServiceSession(
+            base_url=f"http://127.0.0.1:{port}", service_name="gone", raise_errors=True
+        ) as session:
+            with pytest.raises(ServiceUnavailableError) as caught:
+                session.get("/x")
+            assert session.circuit_breaker is not None
+            assert session.circuit_breaker.metrics().failures == 1
+        assert caught.value.service == "gone"
+        assert caught.value.metadata["reason"] == "connection_error"
+
+    def test_recovers_through_half_open(self, downstream: Downstream) -> None:
+        clock = FakeClock()
+        breaker = CircuitBreaker(failure_threshold=2, recovery_timeout=30, name="d", clock=clock)
+        with ServiceSession(base_url=downstream.url, circuit_breaker=breaker, retries=0) as s:
+            s.get("/status/500")
+            s.get("/status/500")
+            assert state_of(breaker) is CircuitState.OPEN
+            clock.advance(30)
+            assert state_of(breaker) is CircuitState.HALF_OPEN
+            s.get("/status/500")  # the trial fails: open again, no second trial
+            assert state_of(breaker) is CircuitState.OPEN
+            with pytest.raises(CircuitBreakerError):
+                s.get("/ok")
+            clock.advance(30)
+            assert s.get("/ok").json() == {"ok": True}
+            assert state_of(breaker) is CircuitState.CLOSED
+            assert s.get("/ok").status_code == 200
+        assert downstream.count("/ok") == 2
+        assert downstream.count("/status/500") == 3
+
+    def test_a_redirect_is_one_call_even_as_the_only_half_open_trial(
+        self, downstream: Downstream
+    ) -> None:
+        clock = FakeClock()
+        breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=5, name="d", clock=clock)
+        with ServiceSession(base_url=downstream.url, circuit_breaker=breaker, retries=0) as s:
+            s.get("/status/503")
+            clock.advance(5)
+            response = s.get("/redirect/302", params={"to": "/ok"})
+        assert response.json() == {"ok": True}
+        assert [r.status_code for r in response.history] == [302]
+        assert state_of(breaker) is CircuitState.CLOSED
+        assert breaker.metrics().calls == 2
+
+
+@pytest.mark.integration
+class TestRetriesIntegration:
+    def test_idempotent_call_is_retried_until_it_succeeds(self, downstream: Downstream) -> None:
+        with ServiceSession(base_url=downstream.url, service_name="down") as session:
+            response = session.get("/flaky/a/2")
+            assert response.json() == {"ok": True, "attempt": 3}
+            assert session.circuit_breaker is not None
+            assert session.circuit_breaker.metrics().successes == 1
+            assert session.circuit_breaker.metrics().failures == 0
+
+    def test_post_is_not_retried(self, downstream: Downstream) -> None:
+        with ServiceSession(base_url=downstream.url, service_name="down") as session:
+            assert session.post("/flaky/b/1").status_code == 503
+            assert session.put("/flaky/c/1").status_code == 405  # PUT is retried; no route
+        assert downstream.count("/flaky/b/1") == 1
+
+    def test_retry_after_is_honoured(self, downstream: Downstream) -> None:
+        with ServiceSession(base_url=downstream.url, service_name="down") as session:
+            started = time.monotonic()
+            response = session.get("/flaky/d/1", params={"retry_after": "1"})
+            elapsed = time.monotonic() - started
+        assert response.status_code == 200
+        assert downstream.count("/flaky/d/1") == 2
+        assert elapsed >= 0.9
+
+    def test_a_long_retry_after_is_not_waited_for(self, downstream: Downstream) -> None:
+        with ServiceSession(
+            base_url=downstream.url, service_name="down", raise_errors=True
+        ) as session:
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailableError) as caught:
+                session.get("/status/503", params={"retry_after": "3600"})
+            assert time.monotonic() - started < 1
+        assert downstream.count("/status/503") == 1
+        assert caught.value.retry_after == 3600
+        assert caught.value.headers["Retry-After"] == "3600"
+
+    def test_no_retries(self, downstream: Downstream) -> None:
+        with ServiceSession(base_url=downstream.url, service_name="down", retries=0) as session:
+            assert session.get("/status/502").status_code == 502
+        assert downstream.count("/status/502") == 1
+
+
+@pytest.mark.integration
+class TestTransportIntegration:
+    def test_redirect_hops_carry_request_id_and_user_agent(self, downstream: Downstream) -> None:
+        token = set_request_id("trace-42")
+        try:
+            with ServiceSession(base_url=downstream.url, service_name="d", caller="orders") as s:
+                response = s.get("/redirect/302")
+        finally:
+            reset_request_id(token)
+        seen = response.json()
+        assert seen["X-Request-Id"] == "trace-42"
+        assert seen["User-Agent"].startswith("orders gennet_sync/")
+
+    def test_compressed_body_reaches_the_server_and_survives_a_307(
+        self, downstream: Downstream
+    ) -> None:
+        payload = {"formula": "AG(p)", "nodes": list(range(1000))}
+        with ServiceSession(base_url=downstream.url, service_name="d", compress_requests=True) as s:
+            direct = s.post("/echo", json=payload).json()
+            redirected = s.post("/redirect/307", params={"to": "/echo"}, json=payload).json()
+            after_303 = s.post("/redirect/303", json=payload).json()
+        assert direct["encoding"] == "gzip" and direct["body"] == payload
+        assert direct["wire_length"] < len(json.dumps(payload))
+        assert redirected["encoding"] == "gzip" and redirected["body"] == payload
+        # A 303 turns the POST into a GET without a body, and so without Content-Encoding.
+        assert "Content-Encoding" not in after_303
+
+    @pytest.mark.parametrize("coding", ["br", "zstd", "gzip"])
+    def test_compressed_responses_are_decoded(self, downstream: Downstream, coding: str) -> None:
+        with ServiceSession(base_url=downstream.url, service_name="d") as s:
+            response = s.get(f"/encoded/{coding}")
+        assert response.json()["coding"] == coding
+
+
+# =========================================================================== gunicorn
+
+
+def create_port_app() -> Flask:
+    """gunicorn app: tells each caller which client port it came from."""
+    app = Flask("ports")
+    barriers: dict[int, threading.Barrier] = {}
+    lock = threading.Lock()
+
+    @app.route("/port")
+    def port() -> Response:
+        return jsonify(port=int(request.environ["REMOTE_PORT"]))
+
+    @app.route("/barrier/<int:parties>")
+    def barrier(parties: int) -> Response:
+        # Holds each request until `parties` are in flight at once: that many
+        # connections are open together.
+        with lock:
+            waiting = barriers.setdefault(parties, threading.Barrier(parties, timeout=10))
+        waiting.wait()
+        return jsonify(port=int(request.environ["REMOTE_PORT"]))
+
+    return app
+
+
+def create_service_b() -> Flask:
+    """gunicorn app: service B, which raises the library's errors."""
+    app = Flask("service_b")
+    setup_error_handlers(app)
+
+    @app.route("/networks/<network_id>")
+    def network(network_id: str) -> Response:
+        if network_id == "known":
+            return jsonify(id="known")
+        raise NotFoundError("Network", network_id, metadata={"lookup": ["cache", "db"]})
+
+    @app.route("/whoami")
+    def whoami() -> Response:
+        return jsonify(request_id=request.headers.get("X-Request-ID"))
+
+    return app
+
+
+def create_service_a() -> Flask:
+    """gunicorn app: service A, which calls B and lets B's errors propagate."""
+    app = Flask("service_a")
+    setup_error_handlers(app)
+    session = ServiceSession(
+        base_url=os.environ["SERVICE_B_URL"],
+        service_name="service-b",
+        raise_errors=True,
+        caller="service-a",
+    )
+
+    @app.route("/relay/networks/<network_id>")
+    def relay(network_id: str) -> Response:
+        return jsonify(b=session.get(f"/networks/{network_id}").json())
+
+    @app.route("/relay/whoami")
+    def relay_whoami() -> Response:
+        return jsonify(b=session.get("/whoami").json())
+
+    return app
+
+
+@dataclass
+class Gunicorn:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def gunicorn_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Gunicorn]]:
+    started: list[Gunicorn] = []
+
+    def start(app: str, env: dict[str, str] | None = None, threads: int = 4) -> Gunicorn:
+        log = tmp_path_factory.mktemp("gunicorn") / "error.log"
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--worker-class",
+                "gthread",
+                "--threads",
+                str(threads),
+                "--keep-alive",
+                "30",
+                "--error-logfile",
+                str(log),
+                app,
+            ],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        server = Gunicorn(url="", process=process)
+        started.append(server)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = log.read_text() if log.exists() else ""
+            found = re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", text)
+            if found and "Booting worker" in text:
+                server.url = found.group(1)
+                break
+            if process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{text}")
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"gunicorn did not start:\n{log.read_text()}")
+        # The worker imports the app after booting: wait until it answers.
+        for _ in range(200):
+            try:
+                requests.get(server.url + "/__ready__", timeout=1).close()
+                return server
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("gunicorn worker never answered")
+
+    yield start
+    for server in started:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def port_server(gunicorn_factory: Callable[..., Gunicorn]) -> Gunicorn:
+    return gunicorn_factory("tests.test_http_client:create_port_app()", threads=40)
+
+
+def _threads_on_one_session(
+    server: Gunicorn, caplog: pytest.LogCaptureFixture, *, threads: int, **options: Any
+) -> list[str]:
+    """``threads`` concurrent calls on one session, then 3 more; the pool warnings logged."""
+    ports: list[int] = []
+    errors: list[BaseException] = []
+    with ServiceSession(base_url=server.url, service_name="ports", **options) as session:
+
+        def call() -> None:
+            try:
+                ports.append(session.get(f"/barrier/{threads}").json()["port"])
+            except BaseException as error:
+                errors.append(error)
+
+        with caplog.at_level(logging.WARNING, logger="urllib3"):
+            workers = [threading.Thread(target=call) for _ in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(timeout=20)
+        later = [session.get("/port").json()["port"] for _ in range(3)]
+    assert errors == []
+    assert len(set(ports)) == threads  # all in flight at once, one connection each
+    if "pool_maxsize" not in options:
+        assert set(later) <= set(ports)  # kept in the pool and reused
+    return [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()]
+
+
+@pytest.mark.integration
+def test_32_threads_share_one_session_without_pool_warnings(
+    port_server: Gunicorn, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert _threads_on_one_session(port_server, caplog, threads=32) == []
+
+
+@pytest.mark.integration
+def test_a_small_pool_would_warn(port_server: Gunicorn, caplog: pytest.LogCaptureFixture) -> None:
+    # The control for the test above: the warning is real and would be caught.
+    assert _threads_on_one_session(port_server, caplog, threads=8, pool_maxsize=2) != []
+
+
+@pytest.mark.integration
+def test_forked_child_makes_its_own_connections(port_server: Gunicorn) -> None:
+    server = port_server
+    with ServiceSession(base_url=server.url, service_name="ports") as session:
+        first = session.get("/port").json()["port"]
+        assert session.get("/port").json()["port"] == first  # pooled, kept alive
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one call, report its port, leave at once
+            status = 1
+            try:
+                os.close(read_end)
+                ports = [session.get("/port").json()["port"] for _ in range(2)]
+                os.write(write_end, json.dumps(ports).encode())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as reader:
+            child_ports = json.loads(reader.read() or b"null")
+        _, exit_status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(exit_status) == 0
+        # The parent's connection is untouched by the child and still in use.
+        assert session.get("/port").json()["port"] == first
+    assert child_ports is not None
+    assert first not in child_ports
+    assert child_ports[0] == child_ports[1]  # the child pools its own connection
+
+
+@pytest.mark.integration
+def test_error_envelope_travels_from_b_through_a_unchanged(
+    gunicorn_factory: Callable[..., Gunicorn],
+) -> None:
+    service_b = gunicorn_factory("tests.test_http_client:create_service_b()")
+    service_a = gunicorn_factory(
+        "tests.test_http_client:create_service_a()", {"SERVICE_B_URL": service_b.url}
+    )
+    with requests.Session() as client:
+        from_b = client.get(f"{service_b.url}/networks/abc123")
+        from_a = client.get(f"{service_a.url}/relay/networks/abc123")
+        found = client.get(f"{service_a.url}/relay/networks/known")
+        traced = client.get(f"{service_a.url}/relay/whoami", headers={"X-Request-ID": "trace-7"})
+    assert from_b.status_code == from_a.status_code == 404
+    assert from_a.headers["Content-Type"] == "application/json"
+    expected = from_b.json()
+    expected["error"]["metadata"]["service"] = "service-b"
+    assert from_a.json() == expected
+    assert from_a.json()["error"] == {
+        "code": "NOT_FOUND",
+        "type": "NotFoundError",
+        "message": "Network with id 'abc123' not found",
+        "metadata": {
+            "resource_type": "Network",
+            "resource_id": "abc123",
+            "lookup": ["cache", "db"],
+            "service": "service-b",
+        },
+    }
+    assert found.json() == {"b": {"id": "known"}}
+    assert traced.json() == {"b": {"request_id": "trace-7"}}
+    assert traced.headers["X-Request-ID"] == "trace-7"
