@@ -41,6 +41,12 @@ from gennet_sync.exceptions import (
     UnauthorizedError,
     ValidationError,
 )
+from gennet_sync.http_client import (
+    DownstreamError,
+    ServiceRetry,
+    ServiceSession,
+    raise_for_error,
+)
 from gennet_sync.versioning import APIVersion, VersionedAPI
 
 try:
@@ -62,6 +68,7 @@ __all__ = [
     "CircuitState",
     "Compression",
     "ConflictError",
+    "DownstreamError",
     "ExponentialOpenDuration",
     "FixedOpenDuration",
     "ForbiddenError",
@@ -72,6 +79,8 @@ __all__ = [
     "Outcome",
     "RateLimitError",
     "RequestIdFilter",
+    "ServiceRetry",
+    "ServiceSession",
     "ServiceUnavailableError",
     "StateChangeEvent",
     "TransitionReason",
@@ -85,6 +94,7 @@ __all__ = [
     "clear_circuit_breakers",
     "current_request_id",
     "get_circuit_breaker",
+    "raise_for_error",
     "register_config",
     "set_default_storage",
     "setup_error_handlers",
