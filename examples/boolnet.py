@@ -39,7 +39,7 @@ __all__ = [
     "Const",
     "Expr",
     "NetworkError",
-    "NetworkTooLargeError",
+    "NetworkSizeError",
     "Not",
     "Or",
     "RuleSyntaxError",
@@ -115,8 +115,8 @@ class UnknownNodeError(NetworkError):
         )
 
 
-class NetworkTooLargeError(NetworkError):
-    """More than :data:`MAX_NODES` nodes."""
+class NetworkSizeError(NetworkError):
+    """No nodes, or more than :data:`MAX_NODES`."""
 
 
 # ------------------------------------------------------------------ rule AST
@@ -445,7 +445,7 @@ class BooleanNetwork:
         update: ``"synchronous"`` or ``"asynchronous"``.
 
     Raises:
-        NetworkTooLargeError: More than :data:`MAX_NODES` nodes, or none.
+        NetworkSizeError: More than :data:`MAX_NODES` nodes, or none.
         RuleSyntaxError: A rule does not parse, or a node name is not a valid name.
         UnknownNodeError: A rule uses a name that is not a node.
         ValueError: An unknown update scheme.
@@ -457,9 +457,9 @@ class BooleanNetwork:
         update: UpdateScheme | str = UpdateScheme.SYNCHRONOUS,
     ) -> None:
         if not rules:
-            raise NetworkTooLargeError("A network needs at least one node")
+            raise NetworkSizeError("A network needs at least one node")
         if len(rules) > MAX_NODES:
-            raise NetworkTooLargeError(
+            raise NetworkSizeError(
                 f"The network has {len(rules)} nodes; at most {MAX_NODES} are supported"
             )
         self.update = UpdateScheme(update)

@@ -1,0 +1,181 @@
+"""The qualitative service: CTL model checking of Boolean networks over HTTP.
+
+``POST /ctl/verify`` takes a Boolean network, a CTL formula and optionally a
+partial initial state, and answers whether the formula holds in every initial
+state of the network's state transition graph::
+
+    POST /ctl/verify
+    {"network": {"nodes": {"x": "!y", "y": "!x"}, "update": "asynchronous"},
+     "formula": "AG(x & !y -> AG(x & !y))",
+     "initial": {"x": true}}
+
+    200 {"holds": true, "formula": "AG((x & !y) -> AG(x & !y))",
+         "update": "asynchronous", "nodes": ["x", "y"], "states": 2,
+         "initial_states": 2, "satisfying_initial_states": 2}
+
+When the formula fails the answer has a ``counterexample``, and when an
+existential formula holds a ``witness``, where one is cheap to give (see
+:meth:`examples.ctl.ModelChecker.explain`): a path of states written as
+``{"node": bool}``, with ``loop_start`` when it ends in a cycle.
+
+Nodes left out of ``initial`` take both values; without ``initial`` every
+state is initial.  A rule or formula that does not parse, an unknown node or
+more than 20 nodes is a 422 envelope whose metadata names the ``field``, the
+``node`` and the ``position``.  ``GET /health`` answers ``{"status": "ok"}``.
+
+Run it with ``gunicorn 'examples.qualitative_service:create_app()'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from marshmallow import RAISE, Schema, fields, validate
+
+from examples.boolnet import (
+    MAX_NODES,
+    BooleanNetwork,
+    NetworkError,
+    NetworkSizeError,
+    UnknownNodeError,
+    UpdateScheme,
+)
+from examples.ctl import CheckResult, Trace, check
+from gennet_sync import ValidationError, setup_error_handlers
+
+__all__ = ["NetworkSchema", "VerifyRequestSchema", "create_app", "result_to_json"]
+
+SERVICE_NAME = "qualitative-service"
+
+#: A verification request is small; a megabyte is far more than 20 rules need.
+DEFAULT_MAX_CONTENT_LENGTH = 1024 * 1024
+
+
+class NetworkSchema(Schema):
+    """A Boolean network: an update rule per node and the update scheme."""
+
+    class Meta:
+        unknown = RAISE
+
+    nodes = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1, max=64)),
+        values=fields.String(validate=validate.Length(max=10_000)),
+        required=True,
+    )
+    update = fields.String(
+        load_default=UpdateScheme.SYNCHRONOUS.value,
+        validate=validate.OneOf([scheme.value for scheme in UpdateScheme]),
+    )
+
+
+class VerifyRequestSchema(Schema):
+    """Body of ``POST /ctl/verify``."""
+
+    class Meta:
+        unknown = RAISE
+
+    network = fields.Nested(NetworkSchema, required=True)
+    formula = fields.String(required=True, validate=validate.Length(max=10_000))
+    initial = fields.Dict(keys=fields.String(), values=fields.Boolean(), load_default=None)
+
+
+def _validation_error(error: NetworkError, field: str) -> ValidationError:
+    """The 422 for a network or formula error, with where it was found."""
+    metadata: dict[str, Any] = {}
+    if error.node is not None:
+        metadata["node"] = error.node
+    if isinstance(error, UnknownNodeError):
+        metadata["unknown_node"] = error.unknown
+    if error.position is not None:
+        metadata["position"] = error.position
+    if error.text is not None:
+        metadata["text"] = error.text
+    return ValidationError(error.message, field=field, metadata=metadata)
+
+
+def _build_network(nodes: Mapping[str, str], update: str) -> BooleanNetwork:
+    try:
+        return BooleanNetwork(nodes, update=update)
+    except NetworkSizeError as error:
+        raise ValidationError(
+            error.message, field="network.nodes", metadata={"max_nodes": MAX_NODES}
+        ) from error
+    except NetworkError as error:
+        field = "network.nodes" if error.node is None else f"network.nodes.{error.node}"
+        raise _validation_error(error, field) from error
+
+
+def _trace_to_json(network: BooleanNetwork, trace: Trace) -> dict[str, Any]:
+    return {
+        "description": trace.description,
+        "path": [network.decode(state) for state in trace.path],
+        "loop_start": trace.loop_start,
+        "truncated": trace.truncated,
+    }
+
+
+def result_to_json(network: BooleanNetwork, result: CheckResult) -> dict[str, Any]:
+    """The response body for ``result``."""
+    body: dict[str, Any] = {
+        "holds": result.holds,
+        "formula": str(result.formula),
+        "update": network.update.value,
+        "nodes": list(network.nodes),
+        "states": result.states,
+        "initial_states": result.initial_states,
+        "satisfying_initial_states": result.satisfying_initial_states,
+    }
+    if result.trace is not None:
+        body[result.trace.kind] = _trace_to_json(network, result.trace)
+    return body
+
+
+def verify() -> Response:
+    """``POST /ctl/verify``: model-check a formula on a network."""
+    data = VerifyRequestSchema().load(request.get_json())
+    network = _build_network(data["network"]["nodes"], data["network"]["update"])
+    initial = data["initial"] or {}
+    for name in initial:
+        if name not in network.index:
+            raise ValidationError(
+                f"Unknown node '{name}' in the initial state",
+                field="initial",
+                metadata={"unknown_node": name},
+            )
+    try:
+        result = check(network, data["formula"], initial)
+    except NetworkError as error:
+        raise _validation_error(error, "formula") from error
+    return jsonify(result_to_json(network, result))
+
+
+def health() -> Response:
+    """``GET /health``: the service is up."""
+    return jsonify({"status": "ok", "service": SERVICE_NAME})
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """The qualitative service's Flask app.
+
+    Example::
+
+        app = create_app({"TESTING": True})
+        app.test_client().post("/ctl/verify", json={
+            "network": {"nodes": {"a": "!a"}}, "formula": "AG(a -> AX !a)"})
+
+    Args:
+        config: Flask configuration to apply over the defaults.
+
+    Returns:
+        The app, with the gennet_sync error envelope on every error.
+    """
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = DEFAULT_MAX_CONTENT_LENGTH
+    if config:
+        app.config.update(config)
+    setup_error_handlers(app)
+    app.add_url_rule("/ctl/verify", view_func=verify, methods=["POST"])
+    app.add_url_rule("/health", view_func=health, methods=["GET"])
+    return app

@@ -1,0 +1,178 @@
+"""The qualitative service: POST /ctl/verify answers and its 422 envelopes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+from flask.testing import FlaskClient
+
+from examples.qualitative_service import create_app
+from tests.conftest import serve_app
+
+TOGGLE = {"nodes": {"x": "!y", "y": "!x"}, "update": "asynchronous"}
+OSCILLATOR = {"nodes": {"a": "not b", "b": "a"}, "update": "synchronous"}
+
+
+@pytest.fixture
+def client() -> FlaskClient:
+    return create_app({"TESTING": True}).test_client()
+
+
+def verify(client: FlaskClient, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    response = client.post("/ctl/verify", json=body)
+    payload = response.get_json()
+    assert isinstance(payload, dict)
+    return response.status_code, payload
+
+
+def test_health(client: FlaskClient) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "service": "qualitative-service"}
+
+
+def test_fixed_point_of_the_toggle_switch_is_stable(client: FlaskClient) -> None:
+    status, body = verify(
+        client, {"network": TOGGLE, "formula": "AG(x & !y -> AG(x & !y))", "initial": {"x": True}}
+    )
+    assert status == 200
+    assert body["holds"] is True
+    # initial: 10 and 11; 11 also reaches 01
+    assert body["initial_states"] == 2
+    assert body["states"] == 3
+    assert body["nodes"] == ["x", "y"]
+    assert body["update"] == "asynchronous"
+    assert "counterexample" not in body
+
+
+def test_failing_af_comes_with_a_lasso_counterexample(client: FlaskClient) -> None:
+    status, body = verify(
+        client, {"network": TOGGLE, "formula": "AF(x & !y)", "initial": {"x": False, "y": False}}
+    )
+    assert status == 200
+    assert body["holds"] is False
+    assert body["counterexample"]["path"] == [{"x": False, "y": False}, {"x": False, "y": True}]
+    assert body["counterexample"]["loop_start"] == 1
+    assert body["satisfying_initial_states"] == 0
+
+
+def test_ef_witness_path_on_the_oscillator(client: FlaskClient) -> None:
+    status, body = verify(
+        client,
+        {"network": OSCILLATOR, "formula": "EF(!a & b)", "initial": {"a": False, "b": False}},
+    )
+    assert status == 200
+    assert body["holds"] is True
+    assert body["witness"]["path"] == [
+        {"a": False, "b": False},
+        {"a": True, "b": False},
+        {"a": True, "b": True},
+        {"a": False, "b": True},
+    ]
+
+
+def test_update_defaults_to_synchronous(client: FlaskClient) -> None:
+    # synchronous toggle from 00 goes to 11 and back: EF(x & y) holds; asynchronously it cannot
+    network = {"nodes": TOGGLE["nodes"]}
+    _, sync = verify(
+        client, {"network": network, "formula": "EF(x & y)", "initial": {"x": False, "y": False}}
+    )
+    assert sync["update"] == "synchronous"
+    assert sync["holds"] is True
+    _, asynchronous = verify(
+        client, {"network": TOGGLE, "formula": "EF(x & y)", "initial": {"x": False, "y": False}}
+    )
+    assert asynchronous["holds"] is False
+
+
+def error_of(client: FlaskClient, body: dict[str, Any]) -> dict[str, Any]:
+    status, payload = verify(client, body)
+    assert status == 422
+    assert payload["error"]["code"] == "VALIDATION_ERROR"
+    assert payload["error"]["type"] == "ValidationError"
+    error = payload["error"]
+    assert isinstance(error, dict)
+    return error
+
+
+def test_rule_syntax_error_names_the_node_and_position(client: FlaskClient) -> None:
+    error = error_of(client, {"network": {"nodes": {"x": "!y", "y": "x and (y"}}, "formula": "x"})
+    assert error["metadata"]["field"] == "network.nodes.y"
+    assert error["metadata"]["node"] == "y"
+    assert error["metadata"]["position"] == 8
+    assert "position 8" in error["message"]
+
+
+def test_unknown_node_in_a_rule(client: FlaskClient) -> None:
+    error = error_of(client, {"network": {"nodes": {"x": "!ghost"}}, "formula": "x"})
+    assert error["metadata"]["unknown_node"] == "ghost"
+    assert error["metadata"]["position"] == 1
+    assert "ghost" in error["message"]
+
+
+def test_formula_syntax_error_gives_the_position(client: FlaskClient) -> None:
+    error = error_of(client, {"network": TOGGLE, "formula": "E[x U y"})
+    assert error["metadata"]["field"] == "formula"
+    assert error["metadata"]["position"] == 7
+
+
+def test_unknown_node_in_the_formula(client: FlaskClient) -> None:
+    error = error_of(client, {"network": TOGGLE, "formula": "AG(x -> EF zz)"})
+    assert error["metadata"] == {
+        "field": "formula",
+        "unknown_node": "zz",
+        "position": 11,
+        "text": "AG(x -> EF zz)",
+    }
+
+
+def test_unknown_node_in_the_initial_state(client: FlaskClient) -> None:
+    error = error_of(client, {"network": TOGGLE, "formula": "x", "initial": {"w": True}})
+    assert error["metadata"] == {"field": "initial", "unknown_node": "w"}
+
+
+def test_more_than_twenty_nodes(client: FlaskClient) -> None:
+    nodes = {f"n{i}": "true" for i in range(21)}
+    error = error_of(client, {"network": {"nodes": nodes}, "formula": "n0"})
+    assert error["metadata"] == {"field": "network.nodes", "max_nodes": 20}
+
+
+def test_schema_errors_are_per_field(client: FlaskClient) -> None:
+    error = error_of(client, {"network": {"nodes": {}, "update": "sideways"}, "extra": 1})
+    fields = error["metadata"]["fields"]
+    assert set(fields) == {"formula", "extra", "network"}
+    assert "update" in fields["network"]
+
+
+def test_body_that_is_not_json_is_an_envelope(client: FlaskClient) -> None:
+    response = client.post("/ctl/verify", data="{", content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "BAD_REQUEST"
+
+
+def test_wrong_method_is_an_envelope(client: FlaskClient) -> None:
+    response = client.get("/ctl/verify")
+    assert response.status_code == 405
+    assert response.headers["Allow"] is not None
+    assert response.get_json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+@pytest.mark.integration
+def test_verify_through_a_real_server() -> None:
+    with serve_app(create_app()) as base_url, requests.Session() as session:
+        ok = session.post(
+            f"{base_url}/ctl/verify",
+            json={"network": OSCILLATOR, "formula": "AG(AF a)"},
+            timeout=10,
+        )
+        assert ok.status_code == 200
+        assert ok.json()["holds"] is True
+        assert ok.json()["states"] == 4
+        bad = session.post(
+            f"{base_url}/ctl/verify", json={"network": OSCILLATOR, "formula": "AG("}, timeout=10
+        )
+        assert bad.status_code == 422
+        assert bad.headers["Content-Type"] == "application/json"
+        assert bad.json()["error"]["metadata"]["position"] == 3
