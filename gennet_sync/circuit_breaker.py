@@ -87,6 +87,7 @@ _SUCCESS: Final = Outcome.SUCCESS
 _FAILURE: Final = Outcome.FAILURE
 _IGNORED: Final = Outcome.IGNORED
 _NORMAL: Final = BreakerMode.NORMAL
+_STATE_VALUES: Final = {state: state.value for state in CircuitState}
 
 #: How long a forced opening is announced to a shared storage: until ``reset()``.
 FORCED_OPEN_SHARED_SECONDS: Final = 365 * 24 * 3600.0
@@ -141,6 +142,33 @@ class CircuitBreakerError(ServiceUnavailableError):
             metadata=extra,
             code=code,
         )
+
+    @classmethod
+    def _refusal(
+        cls, message: str, service: str, retry_after: float | None, state: CircuitState
+    ) -> CircuitBreakerError:
+        """What ``__init__`` builds, for the breaker's rejection path.
+
+        A refused call must cost less than the call it saves, and the keyword
+        plumbing of the exception hierarchy is most of a rejection's cost.  The
+        tests check that both ways build the same error.
+        """
+        error = cls.__new__(cls)
+        error.message = message
+        error.service = service
+        error.state = state
+        if retry_after is None:
+            error.metadata = {"service": service, "state": _STATE_VALUES[state]}
+        else:
+            retry_after = round(retry_after if retry_after > 0.0 else 0.0, 3)
+            error.metadata = {
+                "service": service,
+                "retry_after": retry_after,
+                "state": _STATE_VALUES[state],
+            }
+        error.retry_after = retry_after
+        Exception.__init__(error, message)
+        return error
 
 
 class CallPermit:
@@ -289,6 +317,16 @@ class CircuitBreaker:
         self._clock_on_record = config.slow_call_duration is not None or (
             config.uses_window and config.window_type == "time"
         )
+        # call() may take its inlined hot path (no timing, no result check, not shared).
+        self._plain_call = (
+            config.record_result_if is None
+            and self._window is None
+            and not (self._shared or self._clock_on_record)
+        )
+        self._refusal_messages = {
+            state: f"Circuit breaker '{self.name}' is {state.value}; call not attempted"
+            for state in CircuitState
+        }
         # True while a success needs nothing but a counter update (see _record).
         self._plain_success = (
             self._window is None and not self._shared and not self._clock_on_record
@@ -365,19 +403,39 @@ class CircuitBreaker:
         """
         if self._shared:
             return self._acquire_shared()
-        started = self._clock() if self._slow_call_duration is not None else None
+        # CLOSED admits without the lock: it changes nothing, and reading the
+        # generation before the state makes a permit that races a transition
+        # stale (its outcome is not counted) rather than wrong.
+        generation = self._generation
+        if self._state is _CLOSED:
+            return CallPermit(
+                self, generation, self._clock() if self._slow_call_duration else None, False
+            )
+        now = self._clock()
+        retry_after: float | None
         with self._lock:
-            if self._state is _CLOSED:
-                return CallPermit(self, self._generation, started, False)
-            now = self._clock() if started is None else started
-            admitted, trial = self._admit(now)
-            permit = CallPermit(self, self._generation, started, trial) if admitted else None
-            retry_after = None if admitted else self._retry_after(now)
-            state = self._state
-            events = self._take_events()
-        self._finish(events)
+            if self._state is _OPEN and now < self._open_until:
+                self._rejections += 1
+                state = _OPEN
+                retry_after = self._open_until - now
+                permit = None
+                events = None
+            else:
+                admitted, trial = self._admit(now)
+                started = now if self._slow_call_duration else None
+                permit = CallPermit(self, self._generation, started, trial) if admitted else None
+                retry_after = None if admitted else self._retry_after(now)
+                state = self._state
+                events = self._take_events()
+        if events:
+            self._finish(events)
         if permit is None:
-            raise CircuitBreakerError(service=self.name, retry_after=retry_after, state=state)
+            raise CircuitBreakerError._refusal(
+                self._refusal_messages[state],
+                self.name,
+                None if retry_after == math.inf else retry_after,
+                state,
+            )
         return permit
 
     def call(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -389,6 +447,24 @@ class CircuitBreaker:
         Raises:
             CircuitBreakerError: when the breaker refuses the call.
         """
+        generation = self._generation
+        if self._state is not _CLOSED or not self._plain_call:
+            return self._call(func, *args, **kwargs)
+        # The hot path, inlined: CLOSED, nothing to time, classify or share.
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as error:
+            self._record_exception(CallPermit(self, generation, None, False), error)
+            raise
+        with self._lock:
+            if self._plain_success and generation == self._generation:
+                self._successes += 1
+                self._consecutive_failures = 0
+                return result
+        self._record(CallPermit(self, generation, None, False), _SUCCESS, None)
+        return result
+
+    def _call(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         permit = self.acquire()
         try:
             result = func(*args, **kwargs)

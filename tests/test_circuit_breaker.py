@@ -227,6 +227,29 @@ def test_open_fails_fast_without_calling_and_says_when_to_retry(
     assert envelope["metadata"]["retry_after"] == pytest.approx(17.5)
 
 
+@pytest.mark.parametrize("retry_after", [None, 12.3456, -0.5])
+def test_the_rejection_fast_path_builds_the_same_error_as_the_constructor(
+    retry_after: float | None,
+) -> None:
+    def looks(error: CircuitBreakerError) -> tuple[object, ...]:
+        return (
+            error.to_dict(),
+            error.headers,
+            error.service,
+            error.retry_after,
+            error.state,
+            error.status_code,
+            error.code,
+            error.message,
+            error.args,
+            repr(error),
+        )
+
+    built = CircuitBreakerError("refused", service="s", retry_after=retry_after, state=HALF_OPEN)
+    fast = CircuitBreakerError._refusal("refused", "s", retry_after, HALF_OPEN)
+    assert looks(fast) == looks(built)
+
+
 def test_after_the_recovery_timeout_a_trial_success_closes_it(
     make_breaker: Callable[..., CircuitBreaker], clock: FakeClock
 ) -> None:
