@@ -3,8 +3,18 @@
 The breaker's lock guards a few field writes: admitting a call (:meth:`CircuitBreaker.acquire`)
 and recording its outcome (:class:`CallPermit`).  The protected function runs outside
 it, so any number of threads call a slow service in parallel, while HALF_OPEN still
-admits exactly ``half_open_max_calls`` trial calls.  Time comes from an injected
-clock; this module imports neither Flask nor requests and never sleeps.
+admits exactly ``half_open_max_calls`` trial calls.  In CLOSED, admission changes
+nothing and takes no lock at all: a successful call costs one lock acquisition.
+Time comes from an injected clock; this module imports neither Flask nor requests
+and never sleeps.
+
+Each permit carries the breaker's *generation*, bumped by every transition, so an
+outcome reported after the breaker moved on (a slow call admitted while CLOSED
+that ends in HALF_OPEN, a trial that outlived ``max_half_open_wait``) counts in
+the metrics but never drives the state machine.
+
+Listeners and the shared storage (see :mod:`gennet_sync.storage`) are called after
+the lock is released, by the thread that caused the change.
 
 Example::
 
@@ -876,6 +886,7 @@ class CircuitBreaker:
         """In a forked child: fresh lock, and no trial slot held by a parent's thread."""
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._events, self._actions = [], []
         if self._state is _HALF_OPEN:
             self._trials = 0
             self._generation += 1
@@ -985,7 +996,8 @@ class CircuitBreakerRegistry:
             config: A name given to :meth:`register_config`; ``settings`` override it.
             clock: Clock for a new breaker.
             storage: Storage for a new breaker; the registry's default otherwise.
-            listeners: Added to a new breaker.
+            listeners: Given to a new breaker (an error for an existing one:
+                call its ``add_listener``).
             **settings: :class:`BreakerConfig` fields.
 
         Raises:
@@ -999,6 +1011,10 @@ class CircuitBreakerRegistry:
             existing = self._breakers.get(name)
         if existing is not None:
             _check_same(existing, requested, clock, storage)
+            if listeners:
+                raise ValueError(
+                    f"circuit breaker {name!r} already exists: use add_listener() on it"
+                )
             return existing
         _build_config(requested)  # unknown or bad settings: ValueError before creating anything
         if storage is None:

@@ -847,6 +847,8 @@ def test_asking_again_with_different_settings_names_them() -> None:
         get_circuit_breaker("grn", storage=MemoryStorage())
     with pytest.raises(ValueError, match="no_such_setting"):
         get_circuit_breaker("new", no_such_setting=1)
+    with pytest.raises(ValueError, match="add_listener"):
+        get_circuit_breaker("grn", listeners=[print])
 
 
 def test_named_configs_with_per_service_overrides() -> None:
