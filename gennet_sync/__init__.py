@@ -47,6 +47,7 @@ from gennet_sync.http_client import (
     ServiceSession,
     raise_for_error,
 )
+from gennet_sync.openapi import OpenAPI, doc
 from gennet_sync.versioning import APIVersion, VersionedAPI
 
 try:
@@ -76,6 +77,7 @@ __all__ = [
     "GenNetException",
     "InternalServerError",
     "NotFoundError",
+    "OpenAPI",
     "Outcome",
     "RateLimitError",
     "RequestIdFilter",
@@ -93,6 +95,7 @@ __all__ = [
     "circuit_breaker_metrics",
     "clear_circuit_breakers",
     "current_request_id",
+    "doc",
     "get_circuit_breaker",
     "raise_for_error",
     "register_config",
