@@ -1,0 +1,153 @@
+"""The workflow service: verifies formulas by calling the qualitative service.
+
+``POST /api/v1/workflows/verify`` takes the same body as the qualitative
+service's ``POST /ctl/verify``, forwards it through a
+:class:`~gennet_sync.ServiceSession` and answers with the qualitative service's
+answer.  What the session gives it, with no error handling of its own:
+
+- a downstream error (a 422 for a bad formula...) comes back as the same
+  envelope, with ``metadata.service`` naming the qualitative service;
+- when the qualitative service cannot be reached or does not answer in time,
+  a 503 envelope with ``Retry-After``;
+- once ``CIRCUIT_BREAKER_THRESHOLD`` calls in a row have failed, the breaker
+  opens and the 503 (type ``CircuitBreakerError``) is immediate, with no
+  network I/O, until ``CIRCUIT_BREAKER_TIMEOUT`` seconds have passed and one
+  trial call is let through.
+
+``GET /api/v1/workflows/breaker`` shows the breaker as this process sees it,
+and ``GET /health`` answers ``{"status": "ok"}``.
+
+Configuration (Flask config, else the environment variable of the same name):
+
+- ``QUALITATIVE_URL``: base URL of the qualitative service
+  (default ``http://127.0.0.1:8001``);
+- ``CIRCUIT_BREAKER_THRESHOLD`` (default 5) and ``CIRCUIT_BREAKER_TIMEOUT``
+  (seconds, default 30);
+- ``QUALITATIVE_TIMEOUT``: seconds to wait for an answer (default 30: a CTL
+  check on a 20-node network takes a few seconds);
+- ``QUALITATIVE_SERVICE_NAME``: the breaker's name (default ``qualitative-service``);
+- ``GENNET_BREAKER_STORAGE``: ``redis://host:port/db`` shares the breaker
+  between all workers and hosts (read by gennet_sync's breaker registry).
+
+Run it with ``gunicorn 'examples.workflow_service:create_app()'``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+
+from flask import Flask, Response, current_app, jsonify, request
+
+from gennet_sync import ServiceSession, ServiceUnavailableError, setup_error_handlers
+
+__all__ = ["DEFAULTS", "EXTENSION_KEY", "create_app", "qualitative_session"]
+
+#: Settings and their defaults; each can come from the Flask config or the environment.
+DEFAULTS: Final[Mapping[str, str]] = {
+    "QUALITATIVE_URL": "http://127.0.0.1:8001",
+    "QUALITATIVE_SERVICE_NAME": "qualitative-service",
+    "QUALITATIVE_TIMEOUT": "30",
+    "CIRCUIT_BREAKER_THRESHOLD": "5",
+    "CIRCUIT_BREAKER_TIMEOUT": "30",
+}
+#: Key of this service's session in ``app.extensions``.
+EXTENSION_KEY: Final = "workflow_qualitative_session"
+#: Retry-After (seconds) for a failed call while the breaker is still closed.
+RETRY_AFTER_BEFORE_OPEN: Final = 1
+
+
+def qualitative_session() -> ServiceSession:
+    """The current app's session to the qualitative service."""
+    session = current_app.extensions[EXTENSION_KEY]
+    assert isinstance(session, ServiceSession)
+    return session
+
+
+def verify() -> Response:
+    """``POST /api/v1/workflows/verify``: the qualitative service's verdict."""
+    body = request.get_json()
+    session = qualitative_session()
+    try:
+        response = session.post("/ctl/verify", json=body)
+    except ServiceUnavailableError as error:
+        if error.retry_after is not None:
+            raise  # an open breaker says when the next trial is
+        # Not reached or no answer in time, breaker still closed: worth a retry soon.
+        raise ServiceUnavailableError(
+            error.message,
+            service=error.service,
+            retry_after=RETRY_AFTER_BEFORE_OPEN,
+            metadata=error.metadata,
+        ) from error
+    return jsonify(response.json())
+
+
+def breaker() -> Response:
+    """``GET /api/v1/workflows/breaker``: the breaker as this worker process sees it."""
+    circuit = qualitative_session().circuit_breaker
+    if circuit is None:
+        return jsonify({"enabled": False})
+    metrics = circuit.metrics()
+    return jsonify(
+        {
+            "enabled": True,
+            "name": circuit.name,
+            "state": metrics.state.value,
+            "consecutive_failures": metrics.consecutive_failures,
+            "failures": metrics.failures,
+            "rejections": metrics.rejections,
+            "pid": os.getpid(),
+        }
+    )
+
+
+def health() -> Response:
+    """``GET /health``: this service is up (whatever the state of its downstream)."""
+    return jsonify({"status": "ok", "service": "workflow-service"})
+
+
+def _setting(app: Flask, name: str) -> str:
+    value = app.config.get(name)
+    if value is None:
+        value = os.environ.get(name) or DEFAULTS[name]
+    return str(value)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """The workflow service's Flask app.
+
+    Example::
+
+        app = create_app({"QUALITATIVE_URL": "http://127.0.0.1:8001",
+                          "CIRCUIT_BREAKER_THRESHOLD": 3, "CIRCUIT_BREAKER_TIMEOUT": 10})
+
+    Args:
+        config: Flask configuration over the defaults (see the module docstring).
+
+    Returns:
+        The app, with its session to the qualitative service.
+
+    Raises:
+        ValueError: A setting that is not a number where one is needed.
+    """
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    if config:
+        app.config.update(config)
+    setup_error_handlers(app)
+    session = ServiceSession(
+        base_url=_setting(app, "QUALITATIVE_URL"),
+        service_name=_setting(app, "QUALITATIVE_SERVICE_NAME"),
+        circuit_breaker_threshold=int(_setting(app, "CIRCUIT_BREAKER_THRESHOLD")),
+        circuit_breaker_timeout=float(_setting(app, "CIRCUIT_BREAKER_TIMEOUT")),
+        timeout=(2.0, float(_setting(app, "QUALITATIVE_TIMEOUT"))),
+        raise_errors=True,
+        caller="workflow-service",
+    )
+    app.extensions[EXTENSION_KEY] = session
+    app.add_url_rule("/api/v1/workflows/verify", "verify", verify, methods=["POST"])
+    app.add_url_rule("/api/v1/workflows/breaker", "breaker", breaker, methods=["GET"])
+    app.add_url_rule("/health", "health", health, methods=["GET"])
+    return app
