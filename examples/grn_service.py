@@ -56,8 +56,10 @@ from gennet_sync import (
     Compression,
     ConflictError,
     NotFoundError,
+    OpenAPI,
     ValidationError,
     VersionedAPI,
+    doc,
     setup_error_handlers,
 )
 
@@ -381,8 +383,12 @@ def _decode_cursor(cursor: str) -> int:
         ) from None
 
 
+@doc(body=NetworkCreateSchema, response=NetworkSchema, status=201, errors=(409, 413, 415))
 def create_network() -> tuple[Response, int]:
-    """``POST /networks``."""
+    """Store a network.
+
+    Every edge must name nodes of the network; a name already taken is a 409.
+    """
     body = request.get_json()
     # Count before the schema looks at each node: an oversized body fails fast.
     nodes = body.get("nodes") if isinstance(body, dict) else None
@@ -397,25 +403,33 @@ def create_network() -> tuple[Response, int]:
     return jsonify(NetworkSchema().dump(network)), 201
 
 
+@doc(response=NetworkSchema)
 def get_network(network_id: str) -> Response:
-    """``GET /networks/<id>``."""
+    """Fetch one network with its nodes and edges."""
     return jsonify(NetworkSchema().dump(_store().get(network_id)))
 
 
+@doc(status=204)
 def delete_network(network_id: str) -> tuple[str, int]:
-    """``DELETE /networks/<id>``."""
+    """Delete a network."""
     _store().delete(network_id)
     return "", 204
 
 
+@doc(response=NetworkSummarySchema, many=True)
 def list_networks_v1() -> Response:
-    """``GET /api/v1/networks``: every network's summary, in one list."""
+    """List every network (without nodes and edges), in one response."""
     summaries = [summary for _, summary in _store().summaries()]
     return jsonify(NetworkSummarySchema(many=True).dump(summaries))
 
 
+@doc(response=NetworkPageSchema, query=PageQuerySchema, errors=(422,))
 def list_networks_v2() -> Response:
-    """``GET /api/v2/networks``: a page of summaries and the cursor of the next."""
+    """List networks a page at a time.
+
+    Pass the ``next`` value of a page as ``cursor`` to get the following one;
+    ``next`` is null on the last page.
+    """
     query = PageQuerySchema().load(request.args.to_dict())
     after = 0 if query["cursor"] is None else _decode_cursor(query["cursor"])
     rows = _store().summaries(after, query["limit"] + 1)
@@ -426,8 +440,9 @@ def list_networks_v2() -> Response:
     )
 
 
+@doc(tags=["health"])
 def health() -> Response:
-    """``GET /health``: the service is up and its database answers."""
+    """Report that the service is up and its database answers."""
     _store().connection.execute("SELECT 1").fetchone()
     return jsonify({"status": "ok", "service": "grn-service"})
 
@@ -474,4 +489,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _add_network_routes(api.version("v2"), list_networks_v2)
     app.add_url_rule("/health", "health", health, methods=["GET"])
     app.teardown_appcontext(_close_store)
+    OpenAPI(app, title="GRN service", version="2.0.0")
     return app
