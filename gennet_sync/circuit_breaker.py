@@ -227,7 +227,20 @@ class CallPermit:
 
     def success(self) -> None:
         """Record a success (its duration feeds slow-call detection)."""
-        self._breaker._record(self, _SUCCESS, None)
+        breaker = self._breaker
+        if breaker._plain_success and not self._trial:
+            # The hot path (see CircuitBreaker._record), without its extra call.
+            with breaker._lock:
+                if (
+                    not self._done
+                    and breaker._plain_success
+                    and self._generation == breaker._generation
+                ):
+                    self._done = True
+                    breaker._successes += 1
+                    breaker._consecutive_failures = 0
+                    return
+        breaker._record(self, _SUCCESS, None)
 
     def failure(self, error: BaseException | None = None) -> None:
         """Record a failure.
