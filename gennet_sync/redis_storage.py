@@ -49,9 +49,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError("RedisStorage needs redis-py: pip install 'gennet_sync[redis]'") from error
 
 from gennet_sync.storage import CircuitState, SharedState
 
