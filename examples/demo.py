@@ -1,0 +1,564 @@
+"""The one-command demo: three services under gunicorn, and a circuit breaker at work.
+
+Run ``python -m examples.demo``.  It starts, on free 127.0.0.1 ports:
+
+- the GRN service, the qualitative (CTL model checking) service and the workflow
+  service, each under real gunicorn with 2 gthread workers;
+- a ``redis-server``, when one is installed, through which the workflow
+  service's workers share their circuit breaker (otherwise each worker process
+  has its own breaker; the demo says which);
+
+then tells a story, printing a timeline with each call's latency:
+
+1. store a gene regulatory network (a toggle switch) in the GRN service;
+2. verify CTL formulas on it through the workflow service;
+3. stop the qualitative service: the workflow's 503s turn from failed calls into
+   immediate refusals once its breaker opens;
+4. restart it: after the breaker's timeout a trial call goes through and the
+   breaker closes.
+
+Everything it started is stopped at the end, also on Ctrl-C or failure.  The
+exit status is 0 only if every step happened as told (statuses, error types
+and breaker states are checked, not just printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final, TextIO
+
+import requests
+
+from examples.launcher import ManagedProcess, RedisProcess, ServiceProcess
+
+__all__ = ["Deployment", "StoryFailed", "Timeline", "main", "rules_from_network", "run_story"]
+
+WORKERS: Final = 2
+BREAKER_NAME: Final = "qualitative-service"
+TOGGLE_SWITCH: Final = {
+    "name": "toggle-switch",
+    "nodes": ["x", "y"],
+    "edges": [
+        {"source": "x", "target": "y", "sign": -1},
+        {"source": "y", "target": "x", "sign": -1},
+    ],
+}
+#: (formula, initial state, expected verdict, what it says)
+FORMULAS: Final[Sequence[tuple[str, dict[str, bool] | None, bool, str]]] = (
+    ("AG(x & !y -> AG(x & !y))", None, True, "x-on/y-off is a stable state"),
+    ("EF(x & !y)", {"x": False, "y": False}, True, "from all-off, x can win"),
+    ("AF(x & !y)", {"x": False, "y": False}, False, "but x need not win"),
+)
+
+
+class StoryFailed(Exception):
+    """A step of the story did not happen as told."""
+
+
+@dataclass
+class Reply:
+    """One HTTP exchange as the timeline shows it."""
+
+    status: int
+    body: Any
+    headers: requests.structures.CaseInsensitiveDict[str]
+    latency_ms: float
+    received_at: float
+
+    @property
+    def error(self) -> dict[str, Any]:
+        """The envelope's ``error`` object, or ``{}``."""
+        error = self.body.get("error") if isinstance(self.body, dict) else None
+        return error if isinstance(error, dict) else {}
+
+
+@dataclass
+class Timeline:
+    """Prints steps and events with the time since the start.
+
+    Example::
+
+        timeline = Timeline()
+        timeline.step("Store a network")
+        timeline.event("201 Created", latency_ms=12.5)
+        timeline.expect(True, "the network was stored")
+    """
+
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    started: float = field(default_factory=time.monotonic)
+    steps: int = 0
+
+    def step(self, title: str) -> None:
+        """Start step ``title``."""
+        self.steps += 1
+        self.out.write(f"\n== {self.steps}. {title}\n")
+        self.out.flush()
+
+    def event(self, text: str, latency_ms: float | None = None) -> None:
+        """One line of the timeline."""
+        elapsed = time.monotonic() - self.started
+        suffix = "" if latency_ms is None else f"  ({latency_ms:,.1f} ms)"
+        self.out.write(f"[{elapsed:6.2f} s] {text}{suffix}\n")
+        self.out.flush()
+
+    def expect(self, condition: bool, what: str) -> None:
+        """Fail the story unless ``condition``; ``what`` is what should have happened."""
+        if not condition:
+            raise StoryFailed(what)
+
+
+class Client:
+    """Calls the services, one fresh connection per call.
+
+    A new connection each time lets the kernel hand calls to either gunicorn
+    worker, as a load balancer would, instead of pinning them to one.
+    """
+
+    def __init__(self) -> None:
+        self.session = requests.Session()
+        self.session.headers["Connection"] = "close"
+
+    def close(self) -> None:
+        """Close the session."""
+        self.session.close()
+
+    def call(self, method: str, url: str, **kwargs: Any) -> Reply:
+        """Make one call (timeout 15 s) and time it."""
+        started = time.perf_counter()
+        response = self.session.request(method, url, timeout=15, **kwargs)
+        latency = (time.perf_counter() - started) * 1000
+        with response:
+            try:
+                body = response.json()
+            except ValueError:
+                body = response.text
+            return Reply(response.status_code, body, response.headers, latency, time.monotonic())
+
+
+def rules_from_network(network: dict[str, Any]) -> dict[str, str]:
+    """Boolean update rules from a signed network: a node is on when all its
+    activators are on and all its repressors off; a node without regulators keeps
+    its value."""
+    rules: dict[str, str] = {}
+    for node in network["nodes"]:
+        literals = [
+            edge["source"] if edge["sign"] == 1 else f"!{edge['source']}"
+            for edge in network["edges"]
+            if edge["target"] == node
+        ]
+        rules[node] = " & ".join(literals) if literals else node
+    return rules
+
+
+def describe_path(path: list[dict[str, bool]], loop_start: int | None) -> str:
+    """``x=0 y=0 -> x=0 y=1 (loops back to state 2)``."""
+    states = [" ".join(f"{name}={int(value)}" for name, value in state.items()) for state in path]
+    text = " -> ".join(states)
+    if loop_start is not None:
+        text += f"  (then loops back to state {loop_start + 1} forever)"
+    return text
+
+
+@dataclass
+class Deployment:
+    """The three services and, when installed, a redis-server; started and stopped together.
+
+    Example::
+
+        with Deployment(Path("/tmp/demo"), use_redis=True) as deployment:
+            deployment.workflow.base_url
+    """
+
+    workdir: Path
+    use_redis: bool
+    breaker_threshold: int = 3
+    breaker_timeout: float = 2.0
+    redis: RedisProcess | None = None
+    grn: ServiceProcess = field(init=False)
+    qualitative: ServiceProcess = field(init=False)
+    workflow: ServiceProcess = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.use_redis:
+            self.redis = RedisProcess(self.workdir)
+        self.grn = ServiceProcess(
+            "grn",
+            "examples.grn_service:create_app()",
+            self.workdir,
+            workers=WORKERS,
+            env={"GRN_DATABASE": str(self.workdir / "grn.sqlite3")},
+        )
+        self.qualitative = ServiceProcess(
+            "qualitative",
+            "examples.qualitative_service:create_app()",
+            self.workdir,
+            workers=WORKERS,
+        )
+        workflow_env = {
+            "QUALITATIVE_URL": self.qualitative.base_url,
+            "QUALITATIVE_SERVICE_NAME": BREAKER_NAME,
+            "CIRCUIT_BREAKER_THRESHOLD": str(self.breaker_threshold),
+            "CIRCUIT_BREAKER_TIMEOUT": str(self.breaker_timeout),
+            "QUALITATIVE_TIMEOUT": "10",
+            "GENNET_BREAKER_STORAGE": "",
+        }
+        if self.redis is not None:
+            workflow_env["GENNET_BREAKER_STORAGE"] = (
+                f"{self.redis.url}?prefix=gennet-demo&sync_interval=0.2"
+            )
+        self.workflow = ServiceProcess(
+            "workflow",
+            "examples.workflow_service:create_app()",
+            self.workdir,
+            workers=WORKERS,
+            env=workflow_env,
+        )
+
+    def describe(self) -> str:
+        """Where everything listens."""
+        services = [self.grn, self.qualitative, self.workflow]
+        parts = [f"{s.name} on :{s.port}" for s in services]
+        if self.redis is not None:
+            parts.append(f"redis-server on :{self.redis.port}")
+        return ", ".join(parts) + f" ({WORKERS} gunicorn workers per service)"
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """Everything this deployment runs, in start order."""
+        servers: list[ManagedProcess] = [self.grn, self.qualitative, self.workflow]
+        return ([self.redis] if self.redis is not None else []) + servers
+
+    def start(self) -> None:
+        """Start every process, then wait for each to be ready (they boot in parallel)."""
+        for process in self.processes:
+            process.start()
+            if process is self.redis:
+                process.wait_ready()  # the workflow service connects to it at its first call
+        for process in self.processes:
+            process.wait_ready()
+
+    def stop(self) -> None:
+        """Stop every process, last started first; never raises for one that is gone."""
+        for process in reversed(self.processes):
+            with contextlib.suppress(Exception):
+                process.stop()
+
+    def __enter__(self) -> Deployment:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def _store_network(deployment: Deployment, client: Client, timeline: Timeline) -> dict[str, Any]:
+    timeline.step("Store a gene regulatory network in the GRN service")
+    networks = f"{deployment.grn.base_url}/api/v2/networks"
+    created = client.call("POST", networks, json=TOGGLE_SWITCH)
+    timeline.event(
+        f"POST /api/v2/networks -> {created.status}, id {created.body.get('id')}: "
+        "toggle switch, x and y repress each other",
+        created.latency_ms,
+    )
+    timeline.expect(created.status == 201, "the GRN service stores the network (201)")
+    network_id = created.body["id"]
+
+    fetched = client.call("GET", f"{deployment.grn.base_url}/api/v1/networks/{network_id}")
+    timeline.event(
+        f"GET /api/v1/networks/<id> -> {fetched.status}; v1 is deprecated: "
+        f"Deprecation {fetched.headers.get('Deprecation')}, Sunset {fetched.headers.get('Sunset')}",
+        fetched.latency_ms,
+    )
+    timeline.expect(
+        fetched.status == 200 and "Deprecation" in fetched.headers,
+        "the deprecated v1 API still serves the network, with a Deprecation header",
+    )
+
+    again = client.call("POST", networks, json=TOGGLE_SWITCH)
+    timeline.event(
+        f"POST the same name again -> {again.status} {again.error.get('code')}: "
+        f"{again.error.get('message')}",
+        again.latency_ms,
+    )
+    timeline.expect(again.status == 409, "a duplicate name is a 409 CONFLICT envelope")
+    network = fetched.body
+    assert isinstance(network, dict)
+    return network
+
+
+def _verify_formulas(
+    deployment: Deployment, client: Client, timeline: Timeline, network: dict[str, Any]
+) -> dict[str, Any]:
+    timeline.step("Verify CTL formulas through the workflow service")
+    rules = rules_from_network(network)
+    timeline.event(
+        "rules from the stored network: " + ", ".join(f"{n} = {r}" for n, r in rules.items())
+    )
+    verify_url = f"{deployment.workflow.base_url}/api/v1/workflows/verify"
+    request: dict[str, Any] = {"network": {"nodes": rules, "update": "asynchronous"}}
+    for formula, initial, expected, meaning in FORMULAS:
+        body = {**request, "formula": formula, **({"initial": initial} if initial else {})}
+        reply = client.call("POST", verify_url, json=body)
+        verdict = reply.body.get("holds") if reply.status == 200 else None
+        start = f" from {initial}" if initial else ""
+        timeline.event(
+            f"{formula}{start} -> {reply.status}, holds={verdict} ({meaning})", reply.latency_ms
+        )
+        timeline.expect(
+            reply.status == 200 and verdict is expected,
+            f"{formula} is {'true' if expected else 'false'}{start}",
+        )
+        trace = reply.body.get("counterexample") or reply.body.get("witness")
+        if trace:
+            kind = "counterexample" if "counterexample" in reply.body else "witness"
+            timeline.event(f"    {kind}: {describe_path(trace['path'], trace['loop_start'])}")
+
+    bad = client.call("POST", verify_url, json={**request, "formula": "AG(x -> EF z)"})
+    error = bad.error
+    timeline.event(
+        f"AG(x -> EF z) -> {bad.status} {error.get('code')} from service "
+        f"'{error.get('metadata', {}).get('service')}': {error.get('message')}",
+        bad.latency_ms,
+    )
+    timeline.expect(
+        bad.status == 422
+        and error.get("code") == "VALIDATION_ERROR"
+        and error.get("metadata", {}).get("service") == BREAKER_NAME,
+        "the qualitative service's 422 envelope comes back through the workflow unchanged",
+    )
+    return {**request, "formula": FORMULAS[0][0]}
+
+
+def _breaker_states(deployment: Deployment, client: Client, samples: int = 6) -> dict[int, str]:
+    """``{worker pid: breaker state}`` as seen by the workers that answered."""
+    seen: dict[int, str] = {}
+    for _ in range(samples):
+        reply = client.call("GET", f"{deployment.workflow.base_url}/api/v1/workflows/breaker")
+        if reply.status == 200:
+            seen[reply.body["pid"]] = reply.body["state"]
+    return seen
+
+
+def _describe_503(reply: Reply) -> str:
+    error = reply.error
+    metadata = error.get("metadata", {})
+    if error.get("type") == "CircuitBreakerError":
+        return (
+            f"503 CircuitBreakerError: breaker {metadata.get('state')}, call not attempted, "
+            f"Retry-After {reply.headers.get('Retry-After')}"
+        )
+    return (
+        f"{reply.status} {error.get('type')}: {error.get('message')}, "
+        f"Retry-After {reply.headers.get('Retry-After')}"
+    )
+
+
+def _stop_qualitative(
+    deployment: Deployment,
+    client: Client,
+    timeline: Timeline,
+    request: dict[str, Any],
+    shared: bool,
+) -> float:
+    """Returns when (monotonic) every breaker that opened will let a trial through."""
+    timeline.step("Stop the qualitative service and watch the breaker open")
+    deployment.qualitative.stop()
+    timeline.event(f"qualitative service stopped (gunicorn on port {deployment.qualitative.port})")
+    verify_url = f"{deployment.workflow.base_url}/api/v1/workflows/verify"
+    threshold = deployment.breaker_threshold
+    failed_calls = 0
+    open_in_a_row = 0
+    trial_deadline = 0.0
+    wanted_open = 2 * WORKERS
+    for _ in range(threshold * WORKERS + wanted_open + 10):
+        reply = client.call("POST", verify_url, json=request)
+        timeline.event(
+            _describe_503(reply) if reply.status >= 400 else str(reply.status), reply.latency_ms
+        )
+        timeline.expect(
+            reply.status == 503 and "Retry-After" in reply.headers,
+            "with the qualitative service down, every answer is a 503 with Retry-After",
+        )
+        if reply.error.get("type") == "CircuitBreakerError":
+            open_in_a_row += 1
+            retry_after = float(reply.error["metadata"].get("retry_after") or 0)
+            trial_deadline = max(trial_deadline, reply.received_at + retry_after)
+            if open_in_a_row >= wanted_open:
+                break
+        else:
+            failed_calls += 1
+            open_in_a_row = 0
+    timeline.expect(
+        open_in_a_row >= wanted_open, "the breaker opens and 503s become immediate refusals"
+    )
+    timeline.expect(failed_calls >= 1, "the breaker saw the failures before opening")
+    limit = threshold + WORKERS if shared else threshold * WORKERS
+    how = (
+        f"at most threshold + workers = {limit} with the shared breaker"
+        if shared
+        else f"up to threshold x workers = {limit}: each worker counts its own"
+    )
+    timeline.event(
+        f"breaker open after {failed_calls} failed calls reached the dead service ({how})"
+    )
+    timeline.expect(failed_calls <= limit, f"no more than {limit} calls reach the dead service")
+    states = _breaker_states(deployment, client)
+    timeline.event(
+        "breaker state per workflow worker: "
+        + ", ".join(f"pid {pid}: {state}" for pid, state in sorted(states.items()))
+    )
+    if shared:
+        timeline.expect(
+            all(state == "open" for state in states.values()),
+            "every worker sees the shared breaker open",
+        )
+    return trial_deadline
+
+
+def _restart_qualitative(
+    deployment: Deployment,
+    client: Client,
+    timeline: Timeline,
+    request: dict[str, Any],
+    trial_deadline: float,
+) -> None:
+    timeline.step("Restart the qualitative service and watch the breaker recover")
+    deployment.qualitative.start()
+    deployment.qualitative.wait_ready()
+    timeline.event(f"qualitative service back on port {deployment.qualitative.port}")
+    verify_url = f"{deployment.workflow.base_url}/api/v1/workflows/verify"
+    if time.monotonic() < trial_deadline - 0.3:
+        early = client.call("POST", verify_url, json=request)
+        seen = (
+            _describe_503(early)
+            if early.status == 503
+            else f"{early.status} (that worker's breaker had not opened)"
+        )
+        timeline.event(f"before the timeout: {seen}", early.latency_ms)
+    wait = max(0.0, trial_deadline - time.monotonic()) + 0.2
+    timeline.event(f"waiting {wait:.1f} s for the breaker's recovery timeout")
+    time.sleep(wait)
+    states = _breaker_states(deployment, client, samples=2)
+    timeline.event(
+        "breaker state after the timeout: "
+        + ", ".join(f"pid {pid}: {state}" for pid, state in sorted(states.items()))
+    )
+    trial = client.call("POST", verify_url, json=request)
+    timeline.event(
+        f"first call after the timeout, the half-open trial -> {trial.status}, "
+        f"holds={trial.body.get('holds')}",
+        trial.latency_ms,
+    )
+    timeline.expect(
+        trial.status == 200, "the half-open trial call reaches the service and succeeds"
+    )
+    for _ in range(4):
+        reply = client.call("POST", verify_url, json=request)
+        timeline.event(f"POST /api/v1/workflows/verify -> {reply.status}", reply.latency_ms)
+        timeline.expect(reply.status == 200, "after recovery every call succeeds")
+    states = _breaker_states(deployment, client)
+    timeline.event(
+        "breaker state per workflow worker: "
+        + ", ".join(f"pid {pid}: {state}" for pid, state in sorted(states.items()))
+    )
+    timeline.expect(all(state == "closed" for state in states.values()), "the breaker closed again")
+
+
+def run_story(deployment: Deployment, timeline: Timeline) -> None:
+    """Tell the story against a running deployment.
+
+    Raises:
+        StoryFailed: A step did not happen as told.
+    """
+    shared = deployment.redis is not None
+    client = Client()
+    try:
+        network = _store_network(deployment, client, timeline)
+        request = _verify_formulas(deployment, client, timeline, network)
+        deadline = _stop_qualitative(deployment, client, timeline, request, shared)
+        _restart_qualitative(deployment, client, timeline, request, deadline)
+    finally:
+        client.close()
+
+
+def _raise_keyboard_interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; 0 when the whole story happened as told."""
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.demo", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--no-redis",
+        action="store_true",
+        help="keep breaker state per worker, even if redis-server is installed",
+    )
+    parser.add_argument("--threshold", type=int, default=3, help="breaker failure threshold (3)")
+    parser.add_argument(
+        "--recovery-timeout", type=float, default=2.0, help="seconds the breaker stays open (2)"
+    )
+    options = parser.parse_args(argv)
+    # SIGTERM (a CI timeout, `kill`) cleans up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+    use_redis = not options.no_redis and shutil.which("redis-server") is not None
+    timeline = Timeline()
+    print("gennet_sync demo: GRN, qualitative and workflow services under gunicorn")
+    if use_redis:
+        print(
+            "breaker storage: redis (a redis-server started for this demo; shared by all workers)"
+        )
+    elif options.no_redis:
+        print("breaker storage: in-memory per worker process (--no-redis)")
+    else:
+        print("breaker storage: in-memory per worker process (redis-server is not installed)")
+
+    with tempfile.TemporaryDirectory(prefix="gennet-demo-") as workdir:
+        deployment = Deployment(
+            Path(workdir), use_redis, options.threshold, options.recovery_timeout
+        )
+        try:
+            with deployment:
+                timeline.event(f"started {deployment.describe()}")
+                run_story(deployment, timeline)
+        except StoryFailed as failure:
+            print(f"\nSTORY FAILED: expected that {failure}", file=sys.stderr)
+            _print_logs(deployment.processes)
+            return 1
+        except KeyboardInterrupt:
+            print("\ninterrupted: everything the demo started has been stopped", file=sys.stderr)
+            return 130
+        except Exception as error:
+            print(f"\nDEMO ERROR: {type(error).__name__}: {error}", file=sys.stderr)
+            _print_logs(deployment.processes)
+            return 1
+    print(
+        f"\nStory complete: all {timeline.steps} steps happened as told "
+        f"in {time.monotonic() - timeline.started:.1f} s; every process stopped."
+    )
+    return 0
+
+
+def _print_logs(processes: list[ManagedProcess]) -> None:
+    for process in processes:
+        print(f"--- last lines of {process.name}'s log:\n{process.log_tail()}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
