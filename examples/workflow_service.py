@@ -26,6 +26,9 @@ Configuration (Flask config, else the environment variable of the same name):
 - ``QUALITATIVE_TIMEOUT``: seconds to wait for an answer (default 30: a CTL
   check on a 20-node network takes a few seconds);
 - ``QUALITATIVE_SERVICE_NAME``: the breaker's name (default ``qualitative-service``);
+- ``CIRCUIT_BREAKER_CONFIG`` (Flask config only): more breaker settings, passed
+  to ``ServiceSession(circuit_breaker_config=...)`` (``half_open_max_calls``,
+  ``clock``...);
 - ``GENNET_BREAKER_STORAGE``: ``redis://host:port/db`` shares the breaker
   between all workers and hosts (read by gennet_sync's breaker registry).
 
@@ -143,6 +146,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         circuit_breaker_threshold=int(_setting(app, "CIRCUIT_BREAKER_THRESHOLD")),
         circuit_breaker_timeout=float(_setting(app, "CIRCUIT_BREAKER_TIMEOUT")),
         timeout=(2.0, float(_setting(app, "QUALITATIVE_TIMEOUT"))),
+        circuit_breaker_config=app.config.get("CIRCUIT_BREAKER_CONFIG"),
         raise_errors=True,
         caller="workflow-service",
     )

@@ -1,0 +1,218 @@
+"""The workflow service: forwarding to the qualitative service through ServiceSession."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask, jsonify
+from flask.testing import FlaskClient
+from werkzeug.serving import make_server
+
+from examples.qualitative_service import create_app as create_qualitative_app
+from examples.workflow_service import EXTENSION_KEY, create_app
+from tests.conftest import serve_app
+from tests.redis_server import free_port
+
+OSCILLATOR = {"nodes": {"a": "!b", "b": "a"}}
+VERIFY = "/api/v1/workflows/verify"
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def workflow_app(qualitative_url: str, clock: FakeClock | None = None, **config: Any) -> Flask:
+    settings: dict[str, Any] = {
+        "TESTING": True,
+        "QUALITATIVE_URL": qualitative_url,
+        # a breaker of this test's own: the registry is process-wide
+        "QUALITATIVE_SERVICE_NAME": f"qualitative-{uuid.uuid4().hex[:8]}",
+        "CIRCUIT_BREAKER_THRESHOLD": 2,
+        "CIRCUIT_BREAKER_TIMEOUT": 30,
+        **config,
+    }
+    if clock is not None:
+        settings["CIRCUIT_BREAKER_CONFIG"] = {"clock": clock}
+    return create_app(settings)
+
+
+@pytest.fixture
+def qualitative_url() -> Iterator[str]:
+    with serve_app(create_qualitative_app()) as url:
+        yield url
+
+
+@pytest.fixture
+def make_client() -> Iterator[Any]:
+    apps: list[Flask] = []
+
+    def make(url: str, clock: FakeClock | None = None, **config: Any) -> FlaskClient:
+        app = workflow_app(url, clock, **config)
+        apps.append(app)
+        return app.test_client()
+
+    yield make
+    for app in apps:
+        app.extensions[EXTENSION_KEY].close()
+
+
+@contextlib.contextmanager
+def serve_app_on(app: Flask, port: int) -> Iterator[str]:
+    """Like the conftest's ``serve_app``, on a given port (a service coming back)."""
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def dead_url() -> str:
+    """A URL where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def test_health_does_not_depend_on_the_downstream(make_client: Any) -> None:
+    client = make_client(dead_url())
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "service": "workflow-service"}
+
+
+@pytest.mark.integration
+def test_answer_of_the_qualitative_service_is_returned(
+    make_client: Any, qualitative_url: str
+) -> None:
+    client = make_client(qualitative_url)
+    response = client.post(VERIFY, json={"network": OSCILLATOR, "formula": "AG(AF a)"})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["holds"] is True
+    assert body["states"] == 4
+
+
+@pytest.mark.integration
+def test_downstream_422_comes_back_as_the_same_envelope(
+    make_client: Any, qualitative_url: str
+) -> None:
+    client = make_client(qualitative_url)
+    response = client.post(VERIFY, json={"network": OSCILLATOR, "formula": "AG(a -> zz)"})
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert error["type"] == "ValidationError"
+    assert error["message"] == "Unknown node 'zz' in the formula"
+    assert error["metadata"]["unknown_node"] == "zz"
+    assert error["metadata"]["position"] == 8
+    assert error["metadata"]["service"].startswith("qualitative-")
+
+
+@pytest.mark.integration
+def test_client_errors_never_open_the_breaker(make_client: Any, qualitative_url: str) -> None:
+    client = make_client(qualitative_url)
+    for _ in range(5):
+        assert client.post(VERIFY, json={"network": OSCILLATOR, "formula": "("}).status_code == 422
+    assert client.get("/api/v1/workflows/breaker").get_json()["state"] == "closed"
+    assert client.post(VERIFY, json={"network": OSCILLATOR, "formula": "a"}).status_code == 200
+
+
+def test_unreachable_service_is_a_503_with_retry_after(make_client: Any) -> None:
+    client = make_client(dead_url())
+    response = client.post(VERIFY, json={"network": OSCILLATOR, "formula": "a"})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    error = response.get_json()["error"]
+    assert error["code"] == "SERVICE_UNAVAILABLE"
+    assert error["type"] == "ServiceUnavailableError"
+    assert error["metadata"]["reason"] == "connection_error"
+
+
+def test_open_breaker_answers_at_once_and_recovers_after_its_timeout(
+    make_client: Any,
+) -> None:
+    clock = FakeClock()
+    port = free_port()
+    client = make_client(f"http://127.0.0.1:{port}", clock, CIRCUIT_BREAKER_TIMEOUT=30)
+    body = {"network": OSCILLATOR, "formula": "AG(AF a)"}
+    for _ in range(2):  # the threshold
+        failed = client.post(VERIFY, json=body)
+        assert failed.get_json()["error"]["type"] == "ServiceUnavailableError"
+
+    started = time.monotonic()
+    refused = client.post(VERIFY, json=body)
+    assert time.monotonic() - started < 1.0
+    assert refused.status_code == 503
+    error = refused.get_json()["error"]
+    assert error["type"] == "CircuitBreakerError"
+    assert error["metadata"]["state"] == "open"
+    assert refused.headers["Retry-After"] == "30"
+    assert client.get("/api/v1/workflows/breaker").get_json()["state"] == "open"
+
+    clock.advance(20)
+    assert client.post(VERIFY, json=body).headers["Retry-After"] == "10"
+
+    # the service comes back on the same port; after the timeout a trial goes through
+    with serve_app_on(create_qualitative_app(), port):
+        assert client.post(VERIFY, json=body).status_code == 503  # still open
+        clock.advance(10)
+        assert client.get("/api/v1/workflows/breaker").get_json()["state"] == "half_open"
+        trial = client.post(VERIFY, json=body)
+        assert trial.status_code == 200
+        assert trial.get_json()["holds"] is True
+        assert client.get("/api/v1/workflows/breaker").get_json()["state"] == "closed"
+
+
+def test_downstream_5xx_counts_as_a_failure(make_client: Any) -> None:
+    broken = Flask("broken")
+
+    @broken.post("/ctl/verify")
+    def crash() -> Any:
+        return jsonify(
+            {"error": {"code": "X", "type": "Boom", "message": "no", "metadata": {}}}
+        ), 500
+
+    with serve_app(broken) as url:
+        client = make_client(url)
+        first = client.post(VERIFY, json={"network": OSCILLATOR, "formula": "a"})
+        assert first.status_code == 500
+        assert first.get_json()["error"]["message"] == "no"
+        client.post(VERIFY, json={"network": OSCILLATOR, "formula": "a"})
+        third = client.post(VERIFY, json={"network": OSCILLATOR, "formula": "a"})
+        assert third.get_json()["error"]["type"] == "CircuitBreakerError"
+
+
+@pytest.mark.integration
+def test_through_real_servers_end_to_end(qualitative_url: str) -> None:
+    app = workflow_app(qualitative_url)
+    try:
+        with serve_app(app) as workflow_url, requests.Session() as session:
+            response = session.post(
+                f"{workflow_url}{VERIFY}",
+                json={"network": OSCILLATOR, "formula": "EF(a & b)", "initial": {"a": False}},
+                headers={"X-Request-ID": "demo-request-1"},
+                timeout=10,
+            )
+            assert response.status_code == 200
+            assert response.headers["X-Request-ID"] == "demo-request-1"
+            assert response.json()["witness"]["path"][-1] == {"a": True, "b": True}
+    finally:
+        app.extensions[EXTENSION_KEY].close()
