@@ -1,0 +1,277 @@
+"""The GRN service: storage, versions, validation, compression and docs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask.testing import FlaskClient
+from openapi_spec_validator import validate
+
+from examples.grn_service import MAX_NODES, NetworkStore, create_app, default_database_path
+from examples.launcher import ServiceProcess
+from gennet_sync import ConflictError, NotFoundError
+
+TOGGLE = {
+    "name": "toggle",
+    "nodes": ["x", "y"],
+    "edges": [
+        {"source": "x", "target": "y", "sign": -1},
+        {"source": "y", "target": "x", "sign": -1},
+    ],
+}
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> FlaskClient:
+    return create_app({"TESTING": True, "DATABASE": str(tmp_path / "grn.sqlite3")}).test_client()
+
+
+def create(client: FlaskClient, body: dict[str, Any], version: str = "v2") -> Any:
+    return client.post(f"/api/{version}/networks", json=body)
+
+
+def test_create_get_delete_round_trip(client: FlaskClient) -> None:
+    created = create(client, TOGGLE)
+    assert created.status_code == 201
+    network = created.get_json()
+    assert network["name"] == "toggle"
+    assert network["nodes"] == ["x", "y"]
+    assert network["edges"] == TOGGLE["edges"]
+    assert len(network["id"]) == 32
+
+    fetched = client.get(f"/api/v2/networks/{network['id']}")
+    assert fetched.status_code == 200
+    assert fetched.get_json() == network
+
+    assert client.delete(f"/api/v2/networks/{network['id']}").status_code == 204
+    gone = client.get(f"/api/v2/networks/{network['id']}")
+    assert gone.status_code == 404
+    assert gone.get_json()["error"] == {
+        "code": "NOT_FOUND",
+        "type": "NotFoundError",
+        "message": f"Network with id '{network['id']}' not found",
+        "metadata": {"resource_type": "Network", "resource_id": network["id"]},
+    }
+    assert client.delete(f"/api/v1/networks/{network['id']}").status_code == 404
+
+
+def test_edges_are_optional(client: FlaskClient) -> None:
+    created = create(client, {"name": "lonely", "nodes": ["a"]})
+    assert created.status_code == 201
+    assert created.get_json()["edges"] == []
+
+
+def test_v1_is_deprecated_and_v2_is_not(client: FlaskClient) -> None:
+    created = create(client, TOGGLE, version="v1")
+    assert created.status_code == 201
+    assert created.headers["API-Version"] == "v1"
+    assert created.headers["Deprecation"].startswith("@")
+    assert "Sunset" in created.headers
+    assert 'rel="deprecation"' in created.headers["Link"]
+    current = client.get("/api/v2/networks")
+    assert current.headers["API-Version"] == "v2"
+    assert "Deprecation" not in current.headers
+
+
+def test_v1_lists_everything_and_v2_pages(client: FlaskClient) -> None:
+    names = [f"net-{i}" for i in range(7)]
+    for name in names:
+        assert create(client, {"name": name, "nodes": ["a", "b"]}).status_code == 201
+
+    listed = client.get("/api/v1/networks").get_json()
+    assert [n["name"] for n in listed] == names
+    assert listed[0]["node_count"] == 2
+    assert listed[0]["edge_count"] == 0
+    assert "nodes" not in listed[0]
+
+    seen: list[str] = []
+    url = "/api/v2/networks?limit=3"
+    pages = 0
+    while url:
+        page = client.get(url).get_json()
+        pages += 1
+        seen += [item["name"] for item in page["items"]]
+        url = f"/api/v2/networks?limit=3&cursor={page['next']}" if page["next"] else ""
+    assert seen == names
+    assert pages == 3
+
+
+def test_v2_rejects_bad_paging(client: FlaskClient) -> None:
+    bad_cursor = client.get("/api/v2/networks?cursor=not-a-cursor")
+    assert bad_cursor.status_code == 422
+    assert bad_cursor.get_json()["error"]["metadata"]["field"] == "cursor"
+    bad_limit = client.get("/api/v2/networks?limit=500")
+    assert bad_limit.status_code == 422
+    assert "limit" in bad_limit.get_json()["error"]["metadata"]["fields"]
+
+
+def test_unknown_version_names_the_supported_ones(client: FlaskClient) -> None:
+    response = client.get("/api/v3/networks")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["metadata"]["supported_versions"] == ["v1", "v2"]
+
+
+def test_too_many_nodes_is_a_validation_error_on_nodes(client: FlaskClient) -> None:
+    nodes = [f"g{i}" for i in range(MAX_NODES + 1)]
+    response = create(client, {"name": "huge", "nodes": nodes})
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["type"] == "ValidationError"
+    assert error["metadata"]["field"] == "nodes"
+    assert error["metadata"]["max_nodes"] == MAX_NODES
+    at_limit = create(client, {"name": "big", "nodes": nodes[:MAX_NODES]})
+    assert at_limit.status_code == 201
+
+
+def test_edges_must_name_existing_nodes(client: FlaskClient) -> None:
+    body = {
+        "name": "bad",
+        "nodes": ["x", "y"],
+        "edges": [
+            {"source": "x", "target": "y", "sign": 1},
+            {"source": "x", "target": "ghost", "sign": 1},
+        ],
+    }
+    response = create(client, body)
+    assert response.status_code == 422
+    fields = response.get_json()["error"]["metadata"]["fields"]
+    assert fields == {"edges": {"1": {"target": ["Unknown node 'ghost'"]}}}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"nodes": ["a"]}, "name"),
+        ({"name": "n", "nodes": []}, "nodes"),
+        ({"name": "n", "nodes": ["a", "a"]}, "nodes"),
+        (
+            {"name": "n", "nodes": ["a"], "edges": [{"source": "a", "target": "a", "sign": 0}]},
+            "edges",
+        ),
+        ({"name": "n", "nodes": ["a"], "colour": "red"}, "colour"),
+    ],
+)
+def test_body_validation_is_per_field(
+    client: FlaskClient, body: dict[str, Any], field: str
+) -> None:
+    response = create(client, body)
+    assert response.status_code == 422
+    assert field in response.get_json()["error"]["metadata"]["fields"]
+
+
+def test_duplicate_name_is_a_conflict(client: FlaskClient) -> None:
+    assert create(client, TOGGLE).status_code == 201
+    again = create(client, TOGGLE, version="v1")
+    assert again.status_code == 409
+    assert again.get_json()["error"]["code"] == "CONFLICT"
+    assert again.get_json()["error"]["metadata"] == {"name": "toggle"}
+
+
+def test_responses_are_compressed_and_bodies_may_be(client: FlaskClient) -> None:
+    nodes = [f"gene_{i}" for i in range(500)]
+    body = gzip.compress(json.dumps({"name": "big", "nodes": nodes}).encode())
+    created = client.post(
+        "/api/v2/networks",
+        data=body,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert created.status_code == 201
+    fetched = client.get(
+        f"/api/v2/networks/{created.get_json()['id']}", headers={"Accept-Encoding": "gzip"}
+    )
+    assert fetched.headers["Content-Encoding"] == "gzip"
+    assert json.loads(gzip.decompress(fetched.data))["nodes"] == nodes
+
+
+def test_openapi_document_is_valid_and_documents_both_versions(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").get_json()
+    validate(spec)
+    assert "/api/v2/networks/{network_id}" in spec["paths"]
+    create_op = spec["paths"]["/api/v1/networks"]["post"]
+    assert create_op["deprecated"] is True
+    assert {"201", "409", "422"} <= set(create_op["responses"])
+    assert "404" in spec["paths"]["/api/v2/networks/{network_id}"]["get"]["responses"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert b"swagger" in docs.data.lower()
+
+
+def test_database_path_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "from-env.sqlite3"
+    monkeypatch.setenv("GRN_DATABASE", str(path))
+    assert default_database_path() == str(path)
+    client = create_app({"TESTING": True}).test_client()
+    assert create(client, TOGGLE).status_code == 201
+    assert path.exists()
+    monkeypatch.delenv("GRN_DATABASE")
+    assert default_database_path().endswith("gennet_grn.sqlite3")
+
+
+def test_store_is_in_wal_mode_and_raises_library_errors(tmp_path: Path) -> None:
+    path = str(tmp_path / "store.sqlite3")
+    NetworkStore.initialise(path)
+    with NetworkStore(path) as store:
+        assert store.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.connection.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+        network = store.create("n", ["a"], [])
+        with pytest.raises(ConflictError):
+            store.create("n", ["b"], [])
+        store.delete(network["id"])
+        with pytest.raises(NotFoundError):
+            store.get(network["id"])
+
+
+@pytest.fixture
+def grn_under_gunicorn(tmp_path: Path) -> Iterator[ServiceProcess]:
+    service = ServiceProcess(
+        "grn",
+        "examples.grn_service:create_app()",
+        tmp_path,
+        workers=2,
+        env={"GRN_DATABASE": str(tmp_path / "shared.sqlite3")},
+    )
+    with service:
+        yield service
+
+
+@pytest.mark.integration
+def test_gunicorn_workers_share_one_database(grn_under_gunicorn: ServiceProcess) -> None:
+    base = grn_under_gunicorn.base_url
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def post(index: int) -> None:
+        with requests.Session() as session:
+            # one connection per request, so both workers take writes
+            body = {"name": f"n{index % 12}", "nodes": ["a", "b"]}
+            status = session.post(
+                f"{base}/api/v2/networks", json=body, headers={"Connection": "close"}, timeout=20
+            ).status_code
+        with lock:
+            results.append(status)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # every name written twice: exactly one of each pair wins, the other is a 409
+    assert sorted(results) == [201] * 12 + [409] * 12
+
+    with requests.Session() as session:
+        names: list[str] = []
+        url = f"{base}/api/v2/networks?limit=5"
+        while url:
+            page = session.get(url, headers={"Connection": "close"}, timeout=10).json()
+            names += [item["name"] for item in page["items"]]
+            url = f"{base}/api/v2/networks?limit=5&cursor={page['next']}" if page["next"] else ""
+    assert sorted(names) == sorted(f"n{i}" for i in range(12))
