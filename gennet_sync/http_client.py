@@ -73,14 +73,21 @@ if TYPE_CHECKING:
     from gennet_sync.circuit_breaker import CallPermit
 
 __all__ = [
+    "ACCEPT_ENCODING",
+    "DEFAULT_COMPRESS_MIN_SIZE",
     "DEFAULT_FAILURE_STATUSES",
+    "DEFAULT_POOL_CONNECTIONS",
     "DEFAULT_POOL_MAXSIZE",
+    "DEFAULT_RETRIES",
     "DEFAULT_RETRY_AFTER_MAX",
     "DEFAULT_TIMEOUT",
     "DownstreamError",
     "ServiceRetry",
     "ServiceSession",
     "TimeoutValue",
+    "downstream_error_class",
+    "error_from_response",
+    "make_retry",
     "raise_for_error",
 ]
 
@@ -800,7 +807,12 @@ class ServiceSession(requests.Session):
         else:
             permit.success()
         if self.raise_errors and response.status_code >= 400:
-            raise_for_error(response, service=self._service_label(url, breaker))
+            mapped = error_from_response(response, service=self._service_label(url, breaker))
+            # The caller never sees this response: free its connection now, even
+            # when streaming and the body was not read.
+            response.close()
+            if mapped is not None:
+                raise mapped
         return response
 
     def _compress_body(self, request: requests.PreparedRequest) -> None:
