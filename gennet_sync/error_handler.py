@@ -27,6 +27,7 @@ from marshmallow import ValidationError as MarshmallowValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
+from gennet_sync.circuit_breaker import set_default_storage
 from gennet_sync.context import (
     REQUEST_ID_HEADER,
     current_request_id,
@@ -133,6 +134,10 @@ class GenNet:
       details of unexpected exceptions (type, message, traceback) in the 500
       envelope's metadata.
     - ``GENNET_REQUEST_ID_HEADER`` (default ``"X-Request-ID"``).
+    - ``GENNET_BREAKER_STORAGE`` (default: the environment variable of that name,
+      else per-process memory): ``redis://host:port/db`` shares the state of every
+      breaker the registry creates (so of every ``ServiceSession``) across workers
+      and hosts.
 
     Example::
 
@@ -152,6 +157,9 @@ class GenNet:
         """Register the handlers and request hooks on ``app``."""
         app.config.setdefault("GENNET_EXPOSE_ERRORS", None)
         app.config.setdefault("GENNET_REQUEST_ID_HEADER", REQUEST_ID_HEADER)
+        storage_url = app.config.get("GENNET_BREAKER_STORAGE")
+        if storage_url:
+            set_default_storage(storage_url)
         if EXTENSION_KEY in app.extensions:
             return  # already set up: registering the handlers twice would be harmless but noisy
         app.extensions[EXTENSION_KEY] = AppState(extension=self)

@@ -26,6 +26,7 @@ from gennet_sync import (
 )
 from gennet_sync.error_handler import EXTENSION_KEY, AppState, app_state, http_status_code
 from tests.conftest import serve_app
+from tests.redis_server import RedisServer
 
 
 class NetworkSchema(marshmallow.Schema):
@@ -351,3 +352,29 @@ def test_over_a_real_http_server_errors_are_json_with_headers(live_url: str) -> 
     assert wrong.status_code == 405 and "GET" in wrong.headers["Allow"]
     for response in (crash, busy, wrong):
         assert len(response.headers["X-Request-ID"]) == 32
+
+
+def test_breaker_storage_from_flask_config_is_shared_by_registry_breakers(
+    redis_server: RedisServer,
+) -> None:
+    from gennet_sync.circuit_breaker import (
+        clear_circuit_breakers,
+        get_circuit_breaker,
+        set_default_storage,
+    )
+    from gennet_sync.redis_storage import RedisStorage
+
+    app = Flask("shared")
+    app.config["GENNET_BREAKER_STORAGE"] = redis_server.url
+    try:
+        setup_error_handlers(app)
+        breaker = get_circuit_breaker("config-storage-test", failure_threshold=1)
+        assert isinstance(breaker.storage, RedisStorage)
+        breaker.open()
+        # Another process's view (a second storage on the same server) sees it open.
+        other = RedisStorage.from_url(redis_server.url)
+        shared = other.load("config-storage-test")
+        assert shared is not None and shared.state == "open"
+    finally:
+        set_default_storage(None)
+        clear_circuit_breakers()
