@@ -104,21 +104,21 @@ def gunicorn_server(threads: int) -> Iterator[str]:
 
 
 def _wait_for_url(process: subprocess.Popen[bytes], log: Path) -> str:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = log.read_text() if log.exists() else ""
         found = re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", text)
         if found:
             url = found.group(1)
             try:
-                requests.get(f"{url}/networks/abc123", timeout=1).close()
+                requests.get(f"{url}/networks/abc123", timeout=10).close()
                 return url
-            except requests.ConnectionError:
+            except requests.RequestException:  # the worker is still importing the app
                 pass
         if process.poll() is not None:
             raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{text}")
         time.sleep(0.05)
-    raise RuntimeError("gunicorn did not start in 20 s")
+    raise RuntimeError("gunicorn did not start in 30 s")
 
 
 @dataclass

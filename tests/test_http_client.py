@@ -1120,12 +1120,14 @@ def gunicorn_factory(
             time.sleep(0.05)
         else:
             raise RuntimeError(f"gunicorn did not start:\n{log.read_text()}")
-        # The worker imports the app after booting: wait until it answers.
-        for _ in range(200):
+        # The worker imports the app after booting (slowly on a busy machine):
+        # wait until it answers.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             try:
-                requests.get(server.url + "/__ready__", timeout=1).close()
+                requests.get(server.url + "/__ready__", timeout=10).close()
                 return server
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.05)
         raise RuntimeError("gunicorn worker never answered")
 
