@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from gennet_sync import setup_error_handlers
+from gennet_sync import Compression, setup_error_handlers
 from gennet_sync.circuit_breaker import (
     CircuitBreaker,
     CircuitBreakerError,
@@ -994,6 +994,36 @@ class TestTransportIntegration:
         assert redirected["encoding"] == "gzip" and redirected["body"] == payload
         # A 303 turns the POST into a GET without a body, and so without Content-Encoding.
         assert "Content-Encoding" not in after_303
+
+    def test_compression_both_ways_with_a_gennet_sync_service(self) -> None:
+        app = Flask("compressing")
+        setup_error_handlers(app)
+        Compression(app, min_size=512)
+
+        @app.post("/echo")
+        def echo() -> Response:
+            return jsonify(request.get_json())
+
+        payload = {"nodes": [f"gene{i}" for i in range(2000)]}
+        server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        try:
+            with ServiceSession(
+                base_url=f"http://127.0.0.1:{server.server_port}",
+                service_name="compressing",
+                compress_requests=True,
+            ) as session:
+                response = session.post("/echo", json=payload)
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+        assert response.status_code == 200
+        assert response.request.headers["Content-Encoding"] == "gzip"
+        # The service picks the best coding this client advertises; urllib3 decodes it.
+        assert response.headers["Content-Encoding"] in {"zstd", "br"}
+        assert response.json() == payload
 
     @pytest.mark.parametrize("coding", ["br", "zstd", "gzip"])
     def test_compressed_responses_are_decoded(self, downstream: Downstream, coding: str) -> None:
