@@ -87,6 +87,7 @@ __all__ = [
     "TimeoutValue",
     "downstream_error_class",
     "error_from_response",
+    "host_port",
     "make_retry",
     "raise_for_error",
 ]
@@ -435,8 +436,24 @@ def _parse_envelope(response: requests.Response) -> tuple[str, str, str, dict[st
     return code, type_name, message, dict(metadata)
 
 
+def host_port(url: str) -> str:
+    """``host:port`` of ``url`` (``host`` alone without a port), never its credentials.
+
+    Names a breaker and the ``service`` of an error when no service name is given.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port}" if port is not None else host
+
+
 def _service_of(response: requests.Response) -> str:
-    return urlsplit(response.url or "").netloc or "downstream"
+    return host_port(response.url or "") or "downstream"
 
 
 def error_from_response(
@@ -690,7 +707,7 @@ class ServiceSession(requests.Session):
         if circuit_breaker is not None:
             self._breaker = circuit_breaker
         elif use_circuit_breaker:
-            name = service_name or (urlsplit(base_url).netloc if base_url else None)
+            name = service_name or (host_port(base_url) if base_url else None)
             if name is None:
                 self._breaker_per_host = True
             else:
@@ -718,7 +735,7 @@ class ServiceSession(requests.Session):
         """The breaker a call to ``url`` goes through (``None``: no breaker)."""
         if not self._breaker_per_host:
             return self._breaker
-        host = urlsplit(url).netloc
+        host = host_port(url)
         breaker = self._per_host_breakers.get(host)
         if breaker is None:
             breaker = get_circuit_breaker(host, **self._breaker_settings)
@@ -730,7 +747,7 @@ class ServiceSession(requests.Session):
             return self.service_name
         if breaker is not None and breaker.name:
             return breaker.name
-        return urlsplit(url).netloc or "downstream"
+        return host_port(url) or "downstream"
 
     def join_url(self, url: str) -> str:
         """``url`` joined to ``base_url`` when relative; absolute URLs unchanged."""

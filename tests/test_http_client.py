@@ -57,6 +57,7 @@ from gennet_sync.http_client import (
     DownstreamError,
     ServiceRetry,
     ServiceSession,
+    host_port,
     make_retry,
     raise_for_error,
 )
@@ -304,6 +305,29 @@ class TestBreakerUnit:
         with ServiceSession(base_url="http://grn.test:8000/api") as session:
             assert session.circuit_breaker is not None
             assert session.circuit_breaker.name == "grn.test:8000"
+
+    def test_breaker_name_never_holds_credentials(self, mock: responses.RequestsMock) -> None:
+        mock.get("http://grn.test:8000/x", status=503)
+        with ServiceSession(
+            base_url="http://user:secret@grn.test:8000", raise_errors=True, retries=0
+        ) as session:
+            assert session.circuit_breaker is not None
+            assert session.circuit_breaker.name == "grn.test:8000"
+            with pytest.raises(ServiceUnavailableError) as caught:
+                session.get("/x")
+        assert "secret" not in json.dumps(caught.value.to_dict())
+
+    @pytest.mark.parametrize(
+        ("url", "expected"),
+        [
+            ("http://a.test/x", "a.test"),
+            ("http://a.test:81/x", "a.test:81"),
+            ("http://u:p@a.test:81/x", "a.test:81"),
+            ("http://[::1]:8000/x", "[::1]:8000"),
+        ],
+    )
+    def test_host_port(self, url: str, expected: str) -> None:
+        assert host_port(url) == expected
 
     def test_one_breaker_per_host_without_base_url_or_name(
         self, mock: responses.RequestsMock
