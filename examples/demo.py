@@ -295,8 +295,7 @@ def _store_network(deployment: Deployment, client: Client, timeline: Timeline) -
         again.latency_ms,
     )
     timeline.expect(again.status == 409, "a duplicate name is a 409 CONFLICT envelope")
-    network = fetched.body
-    assert isinstance(network, dict)
+    network: dict[str, Any] = fetched.body
     return network
 
 
