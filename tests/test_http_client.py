@@ -789,7 +789,7 @@ def _downstream_app(state: Downstream) -> Flask:
             response.headers["Retry-After"] = request.args["retry_after"]
         return response
 
-    @app.route("/flaky/<key>/<int:failures>", methods=["GET", "POST"])
+    @app.route("/flaky/<key>/<int:failures>", methods=["GET", "POST", "PUT", "PATCH"])
     def flaky(key: str, failures: int) -> Response:
         if state.count(request.path) <= failures:
             response = Response("busy", status=503)
@@ -962,8 +962,11 @@ class TestRetriesIntegration:
     def test_post_is_not_retried(self, downstream: Downstream) -> None:
         with ServiceSession(base_url=downstream.url, service_name="down") as session:
             assert session.post("/flaky/b/1").status_code == 503
-            assert session.put("/flaky/c/1").status_code == 405  # PUT is retried; no route
+            assert session.patch("/flaky/c/1").status_code == 503
+            assert session.put("/flaky/d/1").status_code == 200  # PUT is idempotent
         assert downstream.count("/flaky/b/1") == 1
+        assert downstream.count("/flaky/c/1") == 1
+        assert downstream.count("/flaky/d/1") == 2
 
     def test_retry_after_is_honoured(self, downstream: Downstream) -> None:
         with ServiceSession(base_url=downstream.url, service_name="down") as session:
