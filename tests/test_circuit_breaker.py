@@ -1131,12 +1131,16 @@ def test_a_forked_child_does_not_inherit_the_parents_trial_slot(clock: FakeClock
 class Model:
     """The breaker's contract, written as plainly as possible."""
 
-    def __init__(self, threshold: int, max_calls: int, successes_needed: int) -> None:
+    def __init__(
+        self, threshold: int, max_calls: int, successes_needed: int, wait: float | None
+    ) -> None:
         self.threshold, self.max_calls, self.successes_needed = (
             threshold,
             max_calls,
             successes_needed,
         )
+        self.wait = wait
+        self.half_open_at = 0.0
         self.state = CLOSED
         self.failures = 0
         self.open_until = 0.0
@@ -1153,6 +1157,14 @@ class Model:
     def refresh(self, now: float) -> None:
         if self.state is OPEN and now >= self.open_until:
             self.move(HALF_OPEN)
+            self.half_open_at = now
+        if (
+            self.state is HALF_OPEN
+            and self.wait is not None
+            and now - self.half_open_at >= self.wait
+        ):
+            self.move(OPEN)  # the trials never reported back
+            self.open_until = now + 10
 
     def admit(self, now: float) -> tuple[int, bool] | None:
         self.refresh(now)
@@ -1189,18 +1201,23 @@ class Model:
 class BreakerMatchesModel(RuleBasedStateMachine):
     permits = Bundle("permits")
 
-    @initialize(threshold=st.integers(1, 4), max_calls=st.integers(1, 3), needed=st.integers(1, 3))
-    def build(self, threshold: int, max_calls: int, needed: int) -> None:
+    @initialize(
+        threshold=st.integers(1, 4),
+        max_calls=st.integers(1, 3),
+        needed=st.integers(1, 3),
+        wait=st.sampled_from([None, 15.0]),
+    )
+    def build(self, threshold: int, max_calls: int, needed: int, wait: float | None) -> None:
         self.clock = FakeClock(0.0)
         self.breaker = CircuitBreaker(
             failure_threshold=threshold,
             recovery_timeout=10,
             half_open_max_calls=max_calls,
             success_threshold=needed,
-            max_half_open_wait=None,
+            max_half_open_wait=wait,
             clock=self.clock,
         )
-        self.model = Model(threshold, max_calls, needed)
+        self.model = Model(threshold, max_calls, needed, wait)
 
     @rule(target=permits)
     def acquire(self) -> tuple[CallPermit, int, bool] | None:
@@ -1225,7 +1242,13 @@ class BreakerMatchesModel(RuleBasedStateMachine):
         permit.record(outcome)
         self.model.record(epoch, trial, outcome, self.clock.now)
 
-    @rule(seconds=st.sampled_from([0.5, 5.0, 10.0, 25.0]))
+    @rule(outcomes=st.lists(st.sampled_from([Outcome.SUCCESS, Outcome.FAILURE]), max_size=4))
+    def calls_in_a_row(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            held = self.acquire()
+            self.report(held, outcome)
+
+    @rule(seconds=st.sampled_from([0.5, 5.0, 10.0, 15.0, 25.0]))
     def wait(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
@@ -1244,7 +1267,7 @@ class BreakerMatchesModel(RuleBasedStateMachine):
 
 
 BreakerMatchesModel.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None
+    max_examples=100, stateful_step_count=40, deadline=None, database=None
 )
 test_breaker_matches_the_model = BreakerMatchesModel.TestCase
 
