@@ -92,7 +92,12 @@ class BreakerStorage(Protocol):
         """A success in CLOSED: the consecutive-failure count starts again at 0."""
 
     def set_open(self, name: str, open_for: float) -> None:
-        """Open breaker ``name`` fleet-wide for ``open_for`` seconds."""
+        """Open breaker ``name`` fleet-wide for ``open_for`` seconds.
+
+        ``open_for`` is always finite.  A breaker forced open by hand
+        (``CircuitBreaker.open()``) passes a year, and :meth:`set_closed` ends it
+        when an operator calls ``reset()``.
+        """
 
     def set_closed(self, name: str) -> None:
         """Close breaker ``name`` fleet-wide (a trial succeeded, or ``reset()``)."""
