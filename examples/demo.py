@@ -251,7 +251,7 @@ class Deployment:
         """Stop every process, last started first; never raises for one that is gone."""
         for process in reversed(self.processes):
             with contextlib.suppress(Exception):
-                process.stop()
+                process.stop(quick=True)
 
     def __enter__(self) -> Deployment:
         try:
@@ -342,14 +342,33 @@ def _verify_formulas(
     return {**request, "formula": FORMULAS[0][0]}
 
 
-def _breaker_states(deployment: Deployment, client: Client, samples: int = 6) -> dict[int, str]:
-    """``{worker pid: breaker state}`` as seen by the workers that answered."""
-    seen: dict[int, str] = {}
+@dataclass(frozen=True)
+class BreakerView:
+    """One workflow worker's breaker: its local state and, if shared, Redis's."""
+
+    local: str
+    shared: str | None
+
+    def __str__(self) -> str:
+        return self.local if self.shared is None else f"{self.local} (Redis: {self.shared})"
+
+
+def _breaker_views(
+    deployment: Deployment, client: Client, samples: int = 6
+) -> dict[int, BreakerView]:
+    """``{worker pid: view}`` for the workers that answered ``samples`` calls."""
+    seen: dict[int, BreakerView] = {}
     for _ in range(samples):
         reply = client.call("GET", f"{deployment.workflow.base_url}/api/v1/workflows/breaker")
         if reply.status == 200:
-            seen[reply.body["pid"]] = reply.body["state"]
+            seen[reply.body["pid"]] = BreakerView(reply.body["state"], reply.body["shared_state"])
     return seen
+
+
+def _show_views(timeline: Timeline, title: str, views: dict[int, BreakerView]) -> None:
+    timeline.event(
+        f"{title}: " + ", ".join(f"pid {pid}: {view}" for pid, view in sorted(views.items()))
+    )
 
 
 def _describe_503(reply: Reply) -> str:
@@ -375,8 +394,11 @@ def _stop_qualitative(
 ) -> float:
     """Returns when (monotonic) every breaker that opened will let a trial through."""
     timeline.step("Stop the qualitative service and watch the breaker open")
-    deployment.qualitative.stop()
-    timeline.event(f"qualitative service stopped (gunicorn on port {deployment.qualitative.port})")
+    deployment.qualitative.stop(quick=True)
+    timeline.event(
+        f"qualitative service stopped (gunicorn on port {deployment.qualitative.port}, "
+        "quick shutdown)"
+    )
     verify_url = f"{deployment.workflow.base_url}/api/v1/workflows/verify"
     threshold = deployment.breaker_threshold
     failed_calls = 0
@@ -415,15 +437,14 @@ def _stop_qualitative(
         f"breaker open after {failed_calls} failed calls reached the dead service ({how})"
     )
     timeline.expect(failed_calls <= limit, f"no more than {limit} calls reach the dead service")
-    states = _breaker_states(deployment, client)
-    timeline.event(
-        "breaker state per workflow worker: "
-        + ", ".join(f"pid {pid}: {state}" for pid, state in sorted(states.items()))
-    )
+    views = _breaker_views(deployment, client)
+    _show_views(timeline, "breaker per workflow worker", views)
     if shared:
+        # A worker's local view catches up when it next admits a call; what
+        # every worker will act on is the state in Redis.
         timeline.expect(
-            all(state == "open" for state in states.values()),
-            "every worker sees the shared breaker open",
+            all(view.shared == "open" for view in views.values()),
+            "the breaker is open in Redis for every worker",
         )
     return trial_deadline
 
@@ -451,11 +472,7 @@ def _restart_qualitative(
     wait = max(0.0, trial_deadline - time.monotonic()) + 0.2
     timeline.event(f"waiting {wait:.1f} s for the breaker's recovery timeout")
     time.sleep(wait)
-    states = _breaker_states(deployment, client, samples=2)
-    timeline.event(
-        "breaker state after the timeout: "
-        + ", ".join(f"pid {pid}: {state}" for pid, state in sorted(states.items()))
-    )
+    _show_views(timeline, "breaker after the timeout", _breaker_views(deployment, client, 2))
     trial = client.call("POST", verify_url, json=request)
     timeline.event(
         f"first call after the timeout, the half-open trial -> {trial.status}, "
@@ -469,17 +486,20 @@ def _restart_qualitative(
         reply = client.call("POST", verify_url, json=request)
         timeline.event(f"POST /api/v1/workflows/verify -> {reply.status}", reply.latency_ms)
         timeline.expect(reply.status == 200, "after recovery every call succeeds")
-    states = _breaker_states(deployment, client)
-    timeline.event(
-        "breaker state per workflow worker: "
-        + ", ".join(f"pid {pid}: {state}" for pid, state in sorted(states.items()))
-    )
+    views = _breaker_views(deployment, client)
+    _show_views(timeline, "breaker per workflow worker", views)
     # A worker that has not served a call since the timeout still reports
     # half_open (memory storage): its first call will be its trial.
+    local = {view.local for view in views.values()}
     timeline.expect(
-        "closed" in states.values() and "open" not in states.values(),
+        "closed" in local and "open" not in local,
         "the breaker closed again, and no worker still refuses calls",
     )
+    if deployment.redis is not None:
+        timeline.expect(
+            all(view.shared == "closed" for view in views.values()),
+            "the breaker is closed in Redis too",
+        )
 
 
 def run_story(deployment: Deployment, timeline: Timeline) -> None:

@@ -131,11 +131,18 @@ class ManagedProcess:
             time.sleep(0.05)
         raise StartupError(f"{self.name} not ready after {timeout:.0f} s\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the process group, SIGKILL it after ``timeout`` seconds; idempotent."""
+    def stop(self, timeout: float = 10.0, *, quick: bool = False) -> None:
+        """Stop the process group; SIGKILL it after ``timeout`` seconds; idempotent.
+
+        Args:
+            timeout: Seconds to wait before killing.
+            quick: Send SIGINT (gunicorn and redis-server: shut down now, without
+                waiting for requests and idle keep-alive connections) instead of
+                SIGTERM (gunicorn: graceful shutdown).
+        """
         process = self._process
         if process is not None:
-            self._signal_group(signal.SIGTERM)
+            self._signal_group(signal.SIGINT if quick else signal.SIGTERM)
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -14,7 +14,8 @@ answer.  What the session gives it, with no error handling of its own:
   network I/O, until ``CIRCUIT_BREAKER_TIMEOUT`` seconds have passed and one
   trial call is let through.
 
-``GET /api/v1/workflows/breaker`` shows the breaker as this process sees it,
+``GET /api/v1/workflows/breaker`` shows the breaker as this process sees it
+(and as Redis holds it, when shared),
 and ``GET /health`` answers ``{"status": "ok"}``.
 
 Configuration (Flask config, else the environment variable of the same name):
@@ -88,16 +89,23 @@ def verify() -> Response:
 
 
 def breaker() -> Response:
-    """``GET /api/v1/workflows/breaker``: the breaker as this worker process sees it."""
+    """``GET /api/v1/workflows/breaker``: the breaker as this worker process sees it.
+
+    ``state`` is this process's view, which a worker refreshes from a shared
+    storage when it next admits a call; ``shared_state`` is what the shared
+    storage (Redis) holds now, or ``null`` when breakers are per process.
+    """
     circuit = qualitative_session().circuit_breaker
     if circuit is None:
         return jsonify({"enabled": False})
     metrics = circuit.metrics()
+    shared = circuit.storage.load(circuit.name) if circuit.storage.shared else None
     return jsonify(
         {
             "enabled": True,
             "name": circuit.name,
             "state": metrics.state.value,
+            "shared_state": None if shared is None else shared.state.value,
             "consecutive_failures": metrics.consecutive_failures,
             "failures": metrics.failures,
             "rejections": metrics.rejections,

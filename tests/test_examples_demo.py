@@ -85,6 +85,8 @@ def test_demo_with_redis_tells_the_whole_story_and_cleans_up() -> None:
     assert "503 ServiceUnavailableError: Service 'qualitative-service' could not be reached" in out
     assert "503 CircuitBreakerError: breaker open, call not attempted" in out
     assert "with the shared breaker" in out
+    assert "(Redis: open)" in out
+    assert "(Redis: closed)" in out
     assert "the half-open trial -> 200" in out
     assert "Story complete: all 4 steps happened as told" in out
     ports = ports_started(out)
