@@ -511,20 +511,42 @@ class _DecodedBody(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def _fill(self) -> None:
+        """Decode the next piece (at most 64 KiB per layer) into the buffer."""
+        if self._buffer:
+            return
+        self._buffer = self._top.read(_CHUNK)
+        self._total += len(self._buffer)
+        if self._total > self._cap:
+            self._buffer = b""
+            raise RequestEntityTooLarge(
+                f"The decoded request body exceeds the limit of {self._cap} bytes."
+            )
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        if not self._buffer:
-            self._buffer = self._top.read(min(len(view), _CHUNK))
-            self._total += len(self._buffer)
-            if self._total > self._cap:
-                self._buffer = b""
-                raise RequestEntityTooLarge(
-                    f"The decoded request body exceeds the limit of {self._cap} bytes."
-                )
+        self._fill()
         count = min(len(view), len(self._buffer))
         view[:count] = self._buffer[:count]
         self._buffer = self._buffer[count:]
         return count
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        self._fill()
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def readall(self) -> bytes:
+        # io.RawIOBase.readall reads 8 KiB at a time; whole decoded pieces are faster.
+        parts: list[bytes] = []
+        while True:
+            self._fill()
+            if not self._buffer:
+                return b"".join(parts)
+            parts.append(self._buffer)
+            self._buffer = b""
 
 
 def _parse_content_encoding(value: str) -> list[str]:
