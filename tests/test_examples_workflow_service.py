@@ -17,8 +17,9 @@ from werkzeug.serving import make_server
 
 from examples.qualitative_service import create_app as create_qualitative_app
 from examples.workflow_service import EXTENSION_KEY, create_app
+from gennet_sync.redis_storage import RedisStorage
 from tests.conftest import serve_app
-from tests.redis_server import free_port
+from tests.redis_server import RedisServer, free_port
 
 OSCILLATOR = {"nodes": {"a": "!b", "b": "a"}}
 VERIFY = "/api/v1/workflows/verify"
@@ -216,3 +217,34 @@ def test_through_real_servers_end_to_end(qualitative_url: str) -> None:
             assert response.json()["witness"]["path"][-1] == {"a": True, "b": True}
     finally:
         app.extensions[EXTENSION_KEY].close()
+
+
+@pytest.mark.integration
+def test_breaker_state_is_shared_through_redis(make_client: Any, redis_server: RedisServer) -> None:
+    prefix = f"wf-{uuid.uuid4().hex[:8]}"
+    name = f"qualitative-{prefix}"
+    storage = RedisStorage.from_url(redis_server.url, prefix=prefix)
+    # another worker process, as far as Redis can tell
+    other_worker = RedisStorage.from_url(redis_server.url, prefix=prefix)
+    try:
+        client = make_client(
+            dead_url(), QUALITATIVE_SERVICE_NAME=name, CIRCUIT_BREAKER_CONFIG={"storage": storage}
+        )
+        assert client.get("/api/v1/workflows/breaker").get_json()["shared_state"] == "closed"
+        for _ in range(2):  # the threshold
+            client.post(VERIFY, json={"network": OSCILLATOR, "formula": "a"})
+        view = client.get("/api/v1/workflows/breaker").get_json()
+        assert view["state"] == "open"
+        assert view["shared_state"] == "open"
+        seen_elsewhere = other_worker.load(name)
+        assert seen_elsewhere is not None
+        assert seen_elsewhere.state == "open"
+    finally:
+        storage.close()
+        other_worker.close()
+
+
+def test_breaker_view_without_shared_storage_has_no_shared_state(make_client: Any) -> None:
+    view = make_client(dead_url()).get("/api/v1/workflows/breaker").get_json()
+    assert view["shared_state"] is None
+    assert view["state"] == "closed"
