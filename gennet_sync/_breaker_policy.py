@@ -456,18 +456,21 @@ class TimeWindow:
         self._latest = -(2**62)
 
     def _advance(self, second: int) -> None:
-        # Evict every bucket that fell out of the window since the last call.
+        """Move the window's end to ``second``, evicting the buckets that left it."""
         if second <= self._latest:
             return
-        first_stale = max(self._latest + 1, second - self._size + 1) - self._size
-        for stale in range(first_stale, second - self._size + 1):
-            slot = stale % self._size
-            if self._epochs[slot] == stale:
+        oldest_kept = second - self._size + 1
+        # The seconds in [latest - size + 1, oldest_kept) just left the window.  Each
+        # maps to one slot, so looking at no more than ``size`` of them visits every
+        # slot that can hold one; a slot whose epoch is older was emptied before.
+        start = max(self._latest - self._size + 1, oldest_kept - self._size)
+        for leaving in range(start, oldest_kept):
+            slot = leaving % self._size
+            if self._epochs[slot] < oldest_kept and self._calls[slot]:
                 self._totals[0] -= self._calls[slot]
                 self._totals[1] -= self._failures[slot]
                 self._totals[2] -= self._slow[slot]
                 self._calls[slot] = self._failures[slot] = self._slow[slot] = 0
-                self._epochs[slot] = -1
         self._latest = second
 
     def record(self, failed: bool, slow: bool, now: float) -> None:

@@ -709,7 +709,7 @@ class CircuitBreaker:
         self._set_mode(BreakerMode.NORMAL, TransitionReason.RESET, share=True)
 
     def disable(self) -> None:
-        """Always CLOSED, never trips, records nothing, until :meth:`reset`."""
+        """Always CLOSED, never trips, until :meth:`reset`; only the call counters count."""
         self._set_mode(BreakerMode.DISABLED, TransitionReason.DISABLED, share=False)
 
     def metrics_only(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -27,6 +28,7 @@ from hypothesis.stateful import (
 
 import gennet_sync
 from gennet_sync import storage as storage_module
+from gennet_sync._breaker_policy import CountWindow, TimeWindow
 from gennet_sync.circuit_breaker import (
     BreakerConfig,
     BreakerMode,
@@ -659,6 +661,45 @@ def test_the_time_window_forgets_calls_older_than_its_size(
     clock.advance(5)
     breaker.acquire().failure()
     assert breaker.state is OPEN
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(1, 12),
+    steps=st.lists(
+        st.tuples(st.floats(-4, 7, allow_nan=False), st.booleans(), st.booleans()), max_size=60
+    ),
+)
+def test_the_time_window_counts_exactly_the_calls_of_its_last_seconds(
+    size: int, steps: list[tuple[float, bool, bool]]
+) -> None:
+    # A negative gap is a thread that read the clock before a faster one recorded.
+    window = TimeWindow(size)
+    latest = -math.inf
+    seen: list[tuple[int, bool, bool]] = []
+    for gap, failed, slow in steps:
+        at = max(latest, 100.0) + gap
+        latest = max(latest, at)
+        window.record(failed, slow, at)
+        end = math.floor(latest)
+        if math.floor(at) > end - size:
+            seen.append((math.floor(at), failed, slow))
+        inside = [call for call in seen if call[0] > end - size]
+        expected = (len(inside), sum(c[1] for c in inside), sum(c[2] for c in inside))
+        assert window.totals(at) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(size=st.integers(1, 8), steps=st.lists(st.tuples(st.booleans(), st.booleans())))
+def test_the_count_window_counts_exactly_its_last_calls(
+    size: int, steps: list[tuple[bool, bool]]
+) -> None:
+    window = CountWindow(size)
+    for index, (failed, slow) in enumerate(steps):
+        window.record(failed, slow, 0.0)
+        inside = steps[max(0, index + 1 - size) : index + 1]
+        expected = (len(inside), sum(c[0] for c in inside), sum(c[1] for c in inside))
+        assert window.totals(0.0) == expected
 
 
 def test_slow_call_rate_opens_it(
@@ -1462,6 +1503,21 @@ def test_another_process_opening_it_is_seen_at_the_next_sync(
     clock.advance(2.0)
     assert breaker.call(ok) == "ok"
     assert breaker.state is CLOSED
+
+
+def test_a_fleet_in_half_open_makes_the_next_call_a_shared_trial(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]],
+) -> None:
+    breaker, storage = shared()
+    storage.state = SharedState(HALF_OPEN)  # another process's open period ended
+    storage.trial_answer = False  # and its trial holds the only slot
+    assert rejected(breaker).state is HALF_OPEN
+    storage.trial_answer = True
+    permit = breaker.acquire()
+    assert permit.is_trial
+    permit.success()
+    assert breaker.state is CLOSED
+    assert names(storage)[-3:] == ["acquire_trial", "release_trial", "set_closed"]
 
 
 def test_rate_trips_forced_open_and_reset_are_shared(
