@@ -19,7 +19,9 @@ envelope with the supported versions in its metadata::
                "metadata": {"resource_type": "API version", "resource_id": "v9",
                             "supported_versions": ["v1", "v2"]}}}
 
-``GET /api`` lists the versions with their dates.  The per-app state lives in
+``GET /api`` lists the versions with their dates.  With ``header_routing=True``
+the same routes are also served without the prefix, the version chosen by the
+request's ``API-Version`` header.  The per-app state lives in
 ``app_state(app).features["versioning"]`` (the :class:`VersionedAPI`), where the
 OpenAPI feature finds the versions to document.
 """
@@ -35,7 +37,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
 from flask.sansio.blueprints import BlueprintSetupState
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.http import http_date
 
 from gennet_sync.error_handler import app_state
@@ -55,6 +57,8 @@ API_VERSION_HEADER = "API-Version"
 #: datetime, a date (midnight UTC), or a string in ISO 8601 or HTTP-date form.
 DateLike = datetime | date | str
 
+_ENVIRON_VERSIONABLE = "gennet_sync.versioning.versionable"
+_ENVIRON_UNKNOWN_HEADER_VERSION = "gennet_sync.versioning.unknown_header_version"
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 _FEATURE = "versioning"
 
@@ -241,14 +245,28 @@ class VersionedAPI:
         app: The app to register on now; or call :meth:`init_app` later.
         prefix: URL prefix of all versions.
         index: Serve ``GET <prefix>`` listing the versions and their dates.
+        header_routing: Also serve a version's routes without the prefix, chosen
+            by the request's ``API-Version`` header: ``GET /networks`` with
+            ``API-Version: v2`` is served by ``/api/v2/networks``.  Paths that
+            no version has are left alone (``/health`` stays ``/health``); such
+            responses carry ``Vary: API-Version``.  An unknown version in the
+            header on a path nothing serves is the 404 envelope listing versions.
     """
 
-    def __init__(self, app: Flask | None = None, *, prefix: str = "/api", index: bool = True):
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        prefix: str = "/api",
+        index: bool = True,
+        header_routing: bool = False,
+    ):
         cleaned = "/" + prefix.strip("/")
         if cleaned == "/":
             raise ValueError("prefix must not be empty: versions live under a path like /api")
         self.prefix = cleaned
         self.index = index
+        self.header_routing = header_routing
         self._versions: dict[str, APIVersion] = {}
         self._apps: list[Flask] = []
         if app is not None:
@@ -276,6 +294,8 @@ class VersionedAPI:
         self._apps.append(app)
         app.before_request(self._reject_unknown_version)
         app.after_request(self._add_version_headers)
+        if self.header_routing:
+            app.wsgi_app = _HeaderRoutingMiddleware(app.wsgi_app, app, self)  # type: ignore[method-assign]
         if self.index:
             app.add_url_rule(
                 self.prefix, endpoint="gennet_api_versions", view_func=self._versions_index
@@ -356,6 +376,13 @@ class VersionedAPI:
         # does not exist, say so and list the real ones instead of a bare 404.
         if not isinstance(request.routing_exception, NotFound):
             return
+        from_header = request.environ.get(_ENVIRON_UNKNOWN_HEADER_VERSION)
+        if from_header is not None:
+            raise NotFoundError(
+                "API version",
+                from_header,
+                metadata={"supported_versions": self.supported_versions},
+            )
         path = request.path
         if not path.startswith(self.prefix + "/"):
             return
@@ -369,6 +396,12 @@ class VersionedAPI:
         )
 
     def _add_version_headers(self, response: Response) -> Response:
+        if request.environ.get(_ENVIRON_VERSIONABLE):
+            vary = response.headers.get("Vary", "")
+            if API_VERSION_HEADER.lower() not in vary.lower():
+                response.headers["Vary"] = (
+                    f"{vary}, {API_VERSION_HEADER}" if vary else API_VERSION_HEADER
+                )
         version = self.version_for_path(request.path)
         if version is None:
             return response
@@ -389,3 +422,47 @@ class VersionedAPI:
 
     def _versions_index(self) -> Response:
         return jsonify({"versions": [v.describe() for v in self._versions.values()]})
+
+
+class _HeaderRoutingMiddleware:
+    """Rewrites an unprefixed path to the version named by ``API-Version``.
+
+    Routing happens when Flask builds the request context, so the path has to be
+    rewritten before Flask sees the request: a WSGI middleware.
+    """
+
+    def __init__(self, wsgi_app: Any, app: Flask, api: VersionedAPI) -> None:
+        self.wsgi_app = wsgi_app
+        self._app = app
+        self._api = api
+
+    def _served(self, environ: dict[str, Any], path: str) -> bool:
+        adapter = self._app.url_map.bind_to_environ(environ)
+        try:
+            adapter.match(path, method=environ.get("REQUEST_METHOD", "GET"))
+        except MethodNotAllowed:
+            return True  # the path exists: let Flask answer 405 for this version
+        except HTTPException:
+            return False
+        return True
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO") or "/"
+        prefix = self._api.prefix
+        if path != prefix and not path.startswith(prefix + "/"):
+            self._route(environ, path)
+        return self.wsgi_app(environ, start_response)
+
+    def _route(self, environ: dict[str, Any], path: str) -> None:
+        versions = self._api.versions
+        served_by = [v for v in versions.values() if self._served(environ, v.url_prefix + path)]
+        if served_by:
+            environ[_ENVIRON_VERSIONABLE] = True
+        requested = (environ.get("HTTP_API_VERSION") or "").strip()
+        if not requested:
+            return
+        version = versions.get(requested)
+        if version is None:
+            environ[_ENVIRON_UNKNOWN_HEADER_VERSION] = requested
+        elif version in served_by:
+            environ["PATH_INFO"] = version.url_prefix + path

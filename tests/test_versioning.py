@@ -238,3 +238,62 @@ def test_existing_link_header_is_kept() -> None:
     link = app.test_client().get("/api/v1/paged").headers["Link"]
     assert link.startswith('</api/v1/paged?page=2>; rel="next", ')
     assert 'rel="deprecation"' in link
+
+
+def make_header_routed_app() -> Flask:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    api = VersionedAPI(app, header_routing=True)
+    v1 = api.version("v1", deprecated=DEPRECATED)
+    v2 = api.version("v2")
+
+    @v1.get("/networks")
+    def networks_v1() -> dict[str, str]:
+        return {"version": "1"}
+
+    @v2.get("/networks")
+    def networks_v2() -> dict[str, str]:
+        return {"version": "2"}
+
+    @app.get("/health")
+    def health() -> str:
+        return "ok"
+
+    return app
+
+
+def test_header_chooses_the_version_for_unprefixed_routes() -> None:
+    client = make_header_routed_app().test_client()
+    old = client.get("/networks", headers={"API-Version": "v1"})
+    assert json_of(old) == {"version": "1"}
+    assert old.headers["API-Version"] == "v1"
+    assert "Deprecation" in old.headers
+    assert "API-Version" in old.headers["Vary"]
+    new = client.get("/networks", headers={"API-Version": "v2"})
+    assert json_of(new) == {"version": "2"}
+    assert new.headers["API-Version"] == "v2"
+    wrong_method = client.post("/networks", headers={"API-Version": "v2"})
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["API-Version"] == "v2"
+
+
+def test_header_routing_leaves_other_paths_and_prefixed_paths_alone() -> None:
+    client = make_header_routed_app().test_client()
+    health = client.get("/health", headers={"API-Version": "v1"})
+    assert health.text == "ok"
+    assert "API-Version" not in health.headers
+    assert "Vary" not in health.headers
+    prefixed = client.get("/api/v2/networks", headers={"API-Version": "v1"})
+    assert json_of(prefixed) == {"version": "2"}
+    no_header = client.get("/networks")
+    assert no_header.status_code == 404
+    assert "API-Version" in no_header.headers["Vary"]
+
+
+def test_unknown_header_version_is_a_404_envelope_listing_versions() -> None:
+    client = make_header_routed_app().test_client()
+    response = client.get("/networks", headers={"API-Version": "v7"})
+    assert response.status_code == 404
+    assert json_of(response)["error"]["metadata"]["supported_versions"] == ["v1", "v2"]
+    # A path served without a version still works whatever the header says.
+    assert client.get("/health", headers={"API-Version": "v7"}).text == "ok"
