@@ -267,12 +267,24 @@ def _stream_compressor(
     raise ValueError(f"content coding {coding!r} is not available here")
 
 
-def _compress_stream(
-    chunks: Iterable[bytes], source: object, coding: str, level: int
-) -> Iterator[bytes]:
-    compress_chunk, finish = _stream_compressor(coding, level)
-    try:
-        for chunk in chunks:
+class _CompressedStream:
+    """A streamed body compressed chunk by chunk; closing it closes the original.
+
+    A class rather than a generator: a generator that was never started (a HEAD
+    request, a client gone before the first chunk) skips its ``finally`` on
+    ``close()``, which would leak the original body (an open file, say).
+    """
+
+    def __init__(self, chunks: Iterable[bytes], source: object, coding: str, level: int) -> None:
+        self._chunks = chunks
+        self._source = source
+        self._coding = coding
+        self._level = level
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        compress_chunk, finish = _stream_compressor(self._coding, self._level)
+        for chunk in self._chunks:
             if chunk:
                 out = compress_chunk(chunk)
                 if out:
@@ -280,8 +292,12 @@ def _compress_stream(
         tail = finish()
         if tail:
             yield tail
-    finally:
-        close = getattr(source, "close", None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        close = getattr(self._source, "close", None)
         if close is not None:
             close()
 
@@ -779,7 +795,7 @@ class Compression:
             response.status_code = 304
             response.headers.pop("Content-Length", None)
             return response
-        response.response = _compress_stream(response.iter_encoded(), source, coding, level)
+        response.response = _CompressedStream(response.iter_encoded(), source, coding, level)
         response.direct_passthrough = False
         response.headers.pop("Content-Length", None)
         return response

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import threading
 import tracemalloc
 import zlib
 from collections.abc import Iterator
@@ -17,7 +16,6 @@ from backports import zstd
 from flask import Flask, Response, request, stream_with_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
 from gennet_sync import Compression, setup_error_handlers
@@ -27,6 +25,7 @@ from gennet_sync.compression import (
     compress_bytes,
     negotiate_encoding,
 )
+from tests.conftest import serve_app
 
 ALL = ("zstd", "br", "gzip", "deflate")
 PAYLOAD = {"nodes": [{"id": f"gene-{i}", "weight": i * 0.5} for i in range(400)]}
@@ -510,15 +509,8 @@ def test_gzip_bomb_is_refused_in_bounded_memory(gzip_bomb: bytes) -> None:
 def live_server() -> Iterator[str]:
     app = make_app()
     app.config["MAX_CONTENT_LENGTH"] = 2 * 1024 * 1024
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_app(app) as base_url:
+        yield base_url
 
 
 @pytest.mark.integration
@@ -565,3 +557,38 @@ def test_init_twice_is_refused() -> None:
     assert isinstance(Compression(settings=CompressionSettings()).settings, CompressionSettings)
     with pytest.raises(TypeError):
         Compression(settings=CompressionSettings(), min_size=3)
+
+
+class ClosableBody:
+    """A streamed body that records being closed, like a file behind send_file."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        data = json.dumps(PAYLOAD).encode()
+        for start in range(0, len(data), 4096):
+            yield data[start : start + 4096]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+def test_streamed_body_is_closed_even_when_never_iterated(method: str) -> None:
+    app = make_app()
+    bodies: list[ClosableBody] = []
+
+    @app.route("/body", methods=["GET", "HEAD"])
+    def body() -> Response:
+        bodies.append(ClosableBody())
+        return Response(bodies[-1], mimetype="application/json")
+
+    response = app.test_client().open("/body", method=method, headers={"Accept-Encoding": "gzip"})
+    assert response.headers["Content-Encoding"] == "gzip"
+    if method == "GET":
+        assert json.loads(decode(response.data, "gzip")) == PAYLOAD
+    else:
+        assert response.data == b""
+    response.close()
+    assert bodies[0].closed
