@@ -29,10 +29,12 @@ import enum
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
+    "MAX_NESTING",
     "MAX_NODES",
     "And",
     "BooleanNetwork",
@@ -52,6 +54,10 @@ __all__ = [
 
 #: Largest network accepted: its state space has 2**MAX_NODES states.
 MAX_NODES: Final = 20
+#: Deepest nesting of parentheses and prefix operators in a rule or formula (in a
+#: formula, each operand of a chain of binary operators counts as a level too);
+#: keeps the parsers' recursion and the compiled rule far from Python's limits.
+MAX_NESTING: Final = 64
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 #: Words with a meaning in rules; they cannot name a node.
@@ -294,6 +300,7 @@ class TokenStream:
         self.what = what
         self.tokens = tokenize(text, node=node)
         self.index = 0
+        self.depth = 0
 
     @property
     def current(self) -> Token:
@@ -321,6 +328,29 @@ class TokenStream:
         if token is None:
             raise self.error(f"expected {wanted}")
         return token
+
+    @contextmanager
+    def nested(self) -> Iterator[None]:
+        """One level deeper (a parenthesis or a prefix operator at the current token).
+
+        Raises:
+            RuleSyntaxError: Deeper than :data:`MAX_NESTING` levels.
+        """
+        if self.depth >= MAX_NESTING:
+            token = self.current
+            subject = f"{self.what} of node '{self.node}'" if self.node else self.what
+            raise RuleSyntaxError(
+                f"Syntax error in {subject} at position {token.position}: "
+                f"more than {MAX_NESTING} levels of nesting (parentheses and operators)",
+                node=self.node,
+                position=token.position,
+                text=self.text,
+            )
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def error(self, expectation: str, token: Token | None = None) -> RuleSyntaxError:
         """A syntax error at ``token`` (default: the current one)."""
@@ -370,8 +400,10 @@ class _RuleParser:
         return operands[0] if len(operands) == 1 else And(tuple(operands))
 
     def unary(self) -> Expr:
-        if self.stream.accept(TokenKind.NOT):
-            return Not(self.unary())
+        if self.stream.current.kind is TokenKind.NOT:
+            with self.stream.nested():
+                self.stream.advance()
+                return Not(self.unary())
         return self.atom()
 
     def atom(self) -> Expr:
@@ -383,10 +415,11 @@ class _RuleParser:
             self.stream.advance()
             return Const(token.kind is TokenKind.TRUE)
         if token.kind is TokenKind.LPAREN:
-            self.stream.advance()
-            expr = self.or_expr()
-            self.stream.expect(TokenKind.RPAREN, "')'")
-            return expr
+            with self.stream.nested():
+                self.stream.advance()
+                expr = self.or_expr()
+                self.stream.expect(TokenKind.RPAREN, "')'")
+                return expr
         raise self.stream.error("expected a node name, 'true', 'false', 'not' or '('")
 
 

@@ -21,6 +21,7 @@ existential formula holds.  Pure Python: no Flask, no I/O.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -176,48 +177,72 @@ class _FormulaParser:
             raise self.stream.error("expected an operator or the end of the formula")
         return formula
 
+    # Each operand after the first makes the tree one level deeper, so chains
+    # count towards the nesting limit like parentheses do.
+
     def implication(self) -> Formula:
-        left = self.disjunction()
-        if self.stream.accept(TokenKind.IMPLIES):
-            return Binary(Connective.IMPLIES, left, self.implication())
-        return left
+        with contextlib.ExitStack() as depth:
+            operands = [self.disjunction()]
+            while self.stream.current.kind is TokenKind.IMPLIES:
+                depth.enter_context(self.stream.nested())
+                self.stream.advance()
+                operands.append(self.disjunction())
+        formula = operands.pop()
+        while operands:  # right associative: a -> b -> c is a -> (b -> c)
+            formula = Binary(Connective.IMPLIES, operands.pop(), formula)
+        return formula
 
     def disjunction(self) -> Formula:
-        formula = self.conjunction()
-        while self.stream.accept(TokenKind.OR):
-            formula = Binary(Connective.OR, formula, self.conjunction())
+        with contextlib.ExitStack() as depth:
+            formula = self.conjunction()
+            while self.stream.current.kind is TokenKind.OR:
+                depth.enter_context(self.stream.nested())
+                self.stream.advance()
+                formula = Binary(Connective.OR, formula, self.conjunction())
         return formula
 
     def conjunction(self) -> Formula:
-        formula = self.unary()
-        while self.stream.accept(TokenKind.AND):
-            formula = Binary(Connective.AND, formula, self.unary())
+        with contextlib.ExitStack() as depth:
+            formula = self.unary()
+            while self.stream.current.kind is TokenKind.AND:
+                depth.enter_context(self.stream.nested())
+                self.stream.advance()
+                formula = Binary(Connective.AND, formula, self.unary())
         return formula
 
     def unary(self) -> Formula:
+        token = self.stream.current
+        prefix = token.kind is TokenKind.NOT or (
+            token.kind is TokenKind.NAME
+            and (
+                token.text in _TEMPORAL_OPERATORS
+                or (token.text in ("A", "E") and self.stream.peek().kind is TokenKind.LBRACKET)
+            )
+        )
+        if not prefix:
+            return self.atom()
+        with self.stream.nested():
+            return self.prefixed()
+
+    def prefixed(self) -> Formula:
         stream = self.stream
         token = stream.current
         if stream.accept(TokenKind.NOT):
             return Negation(self.unary())
-        if token.kind is TokenKind.NAME and token.text in _TEMPORAL_OPERATORS:
+        if token.text in _TEMPORAL_OPERATORS:
             stream.advance()
             return Temporal(token.text, self.unary())
-        if (
-            token.kind is TokenKind.NAME
-            and token.text in ("A", "E")
-            and stream.peek().kind is TokenKind.LBRACKET
-        ):
-            stream.advance()
-            stream.advance()
-            left = self.implication()
-            until = stream.current
-            if until.kind is not TokenKind.NAME or until.text != "U":
-                raise stream.error("expected 'U'")
-            stream.advance()
-            right = self.implication()
-            stream.expect(TokenKind.RBRACKET, "']'")
-            return Until(token.text == "A", left, right)
-        return self.atom()
+        # A[f U g] or E[f U g]
+        stream.advance()
+        stream.advance()
+        left = self.implication()
+        until = stream.current
+        if until.kind is not TokenKind.NAME or until.text != "U":
+            raise stream.error("expected 'U'")
+        stream.advance()
+        right = self.implication()
+        stream.expect(TokenKind.RBRACKET, "']'")
+        return Until(token.text == "A", left, right)
 
     def atom(self) -> Formula:
         stream = self.stream
@@ -228,10 +253,12 @@ class _FormulaParser:
         if token.kind in (TokenKind.TRUE, TokenKind.FALSE):
             stream.advance()
             return Constant(token.kind is TokenKind.TRUE)
-        if stream.accept(TokenKind.LPAREN):
-            formula = self.implication()
-            stream.expect(TokenKind.RPAREN, "')'")
-            return formula
+        if token.kind is TokenKind.LPAREN:
+            with stream.nested():
+                stream.advance()
+                formula = self.implication()
+                stream.expect(TokenKind.RPAREN, "')'")
+                return formula
         raise stream.error("expected a node name, 'true', 'false', '!', '(' or a temporal operator")
 
 

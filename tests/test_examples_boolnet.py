@@ -133,3 +133,16 @@ def test_predecessors_invert_successors_in_both_schemes() -> None:
         edges = {(s, t) for s in graph.states for t in graph.successors(s)}
         back = {(p, t) for t in graph.states for p in graph.predecessors(t)}
         assert edges == back
+
+
+@pytest.mark.parametrize("rule", ["(" * 65 + "a" + ")" * 65, "not " * 65 + "a"])
+def test_nesting_deeper_than_the_limit_is_a_syntax_error_not_a_crash(rule: str) -> None:
+    with pytest.raises(RuleSyntaxError, match="more than 64 levels of nesting"):
+        BooleanNetwork({"a": rule})
+
+
+def test_nesting_up_to_the_limit_and_long_flat_chains_are_fine() -> None:
+    deep = BooleanNetwork({"a": "(" * 63 + "not a" + ")" * 63})  # 64 levels
+    assert deep.next_state(0) == 1
+    flat = BooleanNetwork({"a": " & ".join(["a"] * 3000)})
+    assert flat.next_state(1) == 1

@@ -338,3 +338,23 @@ def test_checker_agrees_with_brute_force_fixpoints(
     assert_trace_is_a_path(network, result)
     if result.trace is not None:
         assert result.trace.path[0] in initial_states
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "AG " * 65 + "x",
+        "(" * 65 + "x" + ")" * 65,
+        " & ".join(["x"] * 3000),
+        " -> ".join(["x"] * 3000),
+    ],
+)
+def test_formulas_nested_too_deep_are_syntax_errors_not_crashes(formula: str) -> None:
+    with pytest.raises(RuleSyntaxError, match="levels of nesting") as raised:
+        check(TOGGLE, formula)
+    assert raised.value.position is not None
+
+
+def test_long_implication_chains_stay_right_associative() -> None:
+    formula = parse_formula(" -> ".join(["x", "y", "x", "y"]))
+    assert str(formula) == "x -> (y -> (x -> y))"

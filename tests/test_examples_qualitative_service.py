@@ -176,3 +176,11 @@ def test_verify_through_a_real_server() -> None:
         assert bad.status_code == 422
         assert bad.headers["Content-Type"] == "application/json"
         assert bad.json()["error"]["metadata"]["position"] == 3
+
+
+def test_absurdly_nested_input_is_a_422_not_a_500(client: FlaskClient) -> None:
+    deep_rule = error_of(client, {"network": {"nodes": {"a": "!" * 5000 + "a"}}, "formula": "a"})
+    assert deep_rule["metadata"]["field"] == "network.nodes.a"
+    deep_formula = error_of(client, {"network": TOGGLE, "formula": "EF " * 3000 + "x"})
+    assert deep_formula["metadata"]["field"] == "formula"
+    assert deep_formula["metadata"]["position"] == 192
