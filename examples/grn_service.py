@@ -14,8 +14,9 @@ activates, -1 represses)::
 Routes, under ``/api/v1`` (deprecated: ``Deprecation``, ``Sunset`` and ``Link``
 headers) and ``/api/v2``:
 
-- ``POST /networks``: store one; 201 with its ``id``.  More than 10,000 nodes,
-  duplicate nodes or edges naming unknown nodes: 422.  A name already taken: 409.
+- ``POST /networks``: store one; 201 with its ``id``.  More than 10,000 nodes
+  (or 100,000 edges), duplicate nodes or edges naming unknown nodes: 422.
+  A name already taken: 409.
 - ``GET /networks``: v1 answers a plain list of summaries; v2 a page,
   ``{"items": [...], "next": "<cursor>" | null}``, with ``?limit=`` (1-100,
   default 20) and ``?cursor=`` (the previous page's ``next``).
@@ -64,6 +65,7 @@ from gennet_sync import (
 )
 
 __all__ = [
+    "MAX_EDGES",
     "MAX_NODES",
     "EdgeSchema",
     "NetworkCreateSchema",
@@ -77,6 +79,8 @@ __all__ = [
 
 #: Largest network the service stores.
 MAX_NODES: Final = 10_000
+#: Most edges a stored network may have.
+MAX_EDGES: Final = 100_000
 #: Largest page ``GET /api/v2/networks`` returns.
 MAX_PAGE_SIZE: Final = 100
 DEFAULT_PAGE_SIZE: Final = 20
@@ -390,14 +394,15 @@ def create_network() -> tuple[Response, int]:
     Every edge must name nodes of the network; a name already taken is a 409.
     """
     body = request.get_json()
-    # Count before the schema looks at each node: an oversized body fails fast.
-    nodes = body.get("nodes") if isinstance(body, dict) else None
-    if isinstance(nodes, list) and len(nodes) > MAX_NODES:
-        raise ValidationError(
-            f"A network has at most {MAX_NODES} nodes; got {len(nodes)}",
-            field="nodes",
-            metadata={"max_nodes": MAX_NODES},
-        )
+    # Count before the schema looks at each item: an oversized network fails fast.
+    for field, limit in (("nodes", MAX_NODES), ("edges", MAX_EDGES)):
+        items = body.get(field) if isinstance(body, dict) else None
+        if isinstance(items, list) and len(items) > limit:
+            raise ValidationError(
+                f"A network has at most {limit} {field}; got {len(items)}",
+                field=field,
+                metadata={f"max_{field}": limit},
+            )
     data = NetworkCreateSchema().load(body)
     network = _store().create(data["name"], data["nodes"], data["edges"])
     return jsonify(NetworkSchema().dump(network)), 201

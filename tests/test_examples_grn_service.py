@@ -14,7 +14,13 @@ import requests
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
-from examples.grn_service import MAX_NODES, NetworkStore, create_app, default_database_path
+from examples.grn_service import (
+    MAX_EDGES,
+    MAX_NODES,
+    NetworkStore,
+    create_app,
+    default_database_path,
+)
 from examples.launcher import ServiceProcess
 from gennet_sync import ConflictError, NotFoundError
 
@@ -128,6 +134,13 @@ def test_too_many_nodes_is_a_validation_error_on_nodes(client: FlaskClient) -> N
     assert error["metadata"]["max_nodes"] == MAX_NODES
     at_limit = create(client, {"name": "big", "nodes": nodes[:MAX_NODES]})
     assert at_limit.status_code == 201
+
+
+def test_too_many_edges_is_refused_before_validation(client: FlaskClient) -> None:
+    edge = {"source": "a", "target": "a", "sign": 1}
+    response = create(client, {"name": "dense", "nodes": ["a"], "edges": [edge] * (MAX_EDGES + 1)})
+    assert response.status_code == 422
+    assert response.get_json()["error"]["metadata"] == {"field": "edges", "max_edges": MAX_EDGES}
 
 
 def test_edges_must_name_existing_nodes(client: FlaskClient) -> None:
