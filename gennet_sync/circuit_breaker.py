@@ -235,6 +235,7 @@ class CallPermit:
                     not self._done
                     and breaker._plain_success
                     and self._generation == breaker._generation
+                    and not (breaker._shared and breaker._consecutive_failures)
                 ):
                     self._done = True
                     breaker._successes += 1
@@ -350,10 +351,10 @@ class CircuitBreaker:
             state: f"Circuit breaker '{self.name}' is {state.value}; call not attempted"
             for state in CircuitState
         }
-        # True while a success needs nothing but a counter update (see _record).
-        self._plain_success = (
-            self._window is None and not self._shared and not self._clock_on_record
-        )
+        # True while a success needs nothing but a counter update (see _record);
+        # with a shared storage, only while no failure is counted (else the fleet's
+        # count must be reset).
+        self._plain_success = self._window is None and not self._clock_on_record
         # The state machine's fields; written under self._lock only.
         self._state = _CLOSED
         self._mode = _NORMAL
@@ -383,7 +384,8 @@ class CircuitBreaker:
         with self._lock:
             self._refresh(self._clock())
             state = self._state
-            events = self._take_events()
+            events, actions = self._take_events(), self._take_actions()
+        self._run_actions(actions, None)
         self._finish(events)
         return state
 
@@ -550,6 +552,7 @@ class CircuitBreaker:
                 and self._plain_success
                 and permit._generation == self._generation
                 and not permit._trial
+                and not (self._shared and self._consecutive_failures)
             ):
                 # The hot path: a success in CLOSED with nothing else to track.
                 self._successes += 1
@@ -560,11 +563,13 @@ class CircuitBreaker:
             actions = self._take_actions()
         if error is not None and outcome is _FAILURE:
             _logger.debug("circuit breaker %r: failure recorded: %r", self.name, error)
-        if permit._shared_trial:
-            self._call_storage("release_trial")
         self._finish(events)
         if actions:
             self._run_actions(actions, permit)
+        # Only now that the fleet knows the trial's outcome (set_open / set_closed)
+        # may another process take the slot.
+        if permit._shared_trial:
+            self._call_storage("release_trial")
 
     # -- the state machine: every transition, always under self._lock ------------------
 
@@ -720,9 +725,7 @@ class CircuitBreaker:
         with self._lock:
             self._mode = mode
             self._plain_success = (
-                mode is _NORMAL
-                and self._window is None
-                and not (self._shared or self._clock_on_record)
+                mode is _NORMAL and self._window is None and not self._clock_on_record
             )
             self._to_closed(self._clock(), reason, share=share)
             events, actions = self._take_events(), self._take_actions()
@@ -760,7 +763,8 @@ class CircuitBreaker:
                 opened_at=self._opened_at if self._state is _OPEN else None,
                 retry_after=self._retry_after(now),
             )
-            events = self._take_events()
+            events, actions = self._take_events(), self._take_actions()
+        self._run_actions(actions, None)
         self._finish(events)
         return snapshot
 
@@ -844,6 +848,9 @@ class CircuitBreaker:
             if shared is not None:
                 self._apply_shared(shared, now)
         started = now if self._slow_call_duration is not None else None
+        generation = self._generation
+        if self._state is _CLOSED:
+            return CallPermit(self, generation, started, False)
         with self._lock:
             admitted, trial = self._admit(now)
             permit = CallPermit(self, self._generation, started, trial) if admitted else None

@@ -1457,10 +1457,12 @@ def test_a_trial_takes_and_gives_back_a_shared_slot_and_closes_the_fleet(
     clock.advance(10)
     storage.calls.clear()
     breaker.call(ok)
+    # The slot is given back only after the fleet is closed: released first, another
+    # process could take a second trial while the fleet still looks half-open.
     assert storage.calls == [
         ("acquire_trial", "svc", 1, 5.0),
-        ("release_trial", "svc"),
         ("set_closed", "svc"),
+        ("release_trial", "svc"),
     ]
 
 
@@ -1474,10 +1476,11 @@ def test_a_failed_trial_reopens_the_fleet(
     clock.advance(10)
     storage.calls.clear()
     breaker.acquire().failure()
+    # Reopened before the slot is given back, so no process gets a trial in between.
     assert storage.calls == [
         ("acquire_trial", "svc", 1, 60.0),
-        ("release_trial", "svc"),
         ("set_open", "svc", 10.0),
+        ("release_trial", "svc"),
     ]
 
 
@@ -1529,7 +1532,7 @@ def test_a_fleet_in_half_open_makes_the_next_call_a_shared_trial(
     assert permit.is_trial
     permit.success()
     assert breaker.state is CLOSED
-    assert names(storage)[-3:] == ["acquire_trial", "release_trial", "set_closed"]
+    assert names(storage)[-3:] == ["acquire_trial", "set_closed", "release_trial"]
 
 
 def test_rate_trips_forced_open_and_reset_are_shared(
@@ -1589,3 +1592,38 @@ def test_two_processes_share_one_breaker_through_redis(redis_server: RedisServer
     finally:
         first.close()
         second.close()
+
+
+def test_a_healthy_shared_breaker_calls_no_storage_between_syncs(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]],
+) -> None:
+    breaker, storage = shared(sync_interval=1000.0)
+    breaker.acquire().success()  # first admission syncs once
+    storage.calls.clear()
+    for _ in range(50):
+        breaker.acquire().success()
+        breaker.call(ok)
+    assert storage.calls == []
+    breaker.acquire().failure()
+    storage.calls.clear()
+    breaker.acquire().success()  # the fleet's count must start again
+    assert names(storage) == ["reset_failures"]
+
+
+def test_reading_state_sends_the_reopen_that_a_hung_trial_caused_at_once(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]], clock: FakeClock
+) -> None:
+    breaker, storage = shared(sync_interval=1000.0, max_half_open_wait=5.0)
+    storage.failure_answer = None
+    trip(breaker)
+    clock.advance(10)
+    hung = breaker.acquire()
+    assert hung.is_trial
+    clock.advance(6)  # the trial never reports back
+    storage.calls.clear()
+    assert breaker.state is OPEN
+    # Sent now, not on some later unrelated call (when the fleet may have closed).
+    assert names(storage) == ["set_open"]
+    storage.calls.clear()
+    breaker.metrics()
+    assert storage.calls == []
