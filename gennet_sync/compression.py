@@ -165,7 +165,6 @@ def _parse_accept_encoding(header: str) -> dict[str, float]:
     return weights
 
 
-@functools.lru_cache(maxsize=512)
 def negotiate_encoding(accept_encoding: str | None, available: Sequence[str]) -> str | None:
     """Pick the content coding for a response, following RFC 9110 §12.5.3.
 
@@ -189,6 +188,12 @@ def negotiate_encoding(accept_encoding: str | None, available: Sequence[str]) ->
     """
     if accept_encoding is None:
         return "identity"
+    if len(accept_encoding) > _CACHED_HEADER_LENGTH:
+        return _negotiate(accept_encoding, tuple(available))
+    return _negotiate_cached(accept_encoding, tuple(available))
+
+
+def _negotiate(accept_encoding: str, available: tuple[str, ...]) -> str | None:
     weights = _parse_accept_encoding(accept_encoding)
     star = weights.get("*")
     best: str | None = None
@@ -205,6 +210,12 @@ def negotiate_encoding(accept_encoding: str | None, available: Sequence[str]) ->
     if identity_q is None or identity_q > 0:
         return "identity"
     return None
+
+
+# Real clients send a handful of distinct short values; long or odd ones are
+# parsed each time so they cannot crowd the cache.
+_CACHED_HEADER_LENGTH = 200
+_negotiate_cached = functools.lru_cache(maxsize=256)(_negotiate)
 
 
 # --------------------------------------------------------------------------- compressors

@@ -592,3 +592,9 @@ def test_streamed_body_is_closed_even_when_never_iterated(method: str) -> None:
         assert response.data == b""
     response.close()
     assert bodies[0].closed
+
+
+def test_negotiation_accepts_any_sequence_and_long_headers() -> None:
+    assert negotiate_encoding("br, gzip", ["gzip", "br"]) == "gzip"
+    long_header = ", ".join(f"x-coding-{i};q=0.1" for i in range(50)) + ", br;q=0.2"
+    assert negotiate_encoding(long_header, ALL) == "br"
