@@ -341,12 +341,12 @@ class CircuitBreaker:
         self._clock_on_record = config.slow_call_duration is not None or (
             config.uses_window and config.window_type == "time"
         )
-        # call() may take its inlined hot path (no timing, no result check, not shared).
+        # call() may take its inlined hot path (no timing, no result check); a
+        # shared breaker only between syncs with its storage.
         self._plain_call = (
-            config.record_result_if is None
-            and self._window is None
-            and not (self._shared or self._clock_on_record)
+            config.record_result_if is None and self._window is None and not self._clock_on_record
         )
+        self._sync_interval = float(self._storage.sync_interval)
         self._refusal_messages = {
             state: f"Circuit breaker '{self.name}' is {state.value}; call not attempted"
             for state in CircuitState
@@ -473,16 +473,24 @@ class CircuitBreaker:
             CircuitBreakerError: when the breaker refuses the call.
         """
         generation = self._generation
-        if self._state is not _CLOSED or not self._plain_call:
+        if (
+            self._state is not _CLOSED
+            or not self._plain_call
+            or (self._shared and self._clock() - self._synced_at >= self._sync_interval)
+        ):
             return self._call(func, *args, **kwargs)
-        # The hot path, inlined: CLOSED, nothing to time, classify or share.
+        # The hot path, inlined: CLOSED, nothing to time or classify, nothing to sync.
         try:
             result = func(*args, **kwargs)
         except BaseException as error:
             self._record_exception(CallPermit(self, generation, None, False), error)
             raise
         with self._lock:
-            if self._plain_success and generation == self._generation:
+            if (
+                self._plain_success
+                and generation == self._generation
+                and not (self._shared and self._consecutive_failures)
+            ):
                 self._successes += 1
                 self._consecutive_failures = 0
                 return result
@@ -842,7 +850,7 @@ class CircuitBreaker:
 
     def _acquire_shared(self) -> CallPermit:
         now = self._clock()
-        if now - self._synced_at >= self._storage.sync_interval:
+        if now - self._synced_at >= self._sync_interval:
             self._synced_at = now
             shared = self._call_storage("load")
             if shared is not None:
