@@ -516,10 +516,10 @@ def make_window(config: BreakerConfig) -> CountWindow | TimeWindow | None:
 
 
 def rate_trip_reason(
-    config: BreakerConfig, window: CountWindow | TimeWindow, now: float
+    config: BreakerConfig, totals: tuple[int, int, int]
 ) -> TransitionReason | None:
-    """Which rate policy, if any, says the breaker must open now."""
-    calls, failures, slow = window.totals(now)
+    """Which rate policy, if any, says a window holding ``(calls, failures, slow)`` must open."""
+    calls, failures, slow = totals
     if calls < config.minimum_calls:
         return None
     threshold = config.failure_rate_threshold

@@ -347,6 +347,14 @@ class CircuitBreaker:
             config.record_result_if is None and self._window is None and not self._clock_on_record
         )
         self._sync_interval = float(self._storage.sync_interval)
+        # A time window is judged on the fleet's totals when the storage keeps them
+        # (a count window has no fleet-wide order: it stays per process).
+        self._fleet_window = (
+            self._shared
+            and config.uses_window
+            and config.window_type == "time"
+            and callable(getattr(self._storage, "sync_window", None))
+        )
         self._refusal_messages = {
             state: f"Circuit breaker '{self.name}' is {state.value}; call not attempted"
             for state in CircuitState
@@ -367,6 +375,11 @@ class CircuitBreaker:
         self._trials = 0
         self._trial_successes = 0
         self._synced_at = -math.inf
+        # Fleet window: outcomes recorded since the last sync_window (calls,
+        # failures, slow calls), and the fleet's totals that sync returned.
+        self._unsynced = [0, 0, 0]
+        self._fleet_totals: tuple[int, int, int] | None = None
+        self._fleet_synced_at = -math.inf
         self._events: list[StateChangeEvent] = []
         self._actions: list[tuple[str, float]] = []
         # Cumulative counters.
@@ -631,6 +644,11 @@ class CircuitBreaker:
         failed = outcome is _FAILURE
         if self._window is not None:
             self._window.record(failed, slow, now)
+            if self._fleet_window:
+                unsynced = self._unsynced
+                unsynced[0] += 1
+                unsynced[1] += failed
+                unsynced[2] += slow
         if self._mode is not _NORMAL:
             return  # metrics only
         if not failed:
@@ -646,7 +664,7 @@ class CircuitBreaker:
                 self._to_open(now or self._clock(), TransitionReason.FAILURE_THRESHOLD)
                 return
         if self._window is not None and (failed or slow):
-            reason = rate_trip_reason(self.config, self._window, now)
+            reason = rate_trip_reason(self.config, self._window_totals(now))
             if reason is not None:
                 self._to_open(now or self._clock(), reason)
 
@@ -681,10 +699,24 @@ class CircuitBreaker:
         if self._shared and share:
             self._actions.append(("set_closed", 0.0))
 
+    def _window_totals(self, now: float) -> tuple[int, int, int]:
+        """``(calls, failures, slow_calls)`` the rate policies judge: the fleet's when known."""
+        assert self._window is not None
+        fleet = self._fleet_totals
+        if fleet is None or now - self._fleet_synced_at >= self.config.window_size:
+            # No shared window, Redis unavailable, or a sync too old to say anything.
+            return self._window.totals(now)
+        unsynced = self._unsynced
+        return fleet[0] + unsynced[0], fleet[1] + unsynced[1], fleet[2] + unsynced[2]
+
     def _set_state(self, new: CircuitState, now: float, reason: TransitionReason) -> None:
         old = self._state
         self._state = new
         self._generation += 1
+        if self._fleet_window:
+            # The fleet's window starts again too (see RedisStorage.set_open/set_closed).
+            self._unsynced = [0, 0, 0]
+            self._fleet_totals = None
         if old is not new:
             self._events.append(StateChangeEvent(self.name, old, new, now, reason))
 
@@ -750,7 +782,7 @@ class CircuitBreaker:
             failure_rate = slow_rate = None
             window_calls = 0
             if self._window is not None:
-                window_calls, failures, slow = self._window.totals(now)
+                window_calls, failures, slow = self._window_totals(now)
                 if window_calls >= self.config.minimum_calls:
                     failure_rate = failures / window_calls
                     slow_rate = slow / window_calls
@@ -852,9 +884,12 @@ class CircuitBreaker:
         now = self._clock()
         if now - self._synced_at >= self._sync_interval:
             self._synced_at = now
-            shared = self._call_storage("load")
-            if shared is not None:
-                self._apply_shared(shared, now)
+            if self._fleet_window:
+                self._sync_window(now)
+            else:
+                shared = self._call_storage("load")
+                if shared is not None:
+                    self._apply_shared(shared, now)
         started = now if self._slow_call_duration is not None else None
         generation = self._generation
         if self._state is _CLOSED:
@@ -895,6 +930,38 @@ class CircuitBreaker:
             events = self._take_events()
         self._finish(events)
 
+    def _sync_window(self, now: float) -> None:
+        """Push this process's window outcomes, adopt the fleet's state and judge its rates."""
+        with self._lock:
+            calls, failures, slow = self._unsynced
+            self._unsynced = [0, 0, 0]
+            generation = self._generation
+        shared: SharedState | None = self._call_storage(
+            "sync_window",
+            calls=calls,
+            failures=failures,
+            slow_calls=slow,
+            window_seconds=self.config.window_size,
+        )
+        with self._lock:
+            if shared is None:
+                self._fleet_totals = None  # unavailable: the local window decides
+            else:
+                if self._mode is _NORMAL:
+                    self._adopt(shared, now, TransitionReason.SHARED_STATE)
+                window = shared.window
+                if window is not None and generation == self._generation:
+                    # Nothing moved the state machine since the deltas were taken.
+                    self._fleet_totals = (window.calls, window.failures, window.slow_calls)
+                    self._fleet_synced_at = now
+                    if self._state is _CLOSED and self._mode is _NORMAL:
+                        reason = rate_trip_reason(self.config, self._window_totals(now))
+                        if reason is not None:
+                            self._to_open(now, reason)
+            events, actions = self._take_events(), self._take_actions()
+        self._run_actions(actions, None)
+        self._finish(events)
+
     def _adopt(self, shared: SharedState, now: float, reason: TransitionReason) -> None:
         """Make the local state machine agree with the shared one (under the lock)."""
         if shared.state is _OPEN:
@@ -915,6 +982,9 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._events, self._actions = [], []
+        # The parent pushes its own window outcomes; the child starts counting afresh.
+        self._unsynced = [0, 0, 0]
+        self._fleet_totals = None
         if self._state is _HALF_OPEN:
             self._trials = 0
             self._generation += 1

@@ -20,10 +20,20 @@ key                         meaning
                             breaker is HALF_OPEN
 ``P:{name}:trials``         sorted set of HALF_OPEN trial leases (member: a
                             token, score: lease expiry in Redis server time)
+``P:{name}:window``         hash of the fleet's time-window outcomes per second
+                            of Redis server time: fields ``c:SECOND`` (calls),
+                            ``f:SECOND`` (failures), ``s:SECOND`` (slow calls)
 ==========================  ===================================================
 
 Every key carries a TTL, so an abandoned breaker leaves nothing behind, and a
 missing key always reads as CLOSED, so a ``FLUSHALL`` cannot wedge anything.
+
+The window hash is what makes a ``window_type="time"`` rate window fleet-wide
+(:meth:`RedisStorage.sync_window`): at each sync a process adds the outcomes it
+recorded since its last one to the bucket of the current server second, reads
+the fleet's totals over the window and drops the buckets that left it, in one
+script.  Its TTL is the window plus a minute; opening or closing the breaker
+deletes it, so every CLOSED period starts with an empty fleet window.
 
 When Redis is down, slow or refusing commands, every method returns ``None``
 (or does nothing) within the socket timeout and the breaker carries on with its
@@ -56,7 +66,7 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError("RedisStorage needs redis-py: pip install 'gennet_sync[redis]'") from error
 
-from gennet_sync.storage import CircuitState, SharedState
+from gennet_sync.storage import CircuitState, SharedState, WindowTotals
 
 __all__ = ["RedisStorage"]
 
@@ -64,7 +74,7 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-# KEYS of every script: failures, open, tripped, trials.
+# KEYS of every script: failures, open, tripped, trials, window.
 # Replies of LOAD and RECORD_FAILURE: {failures, PTTL of open, tripped (0/1)}.
 
 _LOAD = """
@@ -85,7 +95,7 @@ local failures = redis.call('INCR', KEYS[1])
 if failures >= tonumber(ARGV[1]) then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
   redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
-  redis.call('DEL', KEYS[1], KEYS[4])
+  redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
   return {failures, tonumber(ARGV[2]), 1}
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -96,8 +106,44 @@ return {failures, -2, 0}
 _SET_OPEN = """
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
-redis.call('DEL', KEYS[1], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
 return 1
+"""
+
+# ARGV: calls, failures, slow calls (this process's outcomes since its last sync),
+# window (s), window key TTL (ms).
+# Reply: LOAD's three values, then the fleet's calls, failures, slow calls.
+_SYNC_WINDOW = """
+local failures = tonumber(redis.call('GET', KEYS[1])) or 0
+local open_ms = redis.call('PTTL', KEYS[2])
+local tripped = redis.call('EXISTS', KEYS[3])
+local second = tonumber(redis.call('TIME')[1])
+local oldest = second - tonumber(ARGV[4]) + 1
+if open_ms == -2 and tripped == 0 and tonumber(ARGV[1]) > 0 then
+  -- Outcomes of a call admitted before a trip do not join the next CLOSED period.
+  local kinds = {'c:', 'f:', 's:'}
+  for i = 1, 3 do
+    if tonumber(ARGV[i]) > 0 then
+      redis.call('HINCRBY', KEYS[5], kinds[i] .. second, ARGV[i])
+    end
+  end
+  redis.call('PEXPIRE', KEYS[5], ARGV[5])
+end
+local totals = {c = 0, f = 0, s = 0}
+local stale = {}
+local buckets = redis.call('HGETALL', KEYS[5])
+for i = 1, #buckets, 2 do
+  local kind = string.sub(buckets[i], 1, 1)
+  if tonumber(string.sub(buckets[i], 3)) < oldest then
+    stale[#stale + 1] = buckets[i]
+  else
+    totals[kind] = totals[kind] + tonumber(buckets[i + 1])
+  end
+end
+for first = 1, #stale, 1000 do
+  redis.call('HDEL', KEYS[5], unpack(stale, first, math.min(first + 999, #stale)))
+end
+return {failures, open_ms, tripped, totals.c, totals.f, totals.s}
 """
 
 # ARGV: max_calls, lease (ms), token.
@@ -125,6 +171,8 @@ return 1
 """
 
 _LEASE_TAKEN = 1
+#: Seconds the window hash outlives its newest bucket's window.
+_WINDOW_TTL_MARGIN = 60
 _NO_TRIAL_NEEDED = 2
 
 #: Instances alive in this process, reset in a forked child (gunicorn preload_app).
@@ -158,9 +206,10 @@ class _Keys:
     open: str
     tripped: str
     trials: str
+    window: str
 
     def all(self) -> list[str]:
-        return [self.failures, self.open, self.tripped, self.trials]
+        return [self.failures, self.open, self.tripped, self.trials, self.window]
 
 
 class RedisStorage:
@@ -261,6 +310,7 @@ class RedisStorage:
         self._record_failure = self.client.register_script(_RECORD_FAILURE)
         self._set_open = self.client.register_script(_SET_OPEN)
         self._acquire_trial = self.client.register_script(_ACQUIRE_TRIAL)
+        self._sync_window = self.client.register_script(_SYNC_WINDOW)
 
         self._keys_cache: dict[str, _Keys] = {}
         self._token_prefix = uuid.uuid4().hex
@@ -315,6 +365,38 @@ class RedisStorage:
         reply = self._run(lambda: self._load(keys=keys.all()))
         return None if reply is None else self._decode(reply)
 
+    def sync_window(
+        self, name: str, *, calls: int, failures: int, slow_calls: int, window_seconds: int
+    ) -> SharedState | None:
+        """:meth:`load`, adding this process's new window outcomes and reading the fleet's.
+
+        The outcomes (counts since this process's previous sync) join the
+        bucket of the current Redis server second, unless the fleet is OPEN or
+        HALF_OPEN.  The reply's ``window`` holds the fleet's totals over the
+        ``window_seconds`` seconds up to now, in whole seconds of the server's
+        clock (so no host compares its clock with another's).
+
+        Returns:
+            The shared state with the fleet's window totals, or ``None`` when
+            Redis is unavailable (the outcomes are then dropped: the breaker
+            has them in its local window).
+        """
+        keys = self._keys(name)
+        window_seconds = max(1, int(window_seconds))
+        args = [
+            max(0, calls),
+            max(0, failures),
+            max(0, slow_calls),
+            window_seconds,
+            (window_seconds + _WINDOW_TTL_MARGIN) * 1000,
+        ]
+        reply = self._run(lambda: self._sync_window(keys=keys.all(), args=args))
+        if reply is None:
+            return None
+        state = self._decode(reply[:3])
+        window = WindowTotals(*(int(value) for value in reply[3:6]))
+        return SharedState(state.state, state.failure_count, state.open_remaining, window)
+
     def record_failure(
         self, name: str, *, failure_threshold: int, open_for: float
     ) -> SharedState | None:
@@ -339,14 +421,14 @@ class RedisStorage:
         self._run(lambda: self.client.delete(key))
 
     def set_open(self, name: str, open_for: float) -> None:
-        """Open breaker ``name`` fleet-wide for ``open_for`` s; leased trials end."""
+        """Open breaker ``name`` fleet-wide for ``open_for`` s; leased trials and the window end."""
         keys = self._keys(name)
         open_ms = _milliseconds(open_for)
         args = [open_ms, open_ms + self._key_ttl_ms]
         self._run(lambda: self._set_open(keys=keys.all(), args=args))
 
     def set_closed(self, name: str) -> None:
-        """Close breaker ``name`` fleet-wide: count, OPEN period and trial leases go."""
+        """Close breaker ``name`` fleet-wide: count, OPEN period, trial leases and window go."""
         keys = self._keys(name)
         self._run(lambda: self.client.delete(*keys.all()))
 
@@ -416,7 +498,9 @@ class RedisStorage:
         keys = self._keys_cache.get(name)
         if keys is None:
             base = f"{self.prefix}:{{{name}}}:"
-            keys = _Keys(base + "failures", base + "open", base + "tripped", base + "trials")
+            keys = _Keys(
+                base + "failures", base + "open", base + "tripped", base + "trials", base + "window"
+            )
             self._keys_cache[name] = keys
         return keys
 

@@ -7,7 +7,8 @@ shared with other processes:
 - :class:`MemoryStorage` (the default): nothing is shared; the breaker never
   calls any other method of it.
 - ``RedisStorage`` (extra ``[redis]``, :mod:`gennet_sync.redis_storage`): the
-  fleet-wide failure count, OPEN state and HALF_OPEN trial slots live in Redis.
+  fleet-wide failure count, OPEN state, HALF_OPEN trial slots and the calls of
+  a time-based rate window live in Redis.
 
 The breaker calls a shared storage at these points only, never holding its lock
 while doing so:
@@ -17,6 +18,10 @@ breaker event                          storage call
 =====================================  =========================================
 admission, local view older than       :meth:`BreakerStorage.load`
 ``sync_interval``
+the same, for a breaker with a time    :meth:`WindowStorage.sync_window`
+window and a storage that has it       (instead of ``load``: the same single
+                                       call also pushes this process's window
+                                       outcomes and fetches the fleet's totals)
 failure recorded in CLOSED             :meth:`BreakerStorage.record_failure`
 success in CLOSED while the local      :meth:`BreakerStorage.reset_failures`
 view counts failures (so a healthy
@@ -30,8 +35,17 @@ a trial call's outcome is recorded     :meth:`BreakerStorage.release_trial`
 
 Every method of a shared storage must return quickly and never raise: when the
 backend is unavailable it returns ``None`` (or does nothing) and the breaker
-carries on with its local state.  This module imports neither Flask nor requests
-and does no I/O.
+carries on with its local state (and its local rate window).
+
+A fleet-wide rate window is optional: a storage that also has
+:meth:`WindowStorage.sync_window` aggregates the failure-rate and slow-call-rate
+window of ``window_type="time"`` breakers across the fleet.  Such a breaker
+judges its rates on the fleet's totals as of its last sync plus the outcomes it
+recorded since (so a fleet trip on rates lags by at most ``sync_interval``),
+and ``minimum_calls`` counts the fleet's calls.  A count-based window (``"the
+last N calls"``) has no fleet-wide order, so it always stays per process.
+
+This module imports neither Flask nor requests and does no I/O.
 """
 
 from __future__ import annotations
@@ -40,7 +54,15 @@ import enum
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
-__all__ = ["BreakerStorage", "CircuitState", "MemoryStorage", "SharedState", "storage_from_url"]
+__all__ = [
+    "BreakerStorage",
+    "CircuitState",
+    "MemoryStorage",
+    "SharedState",
+    "WindowStorage",
+    "WindowTotals",
+    "storage_from_url",
+]
 
 
 class CircuitState(enum.StrEnum):
@@ -52,6 +74,21 @@ class CircuitState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class WindowTotals:
+    """The calls a time-based rate window holds, across the whole fleet.
+
+    Attributes:
+        calls: Calls that succeeded or failed (ignored calls do not count).
+        failures: Of those, the failures.
+        slow_calls: Of those, the slow ones.
+    """
+
+    calls: int = 0
+    failures: int = 0
+    slow_calls: int = 0
+
+
+@dataclass(frozen=True)
 class SharedState:
     """A breaker's fleet-wide state as a shared storage last saw it.
 
@@ -60,11 +97,14 @@ class SharedState:
             and trial calls may be attempted (each needs :meth:`acquire_trial`).
         failure_count: Consecutive failures counted across the fleet (CLOSED only).
         open_remaining: Seconds until the OPEN period ends; 0.0 unless OPEN.
+        window: The fleet's rate-window totals; set by
+            :meth:`WindowStorage.sync_window` only.
     """
 
     state: CircuitState
     failure_count: int = 0
     open_remaining: float = 0.0
+    window: WindowTotals | None = None
 
 
 @runtime_checkable
@@ -112,6 +152,28 @@ class BreakerStorage(Protocol):
 
     def release_trial(self, name: str) -> None:
         """Give back a trial slot taken by :meth:`acquire_trial`."""
+
+
+@runtime_checkable
+class WindowStorage(BreakerStorage, Protocol):
+    """A shared storage that also aggregates time-based rate windows fleet-wide."""
+
+    def sync_window(
+        self, name: str, *, calls: int, failures: int, slow_calls: int, window_seconds: int
+    ) -> SharedState | None:
+        """Add this process's new window outcomes; the shared state with the fleet's totals.
+
+        One call does what :meth:`BreakerStorage.load` does and more: the
+        outcomes this process recorded since its previous ``sync_window``
+        (deltas, possibly all 0) join the fleet's window, unless the fleet is
+        no longer CLOSED, and the returned state's ``window`` holds the fleet's
+        totals over the last ``window_seconds`` seconds.
+
+        Returns:
+            The shared state, or ``None`` when unavailable (the outcomes are
+            then not counted fleet-wide: the breaker decides with its local
+            window).
+        """
 
 
 class MemoryStorage:
