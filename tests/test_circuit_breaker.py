@@ -53,7 +53,7 @@ from gennet_sync.circuit_breaker import (
 )
 from gennet_sync.exceptions import ServiceUnavailableError
 from gennet_sync.redis_storage import RedisStorage
-from gennet_sync.storage import MemoryStorage, SharedState
+from gennet_sync.storage import MemoryStorage, SharedState, WindowTotals
 from tests.redis_server import RedisServer
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
@@ -1627,3 +1627,261 @@ def test_reading_state_sends_the_reopen_that_a_hung_trial_caused_at_once(
     storage.calls.clear()
     breaker.metrics()
     assert storage.calls == []
+
+
+# -- a fleet-wide time window ---------------------------------------------------------------------
+
+
+class Fleet:
+    """What a shared storage keeps of one breaker: its state and per-second window buckets."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.open_until: float | None = None
+        self.buckets: dict[int, list[int]] = {}
+        self.available = True
+
+    def state(self) -> SharedState:
+        if self.open_until is None:
+            return SharedState(CLOSED)
+        if self.clock() < self.open_until:
+            return SharedState(OPEN, open_remaining=self.open_until - self.clock())
+        return SharedState(HALF_OPEN)
+
+    def sync(self, deltas: tuple[int, int, int], window_seconds: int) -> SharedState | None:
+        if not self.available:
+            return None
+        second = math.floor(self.clock())
+        if self.open_until is None and deltas[0]:
+            bucket = self.buckets.setdefault(second, [0, 0, 0])
+            for kind, delta in enumerate(deltas):
+                bucket[kind] += delta
+        inside = [b for at, b in self.buckets.items() if at > second - window_seconds]
+        totals = WindowTotals(*(sum(b[kind] for b in inside) for kind in range(3)))
+        return dataclasses.replace(self.state(), window=totals)
+
+    def set_open(self, open_for: float) -> None:
+        self.open_until = self.clock() + open_for
+        self.buckets.clear()
+
+    def set_closed(self) -> None:
+        self.open_until = None
+        self.buckets.clear()
+
+
+class FleetStorage(RecordingStorage):
+    """One process's view of a :class:`Fleet`: a storage that aggregates windows like Redis."""
+
+    def __init__(self, fleet: Fleet, sync_interval: float) -> None:
+        super().__init__(sync_interval)
+        self.fleet = fleet
+
+    def load(self, name: str) -> SharedState | None:
+        self._note("load", name)
+        return self.fleet.state() if self.fleet.available else None
+
+    def set_open(self, name: str, open_for: float) -> None:
+        super().set_open(name, open_for)
+        self.fleet.set_open(open_for)
+
+    def set_closed(self, name: str) -> None:
+        super().set_closed(name)
+        self.fleet.set_closed()
+
+    def sync_window(
+        self, name: str, *, calls: int, failures: int, slow_calls: int, window_seconds: int
+    ) -> SharedState | None:
+        self._note("sync_window", name, calls, failures, slow_calls, window_seconds)
+        return self.fleet.sync((calls, failures, slow_calls), window_seconds)
+
+
+@pytest.fixture
+def fleet(clock: FakeClock) -> Fleet:
+    return Fleet(clock)
+
+
+@pytest.fixture
+def process(fleet: Fleet, clock: FakeClock) -> Callable[..., tuple[CircuitBreaker, FleetStorage]]:
+    """A breaker of one more process of the fleet (rate policies only, a time window)."""
+
+    def make(**options: Any) -> tuple[CircuitBreaker, FleetStorage]:
+        storage = FleetStorage(fleet, options.pop("sync_interval", 1.0))
+        settings: dict[str, Any] = {
+            "failure_threshold": None,
+            "recovery_timeout": 30.0,
+            "failure_rate_threshold": 0.5,
+            "window_type": "time",
+            "window_size": 60,
+            "minimum_calls": 6,
+        }
+        breaker = CircuitBreaker(name="svc", clock=clock, storage=storage, **settings | options)
+        storage.breaker = breaker
+        return breaker, storage
+
+    return make
+
+
+def test_two_processes_each_below_minimum_calls_trip_on_their_fleet_window(
+    process: Callable[..., tuple[CircuitBreaker, FleetStorage]], clock: FakeClock
+) -> None:
+    a_events: list[StateChangeEvent] = []
+    b_events: list[StateChangeEvent] = []
+    a, _ = process(listeners=[a_events.append])
+    b, b_storage = process(listeners=[b_events.append])
+    for _ in range(3):
+        a.acquire().failure()
+    clock.advance(1.0)
+    a.acquire().ignore()  # a's next sync sends its three failures to the fleet
+    assert a.state is CLOSED  # 3 calls: below minimum_calls, for a and for the fleet
+    b.acquire().failure()
+    b.acquire().failure()
+    assert b.state is CLOSED
+    assert b.metrics().window_calls == 5  # the fleet's 3 and b's own 2
+    b.acquire().failure()  # alone b has 3 calls; the fleet has 6, all failed
+    assert b.state is OPEN
+    assert b_events[-1].reason is TransitionReason.FAILURE_RATE
+    assert b_storage.calls[-1] == ("set_open", "svc", 30.0)
+    clock.advance(1.0)
+    assert rejected(a).retry_after == pytest.approx(29.0)
+    assert a_events[-1].reason is TransitionReason.SHARED_STATE
+
+
+def test_the_same_calls_without_a_shared_window_trip_nobody(clock: FakeClock) -> None:
+    a, b = (
+        CircuitBreaker(
+            None,
+            30.0,
+            name=name,
+            clock=clock,
+            failure_rate_threshold=0.5,
+            window_type="time",
+            window_size=60,
+            minimum_calls=6,
+        )
+        for name in ("a", "b")
+    )
+    for _ in range(3):
+        a.acquire().failure()
+        b.acquire().failure()
+    assert (a.state, b.state) == (CLOSED, CLOSED)
+
+
+def test_a_sync_that_brings_the_fleet_over_the_slow_call_rate_trips_it(
+    process: Callable[..., tuple[CircuitBreaker, FleetStorage]], clock: FakeClock
+) -> None:
+    events: list[StateChangeEvent] = []
+    options = {
+        "failure_rate_threshold": None,
+        "slow_call_duration": 2.0,
+        "slow_call_rate_threshold": 0.5,
+        "minimum_calls": 4,
+    }
+    a, _ = process(**options)
+    b, b_storage = process(**options, listeners=[events.append])
+
+    def slow() -> str:
+        clock.advance(3.0)
+        return "slow"
+
+    # Each call's admission syncs (3 s passed), sending the previous call's outcome.
+    a.call(slow)
+    a.call(slow)
+    b.call(slow)
+    b.call(slow)
+    a.acquire().ignore()  # the fleet now holds 3 slow calls: not yet minimum_calls
+    assert (a.state, b.state) == (CLOSED, CLOSED)
+    assert rejected(b).state is OPEN  # b's sync sends its last one: 4 slow out of 4
+    assert events[-1].reason is TransitionReason.SLOW_CALL_RATE
+    assert b_storage.calls[-2][:5] == ("sync_window", "svc", 1, 0, 1)
+    assert b_storage.calls[-1][0] == "set_open"
+
+
+def test_outcomes_since_the_last_sync_are_sent_once(
+    process: Callable[..., tuple[CircuitBreaker, FleetStorage]], clock: FakeClock
+) -> None:
+    breaker, storage = process(sync_interval=1000.0, minimum_calls=50)
+    breaker.acquire().success()
+    for _ in range(40):  # a healthy breaker between syncs: no storage call at all
+        breaker.acquire().success()
+    breaker.acquire().failure()
+    breaker.acquire().ignore()  # counts neither way
+    assert names(storage) == ["sync_window"]
+    clock.advance(1000.0)
+    breaker.acquire().success()
+    clock.advance(1000.0)
+    breaker.acquire().success()
+    syncs = [call[2:5] for call in storage.calls]
+    assert syncs == [(0, 0, 0), (42, 1, 0), (1, 0, 0)]
+
+
+def test_with_the_shared_window_unavailable_the_local_window_trips(
+    process: Callable[..., tuple[CircuitBreaker, FleetStorage]], fleet: Fleet
+) -> None:
+    fleet.available = False
+    breaker, storage = process(sync_interval=0.0, minimum_calls=3)
+    breaker.acquire().success()
+    breaker.acquire().failure()
+    assert breaker.state is CLOSED
+    breaker.acquire().failure()  # 2 of 3 local calls failed
+    assert breaker.state is OPEN
+    assert names(storage).count("sync_window") == 3
+    assert breaker.metrics().window_calls == 3
+
+
+def test_a_fleet_window_that_went_unavailable_is_no_longer_trusted(
+    process: Callable[..., tuple[CircuitBreaker, FleetStorage]], fleet: Fleet, clock: FakeClock
+) -> None:
+    a, _ = process()
+    b, _ = process()
+    for _ in range(5):
+        a.acquire().success()
+    clock.advance(1.0)
+    a.acquire().ignore()
+    b.acquire().ignore()
+    assert b.metrics().window_calls == 5  # the fleet's
+    fleet.available = False
+    clock.advance(1.0)
+    b.acquire().ignore()
+    assert b.metrics().window_calls == 0  # only b's own calls count now
+
+
+def test_reopening_and_closing_start_the_fleet_window_again(
+    process: Callable[..., tuple[CircuitBreaker, FleetStorage]], clock: FakeClock
+) -> None:
+    breaker, storage = process(sync_interval=0.0)
+    for _ in range(6):
+        breaker.acquire().failure()
+    assert breaker.state is OPEN
+    clock.advance(30.0)
+    breaker.call(ok)  # the trial closes the fleet
+    assert breaker.state is CLOSED
+    assert [n for n in names(storage) if n.startswith("set_")] == ["set_open", "set_closed"]
+    for _ in range(5):
+        breaker.acquire().failure()
+    assert breaker.state is CLOSED  # the failures before the trip are gone
+    assert breaker.metrics().window_calls == 5
+
+
+def test_a_count_window_stays_per_process_even_with_a_window_storage(
+    process: Callable[..., tuple[CircuitBreaker, FleetStorage]],
+) -> None:
+    breaker, storage = process(window_type="count", window_size=10, sync_interval=0.0)
+    for _ in range(5):
+        breaker.acquire().failure()
+    assert breaker.state is CLOSED
+    assert set(names(storage)) == {"load"}
+    breaker.acquire().failure()
+    assert breaker.state is OPEN
+
+
+def test_a_forked_child_does_not_send_the_parents_window_outcomes(
+    process: Callable[..., tuple[CircuitBreaker, FleetStorage]], clock: FakeClock
+) -> None:
+    breaker, storage = process(sync_interval=1000.0)
+    breaker.acquire().failure()
+    breaker.acquire().failure()
+    breaker._after_fork()  # what os.register_at_fork runs in the child
+    clock.advance(1000.0)
+    breaker.acquire().ignore()
+    # The parent sends its two failures itself; the child must not send them again.
+    assert storage.calls[-1][:5] == ("sync_window", "svc", 0, 0, 0)
