@@ -25,7 +25,14 @@ import redis
 
 from gennet_sync.circuit_breaker import CircuitBreaker, CircuitBreakerError, get_circuit_breaker
 from gennet_sync.redis_storage import RedisStorage
-from gennet_sync.storage import BreakerStorage, CircuitState, SharedState, storage_from_url
+from gennet_sync.storage import (
+    BreakerStorage,
+    CircuitState,
+    SharedState,
+    WindowStorage,
+    WindowTotals,
+    storage_from_url,
+)
 from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -130,6 +137,7 @@ def is_half_open(storage: RedisStorage, name: str) -> bool:
 def test_is_a_shared_breaker_storage(make_storage: Callable[..., RedisStorage]) -> None:
     storage: BreakerStorage = make_storage(sync_interval=0.25)
     assert isinstance(storage, BreakerStorage)
+    assert isinstance(storage, WindowStorage)
     assert storage.shared is True
     assert storage.sync_interval == 0.25
 
@@ -286,6 +294,109 @@ def test_names_and_prefixes_do_not_share_state(
     assert other_app.load("payments") == closed()
 
 
+# -- the fleet's time window -----------------------------------------------------
+
+
+def window_of(storage: RedisStorage, *outcomes: int, seconds: int = 60) -> WindowTotals | None:
+    """Send ``(calls, failures, slow_calls)`` (none by default); the fleet's totals."""
+    calls, failures, slow_calls = outcomes or (0, 0, 0)
+    state = storage.sync_window(
+        "svc", calls=calls, failures=failures, slow_calls=slow_calls, window_seconds=seconds
+    )
+    return None if state is None else state.window
+
+
+def test_window_outcomes_from_every_process_add_up(
+    make_storage: Callable[..., RedisStorage],
+) -> None:
+    a, b, c = make_storage(), make_storage(), make_storage()
+    assert window_of(a, 3, 2, 1) == WindowTotals(3, 2, 1)
+    assert window_of(b, 4, 0, 2) == WindowTotals(7, 2, 3)
+    assert window_of(c) == WindowTotals(7, 2, 3)
+    a.record_failure("svc", failure_threshold=5, open_for=30)
+    synced = c.sync_window("svc", calls=0, failures=0, slow_calls=0, window_seconds=60)
+    assert synced == SharedState(CircuitState.CLOSED, 1, 0.0, WindowTotals(7, 2, 3))
+
+
+def test_window_outcomes_leave_after_the_window(
+    make_storage: Callable[..., RedisStorage], raw: redis.Redis
+) -> None:
+    a, b = make_storage(), make_storage()
+    assert window_of(a, 5, 5, 0, seconds=1) == WindowTotals(5, 5, 0)
+    # Buckets are whole seconds of the server's clock: gone by the next second.
+    wait_until(lambda: window_of(b, seconds=1) == WindowTotals())
+    assert raw.hlen(f"{a.prefix}:{{svc}}:window") == 0, "the old buckets are dropped"
+
+
+def test_window_outcomes_are_not_added_while_the_fleet_is_not_closed(
+    make_storage: Callable[..., RedisStorage],
+) -> None:
+    a, b = make_storage(), make_storage()
+    window_of(a, 10, 9, 0)
+    b.set_open("svc", 30)
+    # Calls admitted before the trip: their outcomes do not count in a later CLOSED period.
+    opened = a.sync_window("svc", calls=4, failures=4, slow_calls=0, window_seconds=60)
+    assert opened is not None
+    assert_open(opened, 30)
+    assert opened.window == WindowTotals(), "opening starts the window again"
+    b.set_closed("svc")
+    assert window_of(a, 1, 0, 0) == WindowTotals(1, 0, 0)
+    b.set_closed("svc")
+    assert window_of(a) == WindowTotals(), "closing starts it again too"
+
+
+def test_two_processes_each_below_minimum_calls_trip_together(
+    make_storage: Callable[..., RedisStorage],
+) -> None:
+    a_storage, b_storage = make_storage(sync_interval=0.0), make_storage(sync_interval=0.0)
+    settings: dict[str, Any] = {
+        "failure_threshold": None,
+        "recovery_timeout": 30,
+        "failure_rate_threshold": 0.5,
+        "window_type": "time",
+        "window_size": 60,
+        "minimum_calls": 8,
+    }
+    a = CircuitBreaker(name="svc", storage=a_storage, **settings)
+    b = CircuitBreaker(name="svc", storage=b_storage, **settings)
+    for _ in range(4):
+        a.acquire().failure()
+    a.acquire().ignore()  # sends a's last failure
+    for _ in range(3):
+        b.acquire().failure()
+    assert (a.state, b.state) == (CircuitState.CLOSED, CircuitState.CLOSED)
+    assert b.metrics().window_calls == 7
+    b.acquire().failure()  # b has 4 calls, a has 4: the fleet has minimum_calls, all failed
+    assert b.state is CircuitState.OPEN
+    with pytest.raises(CircuitBreakerError) as refused:
+        a.acquire()
+    assert 25 < (refused.value.retry_after or 0) <= 30
+
+
+def test_with_redis_down_the_local_window_still_trips(caplog: pytest.LogCaptureFixture) -> None:
+    storage = RedisStorage(f"redis://127.0.0.1:{closed_port()}/0", sync_interval=0.0)
+    try:
+        breaker = CircuitBreaker(
+            None,
+            30,
+            name="svc",
+            storage=storage,
+            failure_rate_threshold=0.5,
+            window_type="time",
+            window_size=60,
+            minimum_calls=4,
+        )
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            for _ in range(3):
+                breaker.acquire().failure()
+            before = breaker.state
+            breaker.acquire().failure()
+        assert (before, breaker.state) == (CircuitState.CLOSED, CircuitState.OPEN)
+        assert len([r for r in caplog.records if r.name == LOGGER]) == 1
+    finally:
+        storage.close()
+
+
 # -- HALF_OPEN trial leases ------------------------------------------------------
 
 
@@ -391,10 +502,12 @@ def test_every_key_expires(make_storage: Callable[..., RedisStorage], raw: redis
     a.set_open("trial", 0.01)
     wait_until(lambda: a.load("trial") == SharedState(CircuitState.HALF_OPEN))
     a.acquire_trial("trial", max_calls=1, lease=20)
+    a.sync_window("rates", calls=2, failures=1, slow_calls=0, window_seconds=30)
 
     keys = sorted(k.decode() for k in raw.scan_iter(match=f"{a.prefix}:*"))
     assert keys == [
         f"{a.prefix}:{{counting}}:failures",
+        f"{a.prefix}:{{rates}}:window",
         f"{a.prefix}:{{trial}}:trials",
         f"{a.prefix}:{{trial}}:tripped",
         f"{a.prefix}:{{tripped}}:open",
@@ -402,6 +515,7 @@ def test_every_key_expires(make_storage: Callable[..., RedisStorage], raw: redis
     ]
     for key in keys:
         assert 0 < raw.pttl(key) <= (600 + 30) * 1000, key
+    assert raw.pttl(f"{a.prefix}:{{rates}}:window") <= (30 + 60) * 1000
 
 
 def test_each_call_is_one_round_trip(redis_server: RedisServer) -> None:
@@ -411,6 +525,9 @@ def test_each_call_is_one_round_trip(redis_server: RedisServer) -> None:
         storage.load("svc")  # connects (and the handshake) once
         calls: list[Callable[[], object]] = [
             lambda: storage.load("svc"),
+            lambda: storage.sync_window(
+                "svc", calls=5, failures=2, slow_calls=1, window_seconds=60
+            ),
             lambda: storage.record_failure("svc", failure_threshold=2, open_for=0.01),
             lambda: storage.reset_failures("svc"),
             lambda: storage.record_failure("svc", failure_threshold=1, open_for=0.01),  # trips
@@ -424,7 +541,7 @@ def test_each_call_is_one_round_trip(redis_server: RedisServer) -> None:
             before = counter.commands
             call()
             sent.append(counter.commands - before)
-        assert sent == [1, 1, 1, 1, 1, 1, 1, 0]
+        assert sent == [1, 1, 1, 1, 1, 1, 1, 1, 0]
         assert counter.connects == 1
     finally:
         client.close()
@@ -455,6 +572,7 @@ def every_method(storage: RedisStorage) -> list[object]:
         storage.load("svc"),
         storage.record_failure("svc", failure_threshold=1, open_for=30),
         storage.acquire_trial("svc", max_calls=1, lease=30),
+        storage.sync_window("svc", calls=1, failures=1, slow_calls=0, window_seconds=60),
     ]
 
 
@@ -469,7 +587,7 @@ def test_redis_down_returns_none_quickly_and_warns_once(
         caplog.set_level(logging.INFO, logger=LOGGER)
         started = time.monotonic()
         for _ in range(20):
-            assert every_method(storage) == [None] * 3
+            assert every_method(storage) == [None] * 4
             clock.advance(0.1)
         assert time.monotonic() - started < 1.0
         warnings = [r for r in caplog.records if r.name == LOGGER]
