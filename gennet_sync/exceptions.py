@@ -177,7 +177,9 @@ class _RetryAfterMixin(GenNetException):
 
     def get_headers(self) -> dict[str, str]:
         headers = super().get_headers()
-        if self.retry_after is not None:
+        # NaN and infinity (a garbled downstream header) say nothing a client could
+        # use, and would make rendering the error fail; they get no header.
+        if self.retry_after is not None and math.isfinite(self.retry_after):
             # HTTP wants whole non-negative seconds; round up so clients never come back early.
             headers["Retry-After"] = str(max(0, math.ceil(self.retry_after)))
         return headers

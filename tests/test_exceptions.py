@@ -130,6 +130,12 @@ def test_retry_after_header_is_whole_seconds_rounded_up_and_never_negative() -> 
     assert ServiceUnavailableError(retry_after=-5).headers == {"Retry-After": "0"}
 
 
+@pytest.mark.parametrize("retry_after", [math.inf, -math.inf, math.nan])
+def test_a_non_finite_retry_after_gives_no_header_instead_of_failing(retry_after: float) -> None:
+    assert ServiceUnavailableError(retry_after=retry_after).headers == {}
+    assert RateLimitError(retry_after=retry_after).headers == {}
+
+
 def test_a_custom_subclass_gets_the_envelope_from_class_attributes() -> None:
     class PaymentRequiredError(GenNetException):
         status_code = 402
