@@ -806,6 +806,46 @@ def healthy_until_rejected_worker(
     results.put(outcomes)
 
 
+def rate_window_worker(
+    storage_url: str,
+    name: str,
+    calls: int,
+    duration: float,
+    start: BarrierType,
+    results: multiprocessing.Queue[dict[str, Any]],
+) -> None:
+    """Makes ``calls`` failing calls, fewer than minimum_calls, then only asks for
+    admission (outcome ignored) until the breaker refuses or time runs out."""
+    breaker = registry_breaker(
+        storage_url,
+        name,
+        failure_threshold=None,
+        recovery_timeout=60,
+        failure_rate_threshold=0.5,
+        window_type="time",
+        window_size=60,
+        minimum_calls=8,
+    )
+    outcomes: dict[str, Any] = {"sent": 0, "rejected": False, "unexpected": []}
+    start.wait()
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        try:
+            if outcomes["sent"] < calls:
+                breaker.call(flaky_service_call, True)
+            else:
+                breaker.acquire().ignore()
+        except CircuitBreakerError:
+            outcomes["rejected"] = True
+            break
+        except ConnectionError:
+            outcomes["sent"] += 1
+        except Exception as exc:
+            outcomes["unexpected"].append(repr(exc))
+        time.sleep(0.02)
+    results.put(outcomes)
+
+
 def flaky_service_call(fail: bool) -> str:
     if fail:
         raise ConnectionError("downstream reset the connection")
@@ -864,6 +904,23 @@ def test_a_dead_service_gets_threshold_plus_n_calls_from_the_fleet_not_threshold
     sent = sum(sent for sent, _, _ in shared)
     assert threshold <= sent <= threshold + processes
     assert all(sent + rejected == calls for sent, rejected, _ in shared)
+
+
+def test_processes_each_below_minimum_calls_trip_the_fleet_on_its_failure_rate(
+    redis_server: RedisServer,
+) -> None:
+    processes, calls = 3, 4  # each process alone: 4 calls < minimum_calls=8; the fleet: 12
+    name = f"rate-{uuid.uuid4().hex[:8]}"
+
+    local = run_workers(rate_window_worker, processes, "memory://", name, calls, 0.6)
+    assert [(o["sent"], o["rejected"], o["unexpected"]) for o in local] == [
+        (calls, False, [])
+    ] * processes
+
+    shared = run_workers(rate_window_worker, processes, shared_url(redis_server), name, calls, 5.0)
+    assert [o["unexpected"] for o in shared] == [[]] * processes
+    assert all(o["rejected"] for o in shared), "the trip reached every process"
+    assert 8 <= sum(o["sent"] for o in shared) <= processes * calls
 
 
 def test_half_open_admits_the_configured_trials_across_processes(
