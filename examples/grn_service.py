@@ -104,7 +104,25 @@ CREATE TABLE IF NOT EXISTS networks (
 """
 
 
+#: Largest ``seq`` a cursor may name: SQLite's integers are 64-bit.
+_MAX_SEQ: Final = 2**63 - 1
+
 # -------------------------------------------------------------------- schemas
+
+
+def _valid_unicode(text: str) -> None:
+    """Refuse a lone surrogate: JSON can escape one, but no UTF-8 text can hold it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise SchemaError(
+            f"Not valid Unicode: a lone surrogate at position {error.start}"
+        ) from None
+
+
+def _name_field(**options: Any) -> fields.String:
+    """A name (of a network or a node): 1 to 200 characters of valid Unicode."""
+    return fields.String(validate=[validate.Length(min=1, max=200), _valid_unicode], **options)
 
 
 class EdgeSchema(Schema):
@@ -113,8 +131,8 @@ class EdgeSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    source = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    target = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    source = _name_field(required=True)
+    target = _name_field(required=True)
     sign = fields.Integer(required=True, strict=True, validate=validate.OneOf([1, -1]))
 
 
@@ -124,12 +142,8 @@ class NetworkCreateSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    nodes = fields.List(
-        fields.String(validate=validate.Length(min=1, max=200)),
-        required=True,
-        validate=validate.Length(min=1),
-    )
+    name = _name_field(required=True)
+    nodes = fields.List(_name_field(), required=True, validate=validate.Length(min=1))
     edges = fields.List(fields.Nested(EdgeSchema), load_default=list)
 
     @validates_schema(skip_on_field_errors=True)
@@ -378,7 +392,7 @@ def _decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = text.partition(":")
-        if kind != "seq" or not value.isdigit():
+        if kind != "seq" or not (value.isascii() and value.isdigit()) or int(value) > _MAX_SEQ:
             raise ValueError(text)
         return int(value)
     except (binascii.Error, UnicodeDecodeError, ValueError):

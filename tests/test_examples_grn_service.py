@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import threading
@@ -288,3 +289,38 @@ def test_gunicorn_workers_share_one_database(grn_under_gunicorn: ServiceProcess)
             names += [item["name"] for item in page["items"]]
             url = f"{base}/api/v2/networks?limit=5&cursor={page['next']}" if page["next"] else ""
     assert sorted(names) == sorted(f"n{i}" for i in range(12))
+
+
+@pytest.mark.parametrize(
+    ("raw_body", "field"),
+    [
+        (b'{"name": "\\ud800", "nodes": ["a"]}', "name"),
+        (b'{"name": "lone", "nodes": ["a", "\\udfff"]}', "nodes"),
+    ],
+)
+def test_lone_surrogates_are_a_validation_error(
+    client: FlaskClient, raw_body: bytes, field: str
+) -> None:
+    # JSON may escape a lone surrogate, but no UTF-8 text (nor SQLite) can hold one.
+    response = client.post("/api/v2/networks", data=raw_body, content_type="application/json")
+    assert response.status_code == 422
+    messages = json.dumps(response.get_json()["error"]["metadata"]["fields"][field])
+    assert "surrogate" in messages
+
+
+@pytest.mark.parametrize(
+    "decoded",
+    [
+        "seq:99999999999999999999999999",  # beyond SQLite's 64-bit integers
+        "seq:\u0661\u0662",  # digits, but not ASCII ones
+        "seq:",
+        "page:3",
+    ],
+)
+def test_forged_cursors_are_a_validation_error(client: FlaskClient, decoded: str) -> None:
+    cursor = base64.urlsafe_b64encode(decoded.encode()).decode()
+    response = client.get(f"/api/v2/networks?cursor={cursor}")
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["metadata"]["field"] == "cursor"
+    assert "cursor" in error["message"]
