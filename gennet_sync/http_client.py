@@ -28,6 +28,7 @@ import email.utils
 import functools
 import gzip
 import logging
+import math
 import os
 import re
 import time
@@ -145,6 +146,8 @@ _TRANSPORT_FAILURES: Final = (
     requests.exceptions.RetryError,
 )
 
+#: ASCII digits only: ``str.isdigit`` also takes "²", which ``float`` refuses.
+_DELTA_SECONDS = re.compile(r"[0-9]+")
 _ABSOLUTE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _NOT_TOKEN = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")
@@ -174,8 +177,10 @@ def _retry_after_seconds(value: str | None, now: float | None = None) -> float |
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DELTA_SECONDS.fullmatch(value):
+        seconds = float(value)
+        # Hundreds of digits overflow to infinity: not a wait anyone can honour.
+        return seconds if math.isfinite(seconds) else None
     try:
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -518,6 +518,15 @@ class TestRaiseForError:
         assert caught.value.retry_after is not None and caught.value.retry_after >= 30
         assert "Retry-After" in caught.value.headers
 
+    @pytest.mark.parametrize("header", ["\u00b2", "-5", "9" * 400, "soon", "1.5"])
+    def test_a_bad_retry_after_is_ignored(self, mock: responses.RequestsMock, header: str) -> None:
+        response = self._response(mock, status=503, body="busy", headers={"Retry-After": header})
+        with pytest.raises(ServiceUnavailableError) as caught:
+            raise_for_error(response, service="svc")
+        assert caught.value.retry_after is None
+        assert "retry_after" not in caught.value.metadata
+        assert caught.value.headers == {}
+
     def test_retry_after_header_on_an_envelope(self, mock: responses.RequestsMock) -> None:
         body = envelope("RATE_LIMIT_EXCEEDED", "RateLimitError", "slow down", retry_after=7)
         response = self._response(mock, status=429, json=body, headers={"Retry-After": "9"})
@@ -988,6 +997,14 @@ class TestRetriesIntegration:
         assert downstream.count("/status/503") == 1
         assert caught.value.retry_after == 3600
         assert caught.value.headers["Retry-After"] == "3600"
+
+    def test_a_retry_after_that_is_not_a_number_is_retried_without_waiting(
+        self, downstream: Downstream
+    ) -> None:
+        with ServiceSession(base_url=downstream.url, service_name="down") as session:
+            response = session.get("/flaky/e/1", params={"retry_after": "\u00b2"})
+        assert response.status_code == 200
+        assert downstream.count("/flaky/e/1") == 2
 
     def test_no_retries(self, downstream: Downstream) -> None:
         with ServiceSession(base_url=downstream.url, service_name="down", retries=0) as session:
