@@ -33,6 +33,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from marshmallow import RAISE, Schema, fields, validate
+from marshmallow.types import ErrorMessages
 
 from examples.boolnet import (
     MAX_NODES,
@@ -45,12 +46,25 @@ from examples.boolnet import (
 from examples.ctl import CheckResult, Trace, check
 from gennet_sync import ValidationError, setup_error_handlers
 
-__all__ = ["NetworkSchema", "VerifyRequestSchema", "create_app", "result_to_json"]
+__all__ = ["NetworkSchema", "StrictBoolean", "VerifyRequestSchema", "create_app", "result_to_json"]
 
 SERVICE_NAME = "qualitative-service"
 
 #: A verification request is small; a megabyte is far more than 20 rules need.
 DEFAULT_MAX_CONTENT_LENGTH = 1024 * 1024
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON ``true`` or ``false``; not ``1``, ``"yes"`` or ``"true"``."""
+
+    default_error_messages: ErrorMessages = {  # noqa: RUF012 (marshmallow merges it per class)
+        "invalid": "Not a JSON boolean: use true or false."
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
 
 
 class NetworkSchema(Schema):
@@ -78,7 +92,7 @@ class VerifyRequestSchema(Schema):
 
     network = fields.Nested(NetworkSchema, required=True)
     formula = fields.String(required=True, validate=validate.Length(max=10_000))
-    initial = fields.Dict(keys=fields.String(), values=fields.Boolean(), load_default=None)
+    initial = fields.Dict(keys=fields.String(), values=StrictBoolean(), load_default=None)
 
 
 def _validation_error(error: NetworkError, field: str) -> ValidationError:

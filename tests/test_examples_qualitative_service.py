@@ -184,3 +184,13 @@ def test_absurdly_nested_input_is_a_422_not_a_500(client: FlaskClient) -> None:
     deep_formula = error_of(client, {"network": TOGGLE, "formula": "EF " * 3000 + "x"})
     assert deep_formula["metadata"]["field"] == "formula"
     assert deep_formula["metadata"]["position"] == 192
+
+
+@pytest.mark.parametrize("value", ["yes", "true", 1, 0, "on"])
+def test_initial_values_must_be_json_booleans(client: FlaskClient, value: object) -> None:
+    # "yes" or 1 for a node's value is a client bug worth reporting, not a guess.
+    status, body = verify(client, {"network": TOGGLE, "formula": "x", "initial": {"x": value}})
+    assert status == 422
+    assert body["error"]["metadata"]["fields"] == {
+        "initial": {"x": {"value": ["Not a JSON boolean: use true or false."]}}
+    }
