@@ -94,7 +94,9 @@ class BreakerMetrics:
 
     Counters are cumulative since the breaker was created; the rates cover the
     sliding window (``None`` when no window is configured or it holds fewer than
-    ``minimum_calls`` calls).
+    ``minimum_calls`` calls).  A time window shared through a storage that
+    aggregates it (``RedisStorage``) reports the fleet's window: its totals at
+    the last sync plus this process's calls since.
 
     Attributes:
         name: The breaker's name.
@@ -231,6 +233,9 @@ class BreakerConfig:
             ``None``: no slow-call policy.
         window_type: ``"count"``: the window holds the last ``window_size``
             calls.  ``"time"``: the calls of the last ``window_size`` seconds.
+            With a storage that aggregates windows (``RedisStorage``), a time
+            window holds the whole fleet's calls (and ``minimum_calls`` counts
+            them); a count window always holds this process's calls only.
         window_size: Calls or seconds in the window (>= 1).
         minimum_calls: Calls the window must hold before a rate can trip (>= 1,
             at most ``window_size`` for a count window).

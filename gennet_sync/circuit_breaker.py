@@ -302,7 +302,9 @@ class CircuitBreaker:
             when omitted.
         clock: Monotonic clock in seconds; inject a fake one in tests.
         storage: Where state is shared; ``None`` or a :class:`MemoryStorage`
-            keeps it in this process and costs nothing.
+            keeps it in this process and costs nothing.  With a storage that
+            aggregates windows (``RedisStorage``), a time window's failure and
+            slow-call rates are judged on the whole fleet's calls.
         listeners: Called with every :class:`StateChangeEvent`.
         **options: The rest of :class:`BreakerConfig`.
 

@@ -33,7 +33,8 @@ The window hash is what makes a ``window_type="time"`` rate window fleet-wide
 recorded since its last one to the bucket of the current server second, reads
 the fleet's totals over the window and drops the buckets that left it, in one
 script.  Its TTL is the window plus a minute; opening or closing the breaker
-deletes it, so every CLOSED period starts with an empty fleet window.
+deletes it, so every CLOSED period starts with an empty fleet window.  A window
+of ``W`` seconds keeps at most ``3 * W`` fields, all read by each sync.
 
 When Redis is down, slow or refusing commands, every method returns ``None``
 (or does nothing) within the socket timeout and the breaker carries on with its
@@ -224,7 +225,8 @@ class RedisStorage:
             Redis database.
         sync_interval: Longest time (seconds) a breaker acts on its local view
             before reloading the shared state: the delay within which a trip by
-            one process reaches the others.  0 reloads on every admission.
+            one process reaches the others, and within which a process's calls
+            join the fleet's time window.  0 reloads on every admission.
         socket_timeout: Read timeout (seconds) of a connection made from a URL.
         connect_timeout: Connect timeout (seconds) of a connection made from a URL.
         key_ttl: Seconds an idle failure count, or a tripped breaker nobody
