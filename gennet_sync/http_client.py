@@ -27,6 +27,7 @@ from __future__ import annotations
 import email.utils
 import functools
 import gzip
+import json
 import logging
 import math
 import os
@@ -82,6 +83,7 @@ __all__ = [
     "DEFAULT_RETRIES",
     "DEFAULT_RETRY_AFTER_MAX",
     "DEFAULT_TIMEOUT",
+    "MAX_ERROR_BODY",
     "DownstreamError",
     "ServiceRetry",
     "ServiceSession",
@@ -122,6 +124,11 @@ DEFAULT_RETRIES: Final = 2
 
 #: Request bodies at least this large are gzipped when ``compress_requests`` is on.
 DEFAULT_COMPRESS_MIN_SIZE: Final = 1024
+
+#: Most bytes of an error body read (decoded) to find an envelope: room for a long
+#: list of validation errors, not for a downstream that answers with gigabytes.
+MAX_ERROR_BODY: Final = 1024 * 1024
+_ERROR_BODY_CHUNK: Final = 64 * 1024
 
 #: Statuses whose error class is known when a downstream type is not; others get a
 #: :class:`DownstreamError` subclass carrying the status.
@@ -416,13 +423,42 @@ def _rebuild(
     return error
 
 
+def _error_body(response: requests.Response) -> bytes | None:
+    """The body of an error response, or ``None`` when it is over :data:`MAX_ERROR_BODY`.
+
+    A streamed body is read only up to that limit, so a downstream answering a 5xx
+    with gigabytes cannot fill this worker's memory.
+    """
+    # requests reads the whole body into _content at once unless the call streams;
+    # a stream the caller iterated is consumed with no _content left to read.
+    if getattr(response, "_content_consumed", True):  # not in the type stubs
+        content = response._content
+        if not isinstance(content, bytes) or len(content) > MAX_ERROR_BODY:
+            return None
+        return content
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_content(_ERROR_BODY_CHUNK):
+            size += len(chunk)
+            if size > MAX_ERROR_BODY:
+                return None
+            chunks.append(chunk)
+    except requests.RequestException:
+        return None
+    return b"".join(chunks)
+
+
 def _parse_envelope(response: requests.Response) -> tuple[str, str, str, dict[str, Any]] | None:
     """``(code, type, message, metadata)`` of a gennet_sync error envelope, else ``None``."""
     if "json" not in response.headers.get("Content-Type", "").lower():
         return None
+    body = _error_body(response)
+    if body is None:
+        return None
     try:
-        data = response.json()
-    except (ValueError, requests.RequestException):
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nesting a few thousand deep
         return None
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict):
@@ -518,6 +554,8 @@ def raise_for_error(response: requests.Response, *, service: str | None = None) 
       ``ServiceUnavailableError``, ...), with ``service`` and ``status_code`` in
       its metadata.
     - The response's ``Retry-After`` becomes the error's ``retry_after``.
+    - At most :data:`MAX_ERROR_BODY` bytes of a streamed body are read; a larger
+      body is not an envelope.
 
     A Flask app with :func:`~gennet_sync.error_handler.setup_error_handlers` that
     lets the exception propagate answers its own client with the same envelope.

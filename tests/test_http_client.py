@@ -7,6 +7,7 @@ servers on 127.0.0.1 (werkzeug in a thread, gunicorn in a subprocess).
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ from gennet_sync.exceptions import (
 )
 from gennet_sync.http_client import (
     DEFAULT_TIMEOUT,
+    MAX_ERROR_BODY,
     DownstreamError,
     ServiceRetry,
     ServiceSession,
@@ -371,6 +373,24 @@ class TestBreakerUnit:
         assert len(mock.calls) == 0
 
 
+class _EndlessBody(io.RawIOBase):
+    """A response body of ``size`` bytes that counts how much of it was read."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.produced = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(len(buffer), self.left)
+        buffer[:count] = b"[" * count
+        self.left -= count
+        self.produced += count
+        return count
+
+
 STATUS_CLASSES: list[tuple[type[GenNetException], int]] = [
     (NotFoundError, 404),
     (ValidationError, 422),
@@ -509,6 +529,61 @@ class TestRaiseForError:
         with pytest.raises(NotFoundError) as caught:
             raise_for_error(response, service="svc")
         assert caught.value.code == "NOT_FOUND"
+
+    def test_json_nested_too_deeply_maps_by_status(self, mock: responses.RequestsMock) -> None:
+        response = self._response(
+            mock, status=500, body="[" * 100_000, content_type="application/json"
+        )
+        with pytest.raises(InternalServerError) as caught:
+            raise_for_error(response, service="svc")
+        assert caught.value.metadata == {"service": "svc", "status_code": 500}
+
+    def test_a_huge_streamed_error_body_is_not_read_into_memory(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        body = _EndlessBody(256 * 1024 * 1024)
+        mock.get(
+            f"{BASE}/x", body=io.BufferedReader(body), status=502, content_type="application/json"
+        )
+        with ServiceSession(base_url=BASE, use_circuit_breaker=False, retries=0) as session:
+            response = session.get("/x", stream=True)
+            with pytest.raises(ServiceUnavailableError):
+                raise_for_error(response, service="svc")
+            response.close()
+        assert body.produced <= 2 * MAX_ERROR_BODY
+
+    def test_an_envelope_in_a_streamed_response_is_read(self, mock: responses.RequestsMock) -> None:
+        data = json.dumps(envelope("CONFLICT", "ConflictError", "taken")).encode()
+        mock.get(
+            f"{BASE}/x",
+            body=io.BufferedReader(io.BytesIO(data)),
+            status=409,
+            content_type="application/json",
+        )
+        with ServiceSession(base_url=BASE, use_circuit_breaker=False, retries=0) as session:
+            response = session.get("/x", stream=True)
+            with pytest.raises(ConflictError) as caught:
+                raise_for_error(response, service="svc")
+            response.close()
+        assert caught.value.message == "taken"
+
+    def test_a_stream_the_caller_already_read_maps_by_status(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        data = json.dumps(envelope("CONFLICT", "ConflictError", "taken")).encode()
+        mock.get(
+            f"{BASE}/x",
+            body=io.BufferedReader(io.BytesIO(data)),
+            status=409,
+            content_type="application/json",
+        )
+        with ServiceSession(base_url=BASE, use_circuit_breaker=False, retries=0) as session:
+            response = session.get("/x", stream=True)
+            assert b"".join(response.iter_content(1024)) == data
+            with pytest.raises(ConflictError) as caught:
+                raise_for_error(response, service="svc")
+        assert caught.value.code == "CONFLICT"
+        assert caught.value.metadata["status_code"] == 409
 
     @pytest.mark.parametrize("header", ["30", "Wed, 21 Oct 2099 07:28:00 GMT"])
     def test_retry_after_is_carried(self, mock: responses.RequestsMock, header: str) -> None:
