@@ -18,6 +18,7 @@ import contextlib
 import logging
 import re
 import traceback
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,17 +68,31 @@ def error_response(
     code: str,
     type_: str,
     message: str,
-    metadata: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
 ) -> Response:
-    """Build a JSON envelope response; every handler goes through here."""
+    """Build a JSON envelope response; every handler goes through here.
+
+    Args:
+        status: The HTTP status.
+        code: The envelope's ``code``.
+        type_: The envelope's ``type``.
+        message: The envelope's ``message``.
+        metadata: The envelope's ``metadata``; made JSON-safe.
+        headers: Headers the response must carry, as a mapping or as pairs (a
+            header may repeat: two ``WWW-Authenticate`` challenges).
+
+    Returns:
+        The ``application/json`` response.
+    """
     response = jsonify(make_envelope(code, type_, message, metadata))
     response.status_code = status
     if headers:
-        for name, value in headers.items():
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        for name, value in pairs:
             # Content-Type and Content-Length belong to our JSON body, not the original.
             if name.lower() not in ("content-type", "content-length"):
-                response.headers[name] = value
+                response.headers.add(name, value)
     return response
 
 
@@ -225,16 +240,15 @@ def _handle_http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     if status >= 500:
         logger.error("HTTP %s: %s", status, error.description, extra=_log_extra())
-    # werkzeug puts Content-Type and friends in get_headers(); keep the rest (Allow,
-    # WWW-Authenticate, Retry-After...).
-    headers = dict(error.get_headers())
+    # werkzeug puts Content-Type in get_headers(); keep the rest (Allow,
+    # WWW-Authenticate, Retry-After...), repeated ones included.
     return error_response(
         status,
         http_status_code(status),
         type(error).__name__,
         error.description or HTTP_STATUS_CODES.get(status, "Error"),
         None,
-        headers,
+        error.get_headers(),
     )
 
 

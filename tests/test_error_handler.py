@@ -228,6 +228,26 @@ def test_crash_is_logged_with_traceback_and_request_id(
     assert "GET /crash" in record.getMessage()
 
 
+def test_every_www_authenticate_challenge_is_kept() -> None:
+    app = make_app()
+
+    @app.get("/two-schemes")
+    def two_schemes() -> str:
+        raise Unauthorized(
+            www_authenticate=[
+                WWWAuthenticate("basic", {"realm": "grn"}),
+                WWWAuthenticate("bearer", {"realm": "grn"}),
+            ]
+        )
+
+    response = app.test_client().get("/two-schemes")
+    assert response.status_code == 401
+    assert response.headers.getlist("WWW-Authenticate") == [
+        "Basic realm=grn",
+        "Bearer realm=grn",
+    ]
+
+
 @pytest.mark.parametrize("config", [{"DEBUG": True}, {"GENNET_EXPOSE_ERRORS": True}])
 def test_debug_or_expose_errors_puts_details_in_metadata(config: dict[str, Any]) -> None:
     response = make_app(**config).test_client().get("/crash")
