@@ -26,12 +26,13 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from flask.wrappers import Request
 from marshmallow import ValidationError as MarshmallowValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import InternalServerError as WerkzeugInternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
 from gennet_sync.circuit_breaker import set_default_storage
 from gennet_sync.context import (
     REQUEST_ID_HEADER,
-    current_request_id,
+    RequestIdFilter,
     is_valid_request_id,
     new_request_id,
     reset_request_id,
@@ -178,6 +179,8 @@ class GenNet:
         if EXTENSION_KEY in app.extensions:
             return  # already set up: registering the handlers twice would be harmless but noisy
         app.extensions[EXTENSION_KEY] = AppState(extension=self)
+        # Flask logs the exceptions no handler took ("Exception on /path") itself.
+        app.logger.addFilter(RequestIdFilter())
         if not issubclass(app.request_class, _SafeJSONRequest):
             app.request_class = type("GenNetRequest", (_SafeJSONRequest, app.request_class), {})
         app.register_error_handler(GenNetException, _handle_gennet_exception)
@@ -208,47 +211,83 @@ def _expose_errors() -> bool:
     return bool(current_app.debug if setting is None else setting)
 
 
+def _request_id() -> str:
+    """The current request's ID, bound now if the request failed before ``before_request``."""
+    request_id = g.get("gennet_request_id")
+    if request_id is None:
+        # An earlier before_request hook (or a blueprint's url_value_preprocessor)
+        # raised, so ours never ran: the error still gets an ID, in its log and response.
+        _bind_request_id()
+        request_id = g.gennet_request_id
+    assert isinstance(request_id, str)
+    return request_id
+
+
 def _log_extra() -> dict[str, Any]:
-    return {"request_id": current_request_id()}
+    return {"request_id": _request_id()}
+
+
+def _with_request_id(response: Response) -> Response:
+    # Set here as well as in after_request: when another after_request hook raises,
+    # Flask returns the error response without running the remaining hooks.
+    response.headers[current_app.config["GENNET_REQUEST_ID_HEADER"]] = _request_id()
+    return response
 
 
 def _handle_gennet_exception(error: GenNetException) -> Response:
     if error.status_code >= 500:
         logger.error("%s: %s", type(error).__name__, error.message, extra=_log_extra())
     envelope = error.to_dict()["error"]
-    return error_response(
-        error.status_code,
-        envelope["code"],
-        envelope["type"],
-        envelope["message"],
-        envelope["metadata"],
-        error.headers,
+    return _with_request_id(
+        error_response(
+            error.status_code,
+            envelope["code"],
+            envelope["type"],
+            envelope["message"],
+            envelope["metadata"],
+            error.headers,
+        )
     )
 
 
 def _handle_marshmallow_error(error: MarshmallowValidationError) -> Response:
-    return error_response(
-        422,
-        "VALIDATION_ERROR",
-        "ValidationError",
-        "Request validation failed",
-        {"fields": error.messages},
+    return _with_request_id(
+        error_response(
+            422,
+            "VALIDATION_ERROR",
+            "ValidationError",
+            "Request validation failed",
+            {"fields": error.messages},
+        )
     )
 
 
 def _handle_http_exception(error: HTTPException) -> Response:
+    original = getattr(error, "original_exception", None)
+    if isinstance(error, WerkzeugInternalServerError) and isinstance(original, Exception):
+        # Flask wraps an exception no handler took (one raised in an after_request
+        # hook or in an error handler) and has logged it: answer it as if the view
+        # had raised it, so its details follow GENNET_EXPOSE_ERRORS like any crash.
+        if isinstance(original, GenNetException):
+            return _handle_gennet_exception(original)
+        if isinstance(original, MarshmallowValidationError):
+            return _handle_marshmallow_error(original)
+        if not isinstance(original, HTTPException):
+            return _unexpected_exception_response(original)
     status = error.code or 500
     if status >= 500:
         logger.error("HTTP %s: %s", status, error.description, extra=_log_extra())
     # werkzeug puts Content-Type in get_headers(); keep the rest (Allow,
     # WWW-Authenticate, Retry-After...), repeated ones included.
-    return error_response(
-        status,
-        http_status_code(status),
-        type(error).__name__,
-        error.description or HTTP_STATUS_CODES.get(status, "Error"),
-        None,
-        error.get_headers(),
+    return _with_request_id(
+        error_response(
+            status,
+            http_status_code(status),
+            type(error).__name__,
+            error.description or HTTP_STATUS_CODES.get(status, "Error"),
+            None,
+            error.get_headers(),
+        )
     )
 
 
@@ -260,6 +299,10 @@ def _handle_unexpected_exception(error: Exception) -> Response:
         exc_info=(type(error), error, error.__traceback__),
         extra=_log_extra(),
     )
+    return _unexpected_exception_response(error)
+
+
+def _unexpected_exception_response(error: Exception) -> Response:
     metadata: dict[str, Any] = {}
     if _expose_errors():
         metadata = {
@@ -267,8 +310,10 @@ def _handle_unexpected_exception(error: Exception) -> Response:
             "exception_message": str(error),
             "traceback": traceback.format_exception(error),
         }
-    return error_response(
-        500, "INTERNAL_SERVER_ERROR", "InternalServerError", "Internal server error", metadata
+    return _with_request_id(
+        error_response(
+            500, "INTERNAL_SERVER_ERROR", "InternalServerError", "Internal server error", metadata
+        )
     )
 
 
@@ -281,13 +326,7 @@ def _bind_request_id() -> None:
 
 
 def _add_request_id_header(response: Response) -> Response:
-    request_id = g.get("gennet_request_id")
-    if request_id is None:
-        # The request failed before before_request ran (e.g. a routing error in a
-        # blueprint's url_value_preprocessor): still answer with an ID.
-        _bind_request_id()
-        request_id = g.gennet_request_id
-    response.headers[current_app.config["GENNET_REQUEST_ID_HEADER"]] = request_id
+    response.headers[current_app.config["GENNET_REQUEST_ID_HEADER"]] = _request_id()
     return response
 
 

@@ -248,6 +248,91 @@ def test_every_www_authenticate_challenge_is_kept() -> None:
     ]
 
 
+def hooked_app(**config: Any) -> Flask:
+    """An app whose hooks and error handlers fail, registered around the extension."""
+    app = Flask("hooked")
+    app.config.update(config)
+
+    @app.before_request
+    def before_ours() -> None:
+        if request.path == "/fails-before":
+            raise RuntimeError("password=hunter2 before")
+
+    setup_error_handlers(app)
+
+    @app.after_request
+    def after(response: Any) -> Any:
+        if request.path == "/fails-after":
+            raise RuntimeError("password=hunter2 after")
+        return response
+
+    @app.errorhandler(KeyError)
+    def translate_key_error(error: KeyError) -> str:
+        if request.path == "/handler-crashes":
+            raise RuntimeError("password=hunter2 handler")
+        raise NotFoundError("Network", error.args[0])
+
+    @app.get("/fails-before")
+    @app.get("/fails-after")
+    def fine() -> str:
+        return "fine"
+
+    @app.get("/handler-translates")
+    @app.get("/handler-crashes")
+    def missing() -> str:
+        raise KeyError("abc")
+
+    return app
+
+
+@pytest.mark.parametrize("path", ["/fails-after", "/handler-crashes"])
+def test_a_crash_in_an_after_request_hook_or_error_handler_leaks_nothing(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        response = hooked_app().test_client().get(path, headers={"X-Request-ID": "req-7"})
+    assert response.status_code == 500
+    assert error_of(response) == {
+        "code": "INTERNAL_SERVER_ERROR",
+        "type": "InternalServerError",
+        "message": "Internal server error",
+        "metadata": {},
+    }
+    assert "hunter2" not in response.get_data(as_text=True)
+    assert response.headers["X-Request-ID"] == "req-7"
+    crashes = [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
+    assert crashes
+    assert {r.request_id for r in crashes} == {"req-7"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", ["/fails-after", "/handler-crashes"])
+def test_a_crash_in_an_after_request_hook_or_error_handler_is_exposed_like_any_crash(
+    path: str,
+) -> None:
+    response = hooked_app(GENNET_EXPOSE_ERRORS=True).test_client().get(path)
+    metadata = error_of(response)["metadata"]
+    assert metadata["exception_type"] == "RuntimeError"
+    assert "hunter2" in metadata["exception_message"]
+
+
+def test_an_error_handler_that_raises_our_exception_gets_its_envelope() -> None:
+    response = hooked_app().test_client().get("/handler-translates")
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "NOT_FOUND"
+
+
+def test_a_crash_before_our_before_request_hook_still_has_a_request_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="gennet_sync"):
+        response = hooked_app().test_client().get("/fails-before")
+    assert response.status_code == 500
+    assert "hunter2" not in response.get_data(as_text=True)
+    [record] = [r for r in caplog.records if r.name == "gennet_sync.error_handler"]
+    assert record.request_id == response.headers["X-Request-ID"]  # type: ignore[attr-defined]
+    assert len(response.headers["X-Request-ID"]) == 32
+
+
 @pytest.mark.parametrize("config", [{"DEBUG": True}, {"GENNET_EXPOSE_ERRORS": True}])
 def test_debug_or_expose_errors_puts_details_in_metadata(config: dict[str, Any]) -> None:
     response = make_app(**config).test_client().get("/crash")
