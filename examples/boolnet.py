@@ -26,7 +26,9 @@ model checker in :mod:`examples.ctl` relies on.  Networks are limited to
 from __future__ import annotations
 
 import enum
+import math
 import re
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,15 +38,18 @@ from typing import Final
 __all__ = [
     "MAX_NESTING",
     "MAX_NODES",
+    "NO_DEADLINE",
     "And",
     "BooleanNetwork",
     "Const",
+    "Deadline",
     "Expr",
     "NetworkError",
     "NetworkSizeError",
     "Not",
     "Or",
     "RuleSyntaxError",
+    "TimeLimitError",
     "TransitionGraph",
     "UnknownNodeError",
     "UpdateScheme",
@@ -123,6 +128,72 @@ class UnknownNodeError(NetworkError):
 
 class NetworkSizeError(NetworkError):
     """No nodes, or more than :data:`MAX_NODES`."""
+
+
+class TimeLimitError(NetworkError):
+    """A computation ran past its :class:`Deadline`: the input is too costly to answer.
+
+    Attributes:
+        seconds: The time limit that was passed.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(
+            f"The check did not finish within its time limit of {seconds:g} s: "
+            "use fewer nodes, simpler rules, fewer temporal operators or an initial state"
+        )
+
+
+class Deadline:
+    """A time limit that long loops poll cheaply: the clock is read every few thousand steps.
+
+    Example::
+
+        deadline = Deadline(20.0)
+        for state in states:
+            deadline.tick()  # raises TimeLimitError once 20 s have passed
+            ...
+
+    Args:
+        seconds: The time allowed from now; ``None`` for no limit.
+        clock: Monotonic seconds (injected by tests).
+    """
+
+    #: Steps between two readings of the clock.
+    CHECK_EVERY: Final = 4096
+
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        if seconds is not None and not seconds >= 0:
+            raise ValueError(f"A time limit must be a number of seconds >= 0, not {seconds!r}")
+        self.seconds = seconds
+        self._clock = clock
+        self._end = math.inf if seconds is None else clock() + seconds
+        self._steps = 0
+
+    def tick(self, steps: int = 1) -> None:
+        """Count ``steps`` units of work; every :attr:`CHECK_EVERY`, look at the clock.
+
+        Raises:
+            TimeLimitError: The time is up.
+        """
+        self._steps += steps
+        if self._steps >= self.CHECK_EVERY:
+            self._steps = 0
+            self.check()
+
+    def check(self) -> None:
+        """Look at the clock now.
+
+        Raises:
+            TimeLimitError: The time is up.
+        """
+        if self.seconds is not None and self._clock() > self._end:
+            raise TimeLimitError(self.seconds)
+
+
+#: A deadline that never passes.
+NO_DEADLINE: Final = Deadline(None)
 
 
 # ------------------------------------------------------------------ rule AST
@@ -587,9 +658,15 @@ class BooleanNetwork:
                     state |= bit
             yield state
 
-    def transition_graph(self, initial: Iterable[int] | None = None) -> TransitionGraph:
-        """The state transition graph reachable from ``initial`` (default: all states)."""
-        return TransitionGraph(self, initial)
+    def transition_graph(
+        self, initial: Iterable[int] | None = None, deadline: Deadline = NO_DEADLINE
+    ) -> TransitionGraph:
+        """The state transition graph reachable from ``initial`` (default: all states).
+
+        Raises:
+            TimeLimitError: Exploring it took longer than ``deadline`` allows.
+        """
+        return TransitionGraph(self, initial, deadline)
 
 
 class TransitionGraph:
@@ -607,10 +684,20 @@ class TransitionGraph:
     Args:
         network: The network.
         initial: Initial states; all 2**n states when ``None``.
+        deadline: Polled while exploring, and by the searches over the graph.
+
+    Raises:
+        TimeLimitError: Exploring took longer than ``deadline`` allows.
     """
 
-    def __init__(self, network: BooleanNetwork, initial: Iterable[int] | None = None) -> None:
+    def __init__(
+        self,
+        network: BooleanNetwork,
+        initial: Iterable[int] | None = None,
+        deadline: Deadline = NO_DEADLINE,
+    ) -> None:
         self.network = network
+        self.deadline = deadline
         self.size = network.state_count
         self.asynchronous = network.update is UpdateScheme.ASYNCHRONOUS
         self._bits = tuple(1 << i for i in range(len(network.nodes)))
@@ -629,7 +716,11 @@ class TransitionGraph:
         if isinstance(initial, range) and initial == range(self.size):
             # Every state is initial, hence reachable: no search needed.
             self.initial = self.states = list(initial)
-            self._next = [next_state(state) for state in initial]
+            self._next = []
+            for start in range(0, self.size, Deadline.CHECK_EVERY):
+                self.deadline.check()
+                chunk = range(start, min(start + Deadline.CHECK_EVERY, self.size))
+                self._next.extend(map(next_state, chunk))
             self.reachable[:] = self.is_initial[:] = b"\x01" * self.size
             return
         queue: deque[int] = deque()
@@ -643,7 +734,9 @@ class TransitionGraph:
             if not self.reachable[state]:
                 self.reachable[state] = 1
                 queue.append(state)
+        tick = self.deadline.tick
         while queue:
+            tick()
             state = queue.popleft()
             self.states.append(state)
             self._next[state] = next_state(state)
@@ -687,8 +780,10 @@ class TransitionGraph:
         """
         result = bytearray(goal)
         frontier = [state for state in self.states if goal[state]]
+        tick = self.deadline.tick
         if not self.asynchronous:
             while frontier:
+                tick()
                 for source in self.predecessors(frontier.pop()):
                     if through[source] and not result[source]:
                         result[source] = 1
@@ -696,6 +791,7 @@ class TransitionGraph:
             return result
         next_state, bits = self._next, self._bits
         while frontier:
+            tick()
             state = frontier.pop()
             for bit in bits:
                 source = state ^ bit
@@ -732,7 +828,9 @@ class TransitionGraph:
             if source not in parent:
                 parent[source] = -1
                 queue.append(source)
+        tick = self.deadline.tick
         while queue:
+            tick()
             state = queue.popleft()
             if targets[state]:
                 path = [state]

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from examples.boolnet import (
+    NO_DEADLINE,
     BooleanNetwork,
+    Deadline,
     RuleSyntaxError,
     TokenKind,
     TokenStream,
@@ -433,7 +435,9 @@ class ModelChecker:
     def exists_next(self, target: bytearray) -> bytearray:
         """States with at least one successor in ``target``."""
         result = bytearray(self._size)
+        tick = self.graph.deadline.tick
         for state in self.graph.states:
+            tick()
             if target[state]:
                 for source in self.graph.predecessors(state):
                     result[source] = 1
@@ -453,13 +457,16 @@ class ModelChecker:
         result = bytearray(hold)
         remaining: dict[int, int] = {}
         dropped: list[int] = []
+        tick = self.graph.deadline.tick
         for state in self.graph.states:
+            tick()
             if hold[state]:
                 count = sum(1 for successor in self.graph.successors(state) if hold[successor])
                 remaining[state] = count
                 if count == 0:
                     dropped.append(state)
         while dropped:
+            tick()
             state = dropped.pop()
             result[state] = 0
             for source in self.graph.predecessors(state):
@@ -588,6 +595,8 @@ def check(
     network: BooleanNetwork,
     formula: str | Formula,
     initial: Mapping[str, bool] | None = None,
+    *,
+    deadline: Deadline = NO_DEADLINE,
 ) -> CheckResult:
     """Model-check ``formula`` on ``network``.
 
@@ -596,6 +605,7 @@ def check(
         formula: A CTL formula, as text or parsed.
         initial: A partial assignment; the initial states are all states that
             agree with it (every state when ``None`` or empty).
+        deadline: Polled by every search; the check gives up when it passes.
 
     Returns:
         The :class:`CheckResult`.
@@ -603,6 +613,7 @@ def check(
     Raises:
         RuleSyntaxError: The formula does not parse (``position`` says where).
         UnknownNodeError: The formula or ``initial`` names an unknown node.
+        TimeLimitError: The check ran past ``deadline``.
     """
     parsed = parse_formula(formula) if isinstance(formula, str) else formula
     for atom in atoms(parsed):
@@ -613,6 +624,8 @@ def check(
                 position=atom.position,
                 text=formula if isinstance(formula, str) else None,
             )
-    graph = network.transition_graph(network.states_matching(initial) if initial else None)
+    graph = network.transition_graph(
+        network.states_matching(initial) if initial else None, deadline
+    )
     checker = ModelChecker(graph)
     return checker.check(parsed)

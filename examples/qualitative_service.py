@@ -21,25 +21,30 @@ existential formula holds a ``witness``, where one is cheap to give (see
 Nodes left out of ``initial`` take both values; without ``initial`` every
 state is initial.  A rule or formula that does not parse, an unknown node or
 more than 20 nodes is a 422 envelope whose metadata names the ``field``, the
-``node`` and the ``position``.  ``GET /health`` answers ``{"status": "ok"}``.
+``node`` and the ``position``.  A check that would run longer than
+``CTL_TIME_LIMIT`` seconds (default 20) is stopped: a 422 whose metadata gives
+the ``time_limit``.  ``GET /health`` answers ``{"status": "ok"}``.
 
 Run it with ``gunicorn 'examples.qualitative_service:create_app()'``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from marshmallow import RAISE, Schema, fields, validate
 from marshmallow.types import ErrorMessages
 
 from examples.boolnet import (
     MAX_NODES,
     BooleanNetwork,
+    Deadline,
     NetworkError,
     NetworkSizeError,
+    TimeLimitError,
     UnknownNodeError,
     UpdateScheme,
 )
@@ -52,6 +57,9 @@ SERVICE_NAME = "qualitative-service"
 
 #: A verification request is small; a megabyte is far more than 20 rules need.
 DEFAULT_MAX_CONTENT_LENGTH = 1024 * 1024
+#: Seconds one check may run (config ``CTL_TIME_LIMIT``) before it is a 422:
+#: below the workflow service's read timeout and gunicorn's worker timeout.
+DEFAULT_TIME_LIMIT = 20.0
 
 
 class StrictBoolean(fields.Boolean):
@@ -158,8 +166,14 @@ def verify() -> Response:
                 field="initial",
                 metadata={"unknown_node": name},
             )
+    config = current_app.config
+    deadline = Deadline(config["CTL_TIME_LIMIT"], config["CTL_CLOCK"])
     try:
-        result = check(network, data["formula"], initial)
+        result = check(network, data["formula"], initial, deadline=deadline)
+    except TimeLimitError as error:
+        raise ValidationError(
+            error.message, field="formula", metadata={"time_limit": error.seconds}
+        ) from error
     except NetworkError as error:
         raise _validation_error(error, "formula") from error
     return jsonify(result_to_json(network, result))
@@ -180,13 +194,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             "network": {"nodes": {"a": "!a"}}, "formula": "AG(a -> AX !a)"})
 
     Args:
-        config: Flask configuration to apply over the defaults.
+        config: Flask configuration to apply over the defaults; ``CTL_TIME_LIMIT``
+            is the seconds a check may take (``None``: no limit), ``CTL_CLOCK``
+            the monotonic clock it is measured with.
 
     Returns:
         The app, with the gennet_sync error envelope on every error.
     """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = DEFAULT_MAX_CONTENT_LENGTH
+    app.config["CTL_TIME_LIMIT"] = DEFAULT_TIME_LIMIT
+    app.config["CTL_CLOCK"] = time.monotonic
     if config:
         app.config.update(config)
     setup_error_handlers(app)

@@ -9,9 +9,11 @@ from examples.boolnet import (
     And,
     BooleanNetwork,
     Const,
+    Deadline,
     Not,
     Or,
     RuleSyntaxError,
+    TimeLimitError,
     UnknownNodeError,
     Var,
     parse_rule,
@@ -146,3 +148,49 @@ def test_nesting_up_to_the_limit_and_long_flat_chains_are_fine() -> None:
     assert deep.next_state(0) == 1
     flat = BooleanNetwork({"a": " & ".join(["a"] * 3000)})
     assert flat.next_state(1) == 1
+
+
+class SteppingClock:
+    """A fake monotonic clock that moves ``step`` seconds each time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+        self.readings = 0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        self.now += self.step
+        return self.now
+
+
+def test_deadline_reads_the_clock_every_check_every_steps() -> None:
+    clock = SteppingClock(1.0)
+    deadline = Deadline(2.5, clock)  # reading 1: ends at 3.5
+    for _ in range(Deadline.CHECK_EVERY - 1):
+        deadline.tick()
+    assert clock.readings == 1
+    deadline.tick()  # reading 2: 2.0, still in time
+    assert clock.readings == 2
+    deadline.tick(Deadline.CHECK_EVERY)  # reading 3: 3.0
+    with pytest.raises(TimeLimitError, match=r"time limit of 2.5 s") as raised:
+        deadline.tick(Deadline.CHECK_EVERY)  # reading 4: 4.0 > 3.5
+    assert raised.value.seconds == 2.5
+
+
+def test_deadline_rejects_a_negative_or_nan_limit() -> None:
+    for seconds in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="time limit"):
+            Deadline(seconds)
+
+
+def test_exploring_a_large_graph_stops_at_the_deadline() -> None:
+    # 2**14 states, four clock readings to explore them all (from a range, or
+    # by search from a list); the fake clock says 10 s pass per reading.
+    network = BooleanNetwork({f"n{i}": f"n{(i + 1) % 14}" for i in range(14)}, "asynchronous")
+    every_state = list(range(2**14))
+    for initial in (None, every_state):
+        with pytest.raises(TimeLimitError):
+            network.transition_graph(initial, Deadline(25.0, SteppingClock(10.0)))
+        graph = network.transition_graph(initial, Deadline(60.0, SteppingClock(10.0)))
+        assert len(graph.states) == 2**14

@@ -13,10 +13,12 @@ from examples.boolnet import (
     And,
     BooleanNetwork,
     Const,
+    Deadline,
     Expr,
     Not,
     Or,
     RuleSyntaxError,
+    TimeLimitError,
     TransitionGraph,
     UnknownNodeError,
     Var,
@@ -358,3 +360,17 @@ def test_formulas_nested_too_deep_are_syntax_errors_not_crashes(formula: str) ->
 def test_long_implication_chains_stay_right_associative() -> None:
     formula = parse_formula(" -> ".join(["x", "y", "x", "y"]))
     assert str(formula) == "x -> (y -> (x -> y))"
+
+
+def test_a_check_gives_up_at_its_deadline() -> None:
+    # 2**12 states: one clock reading to explore them, then one per 4096 steps
+    # of each search; the fake clock moves one second per reading.
+    network = BooleanNetwork({f"n{i}": f"!n{(i + 1) % 12}" for i in range(12)}, "asynchronous")
+
+    def deadline() -> Deadline:
+        ticks = itertools.count(1.0)
+        return Deadline(2.5, lambda: next(ticks))
+
+    assert check(network, "n0 | !n0", deadline=deadline()).holds
+    with pytest.raises(TimeLimitError, match=r"2\.5 s"):
+        check(network, "EG EG EG EG n0", deadline=deadline())

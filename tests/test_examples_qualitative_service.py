@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -194,3 +195,19 @@ def test_initial_values_must_be_json_booleans(client: FlaskClient, value: object
     assert body["error"]["metadata"]["fields"] == {
         "initial": {"x": {"value": ["Not a JSON boolean: use true or false."]}}
     }
+
+
+def test_a_check_past_its_time_limit_is_a_422() -> None:
+    ticks = itertools.count(1.0)  # the clock moves a second per reading
+    config = {"TESTING": True, "CTL_TIME_LIMIT": 2.5, "CTL_CLOCK": lambda: next(ticks)}
+    client = create_app(config).test_client()
+    network = {"nodes": {f"n{i}": f"!n{(i + 1) % 12}" for i in range(12)}, "update": "asynchronous"}
+    status, body = verify(client, {"network": network, "formula": "EG EG EG EG n0"})
+    assert status == 422
+    error = body["error"]
+    assert error["metadata"] == {"field": "formula", "time_limit": 2.5}
+    assert "time limit of 2.5 s" in error["message"]
+
+    unlimited = create_app({"TESTING": True, "CTL_TIME_LIMIT": None}).test_client()
+    status, body = verify(unlimited, {"network": network, "formula": "EG EG EG EG n0"})
+    assert status == 200
