@@ -659,7 +659,8 @@ class ServiceSession(requests.Session):
     Args:
         base_url: Prefix of relative URLs: ``"/ctl/verify"`` and ``"ctl/verify"``
             both become ``base_url + "/ctl/verify"`` (the base's own path is kept).
-            Absolute URLs are used as given.
+            Absolute URLs are used as given.  No query or fragment: put
+            parameters for every call in ``session.params``.
         service_name: The service's name: its breaker's name in the registry (every
             session for it shares that breaker) and the ``service`` in errors.
             Without it, the ``host:port`` of ``base_url``, or of each request's URL
@@ -722,6 +723,12 @@ class ServiceSession(requests.Session):
             parts = urlsplit(base_url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ValueError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
+            if parts.query or parts.fragment:
+                # Joining a path after them would put the path inside the query.
+                raise ValueError(
+                    f"base_url cannot have a query or fragment (set session.params for "
+                    f"query parameters on every call), got {base_url!r}"
+                )
             base_url = base_url.rstrip("/")
         if pool_connections < 1 or pool_maxsize < 1:
             raise ValueError("pool_connections and pool_maxsize must be >= 1")

@@ -152,7 +152,17 @@ class TestUrls:
         assert session.circuit_breaker is not None
         assert session.circuit_breaker.metrics().successes == 7
 
-    @pytest.mark.parametrize("bad", ["svc.test:8000", "ftp://svc.test", "/relative", "http://"])
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            "svc.test:8000",
+            "ftp://svc.test",
+            "/relative",
+            "http://",
+            "http://svc.test/api?key=1",
+            "http://svc.test/api#top",
+        ],
+    )
     def test_bad_base_url_is_refused(self, bad: str) -> None:
         with pytest.raises(ValueError, match="base_url"):
             ServiceSession(base_url=bad)
