@@ -382,6 +382,9 @@ class CircuitBreaker:
         self._unsynced = [0, 0, 0]
         self._fleet_totals: tuple[int, int, int] | None = None
         self._fleet_synced_at = -math.inf
+        # The fleet's CLOSED period (WindowTotals.closings) the unsynced outcomes
+        # belong to; None right after a transition of our own (not known yet).
+        self._fleet_closings: int | None = None
         self._events: list[StateChangeEvent] = []
         self._actions: list[tuple[str, float]] = []
         # Cumulative counters.
@@ -719,6 +722,7 @@ class CircuitBreaker:
             # The fleet's window starts again too (see RedisStorage.set_open/set_closed).
             self._unsynced = [0, 0, 0]
             self._fleet_totals = None
+            self._fleet_closings = None
         if old is not new:
             self._events.append(StateChangeEvent(self.name, old, new, now, reason))
 
@@ -937,26 +941,31 @@ class CircuitBreaker:
         with self._lock:
             calls, failures, slow = self._unsynced
             self._unsynced = [0, 0, 0]
-            generation = self._generation
+            generation, closings = self._generation, self._fleet_closings
         shared: SharedState | None = self._call_storage(
             "sync_window",
             calls=calls,
             failures=failures,
             slow_calls=slow,
             window_seconds=self.config.window_size,
+            closings=closings,
         )
         with self._lock:
             if shared is None:
                 self._fleet_totals = None  # unavailable: the local window decides
             else:
+                # Another thread moved the state machine while we asked: the reply
+                # may predate that, so only its state (below) is worth adopting.
+                current = generation == self._generation
                 if self._mode is _NORMAL:
                     self._adopt(shared, now, TransitionReason.SHARED_STATE)
                 window = shared.window
-                if window is not None and generation == self._generation:
-                    # Nothing moved the state machine since the deltas were taken.
+                if window is not None and current:
+                    self._fleet_closings = window.closings
+                if window is not None and current and self._state is _CLOSED:
                     self._fleet_totals = (window.calls, window.failures, window.slow_calls)
                     self._fleet_synced_at = now
-                    if self._state is _CLOSED and self._mode is _NORMAL:
+                    if self._mode is _NORMAL:
                         reason = rate_trip_reason(self.config, self._window_totals(now))
                         if reason is not None:
                             self._to_open(now, reason)

@@ -23,6 +23,8 @@ key                         meaning
 ``P:{name}:window``         hash of the fleet's time-window outcomes per second
                             of Redis server time: fields ``c:SECOND`` (calls),
                             ``f:SECOND`` (failures), ``s:SECOND`` (slow calls)
+``P:{name}:closings``       times the fleet was closed: numbers its CLOSED
+                            periods, so outcomes of an earlier one are refused
 ==========================  ===================================================
 
 Every key carries a TTL, so an abandoned breaker leaves nothing behind, and a
@@ -75,7 +77,8 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-# KEYS of every script: failures, open, tripped, trials, window.
+# KEYS of every script: failures, open, tripped, trials, window; SYNC_WINDOW and
+# SET_CLOSED also closings.
 # Replies of LOAD and RECORD_FAILURE: {failures, PTTL of open, tripped (0/1)}.
 
 _LOAD = """
@@ -112,16 +115,20 @@ return 1
 """
 
 # ARGV: calls, failures, slow calls (this process's outcomes since its last sync),
-# window (s), window key TTL (ms).
-# Reply: LOAD's three values, then the fleet's calls, failures, slow calls.
+# window (s), window key TTL (ms), the closings they were recorded under (-1: unknown).
+# Reply: LOAD's three values, then the fleet's calls, failures, slow calls, closings.
 _SYNC_WINDOW = """
 local failures = tonumber(redis.call('GET', KEYS[1])) or 0
 local open_ms = redis.call('PTTL', KEYS[2])
 local tripped = redis.call('EXISTS', KEYS[3])
+local closings = tonumber(redis.call('GET', KEYS[6])) or 0
 local second = tonumber(redis.call('TIME')[1])
 local oldest = second - tonumber(ARGV[4]) + 1
-if open_ms == -2 and tripped == 0 and tonumber(ARGV[1]) > 0 then
-  -- Outcomes of a call admitted before a trip do not join the next CLOSED period.
+local recorded_under = tonumber(ARGV[6])
+if open_ms == -2 and tripped == 0 and tonumber(ARGV[1]) > 0
+    and (recorded_under == -1 or recorded_under == closings) then
+  -- Outcomes of calls admitted before a trip join neither the OPEN period nor
+  -- the CLOSED period after it.
   local kinds = {'c:', 'f:', 's:'}
   for i = 1, 3 do
     if tonumber(ARGV[i]) > 0 then
@@ -144,7 +151,15 @@ end
 for first = 1, #stale, 1000 do
   redis.call('HDEL', KEYS[5], unpack(stale, first, math.min(first + 999, #stale)))
 end
-return {failures, open_ms, tripped, totals.c, totals.f, totals.s}
+return {failures, open_ms, tripped, totals.c, totals.f, totals.s, closings}
+"""
+
+# ARGV: key TTL (ms).
+_SET_CLOSED = """
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('INCR', KEYS[6])
+redis.call('PEXPIRE', KEYS[6], ARGV[1])
+return 1
 """
 
 # ARGV: max_calls, lease (ms), token.
@@ -208,8 +223,10 @@ class _Keys:
     tripped: str
     trials: str
     window: str
+    closings: str
 
     def all(self) -> list[str]:
+        """The keys every script gets (``closings`` only where it is needed)."""
         return [self.failures, self.open, self.tripped, self.trials, self.window]
 
 
@@ -313,6 +330,7 @@ class RedisStorage:
         self._set_open = self.client.register_script(_SET_OPEN)
         self._acquire_trial = self.client.register_script(_ACQUIRE_TRIAL)
         self._sync_window = self.client.register_script(_SYNC_WINDOW)
+        self._set_closed = self.client.register_script(_SET_CLOSED)
 
         self._keys_cache: dict[str, _Keys] = {}
         self._token_prefix = uuid.uuid4().hex
@@ -368,15 +386,24 @@ class RedisStorage:
         return None if reply is None else self._decode(reply)
 
     def sync_window(
-        self, name: str, *, calls: int, failures: int, slow_calls: int, window_seconds: int
+        self,
+        name: str,
+        *,
+        calls: int,
+        failures: int,
+        slow_calls: int,
+        window_seconds: int,
+        closings: int | None = None,
     ) -> SharedState | None:
         """:meth:`load`, adding this process's new window outcomes and reading the fleet's.
 
         The outcomes (counts since this process's previous sync) join the
         bucket of the current Redis server second, unless the fleet is OPEN or
-        HALF_OPEN.  The reply's ``window`` holds the fleet's totals over the
-        ``window_seconds`` seconds up to now, in whole seconds of the server's
-        clock (so no host compares its clock with another's).
+        HALF_OPEN, or was closed again since they were recorded (``closings``
+        differs from the fleet's; ``None``: not known, added).  The reply's
+        ``window`` holds the fleet's totals over the ``window_seconds`` seconds
+        up to now, in whole seconds of the server's clock (so no host compares
+        its clock with another's), and the fleet's ``closings``.
 
         Returns:
             The shared state with the fleet's window totals, or ``None`` when
@@ -391,12 +418,14 @@ class RedisStorage:
             max(0, slow_calls),
             window_seconds,
             (window_seconds + _WINDOW_TTL_MARGIN) * 1000,
+            -1 if closings is None else closings,
         ]
-        reply = self._run(lambda: self._sync_window(keys=keys.all(), args=args))
+        all_keys = [*keys.all(), keys.closings]
+        reply = self._run(lambda: self._sync_window(keys=all_keys, args=args))
         if reply is None:
             return None
         state = self._decode(reply[:3])
-        window = WindowTotals(*(int(value) for value in reply[3:6]))
+        window = WindowTotals(*(int(value) for value in reply[3:7]))
         return SharedState(state.state, state.failure_count, state.open_remaining, window)
 
     def record_failure(
@@ -432,7 +461,8 @@ class RedisStorage:
     def set_closed(self, name: str) -> None:
         """Close breaker ``name`` fleet-wide: count, OPEN period, trial leases and window go."""
         keys = self._keys(name)
-        self._run(lambda: self.client.delete(*keys.all()))
+        all_keys = [*keys.all(), keys.closings]
+        self._run(lambda: self._set_closed(keys=all_keys, args=[self._key_ttl_ms]))
 
     def acquire_trial(self, name: str, *, max_calls: int, lease: float) -> bool | None:
         """Lease one of ``max_calls`` fleet-wide HALF_OPEN trial slots for ``lease`` s.
@@ -501,7 +531,12 @@ class RedisStorage:
         if keys is None:
             base = f"{self.prefix}:{{{name}}}:"
             keys = _Keys(
-                base + "failures", base + "open", base + "tripped", base + "trials", base + "window"
+                failures=base + "failures",
+                open=base + "open",
+                tripped=base + "tripped",
+                trials=base + "trials",
+                window=base + "window",
+                closings=base + "closings",
             )
             self._keys_cache[name] = keys
         return keys

@@ -81,11 +81,16 @@ class WindowTotals:
         calls: Calls that succeeded or failed (ignored calls do not count).
         failures: Of those, the failures.
         slow_calls: Of those, the slow ones.
+        closings: How many times the fleet has been closed: numbers the CLOSED
+            period these totals belong to.  Passed back with the next
+            :meth:`WindowStorage.sync_window`, so outcomes recorded in an
+            earlier CLOSED period never join a later one.
     """
 
     calls: int = 0
     failures: int = 0
     slow_calls: int = 0
+    closings: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,15 +164,24 @@ class WindowStorage(BreakerStorage, Protocol):
     """A shared storage that also aggregates time-based rate windows fleet-wide."""
 
     def sync_window(
-        self, name: str, *, calls: int, failures: int, slow_calls: int, window_seconds: int
+        self,
+        name: str,
+        *,
+        calls: int,
+        failures: int,
+        slow_calls: int,
+        window_seconds: int,
+        closings: int | None = None,
     ) -> SharedState | None:
         """Add this process's new window outcomes; the shared state with the fleet's totals.
 
         One call does what :meth:`BreakerStorage.load` does and more: the
         outcomes this process recorded since its previous ``sync_window``
         (deltas, possibly all 0) join the fleet's window, unless the fleet is
-        no longer CLOSED, and the returned state's ``window`` holds the fleet's
-        totals over the last ``window_seconds`` seconds.
+        no longer in the CLOSED period they were recorded in (it is OPEN or
+        HALF_OPEN, or its ``closings`` differs from ``closings``; ``None``
+        means not known: they join), and the returned state's ``window`` holds
+        the fleet's totals over the last ``window_seconds`` seconds.
 
         Returns:
             The shared state, or ``None`` when unavailable (the outcomes are

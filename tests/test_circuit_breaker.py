@@ -1639,6 +1639,7 @@ class Fleet:
         self.clock = clock
         self.open_until: float | None = None
         self.buckets: dict[int, list[int]] = {}
+        self.closings = 0
         self.available = True
 
     def state(self) -> SharedState:
@@ -1648,16 +1649,20 @@ class Fleet:
             return SharedState(OPEN, open_remaining=self.open_until - self.clock())
         return SharedState(HALF_OPEN)
 
-    def sync(self, deltas: tuple[int, int, int], window_seconds: int) -> SharedState | None:
+    def sync(
+        self, deltas: tuple[int, int, int], window_seconds: int, closings: int | None
+    ) -> SharedState | None:
         if not self.available:
             return None
         second = math.floor(self.clock())
-        if self.open_until is None and deltas[0]:
+        same_period = closings is None or closings == self.closings
+        if self.open_until is None and same_period and deltas[0]:
             bucket = self.buckets.setdefault(second, [0, 0, 0])
             for kind, delta in enumerate(deltas):
                 bucket[kind] += delta
         inside = [b for at, b in self.buckets.items() if at > second - window_seconds]
-        totals = WindowTotals(*(sum(b[kind] for b in inside) for kind in range(3)))
+        calls, failures, slow = (sum(b[kind] for b in inside) for kind in range(3))
+        totals = WindowTotals(calls, failures, slow, self.closings)
         return dataclasses.replace(self.state(), window=totals)
 
     def set_open(self, open_for: float) -> None:
@@ -1667,6 +1672,7 @@ class Fleet:
     def set_closed(self) -> None:
         self.open_until = None
         self.buckets.clear()
+        self.closings += 1
 
 
 class FleetStorage(RecordingStorage):
@@ -1689,10 +1695,17 @@ class FleetStorage(RecordingStorage):
         self.fleet.set_closed()
 
     def sync_window(
-        self, name: str, *, calls: int, failures: int, slow_calls: int, window_seconds: int
+        self,
+        name: str,
+        *,
+        calls: int,
+        failures: int,
+        slow_calls: int,
+        window_seconds: int,
+        closings: int | None = None,
     ) -> SharedState | None:
-        self._note("sync_window", name, calls, failures, slow_calls, window_seconds)
-        return self.fleet.sync((calls, failures, slow_calls), window_seconds)
+        self._note("sync_window", name, calls, failures, slow_calls, closings)
+        return self.fleet.sync((calls, failures, slow_calls), window_seconds, closings)
 
 
 @pytest.fixture
@@ -1860,6 +1873,30 @@ def test_reopening_and_closing_start_the_fleet_window_again(
         breaker.acquire().failure()
     assert breaker.state is CLOSED  # the failures before the trip are gone
     assert breaker.metrics().window_calls == 5
+
+
+def test_outcomes_from_before_a_trip_never_join_the_next_closed_period(
+    process: Callable[..., tuple[CircuitBreaker, FleetStorage]], clock: FakeClock
+) -> None:
+    a, _ = process()
+    b, b_storage = process()
+    b.acquire().failure()
+    b.acquire().failure()  # then b goes quiet, its two failures not yet sent
+    for _ in range(6):
+        clock.advance(1.0)
+        a.acquire().failure()
+    assert a.state is OPEN
+    clock.advance(30.0)
+    a.call(ok)  # a's trial closes the fleet: a new CLOSED period
+    clock.advance(1.0)
+    b.acquire().ignore()
+    assert b_storage.calls[-1] == ("sync_window", "svc", 2, 2, 0, 0)
+    assert b.metrics().window_calls == 0, "refused: they belong to the period before the trip"
+    b.acquire().failure()
+    clock.advance(1.0)
+    b.acquire().ignore()
+    assert b_storage.calls[-1] == ("sync_window", "svc", 1, 1, 0, 1)
+    assert b.metrics().window_calls == 1
 
 
 def test_a_count_window_stays_per_process_even_with_a_window_storage(

@@ -297,11 +297,18 @@ def test_names_and_prefixes_do_not_share_state(
 # -- the fleet's time window -----------------------------------------------------
 
 
-def window_of(storage: RedisStorage, *outcomes: int, seconds: int = 60) -> WindowTotals | None:
+def window_of(
+    storage: RedisStorage, *outcomes: int, seconds: int = 60, closings: int | None = None
+) -> WindowTotals | None:
     """Send ``(calls, failures, slow_calls)`` (none by default); the fleet's totals."""
     calls, failures, slow_calls = outcomes or (0, 0, 0)
     state = storage.sync_window(
-        "svc", calls=calls, failures=failures, slow_calls=slow_calls, window_seconds=seconds
+        "svc",
+        calls=calls,
+        failures=failures,
+        slow_calls=slow_calls,
+        window_seconds=seconds,
+        closings=closings,
     )
     return None if state is None else state.window
 
@@ -332,17 +339,20 @@ def test_window_outcomes_are_not_added_while_the_fleet_is_not_closed(
     make_storage: Callable[..., RedisStorage],
 ) -> None:
     a, b = make_storage(), make_storage()
-    window_of(a, 10, 9, 0)
+    assert window_of(a, 10, 9, 0, closings=0) == WindowTotals(10, 9, 0, closings=0)
     b.set_open("svc", 30)
-    # Calls admitted before the trip: their outcomes do not count in a later CLOSED period.
-    opened = a.sync_window("svc", calls=4, failures=4, slow_calls=0, window_seconds=60)
+    # Calls admitted before the trip: their outcomes do not count while OPEN...
+    opened = a.sync_window("svc", calls=4, failures=4, slow_calls=0, window_seconds=60, closings=0)
     assert opened is not None
     assert_open(opened, 30)
     assert opened.window == WindowTotals(), "opening starts the window again"
     b.set_closed("svc")
-    assert window_of(a, 1, 0, 0) == WindowTotals(1, 0, 0)
+    # ... nor in the CLOSED period after it.
+    assert window_of(a, 4, 4, 0, closings=0) == WindowTotals(closings=1)
+    assert window_of(a, 1, 0, 0, closings=1) == WindowTotals(1, 0, 0, closings=1)
+    assert window_of(b, 2, 1, 0) == WindowTotals(3, 1, 0, closings=1), "None: not known, added"
     b.set_closed("svc")
-    assert window_of(a) == WindowTotals(), "closing starts it again too"
+    assert window_of(a) == WindowTotals(closings=2), "closing starts it again too"
 
 
 def test_two_processes_each_below_minimum_calls_trip_together(
@@ -503,9 +513,11 @@ def test_every_key_expires(make_storage: Callable[..., RedisStorage], raw: redis
     wait_until(lambda: a.load("trial") == SharedState(CircuitState.HALF_OPEN))
     a.acquire_trial("trial", max_calls=1, lease=20)
     a.sync_window("rates", calls=2, failures=1, slow_calls=0, window_seconds=30)
+    a.set_closed("closed")
 
     keys = sorted(k.decode() for k in raw.scan_iter(match=f"{a.prefix}:*"))
     assert keys == [
+        f"{a.prefix}:{{closed}}:closings",
         f"{a.prefix}:{{counting}}:failures",
         f"{a.prefix}:{{rates}}:window",
         f"{a.prefix}:{{trial}}:trials",
