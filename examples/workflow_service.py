@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from flask import Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import BadGateway
 
 from gennet_sync import ServiceSession, ServiceUnavailableError, setup_error_handlers
 
@@ -70,11 +71,20 @@ def qualitative_session() -> ServiceSession:
 
 
 def verify() -> Response:
-    """``POST /api/v1/workflows/verify``: the qualitative service's verdict."""
-    body = request.get_json()
+    """``POST /api/v1/workflows/verify``: the qualitative service's verdict.
+
+    Raises:
+        BadGateway: The qualitative service answered 2xx with a body that is not JSON.
+    """
+    request.get_json()  # a body that is not JSON is this service's 400 or 415
     session = qualitative_session()
     try:
-        response = session.post("/ctl/verify", json=body)
+        # The body as received: ``json=None`` would send no body for a JSON null.
+        response = session.post(
+            "/ctl/verify",
+            data=request.get_data(),
+            headers={"Content-Type": "application/json"},
+        )
     except ServiceUnavailableError as error:
         if error.retry_after is not None:
             raise  # an open breaker says when the next trial is
@@ -85,7 +95,13 @@ def verify() -> Response:
             retry_after=RETRY_AFTER_BEFORE_OPEN,
             metadata=error.metadata,
         ) from error
-    return jsonify(response.json())
+    try:
+        answer = response.json()
+    except ValueError as error:
+        raise BadGateway(
+            f"The qualitative service answered {response.status_code} with a body that is not JSON"
+        ) from error
+    return jsonify(answer)
 
 
 def breaker() -> Response:

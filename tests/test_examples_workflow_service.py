@@ -248,3 +248,32 @@ def test_breaker_view_without_shared_storage_has_no_shared_state(make_client: An
     view = make_client(dead_url()).get("/api/v1/workflows/breaker").get_json()
     assert view["shared_state"] is None
     assert view["state"] == "closed"
+
+
+@pytest.mark.parametrize("body", [b"null", b"[]", b'"text"', b"7"])
+def test_a_body_that_is_json_but_not_an_object_is_the_downstream_422(
+    make_client: Any, qualitative_url: str, body: bytes
+) -> None:
+    # JSON null used to be forwarded as no body at all: a misleading 415.
+    client = make_client(qualitative_url)
+    response = client.post(VERIFY, data=body, content_type="application/json")
+    assert response.status_code == 422
+    assert response.get_json()["error"]["metadata"]["fields"] == {
+        "_schema": ["Invalid input type."]
+    }
+
+
+@pytest.mark.parametrize("answer", ["<html>ok</html>", '{"holds": tru'])
+def test_a_2xx_answer_that_is_not_json_is_a_502(make_client: Any, answer: str) -> None:
+    garbled = Flask("garbled")
+
+    @garbled.post("/ctl/verify")
+    def reply() -> Any:
+        return answer, 200, {"Content-Type": "application/json"}
+
+    with serve_app(garbled) as url:
+        response = make_client(url).post(VERIFY, json={"network": OSCILLATOR, "formula": "a"})
+    assert response.status_code == 502
+    error = response.get_json()["error"]
+    assert error["code"] == "BAD_GATEWAY"
+    assert "not JSON" in error["message"]
