@@ -19,7 +19,9 @@ every service-to-service call needs:
 
 The breaker, the default timeout and the error mapping live in :meth:`send`, which
 ``Session.request()``, every verb and every redirect hop go through.  One logical
-call, with its urllib3 retries and redirect hops, is one breaker outcome.
+call, with its urllib3 retries and redirect hops, is one breaker outcome.  A
+redirect to another host ends the service's part of the call (its answer, the
+redirect, is a success); that host's answers are never counted against it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import time
 import weakref
 from collections.abc import Collection, Iterator, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
@@ -169,9 +172,19 @@ except PackageNotFoundError:  # a source tree that was never installed
 #: that nothing here can read.
 ACCEPT_ENCODING: Final = make_headers(accept_encoding=True)["accept-encoding"].replace(",", ", ")
 
-#: The session whose call is in progress in this context; its redirect hops reuse
-#: that call's breaker permit instead of asking for another.
-_call_in_progress: ContextVar[ServiceSession | None] = ContextVar(
+
+@dataclass(frozen=True)
+class _Call:
+    """A logical call in progress: whose it is, where it went first, and its permit."""
+
+    session: ServiceSession
+    host: str
+    permit: CallPermit | _NoPermit
+
+
+#: The call in progress in this context; its redirect hops to the same host reuse
+#: its breaker permit instead of asking for another.
+_call_in_progress: ContextVar[_Call | None] = ContextVar(
     "gennet_sync_call_in_progress", default=None
 )
 
@@ -792,12 +805,16 @@ class ServiceSession(requests.Session):
             self._per_host_breakers[host] = breaker
         return breaker
 
-    def _service_label(self, url: str, breaker: CircuitBreaker | None) -> str:
+    def _service_label(self, call: _Call, breaker: CircuitBreaker | None, failed_url: str) -> str:
+        """Who failed: this session's service, or the host a redirect led to."""
+        host = host_port(failed_url)
+        if host != call.host:
+            return host or "downstream"
         if self.service_name:
             return self.service_name
         if breaker is not None and breaker.name:
             return breaker.name
-        return host_port(url) or "downstream"
+        return host or "downstream"
 
     def join_url(self, url: str) -> str:
         """``url`` joined to ``base_url`` when relative; absolute URLs unchanged."""
@@ -843,43 +860,69 @@ class ServiceSession(requests.Session):
                 request.headers[REQUEST_ID_HEADER] = request_id
         if self.compress_requests:
             self._compress_body(request)
-        if _call_in_progress.get() is self:
-            # A redirect hop of a call that already holds a permit.
-            return super().send(request, **kwargs)
-        token = _call_in_progress.set(self)
+        url = request.url or ""
+        call = _call_in_progress.get()
+        if call is not None and call.session is self:
+            return self._send_redirect_hop(call, url, request, kwargs)
+        breaker = self.breaker_for(url)
+        call = _Call(self, host_port(url), _NO_PERMIT if breaker is None else breaker.acquire())
+        token = _call_in_progress.set(call)
         try:
-            return self._send_call(request, kwargs)
+            response = self._send_once(call, request, kwargs)
+        except _TRANSPORT_FAILURES as error:
+            if self.raise_errors:
+                failed = error.request.url if error.request is not None else url
+                service = self._service_label(call, breaker, failed or url)
+                raise _transport_error(error, service) from error
+            raise
         finally:
             _call_in_progress.reset(token)
-
-    def _send_call(
-        self, request: requests.PreparedRequest, kwargs: dict[str, Any]
-    ) -> requests.Response:
-        url = request.url or ""
-        breaker = self.breaker_for(url)
-        permit: CallPermit | _NoPermit = _NO_PERMIT if breaker is None else breaker.acquire()
-        try:
-            response = super().send(request, **kwargs)
-        except _TRANSPORT_FAILURES as error:
-            permit.failure(error)
-            if self.raise_errors:
-                raise _transport_error(error, self._service_label(url, breaker)) from error
-            raise
-        except BaseException:
-            # Not the service's fault: a bad URL, a hook that raised, KeyboardInterrupt.
-            permit.ignore()
-            raise
-        if response.status_code in self.failure_statuses:
-            permit.failure(None)
-        else:
-            permit.success()
         if self.raise_errors and response.status_code >= 400:
-            mapped = error_from_response(response, service=self._service_label(url, breaker))
+            service = self._service_label(call, breaker, response.url or url)
+            mapped = error_from_response(response, service=service)
             # The caller never sees this response: free its connection now, even
             # when streaming and the body was not read.
             response.close()
             if mapped is not None:
                 raise mapped
+        return response
+
+    def _send_redirect_hop(
+        self,
+        call: _Call,
+        url: str,
+        request: requests.PreparedRequest,
+        kwargs: dict[str, Any],
+    ) -> requests.Response:
+        host = host_port(url)
+        if host == call.host:
+            # Same service: the call's permit records the outcome of the last hop.
+            return super().send(request, **kwargs)
+        # The service answered with a redirect elsewhere (object storage, a CDN): that
+        # answer is its outcome, and the other host's failures are not its own.  The
+        # other host goes through its own breaker when breakers are chosen per host.
+        call.permit.success()
+        breaker = self.breaker_for(url) if self._breaker_per_host else None
+        hop = _Call(self, host, _NO_PERMIT if breaker is None else breaker.acquire())
+        return self._send_once(hop, request, kwargs)
+
+    def _send_once(
+        self, call: _Call, request: requests.PreparedRequest, kwargs: dict[str, Any]
+    ) -> requests.Response:
+        """``Session.send`` with its outcome recorded on the call's permit."""
+        try:
+            response = super().send(request, **kwargs)
+        except _TRANSPORT_FAILURES as error:
+            call.permit.failure(error)
+            raise
+        except BaseException:
+            # Not the service's fault: a bad URL, a hook that raised, KeyboardInterrupt.
+            call.permit.ignore()
+            raise
+        if response.status_code in self.failure_statuses:
+            call.permit.failure(None)
+        else:
+            call.permit.success()
         return response
 
     def _compress_body(self, request: requests.PreparedRequest) -> None:

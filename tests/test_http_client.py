@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -1041,6 +1042,52 @@ class TestBreakerIntegration:
         assert [r.status_code for r in response.history] == [302]
         assert state_of(breaker) is CircuitState.CLOSED
         assert breaker.metrics().calls == 2
+
+    def test_a_redirect_to_another_host_failing_is_not_the_services_failure(
+        self, downstream: Downstream
+    ) -> None:
+        elsewhere = downstream.url.replace("127.0.0.1", "localhost") + "/status/503"
+        with ServiceSession(
+            base_url=downstream.url, service_name="a", retries=0, circuit_breaker_threshold=1
+        ) as session:
+            response = session.get("/redirect/302", params={"to": elsewhere})
+            assert response.status_code == 503
+            breaker = session.circuit_breaker
+            assert breaker is not None
+            assert state_of(breaker) is CircuitState.CLOSED
+            assert breaker.metrics().successes == 1
+            assert session.get("/ok").status_code == 200  # "a" still takes calls
+
+    def test_a_redirect_to_another_host_goes_through_that_hosts_breaker(
+        self, downstream: Downstream
+    ) -> None:
+        other_host = downstream.url.replace("http://127.0.0.1", "localhost")
+        elsewhere = f"http://{other_host}/status/503"
+        with ServiceSession(retries=0, circuit_breaker_threshold=1, raise_errors=True) as session:
+            with pytest.raises(ServiceUnavailableError) as caught:
+                session.get(f"{downstream.url}/redirect/302", params={"to": elsewhere})
+            origin = session.breaker_for(downstream.url)
+            other = session.breaker_for(elsewhere)
+        assert caught.value.service == other_host
+        assert origin is not None and other is not None and origin is not other
+        assert state_of(origin) is CircuitState.CLOSED
+        assert state_of(other) is CircuitState.OPEN
+
+    def test_a_redirect_to_another_host_that_is_down_names_that_host(
+        self, downstream: Downstream
+    ) -> None:
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            closed_port = unused.getsockname()[1]
+        elsewhere = f"http://localhost:{closed_port}/ok"
+        with ServiceSession(
+            base_url=downstream.url, service_name="a", retries=0, raise_errors=True
+        ) as session:
+            with pytest.raises(ServiceUnavailableError) as caught:
+                session.get("/redirect/302", params={"to": elsewhere})
+            breaker = session.circuit_breaker
+        assert caught.value.service == f"localhost:{closed_port}"
+        assert breaker is not None and breaker.failure_count == 0
 
 
 @pytest.mark.integration
