@@ -705,10 +705,33 @@ class ServiceSession(requests.Session):
             bytes (``Content-Encoding: gzip``) when that makes them smaller.
         compress_min_size: Smallest body compressed, in bytes.
 
+    A copy (``copy.copy``) or a pickled session keeps every setting; its breaker is
+    the registry's for the same name again (a breaker passed as ``circuit_breaker``
+    is shared by a copy and cannot be pickled).
+
     Raises:
         ValueError: For a bad setting (negative timeout, empty pool, a ``base_url``
             that is not an http(s) URL...).
     """
+
+    #: What a copy or a pickle keeps: requests' own list and the settings below.
+    __attrs__ = (
+        *requests.Session.__attrs__,
+        "base_url",
+        "service_name",
+        "timeout",
+        "raise_errors",
+        "failure_statuses",
+        "forward_request_id",
+        "compress_requests",
+        "compress_min_size",
+        "retry",
+        "pool_connections",
+        "pool_maxsize",
+        "_breaker_settings",
+        "_breaker_per_host",
+        "_own_breaker",
+    )
 
     def __init__(
         self,
@@ -767,6 +790,7 @@ class ServiceSession(requests.Session):
         self._per_host_breakers: dict[str, CircuitBreaker] = {}
         self._breaker: CircuitBreaker | None = None
         self._breaker_per_host = False
+        self._own_breaker = circuit_breaker is not None
         if circuit_breaker is not None:
             self._breaker = circuit_breaker
         elif use_circuit_breaker:
@@ -780,6 +804,25 @@ class ServiceSession(requests.Session):
         self.headers["Accept-Encoding"] = ACCEPT_ENCODING
         for prefix in ("https://", "http://"):
             self.mount(prefix, self._make_adapter())
+        _live_sessions.add(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {name: getattr(self, name, None) for name in self.__attrs__}
+        breaker = self._breaker
+        # A registry breaker is found again by name, in another process too.
+        state["_breaker"] = breaker if self._own_breaker else None
+        state["_registry_breaker_name"] = (
+            None if breaker is None or self._own_breaker else breaker.name
+        )
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        name = state.pop("_registry_breaker_name", None)
+        for attribute, value in state.items():
+            setattr(self, attribute, value)
+        self._per_host_breakers = {}
+        if name is not None:
+            self._breaker = get_circuit_breaker(name, **self._breaker_settings)
         _live_sessions.add(self)
 
     def _make_adapter(self) -> HTTPAdapter:

@@ -6,11 +6,13 @@ servers on 127.0.0.1 (werkzeug in a thread, gunicorn in a subprocess).
 
 from __future__ import annotations
 
+import copy
 import gzip
 import io
 import json
 import logging
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -382,6 +384,39 @@ class TestBreakerUnit:
         ):
             session.get("/x")
         assert len(mock.calls) == 0
+
+
+class TestCopyAndPickle:
+    @pytest.mark.parametrize("duplicate", [copy.copy, lambda s: pickle.loads(pickle.dumps(s))])
+    def test_a_copy_keeps_every_setting_and_the_services_breaker(
+        self, mock: responses.RequestsMock, duplicate: Callable[[ServiceSession], ServiceSession]
+    ) -> None:
+        mock.get(f"{BASE}/x", status=503)
+        with ServiceSession(
+            base_url=BASE,
+            service_name="svc",
+            timeout=(1.0, 2.0),
+            raise_errors=True,
+            retries=0,
+            circuit_breaker_threshold=2,
+        ) as session:
+            with duplicate(session) as twin:
+                assert twin.base_url == BASE
+                assert twin.timeout == (1.0, 2.0)
+                assert twin.circuit_breaker is session.circuit_breaker
+                with pytest.raises(ServiceUnavailableError):
+                    twin.get("/x")
+                with pytest.raises(ServiceUnavailableError):
+                    session.get("/x")
+            assert sent_timeout(mock.calls[0]) == (1.0, 2.0)
+            with pytest.raises(CircuitBreakerError):
+                session.get("/x")  # both failures counted on the one breaker
+        assert len(mock.calls) == 2
+
+    def test_a_copy_shares_a_breaker_passed_in(self, mock: responses.RequestsMock) -> None:
+        breaker = CircuitBreaker(failure_threshold=1, name="mine")
+        with ServiceSession(base_url=BASE, circuit_breaker=breaker) as session:
+            assert copy.copy(session).circuit_breaker is breaker
 
 
 class _EndlessBody(io.RawIOBase):
