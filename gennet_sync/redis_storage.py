@@ -22,7 +22,10 @@ key                         meaning
                             token, score: lease expiry in Redis server time)
 ``P:{name}:window``         hash of the fleet's time-window outcomes per second
                             of Redis server time: fields ``c:SECOND`` (calls),
-                            ``f:SECOND`` (failures), ``s:SECOND`` (slow calls)
+                            ``f:SECOND`` (failures), ``s:SECOND`` (slow calls),
+                            their running sums ``total:c``, ``total:f`` and
+                            ``total:s``, and ``floor``, the oldest second whose
+                            bucket is still counted
 ``P:{name}:closings``       times the fleet was closed: numbers its CLOSED
                             periods, so outcomes of an earlier one are refused
 ==========================  ===================================================
@@ -31,12 +34,12 @@ Every key carries a TTL, so an abandoned breaker leaves nothing behind, and a
 missing key always reads as CLOSED, so a ``FLUSHALL`` cannot wedge anything.
 
 The window hash is what makes a ``window_type="time"`` rate window fleet-wide
-(:meth:`RedisStorage.sync_window`): at each sync a process adds the outcomes it
-recorded since its last one to the bucket of the current server second, reads
-the fleet's totals over the window and drops the buckets that left it, in one
-script.  Its TTL is the window plus a minute; opening or closing the breaker
-deletes it, so every CLOSED period starts with an empty fleet window.  A window
-of ``W`` seconds keeps at most ``3 * W`` fields, all read by each sync.
+(:meth:`RedisStorage.sync_window`): at each sync a process takes the buckets
+that left the window off the running sums, adds the outcomes it recorded since
+its last sync to the bucket of the current server second and reads the sums, in
+one script whose work grows with the seconds since the fleet's previous sync,
+not with the window.  Its TTL is the window plus a minute; opening or closing
+the breaker deletes it, so every CLOSED period starts with an empty window.
 
 When Redis is down, slow or refusing commands, every method returns ``None``
 (or does nothing) within the socket timeout and the breaker carries on with its
@@ -122,36 +125,67 @@ local failures = tonumber(redis.call('GET', KEYS[1])) or 0
 local open_ms = redis.call('PTTL', KEYS[2])
 local tripped = redis.call('EXISTS', KEYS[3])
 local closings = tonumber(redis.call('GET', KEYS[6])) or 0
+local window = tonumber(ARGV[4])
 local second = tonumber(redis.call('TIME')[1])
-local oldest = second - tonumber(ARGV[4]) + 1
+local oldest = second - window + 1
 local recorded_under = tonumber(ARGV[6])
-if open_ms == -2 and tripped == 0 and tonumber(ARGV[1]) > 0
-    and (recorded_under == -1 or recorded_under == closings) then
-  -- Outcomes of calls admitted before a trip join neither the OPEN period nor
-  -- the CLOSED period after it.
-  local kinds = {'c:', 'f:', 's:'}
-  for i = 1, 3 do
-    if tonumber(ARGV[i]) > 0 then
-      redis.call('HINCRBY', KEYS[5], kinds[i] .. second, ARGV[i])
+-- Outcomes of calls admitted before a trip join neither the OPEN period nor the
+-- CLOSED period after it.
+local adding = open_ms == -2 and tripped == 0 and tonumber(ARGV[1]) > 0
+  and (recorded_under == -1 or recorded_under == closings)
+local kinds = {'c', 'f', 's'}
+local floor = tonumber(redis.call('HGET', KEYS[5], 'floor'))
+if floor ~= nil and oldest - floor >= window then
+  -- Every bucket left the window since the last sync.
+  redis.call('DEL', KEYS[5])
+  floor = nil
+elseif floor ~= nil and floor < oldest then
+  -- Take the seconds that left the window since the last sync off the totals:
+  -- one or two per sync while the fleet is busy.
+  for first = floor, oldest - 1, 1000 do
+    local fields = {}
+    for at = first, math.min(first + 999, oldest - 1) do
+      for _, kind in ipairs(kinds) do
+        fields[#fields + 1] = kind .. ':' .. at
+      end
     end
+    local values = redis.call('HMGET', KEYS[5], unpack(fields))
+    local gone = {c = 0, f = 0, s = 0}
+    for i, field in ipairs(fields) do
+      local kind = string.sub(field, 1, 1)
+      gone[kind] = gone[kind] + (tonumber(values[i]) or 0)
+    end
+    for _, kind in ipairs(kinds) do
+      if gone[kind] > 0 then
+        redis.call('HINCRBY', KEYS[5], 'total:' .. kind, -gone[kind])
+      end
+    end
+    redis.call('HDEL', KEYS[5], unpack(fields))
+  end
+  floor = oldest
+  redis.call('HSET', KEYS[5], 'floor', floor)
+end
+if adding then
+  -- A server clock that stepped back still adds above the swept seconds.
+  local at = math.max(second, floor or oldest)
+  for i, kind in ipairs(kinds) do
+    if tonumber(ARGV[i]) > 0 then
+      redis.call('HINCRBY', KEYS[5], kind .. ':' .. at, ARGV[i])
+      redis.call('HINCRBY', KEYS[5], 'total:' .. kind, ARGV[i])
+    end
+  end
+  if floor == nil then
+    redis.call('HSET', KEYS[5], 'floor', oldest)
   end
   redis.call('PEXPIRE', KEYS[5], ARGV[5])
 end
-local totals = {c = 0, f = 0, s = 0}
-local stale = {}
-local buckets = redis.call('HGETALL', KEYS[5])
-for i = 1, #buckets, 2 do
-  local kind = string.sub(buckets[i], 1, 1)
-  if tonumber(string.sub(buckets[i], 3)) < oldest then
-    stale[#stale + 1] = buckets[i]
-  else
-    totals[kind] = totals[kind] + tonumber(buckets[i + 1])
-  end
+local totals = redis.call('HMGET', KEYS[5], 'total:c', 'total:f', 'total:s')
+local calls = tonumber(totals[1]) or 0
+if calls == 0 and floor ~= nil then
+  redis.call('DEL', KEYS[5])
 end
-for first = 1, #stale, 1000 do
-  redis.call('HDEL', KEYS[5], unpack(stale, first, math.min(first + 999, #stale)))
-end
-return {failures, open_ms, tripped, totals.c, totals.f, totals.s, closings}
+return {failures, open_ms, tripped, calls, tonumber(totals[2]) or 0,
+        tonumber(totals[3]) or 0, closings}
 """
 
 # ARGV: key TTL (ms).

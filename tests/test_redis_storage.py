@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from multiprocessing.synchronize import Barrier as BarrierType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -333,6 +333,21 @@ def test_window_outcomes_leave_after_the_window(
     # Buckets are whole seconds of the server's clock: gone by the next second.
     wait_until(lambda: window_of(b, seconds=1) == WindowTotals())
     assert raw.hlen(f"{a.prefix}:{{svc}}:window") == 0, "the old buckets are dropped"
+
+
+def test_the_window_slides_second_by_second(
+    make_storage: Callable[..., RedisStorage], raw: redis.Redis
+) -> None:
+    a, b = make_storage(), make_storage()
+    started = raw.time()[0]
+    assert window_of(a, 1, 1, 0, seconds=3) == WindowTotals(1, 1, 0)
+    wait_until(lambda: raw.time()[0] > started)
+    assert window_of(b, 2, 0, 1, seconds=3) == WindowTotals(3, 1, 1)
+    # a's second leaves the window first, b's stays a second longer.
+    wait_until(lambda: window_of(a, seconds=3) == WindowTotals(2, 0, 1))
+    fields = cast(list[bytes], raw.hkeys(f"{a.prefix}:{{svc}}:window"))
+    buckets = {field.split(b":")[1] for field in fields if field[:2] in (b"c:", b"f:", b"s:")}
+    assert len(buckets) == 1, "the bucket that left the window is dropped"
 
 
 def test_window_outcomes_are_not_added_while_the_fleet_is_not_closed(
