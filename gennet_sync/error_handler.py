@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import sys
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from flask.wrappers import Request
@@ -40,6 +41,9 @@ from gennet_sync.context import (
 )
 from gennet_sync.exceptions import GenNetException, make_envelope
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
 __all__ = [
     "EXTENSION_KEY",
     "AppState",
@@ -56,6 +60,9 @@ logger = logging.getLogger(__name__)
 EXTENSION_KEY = "gennet_sync"
 
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+
+#: Where the request ID is kept in the WSGI environ, which outlives the request context.
+_ENVIRON_REQUEST_ID = "gennet_sync.request_id"
 
 
 def http_status_code(status: int) -> str:
@@ -187,6 +194,7 @@ class GenNet:
         app.register_error_handler(MarshmallowValidationError, _handle_marshmallow_error)
         app.register_error_handler(HTTPException, _handle_http_exception)
         app.register_error_handler(Exception, _handle_unexpected_exception)
+        app.wsgi_app = _LastResortEnvelope(app.wsgi_app, app)  # type: ignore[method-assign]
         app.before_request(_bind_request_id)
         app.after_request(_add_request_id_header)
         app.teardown_request(_unbind_request_id)
@@ -206,9 +214,21 @@ def setup_error_handlers(app: Flask) -> GenNet:
     return GenNet(app)
 
 
-def _expose_errors() -> bool:
-    setting = current_app.config.get("GENNET_EXPOSE_ERRORS")
-    return bool(current_app.debug if setting is None else setting)
+def _expose_errors(app: Flask) -> bool:
+    setting = app.config.get("GENNET_EXPOSE_ERRORS")
+    return bool(app.debug if setting is None else setting)
+
+
+def _crash_metadata(app: Flask, error: BaseException) -> dict[str, Any]:
+    """The details of an unexpected exception, when ``app`` exposes them; else nothing."""
+    if not _expose_errors(app):
+        return {}
+    return {
+        "exception_type": type(error).__qualname__,
+        # The envelope renders it with str(), falling back when its __str__ raises.
+        "exception_message": error,
+        "traceback": traceback.format_exception(error),
+    }
 
 
 def _request_id() -> str:
@@ -303,13 +323,7 @@ def _handle_unexpected_exception(error: Exception) -> Response:
 
 
 def _unexpected_exception_response(error: Exception) -> Response:
-    metadata: dict[str, Any] = {}
-    if _expose_errors():
-        metadata = {
-            "exception_type": type(error).__qualname__,
-            "exception_message": str(error),
-            "traceback": traceback.format_exception(error),
-        }
+    metadata = _crash_metadata(current_app, error)
     return _with_request_id(
         error_response(
             500, "INTERNAL_SERVER_ERROR", "InternalServerError", "Internal server error", metadata
@@ -322,6 +336,7 @@ def _bind_request_id() -> None:
     incoming = request.headers.get(header)
     request_id = incoming if is_valid_request_id(incoming) else new_request_id()
     g.gennet_request_id = request_id
+    request.environ[_ENVIRON_REQUEST_ID] = request_id  # for _LastResortEnvelope
     g.gennet_request_id_token = set_request_id(request_id)
 
 
@@ -336,4 +351,59 @@ def _unbind_request_id(_error: BaseException | None) -> None:
         # A token made in another context (a copied context in a streaming
         # response) cannot be reset here; that context dies with the request anyway.
         with contextlib.suppress(ValueError):
+            reset_request_id(token)
+
+
+class _LastResortEnvelope:
+    """WSGI middleware: an exception that escapes Flask still leaves as the 500 envelope.
+
+    Flask answers what views, hooks and error handlers raise, but an exception from
+    a teardown function (a database session failing to close) escapes it after
+    the response was made, and the server would answer with its own HTML page.
+    Under ``PROPAGATE_EXCEPTIONS`` (testing, debug) the exception is left to the
+    test client or the debugger, as Flask does.
+
+    It also restores the thread's request ID when the request is over, even when a
+    teardown function that ran before ours raised.
+    """
+
+    def __init__(self, wsgi_app: WSGIApplication, app: Flask) -> None:
+        self.wsgi_app = wsgi_app
+        self.app = app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        token = set_request_id(None)
+        try:
+            return self.wsgi_app(environ, start_response)
+        except Exception as error:
+            propagate = self.app.config["PROPAGATE_EXCEPTIONS"]
+            if propagate or (propagate is None and (self.app.testing or self.app.debug)):
+                raise
+            exc_info = sys.exc_info()
+            request_id = environ.get(_ENVIRON_REQUEST_ID) or new_request_id()
+            logger.error(
+                "Unhandled exception escaped Flask (from a teardown function?) on %s %s",
+                environ.get("REQUEST_METHOD"),
+                environ.get("PATH_INFO"),
+                exc_info=exc_info,
+                extra={"request_id": request_id},
+            )
+            envelope = make_envelope(
+                "INTERNAL_SERVER_ERROR",
+                "InternalServerError",
+                "Internal server error",
+                _crash_metadata(self.app, error),
+            )
+            response = self.app.response_class(
+                self.app.json.dumps(envelope), status=500, mimetype="application/json"
+            )
+            response.headers[self.app.config["GENNET_REQUEST_ID_HEADER"]] = request_id
+
+            def restart(status: str, headers: list[tuple[str, str]], _exc_info: Any = None) -> Any:
+                # A second start_response must pass exc_info: the server replaces the
+                # headers it has not sent yet, or re-raises when they are on the wire.
+                return start_response(status, headers, exc_info)
+
+            return response(environ, restart)
+        finally:
             reset_request_id(token)

@@ -321,6 +321,44 @@ def test_an_error_handler_that_raises_our_exception_gets_its_envelope() -> None:
     assert error_of(response)["code"] == "NOT_FOUND"
 
 
+@pytest.mark.parametrize("expose", [False, True])
+def test_a_crash_in_teardown_is_still_the_envelope_over_a_real_server(
+    expose: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(GENNET_EXPOSE_ERRORS=expose)
+
+    @app.teardown_request
+    def close_database(_error: BaseException | None) -> None:
+        if request.path == "/request-id":
+            raise RuntimeError("password=hunter2 teardown")
+
+    with caplog.at_level(logging.ERROR, logger="gennet_sync"), serve_app(app) as url:
+        response = requests.get(f"{url}/request-id", headers={"X-Request-ID": "req-9"}, timeout=5)
+    assert response.status_code == 500
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["X-Request-ID"] == "req-9"
+    body = response.json()
+    assert set(body["error"]) == {"code", "type", "message", "metadata"}
+    assert body["error"]["code"] == "INTERNAL_SERVER_ERROR"
+    assert ("hunter2" in response.text) is expose
+    [record] = [r for r in caplog.records if r.name == "gennet_sync.error_handler"]
+    assert record.request_id == "req-9"  # type: ignore[attr-defined]
+    assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+
+
+def test_a_crash_in_teardown_reaches_the_test_client_when_testing() -> None:
+    app = make_app(TESTING=True)
+
+    @app.teardown_request
+    def close_database(_error: BaseException | None) -> None:
+        raise RuntimeError("teardown")
+
+    with pytest.raises(RuntimeError, match="teardown"):
+        app.test_client().get("/request-id")
+    # That teardown ran before ours, which never ran: the ID is unbound all the same.
+    assert current_request_id() is None
+
+
 def test_a_crash_before_our_before_request_hook_still_has_a_request_id(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
