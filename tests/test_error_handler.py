@@ -381,6 +381,24 @@ def test_debug_or_expose_errors_puts_details_in_metadata(config: dict[str, Any])
     assert any("secret" in line or "crash" in line for line in metadata["traceback"])
 
 
+def test_an_exception_whose_str_fails_is_still_exposed_as_an_envelope() -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise ValueError("no text")
+
+    app = make_app(GENNET_EXPOSE_ERRORS=True)
+
+    @app.get("/unprintable")
+    def unprintable() -> str:
+        raise Unprintable
+
+    response = app.test_client().get("/unprintable")
+    assert response.status_code == 500
+    metadata = error_of(response)["metadata"]
+    assert metadata["exception_type"].endswith("Unprintable")
+    assert isinstance(metadata["exception_message"], str)
+
+
 def test_expose_errors_false_wins_over_debug() -> None:
     response = make_app(DEBUG=True, GENNET_EXPOSE_ERRORS=False).test_client().get("/crash")
     assert error_of(response)["metadata"] == {}
