@@ -380,6 +380,7 @@ class CircuitBreaker:
         # Fleet window: outcomes recorded since the last sync_window (calls,
         # failures, slow calls), and the fleet's totals that sync returned.
         self._unsynced = [0, 0, 0]
+        self._unsynced_at = -math.inf  # when the newest of them was recorded
         self._fleet_totals: tuple[int, int, int] | None = None
         self._fleet_synced_at = -math.inf
         # The fleet's CLOSED period (WindowTotals.closings) the unsynced outcomes
@@ -654,6 +655,7 @@ class CircuitBreaker:
                 unsynced[0] += 1
                 unsynced[1] += failed
                 unsynced[2] += slow
+                self._unsynced_at = now
         if self._mode is not _NORMAL:
             return  # metrics only
         if not failed:
@@ -940,6 +942,9 @@ class CircuitBreaker:
         """Push this process's window outcomes, adopt the fleet's state and judge its rates."""
         with self._lock:
             calls, failures, slow = self._unsynced
+            if now - self._unsynced_at >= self.config.window_size:
+                # Quiet for longer than the window: they all left it already.
+                calls = failures = slow = 0
             self._unsynced = [0, 0, 0]
             generation, closings = self._generation, self._fleet_closings
         shared: SharedState | None = self._call_storage(

@@ -1812,19 +1812,33 @@ def test_a_sync_that_brings_the_fleet_over_the_slow_call_rate_trips_it(
 def test_outcomes_since_the_last_sync_are_sent_once(
     process: Callable[..., tuple[CircuitBreaker, FleetStorage]], clock: FakeClock
 ) -> None:
-    breaker, storage = process(sync_interval=1000.0, minimum_calls=50)
+    breaker, storage = process(sync_interval=30.0, minimum_calls=50)
     breaker.acquire().success()
     for _ in range(40):  # a healthy breaker between syncs: no storage call at all
         breaker.acquire().success()
     breaker.acquire().failure()
     breaker.acquire().ignore()  # counts neither way
     assert names(storage) == ["sync_window"]
-    clock.advance(1000.0)
+    clock.advance(30.0)
     breaker.acquire().success()
-    clock.advance(1000.0)
+    clock.advance(30.0)
     breaker.acquire().success()
     syncs = [call[2:5] for call in storage.calls]
     assert syncs == [(0, 0, 0), (42, 1, 0), (1, 0, 0)]
+
+
+def test_outcomes_older_than_the_window_are_not_sent(
+    process: Callable[..., tuple[CircuitBreaker, FleetStorage]], clock: FakeClock
+) -> None:
+    breaker, storage = process(sync_interval=1.0)
+    breaker.acquire().failure()
+    breaker.acquire().failure()
+    clock.advance(59.0)  # a quiet process: its next sync comes late, still in the window
+    breaker.acquire().failure()
+    assert storage.calls[-1][:5] == ("sync_window", "svc", 2, 2, 0)
+    clock.advance(60.0)  # quieter still: the failure has left the 60 s window
+    breaker.acquire().ignore()
+    assert storage.calls[-1][:5] == ("sync_window", "svc", 0, 0, 0)
 
 
 def test_with_the_shared_window_unavailable_the_local_window_trips(
@@ -1914,11 +1928,11 @@ def test_a_count_window_stays_per_process_even_with_a_window_storage(
 def test_a_forked_child_does_not_send_the_parents_window_outcomes(
     process: Callable[..., tuple[CircuitBreaker, FleetStorage]], clock: FakeClock
 ) -> None:
-    breaker, storage = process(sync_interval=1000.0)
+    breaker, storage = process(sync_interval=10.0)
     breaker.acquire().failure()
     breaker.acquire().failure()
     breaker._after_fork()  # what os.register_at_fork runs in the child
-    clock.advance(1000.0)
+    clock.advance(10.0)
     breaker.acquire().ignore()
     # The parent sends its two failures itself; the child must not send them again.
     assert storage.calls[-1][:5] == ("sync_window", "svc", 0, 0, 0)
