@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import sys
 import traceback
 from collections.abc import Iterable, Mapping
@@ -40,6 +39,7 @@ from gennet_sync.context import (
     set_request_id,
 )
 from gennet_sync.exceptions import GenNetException, make_envelope
+from gennet_sync.http_client import http_status_code
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -59,16 +59,8 @@ logger = logging.getLogger(__name__)
 #: Key of this library's per-app state in ``app.extensions``.
 EXTENSION_KEY = "gennet_sync"
 
-_NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")
-
 #: Where the request ID is kept in the WSGI environ, which outlives the request context.
 _ENVIRON_REQUEST_ID = "gennet_sync.request_id"
-
-
-def http_status_code(status: int) -> str:
-    """The UPPER_SNAKE code for an HTTP status: 405 → ``METHOD_NOT_ALLOWED``."""
-    phrase = HTTP_STATUS_CODES.get(status, "Error")
-    return _NON_ALNUM.sub("_", phrase).strip("_").upper()
 
 
 def error_response(

@@ -38,11 +38,9 @@ import time
 import weakref
 from collections.abc import Collection, Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
-from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -50,6 +48,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import InvalidHeader, MaxRetryError, ReadTimeoutError, ResponseError
 from urllib3.util import make_headers
 from urllib3.util.retry import Retry
+from werkzeug.http import HTTP_STATUS_CODES
 
 from gennet_sync.circuit_breaker import (
     CircuitBreaker,
@@ -94,6 +93,7 @@ __all__ = [
     "downstream_error_class",
     "error_from_response",
     "host_port",
+    "http_status_code",
     "make_retry",
     "raise_for_error",
 ]
@@ -173,12 +173,11 @@ except PackageNotFoundError:  # a source tree that was never installed
 ACCEPT_ENCODING: Final = make_headers(accept_encoding=True)["accept-encoding"].replace(",", ", ")
 
 
-@dataclass(frozen=True)
-class _Call:
+class _Call(NamedTuple):
     """A logical call in progress: whose it is, where it went first, and its permit."""
 
     session: ServiceSession
-    host: str
+    url: str
     permit: CallPermit | _NoPermit
 
 
@@ -345,14 +344,18 @@ class DownstreamError(GenNetException):
 
 
 def _status_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return f"HTTP {status}"
+    # werkzeug's phrases, not http.HTTPStatus's: those change between Python
+    # versions (413 is "Content Too Large" from 3.13), and both sides of a call
+    # must name a status alike.
+    return HTTP_STATUS_CODES.get(status) or f"HTTP {status}"
 
 
-def _status_code_name(status: int) -> str:
-    """``NOT_FOUND`` for 404, the way the Flask side names status codes."""
+def http_status_code(status: int) -> str:
+    """The UPPER_SNAKE code for an HTTP status: 405 → ``METHOD_NOT_ALLOWED``.
+
+    The Flask side names werkzeug's errors with it and :func:`raise_for_error`
+    names downstream errors that carry no envelope, so both agree.
+    """
     return _NON_ALNUM.sub("_", _status_phrase(status)).strip("_").upper()
 
 
@@ -369,7 +372,7 @@ def downstream_error_class(status: int) -> type[DownstreamError]:
     name = f"Downstream{status}Error" if known is None else f"Downstream{known.__name__}"
     namespace = {
         "status_code": status,
-        "code": _status_code_name(status),
+        "code": http_status_code(status),
         "default_message": _status_phrase(status),
         "__module__": __name__,
         "__doc__": f"A downstream error answered with HTTP {status}.",
@@ -543,7 +546,7 @@ def error_from_response(
         message = f"Service '{service}' answered {status} {_status_phrase(status)}"
         known = _STATUS_CLASSES.get(status)
         if known is None:
-            code = _status_code_name(status)
+            code = http_status_code(status)
             error = _rebuild(downstream_error_class(status), message, code, metadata)
             assert isinstance(error, DownstreamError)
             error.error_type = _status_type_name(status)
@@ -851,7 +854,7 @@ class ServiceSession(requests.Session):
     def _service_label(self, call: _Call, breaker: CircuitBreaker | None, failed_url: str) -> str:
         """Who failed: this session's service, or the host a redirect led to."""
         host = host_port(failed_url)
-        if host != call.host:
+        if host != host_port(call.url):
             return host or "downstream"
         if self.service_name:
             return self.service_name
@@ -908,7 +911,7 @@ class ServiceSession(requests.Session):
         if call is not None and call.session is self:
             return self._send_redirect_hop(call, url, request, kwargs)
         breaker = self.breaker_for(url)
-        call = _Call(self, host_port(url), _NO_PERMIT if breaker is None else breaker.acquire())
+        call = _Call(self, url, _NO_PERMIT if breaker is None else breaker.acquire())
         token = _call_in_progress.set(call)
         try:
             response = self._send_once(call, request, kwargs)
@@ -937,8 +940,7 @@ class ServiceSession(requests.Session):
         request: requests.PreparedRequest,
         kwargs: dict[str, Any],
     ) -> requests.Response:
-        host = host_port(url)
-        if host == call.host:
+        if host_port(url) == host_port(call.url):
             # Same service: the call's permit records the outcome of the last hop.
             return super().send(request, **kwargs)
         # The service answered with a redirect elsewhere (object storage, a CDN): that
@@ -946,7 +948,7 @@ class ServiceSession(requests.Session):
         # other host goes through its own breaker when breakers are chosen per host.
         call.permit.success()
         breaker = self.breaker_for(url) if self._breaker_per_host else None
-        hop = _Call(self, host, _NO_PERMIT if breaker is None else breaker.acquire())
+        hop = _Call(self, url, _NO_PERMIT if breaker is None else breaker.acquire())
         return self._send_once(hop, request, kwargs)
 
     def _send_once(

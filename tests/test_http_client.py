@@ -33,6 +33,7 @@ import zstandard
 from flask import Flask, Response, jsonify, redirect, request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -565,8 +566,25 @@ class TestRaiseForError:
         with pytest.raises(DownstreamError) as caught:
             raise_for_error(self._response(mock, status=413, body="too big"), service="svc")
         assert caught.value.status_code == 413
-        # The phrase is "Content Too Large" from Python 3.13 on.
-        assert caught.value.code in {"REQUEST_ENTITY_TOO_LARGE", "CONTENT_TOO_LARGE"}
+        # On every Python (http.HTTPStatus says "Content Too Large" from 3.13 on).
+        assert caught.value.code == "REQUEST_ENTITY_TOO_LARGE"
+
+    @pytest.mark.parametrize("status", [405, 413, 414, 416, 418, 431, 501, 511])
+    def test_a_status_without_envelope_is_named_as_the_flask_side_names_it(
+        self, mock: responses.RequestsMock, status: int
+    ) -> None:
+        app = Flask("names")
+        setup_error_handlers(app)
+
+        @app.get("/fail")
+        def fail() -> str:
+            # A class of our own: werkzeug has none for some statuses (511).
+            raise type("Failure", (HTTPException,), {"code": status})()
+
+        flask_code = app.test_client().get("/fail").get_json()["error"]["code"]
+        with pytest.raises(GenNetException) as caught:
+            raise_for_error(self._response(mock, status=status, body="plain"), service="svc")
+        assert caught.value.code == flask_code
 
     def test_json_that_is_not_an_envelope_maps_by_status(
         self, mock: responses.RequestsMock
