@@ -671,8 +671,23 @@ def _is_compressible(mimetype: str, extra: frozenset[str]) -> bool:
     return mimetype in extra or mimetype.startswith("text/") or mimetype.endswith(("+json", "+xml"))
 
 
-def _add_vary(response: Response) -> None:
-    vary = response.headers.get("Vary", "")
+def _header_values(response: Response) -> dict[str, str]:
+    """``{lowercase name: value}``, a header sent several times joined with ``", "``.
+
+    One pass over the few headers a response has: werkzeug builds an exception
+    for each lookup of a missing header, and most of those this hook reads are
+    missing.  Joining repeated headers is how HTTP combines list values (a
+    ``no-transform`` or a ``Vary`` token in a second header line counts too).
+    """
+    values: dict[str, str] = {}
+    for name, value in response.headers.items():
+        key = name.lower()
+        values[key] = f"{values[key]}, {value}" if key in values else value
+    return values
+
+
+def _add_vary(response: Response, vary: str) -> None:
+    """Add ``Accept-Encoding`` to ``Vary`` (whose current value is ``vary``) unless covered."""
     tokens = {token.strip().lower() for token in vary.split(",")}
     if "*" in tokens or "accept-encoding" in tokens:
         return
@@ -749,37 +764,34 @@ class Compression:
         """
         if not _is_compressible(response.mimetype or "", self.settings.mimetypes):
             return response
+        headers = _header_values(response)
         status = response.status_code
-        if status < 200 or status in (204, 206, 304) or "Content-Range" in response.headers:
+        if status < 200 or status in (204, 206, 304) or "content-range" in headers:
             return response
-        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        encoding = headers.get("content-encoding", "").strip().lower()
         if encoding and encoding != "identity":
             return response  # already encoded by the view: never compress twice
-        _add_vary(response)
-        cache_control = response.headers.get("Cache-Control", "").lower()
-        if "no-transform" in cache_control:
+        _add_vary(response, headers.get("vary", ""))
+        if "no-transform" in headers.get("cache-control", "").lower():
             return response
-        coding = negotiate_encoding(request.headers.get("Accept-Encoding"), self._algorithms)
-        if coding is None:
-            # Nothing the client accepts is available; RFC 9110 allows answering
-            # without a coding rather than failing a request that already ran.
+        accept_encoding = request.headers.get("Accept-Encoding")
+        coding = negotiate_encoding(accept_encoding, self._algorithms)
+        if coding is None or coding == "identity":
+            # None: nothing the client accepts is available; RFC 9110 allows
+            # answering without a coding rather than failing a request that ran.
             return response
-        identity_forbidden = coding != "identity" and (
-            negotiate_encoding(request.headers.get("Accept-Encoding"), ()) is None
-        )
-        if coding == "identity":
+        streamed = response.is_streamed
+        data = b"" if streamed else response.get_data()
+        size = response.content_length if streamed else len(data)
+        if (
+            size is not None
+            and size < self.settings.min_size
+            # Small, but sent compressed anyway when the client forbids identity.
+            and negotiate_encoding(accept_encoding, ()) is not None
+        ):
             return response
         level = self.settings.level(coding)
-        min_size = 0 if identity_forbidden else self.settings.min_size
-        streamed = response.is_streamed
-        if streamed:
-            length = response.content_length
-            if length is not None and length < min_size:
-                return response
-        else:
-            data = response.get_data()
-            if len(data) < min_size:
-                return response
+        if not streamed:
             response.set_data(compress_bytes(data, coding, level))
         response.headers["Content-Encoding"] = coding
         response.headers.pop("Accept-Ranges", None)

@@ -237,6 +237,33 @@ def test_existing_vary_is_extended_not_replaced() -> None:
     assert response.headers["Vary"] == "Accept-Language, Accept-Encoding"
 
 
+def test_headers_sent_twice_count_as_one_list() -> None:
+    # HTTP joins repeated header lines into one list: each line's tokens count.
+    app = make_app()
+
+    @app.get("/two-vary")
+    def two_vary() -> Response:
+        response = Response(json.dumps(PAYLOAD), mimetype="application/json")
+        response.headers.add("Vary", "Accept-Language")
+        response.headers.add("Vary", "Origin")
+        return response
+
+    @app.get("/two-cache-control")
+    def two_cache_control() -> Response:
+        response = Response(json.dumps(PAYLOAD), mimetype="application/json")
+        response.headers.add("Cache-Control", "public")
+        response.headers.add("Cache-Control", "no-transform")
+        return response
+
+    client = app.test_client()
+    varied = client.get("/two-vary", headers={"Accept-Encoding": "gzip"})
+    assert varied.headers.getlist("Vary") == ["Accept-Language, Origin, Accept-Encoding"]
+    assert varied.headers["Content-Encoding"] == "gzip"
+    kept = client.get("/two-cache-control", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in kept.headers
+    assert json.loads(kept.data) == PAYLOAD
+
+
 def test_strong_etag_is_adjusted_and_revalidates_weak_is_kept() -> None:
     app = make_app()
 
