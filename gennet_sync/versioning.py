@@ -61,6 +61,7 @@ _ENVIRON_VERSIONABLE = "gennet_sync.versioning.versionable"
 _ENVIRON_UNKNOWN_HEADER_VERSION = "gennet_sync.versioning.unknown_header_version"
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 _FEATURE = "versioning"
+_HEADER_CACHE_SIZE = 64
 
 # Blueprint setup methods that still work after registration because they go
 # through ``record``; the others (before_request, errorhandler...) are merged into
@@ -269,6 +270,9 @@ class VersionedAPI:
         self.header_routing = header_routing
         self._versions: dict[str, APIVersion] = {}
         self._apps: list[Flask] = []
+        # (version name, script root) -> its response headers; cleared when a
+        # version is declared, since that can change the successor.
+        self._header_cache: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         if app is not None:
             self.init_app(app)
 
@@ -351,6 +355,7 @@ class VersionedAPI:
             link=link,
         )
         self._versions[name] = version
+        self._header_cache.clear()
         for app in self._apps:
             self._register(app, version)
         return bp
@@ -397,7 +402,7 @@ class VersionedAPI:
 
     def _add_version_headers(self, response: Response) -> Response:
         if request.environ.get(_ENVIRON_VERSIONABLE):
-            vary = response.headers.get("Vary", "")
+            vary = ", ".join(response.headers.getlist("Vary"))
             if API_VERSION_HEADER.lower() not in vary.lower():
                 response.headers["Vary"] = (
                     f"{vary}, {API_VERSION_HEADER}" if vary else API_VERSION_HEADER
@@ -405,20 +410,31 @@ class VersionedAPI:
         version = self.version_for_path(request.path)
         if version is None:
             return response
-        successor = self.successor_of(version)
-        headers = version.headers(
-            deprecation_link=self._index_url() if self.index else None,
-            successor=f"{request.script_root}{successor.url_prefix}" if successor else None,
-        )
-        for name, value in headers.items():
-            if name == "Link" and response.headers.get("Link"):
-                response.headers["Link"] = f"{response.headers['Link']}, {value}"
+        for name, value in self._headers_for(version, request.script_root):
+            if name == "Link":
+                # Links the view set (on one line or several) stay, ours go last.
+                response.headers["Link"] = ", ".join([*response.headers.getlist("Link"), value])
             else:
                 response.headers[name] = value
         return response
 
-    def _index_url(self) -> str:
-        return f"{request.script_root}{self.prefix}"
+    def _headers_for(self, version: APIVersion, script_root: str) -> tuple[tuple[str, str], ...]:
+        """The headers of ``version``'s responses, built once per version and script root."""
+        key = (version.name, script_root)
+        headers = self._header_cache.get(key)
+        if headers is None:
+            successor = self.successor_of(version)
+            headers = tuple(
+                version.headers(
+                    deprecation_link=f"{script_root}{self.prefix}" if self.index else None,
+                    successor=f"{script_root}{successor.url_prefix}" if successor else None,
+                ).items()
+            )
+            if len(self._header_cache) >= _HEADER_CACHE_SIZE:
+                # A deployment has one or two script roots: odd ones must not pile up.
+                self._header_cache.clear()
+            self._header_cache[key] = headers
+        return headers
 
     def _versions_index(self) -> Response:
         return jsonify({"versions": [v.describe() for v in self._versions.values()]})

@@ -7,7 +7,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
-from flask import Blueprint, Flask, url_for
+from flask import Blueprint, Flask, make_response, url_for
 from werkzeug.test import TestResponse
 
 from gennet_sync import VersionedAPI, setup_error_handlers
@@ -297,3 +297,37 @@ def test_unknown_header_version_is_a_404_envelope_listing_versions() -> None:
     assert json_of(response)["error"]["metadata"]["supported_versions"] == ["v1", "v2"]
     # A path served without a version still works whatever the header says.
     assert client.get("/health", headers={"API-Version": "v7"}).text == "ok"
+
+
+def test_link_and_vary_sent_on_several_lines_are_all_kept() -> None:
+    app = make_header_routed_app()
+    v1: Blueprint = app_state(app).features["versioning"].versions["v1"].blueprint
+
+    @v1.get("/paged")
+    def paged() -> Any:
+        response = make_response("")
+        response.headers.add("Link", '</api/v1/paged?page=2>; rel="next"')
+        response.headers.add("Link", '</api/v1/paged?page=9>; rel="last"')
+        response.headers.add("Vary", "Cookie")
+        response.headers.add("Vary", "Origin")
+        return response
+
+    response = app.test_client().get("/paged", headers={"API-Version": "v1"})
+    [link] = response.headers.getlist("Link")
+    assert link.startswith(
+        '</api/v1/paged?page=2>; rel="next", </api/v1/paged?page=9>; rel="last", '
+    )
+    assert 'rel="deprecation"' in link
+    assert response.headers.getlist("Vary") == ["Cookie, Origin, API-Version"]
+
+
+def test_headers_follow_the_script_root() -> None:
+    app, _ = make_app()
+    client = app.test_client()
+    plain = client.get("/api/v1/networks/a")
+    assert plain.headers["Link"] == '</api>; rel="deprecation", </api/v2>; rel="successor-version"'
+    mounted = client.get("/api/v1/networks/a", environ_overrides={"SCRIPT_NAME": "/grn"})
+    assert mounted.headers["Link"] == (
+        '</grn/api>; rel="deprecation", </grn/api/v2>; rel="successor-version"'
+    )
+    assert client.get("/api/v1/networks/a").headers["Link"] == plain.headers["Link"]
