@@ -374,3 +374,33 @@ def test_a_check_gives_up_at_its_deadline() -> None:
     assert check(network, "n0 | !n0", deadline=deadline()).holds
     with pytest.raises(TimeLimitError, match=r"2\.5 s"):
         check(network, "EG EG EG EG n0", deadline=deadline())
+
+
+@pytest.mark.parametrize(
+    ("rules", "update", "formula", "initial", "holds"),
+    [
+        # a fixed point's self-loop is an infinite path: EG holds on it
+        ({"a": "a"}, "asynchronous", "EG a", {"a": True}, True),
+        ({"a": "a"}, "synchronous", "EG a", {"a": True}, True),
+        # a state with a pending change has no self-loop: it must move
+        ({"x": "!x"}, "asynchronous", "EG !x", {"x": False}, False),
+        ({"x": "!x"}, "asynchronous", "AF x", {"x": False}, True),
+        # until needs its right side to happen
+        ({"x": "!x"}, "asynchronous", "A[true U false]", None, False),
+        ({"x": "x", "y": "false"}, "asynchronous", "A[x U y]", {"y": False}, False),
+        # b toggles forever while a stays off: AF a fails asynchronously,
+        # holds synchronously (b's first step turns a on)
+        ({"a": "a | b", "b": "!b"}, "asynchronous", "AF a", {"a": False, "b": False}, False),
+        ({"a": "a | b", "b": "!b"}, "asynchronous", "A[!a U a]", {"a": False, "b": False}, False),
+        ({"a": "a | b", "b": "!b"}, "asynchronous", "EF a & EG !a", {"a": False, "b": False}, True),
+        ({"a": "a | b", "b": "!b"}, "synchronous", "AF a", {"a": False, "b": False}, True),
+    ],
+)
+def test_textbook_semantics_checked_by_hand(
+    rules: dict[str, str],
+    update: str,
+    formula: str,
+    initial: dict[str, bool] | None,
+    holds: bool,
+) -> None:
+    assert check(BooleanNetwork(rules, update=update), formula, initial).holds is holds
