@@ -27,9 +27,12 @@ def require_binary(name: str) -> str:
 
 
 @contextlib.contextmanager
-def serve_app(app: Flask) -> Iterator[str]:
-    """Serve ``app`` on a free 127.0.0.1 port in a thread; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+def serve_app(app: Flask, port: int = 0) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 in a thread; yields its base URL.
+
+    ``port`` 0 takes a free one; a given port lets a test bring a service back.
+    """
+    server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="test-server", daemon=True)
     thread.start()
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,7 +11,6 @@ import pytest
 import requests
 from flask import Flask, jsonify
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
 
 from examples.qualitative_service import create_app as create_qualitative_app
 from examples.workflow_service import EXTENSION_KEY, create_app
@@ -71,20 +68,6 @@ def make_client() -> Iterator[Any]:
     yield make
     for app in apps:
         app.extensions[EXTENSION_KEY].close()
-
-
-@contextlib.contextmanager
-def serve_app_on(app: Flask, port: int) -> Iterator[str]:
-    """Like the conftest's ``serve_app``, on a given port (a service coming back)."""
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def dead_url() -> str:
@@ -172,7 +155,7 @@ def test_open_breaker_answers_at_once_and_recovers_after_its_timeout(
     assert client.post(VERIFY, json=body).headers["Retry-After"] == "10"
 
     # the service comes back on the same port; after the timeout a trial goes through
-    with serve_app_on(create_qualitative_app(), port):
+    with serve_app(create_qualitative_app(), port):
         assert client.post(VERIFY, json=body).status_code == 503  # still open
         clock.advance(10)
         assert client.get("/api/v1/workflows/breaker").get_json()["state"] == "half_open"
