@@ -30,12 +30,14 @@ libraries and default levels) and Flask-Compress is the benchmark's competitor.
 **Request bodies** with ``Content-Encoding: gzip, deflate, br, zstd`` (stacked
 codings too, e.g. ``gzip, br``) are decoded by a WSGI middleware before Flask
 builds the request, so ``request.get_data()``, ``get_json()`` and forms see the
-decoded bytes.  Decoding is streamed in bounded memory (each read inflates at
-most 64 KiB), and the decoded size is capped (``GENNET_MAX_DECODED_SIZE``, else
-``MAX_CONTENT_LENGTH``, else 10 MiB): passing the cap raises a 413 at once, so a
-gzip bomb never inflates.  When ``MAX_CONTENT_LENGTH`` is set, werkzeug also
-applies it to the decoded stream, with its own rule: a body that reaches the limit
-exactly and is read further counts as too large.
+decoded bytes (and no ``Content-Encoding`` header: the value the client sent is
+``request.environ[REQUEST_CONTENT_ENCODING_KEY]``).  Decoding is streamed in
+bounded memory (each read inflates at most 64 KiB), and the decoded size is
+capped (``GENNET_MAX_DECODED_SIZE``, else ``MAX_CONTENT_LENGTH``, else 10 MiB):
+passing the cap raises a 413 at once, so a gzip bomb never inflates.  When
+``MAX_CONTENT_LENGTH`` is set, werkzeug also applies it to the decoded stream,
+with its own rule: a body that reaches the limit exactly and is read further
+counts as too large.
 
 An unknown coding is a 415 (with ``Accept-Encoding`` listing what is supported,
 RFC 7694), a corrupt or truncated body a 400, and a ``Content-Encoding`` on a GET
@@ -66,6 +68,7 @@ from gennet_sync.error_handler import app_state
 
 __all__ = [
     "DEFAULT_MAX_DECODED_SIZE",
+    "REQUEST_CONTENT_ENCODING_KEY",
     "Compression",
     "CompressionSettings",
     "UnsupportedContentEncoding",
@@ -97,7 +100,9 @@ _CHUNK = 64 * 1024
 _MAX_STACKED_CODINGS = 4
 _ZSTD_WINDOW_LOG_MAX = 23  # 8 MiB windows at most: a frame cannot demand a 2 GiB buffer
 _ENVIRON_ERROR = "gennet_sync.compression.error"
-_ENVIRON_CODINGS = "gennet_sync.content_encoding"
+#: WSGI environ key of the request's ``Content-Encoding`` as the client sent it:
+#: the header itself is removed once the body is decoded.
+REQUEST_CONTENT_ENCODING_KEY = "gennet_sync.content_encoding"
 _FEATURE = "compression"
 _Q_VALUE = re.compile(r"^(?:0(?:\.\d{0,3})?|1(?:\.0{0,3})?)$")
 _ALIASES = {"x-gzip": "gzip"}
@@ -613,7 +618,7 @@ class _RequestDecodingMiddleware:
     def _rewrite(self, environ: dict[str, Any], header: str) -> None:
         codings = _parse_content_encoding(header)
         del environ["HTTP_CONTENT_ENCODING"]
-        environ[_ENVIRON_CODINGS] = header
+        environ[REQUEST_CONTENT_ENCODING_KEY] = header
         if not codings:
             return
         supported = available_encodings()

@@ -20,6 +20,7 @@ from werkzeug.test import TestResponse
 
 from gennet_sync import Compression, setup_error_handlers
 from gennet_sync.compression import (
+    REQUEST_CONTENT_ENCODING_KEY,
     CompressionSettings,
     available_encodings,
     compress_bytes,
@@ -65,7 +66,11 @@ def make_app(**options: Any) -> Flask:
     @app.post("/echo")
     def echo() -> dict[str, Any]:
         body = request.get_json()
-        return {"received": body, "encoding_seen": request.headers.get("Content-Encoding")}
+        return {
+            "received": body,
+            "encoding_seen": request.headers.get("Content-Encoding"),
+            "encoding_sent": request.environ.get(REQUEST_CONTENT_ENCODING_KEY),
+        }
 
     @app.post("/count")
     def count() -> dict[str, int]:
@@ -375,7 +380,11 @@ def test_encoded_request_bodies_reach_the_view_decoded(codings: list[str]) -> No
         headers={"Content-Encoding": ", ".join(codings), "Content-Type": "application/json"},
     )
     assert response.status_code == 200, response.data
-    assert json_of(response) == {"received": BODY, "encoding_seen": None}
+    assert json_of(response) == {
+        "received": BODY,
+        "encoding_seen": None,
+        "encoding_sent": ", ".join(codings),
+    }
 
 
 def test_raw_deflate_and_concatenated_gzip_members_are_accepted() -> None:
