@@ -362,6 +362,11 @@ window.ui = SwaggerUIBundle(Object.assign({config}, {{
 # --------------------------------------------------------------------------- the extension
 
 
+def _is_under(rule: str, prefix: str) -> bool:
+    """Whether URL rule ``rule`` is ``prefix`` itself or a path below it."""
+    return rule == prefix or rule.startswith(prefix + "/")
+
+
 def _openapi_path(rule: str) -> tuple[str, list[dict[str, Any]]]:
     """Flask rule → OpenAPI path template and its path parameters."""
     parameters: list[dict[str, Any]] = []
@@ -523,9 +528,7 @@ class OpenAPI:
                 or rule.endpoint.endswith(".static")
             ):
                 continue
-            if selected is not None and not (
-                rule.rule == selected.url_prefix or rule.rule.startswith(selected.url_prefix + "/")
-            ):
+            if selected is not None and not _is_under(rule.rule, selected.url_prefix):
                 continue
             view = app.view_functions.get(rule.endpoint)
             if view is None:
@@ -543,7 +546,7 @@ class OpenAPI:
     @staticmethod
     def _is_deprecated(rule: Rule, versions: Mapping[str, Any]) -> bool:
         for version in versions.values():
-            if rule.rule.startswith(version.url_prefix + "/") or rule.rule == version.url_prefix:
+            if _is_under(rule.rule, version.url_prefix):
                 return bool(version.is_deprecated)
         return False
 
