@@ -200,6 +200,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     Returns:
         The app, with the gennet_sync error envelope on every error.
+
+    Raises:
+        ValueError: ``CTL_TIME_LIMIT`` is not a number of seconds >= 0.
     """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = DEFAULT_MAX_CONTENT_LENGTH
@@ -207,6 +210,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["CTL_CLOCK"] = time.monotonic
     if config:
         app.config.update(config)
+    limit = app.config["CTL_TIME_LIMIT"]
+    # A number given as text (from the environment, say) is fine; a bad one
+    # fails here, at start-up, rather than on every request.
+    app.config["CTL_TIME_LIMIT"] = Deadline(None if limit is None else float(limit)).seconds
     setup_error_handlers(app)
     app.add_url_rule("/ctl/verify", view_func=verify, methods=["POST"])
     app.add_url_rule("/health", view_func=health, methods=["GET"])

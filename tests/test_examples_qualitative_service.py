@@ -211,3 +211,10 @@ def test_a_check_past_its_time_limit_is_a_422() -> None:
     unlimited = create_app({"TESTING": True, "CTL_TIME_LIMIT": None}).test_client()
     status, body = verify(unlimited, {"network": network, "formula": "EG EG EG EG n0"})
     assert status == 200
+
+
+def test_time_limit_setting_is_checked_at_start_up() -> None:
+    assert create_app({"CTL_TIME_LIMIT": "2.5"}).config["CTL_TIME_LIMIT"] == 2.5
+    for bad in ("soon", -1):
+        with pytest.raises(ValueError, match=r"time limit|could not convert"):
+            create_app({"CTL_TIME_LIMIT": bad})
