@@ -40,6 +40,7 @@ from examples.boolnet import (
 
 __all__ = [
     "MAX_TRACE_LENGTH",
+    "TEMPORAL_OPERATORS",
     "Atom",
     "Binary",
     "CheckResult",
@@ -57,7 +58,8 @@ __all__ = [
 #: Longest path a counterexample or witness reports; longer ones are cut.
 MAX_TRACE_LENGTH: Final = 1000
 
-_TEMPORAL_OPERATORS: Final = frozenset({"AX", "EX", "AF", "EF", "AG", "EG"})
+#: The unary temporal operators; a formula cannot use them as node names.
+TEMPORAL_OPERATORS: Final = frozenset({"AX", "EX", "AF", "EF", "AG", "EG"})
 
 
 # -------------------------------------------------------------------- syntax
@@ -217,7 +219,7 @@ class _FormulaParser:
         prefix = token.kind is TokenKind.NOT or (
             token.kind is TokenKind.NAME
             and (
-                token.text in _TEMPORAL_OPERATORS
+                token.text in TEMPORAL_OPERATORS
                 or (token.text in ("A", "E") and self.stream.peek().kind is TokenKind.LBRACKET)
             )
         )
@@ -231,7 +233,7 @@ class _FormulaParser:
         token = stream.current
         if stream.accept(TokenKind.NOT):
             return Negation(self.unary())
-        if token.text in _TEMPORAL_OPERATORS:
+        if token.text in TEMPORAL_OPERATORS:
             stream.advance()
             return Temporal(token.text, self.unary())
         # A[f U g] or E[f U g]

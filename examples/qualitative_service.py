@@ -19,8 +19,9 @@ existential formula holds a ``witness``, where one is cheap to give (see
 ``{"node": bool}``, with ``loop_start`` when it ends in a cycle.
 
 Nodes left out of ``initial`` take both values; without ``initial`` every
-state is initial.  A rule or formula that does not parse, an unknown node or
-more than 20 nodes is a 422 envelope whose metadata names the ``field``, the
+state is initial.  A rule or formula that does not parse, an unknown node, a
+node named like a temporal operator (``AG``...) or more than 20 nodes is a 422
+envelope whose metadata names the ``field``, the
 ``node`` and the ``position``.  A check that would run longer than
 ``CTL_TIME_LIMIT`` seconds (default 20) is stopped: a 422 whose metadata gives
 the ``time_limit``.  ``GET /health`` answers ``{"status": "ok"}``.
@@ -48,7 +49,7 @@ from examples.boolnet import (
     UnknownNodeError,
     UpdateScheme,
 )
-from examples.ctl import CheckResult, Trace, check
+from examples.ctl import TEMPORAL_OPERATORS, CheckResult, Trace, check
 from gennet_sync import ValidationError, setup_error_handlers
 
 __all__ = ["NetworkSchema", "StrictBoolean", "VerifyRequestSchema", "create_app", "result_to_json"]
@@ -118,6 +119,14 @@ def _validation_error(error: NetworkError, field: str) -> ValidationError:
 
 
 def _build_network(nodes: Mapping[str, str], update: str) -> BooleanNetwork:
+    for name in nodes:
+        if name in TEMPORAL_OPERATORS:
+            raise ValidationError(
+                f"'{name}' is a CTL temporal operator and cannot name a node: "
+                "a formula could not refer to it",
+                field=f"network.nodes.{name}",
+                metadata={"node": name},
+            )
     try:
         return BooleanNetwork(nodes, update=update)
     except NetworkSizeError as error:

@@ -218,3 +218,13 @@ def test_time_limit_setting_is_checked_at_start_up() -> None:
     for bad in ("soon", -1):
         with pytest.raises(ValueError, match=r"time limit|could not convert"):
             create_app({"CTL_TIME_LIMIT": bad})
+
+
+def test_a_node_named_like_a_temporal_operator_is_refused(client: FlaskClient) -> None:
+    # A formula could never name it: "AG" always starts a temporal formula.
+    network = {"nodes": {"AG": "x", "x": "AG"}}
+    status, body = verify(client, {"network": network, "formula": "AG & x"})
+    assert status == 422
+    error = body["error"]
+    assert error["metadata"] == {"field": "network.nodes.AG", "node": "AG"}
+    assert "temporal operator" in error["message"]
