@@ -23,7 +23,8 @@ state is initial.  A rule or formula that does not parse, an unknown node, a
 node named like a temporal operator (``AG``...) or more than 20 nodes is a 422
 envelope whose metadata names the ``field``, the ``node`` and the ``position``.
 A check that would run longer than ``CTL_TIME_LIMIT`` seconds (default 20) is
-stopped: a 422 whose metadata gives the ``time_limit``.  ``GET /health`` answers ``{"status": "ok"}``.
+stopped: a 422 whose metadata gives the ``time_limit``.  ``GET /health``
+answers ``{"status": "ok"}``.
 
 Run it with ``gunicorn 'examples.qualitative_service:create_app()'``.
 """
