@@ -18,7 +18,7 @@ import contextlib
 import logging
 import sys
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from gennet_sync.exceptions import GenNetException, make_envelope
 from gennet_sync.http_client import http_status_code
 
 if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = [
@@ -154,6 +155,11 @@ class GenNet:
       breaker the registry creates (so of every ``ServiceSession``) across workers
       and hosts.
 
+    ``init_app`` wraps ``app.wsgi_app`` (the request ID goes on every response on
+    its way out; an exception escaping Flask still gets the envelope) and puts a
+    :class:`~gennet_sync.context.RequestIdFilter` on ``app.logger``, so Flask's own
+    log records carry ``request_id`` too.
+
     Example::
 
         gennet = GenNet()
@@ -186,9 +192,8 @@ class GenNet:
         app.register_error_handler(MarshmallowValidationError, _handle_marshmallow_error)
         app.register_error_handler(HTTPException, _handle_http_exception)
         app.register_error_handler(Exception, _handle_unexpected_exception)
-        app.wsgi_app = _LastResortEnvelope(app.wsgi_app, app)  # type: ignore[method-assign]
+        app.wsgi_app = _WSGIBoundary(app.wsgi_app, app)  # type: ignore[method-assign]
         app.before_request(_bind_request_id)
-        app.after_request(_add_request_id_header)
         app.teardown_request(_unbind_request_id)
 
 
@@ -239,38 +244,27 @@ def _log_extra() -> dict[str, Any]:
     return {"request_id": _request_id()}
 
 
-def _with_request_id(response: Response) -> Response:
-    # Set here as well as in after_request: when another after_request hook raises,
-    # Flask returns the error response without running the remaining hooks.
-    response.headers[current_app.config["GENNET_REQUEST_ID_HEADER"]] = _request_id()
-    return response
-
-
 def _handle_gennet_exception(error: GenNetException) -> Response:
     if error.status_code >= 500:
         logger.error("%s: %s", type(error).__name__, error.message, extra=_log_extra())
     envelope = error.to_dict()["error"]
-    return _with_request_id(
-        error_response(
-            error.status_code,
-            envelope["code"],
-            envelope["type"],
-            envelope["message"],
-            envelope["metadata"],
-            error.headers,
-        )
+    return error_response(
+        error.status_code,
+        envelope["code"],
+        envelope["type"],
+        envelope["message"],
+        envelope["metadata"],
+        error.headers,
     )
 
 
 def _handle_marshmallow_error(error: MarshmallowValidationError) -> Response:
-    return _with_request_id(
-        error_response(
-            422,
-            "VALIDATION_ERROR",
-            "ValidationError",
-            "Request validation failed",
-            {"fields": error.messages},
-        )
+    return error_response(
+        422,
+        "VALIDATION_ERROR",
+        "ValidationError",
+        "Request validation failed",
+        {"fields": error.messages},
     )
 
 
@@ -291,15 +285,13 @@ def _handle_http_exception(error: HTTPException) -> Response:
         logger.error("HTTP %s: %s", status, error.description, extra=_log_extra())
     # werkzeug puts Content-Type in get_headers(); keep the rest (Allow,
     # WWW-Authenticate, Retry-After...), repeated ones included.
-    return _with_request_id(
-        error_response(
-            status,
-            http_status_code(status),
-            type(error).__name__,
-            error.description or HTTP_STATUS_CODES.get(status, "Error"),
-            None,
-            error.get_headers(),
-        )
+    return error_response(
+        status,
+        http_status_code(status),
+        type(error).__name__,
+        error.description or HTTP_STATUS_CODES.get(status, "Error"),
+        None,
+        error.get_headers(),
     )
 
 
@@ -316,10 +308,8 @@ def _handle_unexpected_exception(error: Exception) -> Response:
 
 def _unexpected_exception_response(error: Exception) -> Response:
     metadata = _crash_metadata(current_app, error)
-    return _with_request_id(
-        error_response(
-            500, "INTERNAL_SERVER_ERROR", "InternalServerError", "Internal server error", metadata
-        )
+    return error_response(
+        500, "INTERNAL_SERVER_ERROR", "InternalServerError", "Internal server error", metadata
     )
 
 
@@ -328,13 +318,8 @@ def _bind_request_id() -> None:
     incoming = request.headers.get(header)
     request_id = incoming if is_valid_request_id(incoming) else new_request_id()
     g.gennet_request_id = request_id
-    request.environ[_ENVIRON_REQUEST_ID] = request_id  # for _LastResortEnvelope
+    request.environ[_ENVIRON_REQUEST_ID] = request_id  # for _WSGIBoundary
     g.gennet_request_id_token = set_request_id(request_id)
-
-
-def _add_request_id_header(response: Response) -> Response:
-    response.headers[current_app.config["GENNET_REQUEST_ID_HEADER"]] = _request_id()
-    return response
 
 
 def _unbind_request_id(_error: BaseException | None) -> None:
@@ -346,17 +331,18 @@ def _unbind_request_id(_error: BaseException | None) -> None:
             reset_request_id(token)
 
 
-class _LastResortEnvelope:
-    """WSGI middleware: an exception that escapes Flask still leaves as the 500 envelope.
+class _WSGIBoundary:
+    """WSGI middleware: what must hold for every response, whatever failed inside Flask.
 
-    Flask answers what views, hooks and error handlers raise, but an exception from
-    a teardown function (a database session failing to close) escapes it after
-    the response was made, and the server would answer with its own HTML page.
-    Under ``PROPAGATE_EXCEPTIONS`` (testing, debug) the exception is left to the
-    test client or the debugger, as Flask does.
-
-    It also restores the thread's request ID when the request is over, even when a
-    teardown function that ran before ours raised.
+    - Every response carries the request ID, set on its way out through
+      ``start_response``: an ``after_request`` hook of ours would be skipped when
+      another hook raises.
+    - The thread's request ID is unbound when the request is over, even when a
+      teardown function that runs before ours raises.
+    - An exception that escapes Flask (from a teardown function: a database
+      session failing to close) is logged and answered with the 500 envelope; the
+      server would send its own HTML page.  Under ``PROPAGATE_EXCEPTIONS``
+      (testing, debug) it is left to the test client or the debugger, as Flask does.
     """
 
     def __init__(self, wsgi_app: WSGIApplication, app: Flask) -> None:
@@ -364,21 +350,33 @@ class _LastResortEnvelope:
         self.app = app
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        header = self.app.config["GENNET_REQUEST_ID_HEADER"]
+        lowered = header.lower()
+
+        def start_with_request_id(
+            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            request_id = environ.get(_ENVIRON_REQUEST_ID)
+            if request_id is None:  # Flask answered before any request hook ran
+                request_id = environ[_ENVIRON_REQUEST_ID] = new_request_id()
+            headers = [pair for pair in headers if pair[0].lower() != lowered]
+            headers.append((header, request_id))
+            return start_response(status, headers, exc_info)
+
         token = set_request_id(None)
         try:
-            return self.wsgi_app(environ, start_response)
+            return self.wsgi_app(environ, start_with_request_id)
         except Exception as error:
             propagate = self.app.config["PROPAGATE_EXCEPTIONS"]
             if propagate or (propagate is None and (self.app.testing or self.app.debug)):
                 raise
             exc_info = sys.exc_info()
-            request_id = environ.get(_ENVIRON_REQUEST_ID) or new_request_id()
             logger.error(
                 "Unhandled exception escaped Flask (from a teardown function?) on %s %s",
                 environ.get("REQUEST_METHOD"),
                 environ.get("PATH_INFO"),
                 exc_info=exc_info,
-                extra={"request_id": request_id},
+                extra={"request_id": environ.get(_ENVIRON_REQUEST_ID)},
             )
             envelope = make_envelope(
                 "INTERNAL_SERVER_ERROR",
@@ -389,12 +387,13 @@ class _LastResortEnvelope:
             response = self.app.response_class(
                 self.app.json.dumps(envelope), status=500, mimetype="application/json"
             )
-            response.headers[self.app.config["GENNET_REQUEST_ID_HEADER"]] = request_id
 
-            def restart(status: str, headers: list[tuple[str, str]], _exc_info: Any = None) -> Any:
+            def restart(
+                status: str, headers: list[tuple[str, str]], _exc_info: OptExcInfo | None = None
+            ) -> Callable[[bytes], object]:
                 # A second start_response must pass exc_info: the server replaces the
                 # headers it has not sent yet, or re-raises when they are on the wire.
-                return start_response(status, headers, exc_info)
+                return start_with_request_id(status, headers, exc_info)
 
             return response(environ, restart)
         finally:
