@@ -259,12 +259,16 @@ def _handle_gennet_exception(error: GenNetException) -> Response:
 
 
 def _handle_marshmallow_error(error: MarshmallowValidationError) -> Response:
+    messages = error.messages
+    # A message raised without a field (a validates_schema check, or by hand) is a
+    # list: keyed by its field name ("_schema"), fields is always a mapping.
+    fields = messages if isinstance(messages, dict) else {error.field_name: messages}
     return error_response(
         422,
         "VALIDATION_ERROR",
         "ValidationError",
         "Request validation failed",
-        {"fields": error.messages},
+        {"fields": fields},
     )
 
 

@@ -139,6 +139,27 @@ def test_marshmallow_error_raised_anywhere_in_a_view_is_422(client: Any) -> None
     assert set(error_of(response)["metadata"]["fields"]) == {"name", "nodes"}
 
 
+@pytest.mark.parametrize(
+    ("error", "fields"),
+    [
+        (marshmallow.ValidationError("Edges form a cycle"), {"_schema": ["Edges form a cycle"]}),
+        (marshmallow.ValidationError("Too long", field_name="name"), {"name": ["Too long"]}),
+    ],
+)
+def test_marshmallow_messages_without_a_field_are_still_per_field(
+    error: marshmallow.ValidationError, fields: dict[str, Any]
+) -> None:
+    app = make_app()
+
+    @app.get("/by-hand")
+    def by_hand() -> str:
+        raise error
+
+    response = app.test_client().get("/by-hand")
+    assert response.status_code == 422
+    assert error_of(response)["metadata"] == {"fields": fields}
+
+
 def test_unknown_route_is_a_404_envelope(client: Any) -> None:
     response = client.get("/no/such/route")
     assert response.status_code == 404
