@@ -59,6 +59,7 @@ DateLike = datetime | date | str
 
 _ENVIRON_VERSIONABLE = "gennet_sync.versioning.versionable"
 _ENVIRON_UNKNOWN_HEADER_VERSION = "gennet_sync.versioning.unknown_header_version"
+_ENVIRON_SERVED_BY = "gennet_sync.versioning.served_by"
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 _FEATURE = "versioning"
 _HEADER_CACHE_SIZE = 64
@@ -362,9 +363,14 @@ class VersionedAPI:
 
     def version_for_path(self, path: str) -> APIVersion | None:
         """The version whose prefix ``path`` falls under, if any."""
-        head = path[len(self.prefix) + 1 :] if path.startswith(self.prefix + "/") else ""
-        name = head.split("/", 1)[0]
+        name = self._version_name(path)
         return self._versions.get(name) if name else None
+
+    def _version_name(self, path: str) -> str:
+        """The version segment of ``<prefix>/<version>/...``; empty for other paths."""
+        if not path.startswith(self.prefix + "/"):
+            return ""
+        return path[len(self.prefix) + 1 :].split("/", 1)[0]
 
     def successor_of(self, version: APIVersion) -> APIVersion | None:
         """The newest declared version that is not deprecated, unless it is ``version``."""
@@ -388,10 +394,15 @@ class VersionedAPI:
                 from_header,
                 metadata={"supported_versions": self.supported_versions},
             )
-        path = request.path
-        if not path.startswith(self.prefix + "/"):
-            return
-        name = path[len(self.prefix) + 1 :].split("/", 1)[0]
+        served_by = request.environ.get(_ENVIRON_SERVED_BY)
+        if served_by:
+            # Header routing: the path exists, but not in the version asked for.
+            raise NotFound(
+                f"{request.path} is served by API version {' and '.join(served_by)}: name "
+                f"one in the {API_VERSION_HEADER} header, or request "
+                f"{self.prefix}/<version>{request.path}"
+            )
+        name = self._version_name(request.path)
         if not name or name in self._versions:
             return
         raise NotFoundError(
@@ -475,10 +486,11 @@ class _HeaderRoutingMiddleware:
         if served_by:
             environ[_ENVIRON_VERSIONABLE] = True
         requested = (environ.get("HTTP_API_VERSION") or "").strip()
-        if not requested:
-            return
         version = versions.get(requested)
-        if version is None:
-            environ[_ENVIRON_UNKNOWN_HEADER_VERSION] = requested
-        elif version in served_by:
+        if version is not None and version in served_by:
             environ["PATH_INFO"] = version.url_prefix + path
+        elif requested and version is None:
+            environ[_ENVIRON_UNKNOWN_HEADER_VERSION] = requested
+        elif served_by:
+            # No header, or a version without this path: say which versions have it.
+            environ[_ENVIRON_SERVED_BY] = [v.name for v in served_by]

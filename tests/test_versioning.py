@@ -331,3 +331,28 @@ def test_headers_follow_the_script_root() -> None:
         '</grn/api>; rel="deprecation", </grn/api/v2>; rel="successor-version"'
     )
     assert client.get("/api/v1/networks/a").headers["Link"] == plain.headers["Link"]
+
+
+def test_header_routed_path_without_a_usable_version_says_which_versions_serve_it() -> None:
+    app = make_header_routed_app()
+    v1: Blueprint = app_state(app).features["versioning"].versions["v1"].blueprint
+
+    @v1.get("/legacy")
+    def legacy() -> str:
+        return "old"
+
+    client = app.test_client()
+    for path, headers, versions in [
+        ("/networks", {}, "v1 and v2"),
+        ("/networks", {"API-Version": "  "}, "v1 and v2"),
+        ("/legacy", {"API-Version": "v2"}, "v1"),
+    ]:
+        response = client.get(path, headers=headers)
+        assert response.status_code == 404
+        message = json_of(response)["error"]["message"]
+        assert message == (
+            f"{path} is served by API version {versions}: name one in the API-Version "
+            f"header, or request /api/<version>{path}"
+        )
+    assert client.get("/legacy", headers={"API-Version": "v1"}).text == "old"
+    assert client.get("/nowhere").status_code == 404
