@@ -252,7 +252,9 @@ class VersionedAPI:
             ``API-Version: v2`` is served by ``/api/v2/networks``.  Paths that
             no version has are left alone (``/health`` stays ``/health``); such
             responses carry ``Vary: API-Version``.  An unknown version in the
-            header on a path nothing serves is the 404 envelope listing versions.
+            header on a path nothing serves is the 404 envelope listing versions;
+            a versioned path asked for without a usable header (none, or a
+            version that lacks the path) is a 404 naming the versions that serve it.
     """
 
     def __init__(
