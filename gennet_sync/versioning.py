@@ -249,12 +249,13 @@ class VersionedAPI:
         index: Serve ``GET <prefix>`` listing the versions and their dates.
         header_routing: Also serve a version's routes without the prefix, chosen
             by the request's ``API-Version`` header: ``GET /networks`` with
-            ``API-Version: v2`` is served by ``/api/v2/networks``.  Paths that
-            no version has are left alone (``/health`` stays ``/health``); such
-            responses carry ``Vary: API-Version``.  An unknown version in the
-            header on a path nothing serves is the 404 envelope listing versions;
-            a versioned path asked for without a usable header (none, or a
-            version that lacks the path) is a 404 naming the versions that serve it.
+            ``API-Version: v2`` is served by ``/api/v2/networks``, and responses
+            to paths a version has carry ``Vary: API-Version``.  Paths that no
+            version has are left alone (``/health`` stays ``/health``).  An
+            unknown version in the header on a path nothing serves is the 404
+            envelope listing versions; a versioned path asked for without a
+            usable header (none, or a version that lacks the path) is a 404
+            naming the versions that serve it.
     """
 
     def __init__(
