@@ -162,6 +162,20 @@ class GenNetException(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickling (multiprocessing, a process pool) and copy.copy rebuild an
+        # exception by calling its class with its args, but subclass constructors
+        # take other arguments than the message (NotFoundError's resource_type and
+        # resource_id): rebuild it from its attributes instead.
+        return (_restore, (type(self), self.message), self.__dict__)
+
+
+def _restore(cls: type[GenNetException], message: str) -> GenNetException:
+    """A bare ``cls`` instance for unpickling; its attributes are set right after."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    return error
+
 
 def _merge(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
     merged = dict(base)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 import json
 import math
+import pickle
 from typing import Any
 
 import pytest
@@ -227,3 +229,24 @@ def test_any_message_and_metadata_give_a_valid_envelope(
     assert decoded["error"]["message"] == message
     assert decoded["error"]["code"] == (code or "INTERNAL_SERVER_ERROR")
     assert set(decoded["error"]["metadata"]) == set(metadata)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        NotFoundError("Network", "abc123", metadata={"tenant": "t1"}),
+        ValidationError("Too many nodes", field="nodes", errors=["x"]),
+        ServiceUnavailableError("down", service="grn", retry_after=3),
+        RateLimitError(retry_after=2),
+        ConflictError("Version mismatch", code="VERSION_CONFLICT"),
+        GenNetException("plain", metadata={"a": 1}),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_errors_survive_pickling_and_copying(error: GenNetException) -> None:
+    for twin in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert type(twin) is type(error)
+        assert twin.to_dict() == error.to_dict()
+        assert twin.headers == error.headers
+        assert twin.args == error.args
+        assert vars(twin) == vars(error)
