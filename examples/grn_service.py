@@ -30,7 +30,8 @@ sent compressed, and ``/openapi.json`` and ``/docs`` describe the API.
 Storage: one SQLite file shared by every gunicorn worker of a deployment (config
 ``DATABASE``, else the ``GRN_DATABASE`` environment variable, else
 ``gennet_grn.sqlite3`` in the system temp directory), in WAL mode with a busy
-timeout, one connection per request.
+timeout, one connection per request.  A write that waits for other workers'
+writes longer than the busy timeout is a 503 with ``Retry-After``.
 
 Run it with ``gunicorn 'examples.grn_service:create_app()'``.
 """
@@ -58,6 +59,7 @@ from gennet_sync import (
     ConflictError,
     NotFoundError,
     OpenAPI,
+    ServiceUnavailableError,
     ValidationError,
     VersionedAPI,
     doc,
@@ -262,9 +264,24 @@ class NetworkStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction.
+
+        Raises:
+            ServiceUnavailableError: Another connection kept the write lock
+                longer than the busy timeout (a 503 with ``Retry-After``).
+        """
         # Taking the write lock up front avoids the deadlock of two readers that
         # both try to upgrade to writers.
-        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            self.connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                raise
+            raise ServiceUnavailableError(
+                "The network database is busy with other writes; retry shortly",
+                service="grn-database",
+                retry_after=1,
+            ) from error
         try:
             yield self.connection
         except BaseException:
@@ -277,6 +294,7 @@ class NetworkStore:
 
         Raises:
             ConflictError: A network with this name exists.
+            ServiceUnavailableError: The database stayed locked by other writes.
         """
         network_id = uuid.uuid4().hex
         created_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -332,6 +350,7 @@ class NetworkStore:
 
         Raises:
             NotFoundError: No such network.
+            ServiceUnavailableError: The database stayed locked by other writes.
         """
         with self._write() as connection:
             deleted = connection.execute("DELETE FROM networks WHERE id = ?", (network_id,))

@@ -324,3 +324,20 @@ def test_forged_cursors_are_a_validation_error(client: FlaskClient, decoded: str
     error = response.get_json()["error"]
     assert error["metadata"]["field"] == "cursor"
     assert "cursor" in error["message"]
+
+
+def test_a_write_lock_held_past_the_busy_timeout_is_a_503_with_retry_after(
+    tmp_path: Path,
+) -> None:
+    database = str(tmp_path / "busy.sqlite3")
+    app = create_app({"TESTING": True, "DATABASE": database, "BUSY_TIMEOUT": 0.05})
+    with NetworkStore(database) as other_worker:
+        other_worker.connection.execute("BEGIN IMMEDIATE")  # another worker mid-write
+        response = create(app.test_client(), TOGGLE)
+        other_worker.connection.execute("ROLLBACK")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    error = response.get_json()["error"]
+    assert error["code"] == "SERVICE_UNAVAILABLE"
+    assert "busy" in error["message"]
+    assert create(app.test_client(), TOGGLE).status_code == 201
