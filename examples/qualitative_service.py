@@ -31,6 +31,7 @@ Run it with ``gunicorn 'examples.qualitative_service:create_app()'``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -204,8 +205,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     Args:
         config: Flask configuration to apply over the defaults; ``CTL_TIME_LIMIT``
-            is the seconds a check may take (``None``: no limit), ``CTL_CLOCK``
-            the monotonic clock it is measured with.
+            is the seconds a check may take (``None``: no limit; default: the
+            environment variable of that name, else 20), ``CTL_CLOCK`` the
+            monotonic clock it is measured with.
 
     Returns:
         The app, with the gennet_sync error envelope on every error.
@@ -215,8 +217,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = DEFAULT_MAX_CONTENT_LENGTH
-    app.config["CTL_TIME_LIMIT"] = DEFAULT_TIME_LIMIT
     app.config["CTL_CLOCK"] = time.monotonic
+    app.config["CTL_TIME_LIMIT"] = os.environ.get("CTL_TIME_LIMIT", DEFAULT_TIME_LIMIT)
     if config:
         app.config.update(config)
     limit = app.config["CTL_TIME_LIMIT"]

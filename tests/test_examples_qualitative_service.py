@@ -228,3 +228,13 @@ def test_a_node_named_like_a_temporal_operator_is_refused(client: FlaskClient) -
     error = body["error"]
     assert error["metadata"] == {"field": "network.nodes.AG", "node": "AG"}
     assert "temporal operator" in error["message"]
+
+
+def test_time_limit_comes_from_the_environment_unless_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CTL_TIME_LIMIT", "7")
+    assert create_app().config["CTL_TIME_LIMIT"] == 7.0
+    assert create_app({"CTL_TIME_LIMIT": None}).config["CTL_TIME_LIMIT"] is None
+    monkeypatch.delenv("CTL_TIME_LIMIT")
+    assert create_app().config["CTL_TIME_LIMIT"] == 20.0
