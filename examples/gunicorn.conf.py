@@ -15,9 +15,10 @@ Why these values, for services built with gennet_sync:
   workers start fast and share memory.  gennet_sync is fork-safe: breakers and
   sessions made before the fork start clean in every worker (no inherited lock,
   no shared socket).
-- ``timeout``: longer than the slowest request (a CTL check on a 20-node
-  network takes seconds) plus the read timeout of downstream calls; a worker
-  silent for longer is killed and restarted (``worker_abort`` logs where it hung).
+- ``timeout``: longer than the slowest request (a CTL check stops at its
+  ``CTL_TIME_LIMIT``, 20 s by default) plus the read timeout of downstream calls;
+  a worker silent for longer is killed and restarted (``worker_abort`` logs where
+  it hung).
 - ``max_requests`` with jitter recycles workers gradually, bounding slow leaks.
 - Breaker state is per worker process unless ``GENNET_BREAKER_STORAGE`` names a
   Redis server (``redis://host:6379/0``): then all workers on all hosts share it.
