@@ -336,11 +336,29 @@ class DownstreamError(GenNetException):
         code: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(message, code=code, metadata=metadata)
+        # Not super().__init__: for a status with a class, the next class in the MRO
+        # is that class (NotFoundError), whose constructor takes other arguments.
+        GenNetException.__init__(self, message, code=code, metadata=metadata)
+        _fill_from_metadata(self, self.metadata)
         self.error_type: str = error_type or type(self).__name__
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return make_envelope(self.code, self.error_type, self.message, self.metadata)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        status = type(self).status_code
+        if downstream_error_class(status) is not type(self):
+            return super().__reduce__()
+        # The per-status classes are made at run time, so pickle cannot find them
+        # by name: the unpickling process makes its own for the status.
+        return (_unpickle_downstream_error, (status, self.message), self.__dict__)
+
+
+def _unpickle_downstream_error(status: int, message: str) -> DownstreamError:
+    cls = downstream_error_class(status)
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    return error
 
 
 def _status_phrase(status: int) -> str:
@@ -413,6 +431,12 @@ def _rebuild(
     """
     error = cls.__new__(cls)
     GenNetException.__init__(error, message, code=code, metadata=metadata)
+    _fill_from_metadata(error, metadata)
+    return error
+
+
+def _fill_from_metadata(error: GenNetException, metadata: Mapping[str, Any]) -> None:
+    """Set the attributes ``error``'s class constructor would have set, from its metadata."""
     if isinstance(error, NotFoundError):
         error.resource_type = str(metadata.get("resource_type", ""))
         error.resource_id = metadata.get("resource_id")
@@ -429,14 +453,13 @@ def _rebuild(
         else:
             error.retry_after = None
     if isinstance(error, DownstreamError):
-        error.error_type = cls.__name__
+        error.error_type = type(error).__name__
     if isinstance(error, CircuitBreakerError):
         states = {member.value: member for member in CircuitState}
         state = metadata.get("state")
         error.state = (
             states.get(state, CircuitState.OPEN) if isinstance(state, str) else CircuitState.OPEN
         )
-    return error
 
 
 def _error_body(response: requests.Response) -> bytes | None:

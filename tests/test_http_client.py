@@ -63,6 +63,7 @@ from gennet_sync.http_client import (
     DownstreamError,
     ServiceRetry,
     ServiceSession,
+    downstream_error_class,
     host_port,
     make_retry,
     raise_for_error,
@@ -585,6 +586,26 @@ class TestRaiseForError:
         with pytest.raises(GenNetException) as caught:
             raise_for_error(self._response(mock, status=status, body="plain"), service="svc")
         assert caught.value.code == flask_code
+
+    @pytest.mark.parametrize("status", [404, 405, 503])
+    def test_downstream_errors_survive_pickling_and_copying(
+        self, mock: responses.RequestsMock, status: int
+    ) -> None:
+        body = envelope("SOME_CODE", "SomeRemoteError", "remote said no", detail=[1, 2])
+        with pytest.raises(DownstreamError) as caught:
+            raise_for_error(self._response(mock, status=status, json=body), service="svc")
+        error = caught.value
+        for twin in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+            assert type(twin) is type(error)
+            assert twin.to_dict() == error.to_dict()
+            assert vars(twin) == vars(error)
+
+    def test_a_downstream_error_class_can_be_raised_directly(self) -> None:
+        cls = downstream_error_class(404)
+        error = cls("gone", error_type="NotFound", metadata={"resource_id": "abc"})
+        assert isinstance(error, NotFoundError)
+        assert error.resource_id == "abc"
+        assert error.to_dict()["error"]["type"] == "NotFound"
 
     def test_json_that_is_not_an_envelope_maps_by_status(
         self, mock: responses.RequestsMock
