@@ -406,15 +406,13 @@ class ModelChecker:
                 self.sat(formula.left), self.sat(formula.right), formula.connective
             )
         if isinstance(formula, Until):
-            left, right = self.sat(formula.left), self.sat(formula.right)
             if not formula.universal:
-                return self.exists_until(left, right)
-            # A[f U g] = !(E[!g U (!f & !g)] | EG !g)
-            not_right = self._complement(right)
-            stuck = self._combine(self._complement(left), not_right, Connective.AND)
+                return self.exists_until(self.sat(formula.left), self.sat(formula.right))
+            # A[f U g] = !(E[!g U (!f & !g)] | EG !g); the parts are cached
+            # subformulas, so a counterexample reuses them.
             bad = self._combine(
-                self.exists_until(not_right, stuck),
-                self.exists_globally(not_right),
+                self.sat(Until(False, Negation(formula.right), _stuck(formula))),
+                self.sat(_never(formula.right)),
                 Connective.OR,
             )
             return self._complement(bad)
@@ -432,7 +430,7 @@ class ModelChecker:
             case "EG":
                 return self.exists_globally(operand)
             case _:  # "AF": AF f = !EG !f
-                return self._complement(self.exists_globally(self._complement(operand)))
+                return self._complement(self.sat(_never(formula.operand)))
 
     def exists_next(self, target: bytearray) -> bytearray:
         """States with at least one successor in ``target``."""
@@ -505,21 +503,22 @@ class ModelChecker:
         if not isinstance(formula, Temporal | Until):
             return None
         if isinstance(formula, Until):
-            left, right = self.sat(formula.left), self.sat(formula.right)
             if holds and not formula.universal:
+                right, left = self.sat(formula.right), self.sat(formula.left)
                 path = graph.shortest_path([state], right, through=left)
                 return _trace("witness", f"a path through {formula.left} to {formula.right}", path)
             if not holds and formula.universal:
-                not_right = self._complement(right)
-                stuck = self._combine(self._complement(left), not_right, Connective.AND)
-                path = graph.shortest_path([state], stuck, through=not_right)
+                stuck = self.sat(_stuck(formula))
+                path = graph.shortest_path(
+                    [state], stuck, through=self.sat(Negation(formula.right))
+                )
                 if path is not None:
                     return _trace(
                         "counterexample",
                         f"a path where {formula.left} fails before {formula.right} holds",
                         path,
                     )
-                loop, start = self.lasso(state, self.exists_globally(not_right))
+                loop, start = self.lasso(state, self.sat(_never(formula.right)))
                 return _trace(
                     "counterexample", f"a cycle on which {formula.right} never holds", loop, start
                 )
@@ -547,7 +546,7 @@ class ModelChecker:
                     "witness", f"a successor where {formula.operand} holds", [state, successor]
                 )
             case "AF", False:
-                loop, start = self.lasso(state, self.exists_globally(self._complement(operand)))
+                loop, start = self.lasso(state, self.sat(_never(formula.operand)))
                 return _trace(
                     "counterexample", f"a cycle on which {formula.operand} never holds", loop, start
                 )
@@ -579,6 +578,16 @@ class ModelChecker:
             satisfying_initial_states=satisfying,
             trace=trace,
         )
+
+
+def _never(formula: Formula) -> Temporal:
+    """``EG !f``: the states with a path on which ``formula`` never holds."""
+    return Temporal("EG", Negation(formula))
+
+
+def _stuck(until: Until) -> Binary:
+    """``!f & !g`` for ``A[f U g]``: where a path fails before ``g`` holds."""
+    return Binary(Connective.AND, Negation(until.left), Negation(until.right))
 
 
 def _trace(
