@@ -102,6 +102,12 @@ def sent_timeout(call: Any) -> Any:
     return call.request.req_kwargs["timeout"]
 
 
+def sent_settings(call: Any) -> dict[str, Any]:
+    """The send options (proxies, verify...) requests passed to the (mocked) adapter."""
+    settings: dict[str, Any] = call.request.req_kwargs
+    return settings
+
+
 def state_of(breaker: CircuitBreaker) -> CircuitState:
     return breaker.state
 
@@ -198,6 +204,66 @@ class TestTimeouts:
     def test_bad_timeout_is_refused(self, bad: Any) -> None:
         with pytest.raises(ValueError, match="timeout"):
             ServiceSession(service_name="svc", timeout=bad)
+
+
+class TestEnvironment:
+    """requests' environment settings, with the proxy environment read once per host."""
+
+    def _settings(self, mock: responses.RequestsMock, **call: Any) -> dict[str, Any]:
+        mock.get(f"{BASE}/x")
+        with ServiceSession(base_url=BASE, use_circuit_breaker=False) as session:
+            session.get("/x", **call)
+        return sent_settings(mock.calls[-1])
+
+    def test_proxy_and_ca_bundle_variables_are_honoured(
+        self, mock: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.test:3128")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/ours.pem")
+        settings = self._settings(mock)
+        assert settings["proxies"]["http"] == "http://proxy.test:3128"
+        assert settings["verify"] == "/etc/ssl/ours.pem"
+
+    def test_no_proxy_and_the_calls_own_settings_win(
+        self, mock: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.test:3128")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/ours.pem")
+        own = self._settings(mock, proxies={"http": "http://mine.test:1"}, verify=False)
+        assert own["proxies"]["http"] == "http://mine.test:1"
+        assert own["verify"] is False
+        monkeypatch.setenv("NO_PROXY", "svc.test")
+        assert "http" not in self._settings(mock)["proxies"]
+
+    def test_trust_env_off_ignores_the_environment(
+        self, mock: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.test:3128")
+        mock.get(f"{BASE}/x")
+        with ServiceSession(base_url=BASE, use_circuit_breaker=False) as session:
+            session.trust_env = False
+            session.get("/x")
+        assert "http" not in sent_settings(mock.calls[0])["proxies"]
+
+    def test_the_proxy_environment_is_read_once_per_host(
+        self, mock: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        reads: list[str] = []
+        real = requests.utils.get_environ_proxies
+
+        def counting(url: str, no_proxy: str | None = None) -> dict[str, str]:
+            reads.append(url)
+            return real(url, no_proxy=no_proxy)
+
+        for module in ("requests.utils", "requests.sessions", "gennet_sync.http_client"):
+            monkeypatch.setattr(f"{module}.get_environ_proxies", counting)
+        mock.get(f"{BASE}/x")
+        mock.get("http://other.test/y")
+        with ServiceSession(base_url=BASE, use_circuit_breaker=False) as session:
+            for _ in range(5):
+                session.get("/x")
+            session.get("http://other.test/y")
+        assert len(reads) == 2
 
 
 class TestBreakerUnit:
