@@ -478,13 +478,14 @@ def _error_body(response: requests.Response) -> bytes | None:
     A streamed body is read only up to that limit, so a downstream answering a 5xx
     with gigabytes cannot fill this worker's memory.
     """
-    # requests reads the whole body into _content at once unless the call streams;
-    # a stream the caller iterated is consumed with no _content left to read.
-    if getattr(response, "_content_consumed", True):  # not in the type stubs
-        content = response._content
-        if not isinstance(content, bytes) or len(content) > MAX_ERROR_BODY:
-            return None
-        return content
+    # requests reads the whole body into _content at once unless the call streams
+    # (a Response built by hand may also just have it set); a stream the caller
+    # iterated is consumed with no _content left to read.
+    content = response._content
+    if isinstance(content, bytes):
+        return content if len(content) <= MAX_ERROR_BODY else None
+    if getattr(response, "_content_consumed", True) or response.raw is None:
+        return None
     chunks: list[bytes] = []
     size = 0
     try:

@@ -681,6 +681,15 @@ class TestRaiseForError:
             raise_for_error(response, service="svc")
         assert caught.value.code == "NOT_FOUND"
 
+    def test_a_response_built_by_hand_is_read(self) -> None:
+        response = requests.Response()
+        response.status_code = 409
+        response.headers["Content-Type"] = "application/json"
+        response._content = json.dumps(envelope("CONFLICT", "ConflictError", "taken")).encode()
+        with pytest.raises(ConflictError) as caught:
+            raise_for_error(response, service="svc")
+        assert caught.value.message == "taken"
+
     def test_json_nested_too_deeply_maps_by_status(self, mock: responses.RequestsMock) -> None:
         response = self._response(
             mock, status=500, body="[" * 100_000, content_type="application/json"
