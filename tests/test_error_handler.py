@@ -18,6 +18,7 @@ from werkzeug.exceptions import TooManyRequests, Unauthorized
 
 from gennet_sync import (
     GenNet,
+    GenNetException,
     NotFoundError,
     RateLimitError,
     ServiceUnavailableError,
@@ -334,6 +335,26 @@ def test_a_crash_in_an_after_request_hook_or_error_handler_is_exposed_like_any_c
     metadata = error_of(response)["metadata"]
     assert metadata["exception_type"] == "RuntimeError"
     assert "hunter2" in metadata["exception_message"]
+
+
+def test_an_exception_whose_rendering_fails_is_a_generic_500_envelope() -> None:
+    class BrokenHeadersError(GenNetException):
+        status_code = 429
+        code = "SLOW_DOWN"
+
+        def get_headers(self) -> dict[str, str]:
+            raise RuntimeError("password=hunter2 in headers")
+
+    app = make_app()
+
+    @app.get("/broken")
+    def broken() -> str:
+        raise BrokenHeadersError("slow down")
+
+    response = app.test_client().get("/broken")
+    assert response.status_code == 500
+    assert error_of(response)["code"] == "INTERNAL_SERVER_ERROR"
+    assert "hunter2" not in response.get_data(as_text=True)
 
 
 def test_an_error_handler_that_raises_our_exception_gets_its_envelope() -> None:
