@@ -289,6 +289,26 @@ def make_retry(
     retry is immediate, then ``backoff_factor * 2**n`` seconds plus up to
     ``backoff_jitter``, at most ``backoff_max``.  The final response comes back
     whatever its status (``raise_on_status=False``).
+
+    Example::
+
+        session = ServiceSession(base_url="http://grn:8000", retries=make_retry(4))
+
+    Args:
+        retries: Retries of one call; 0 for none.
+        status_forcelist: Statuses retried (for ``allowed_methods``).
+        allowed_methods: Methods retried; the idempotent ones by default.
+        backoff_factor: Seconds of the first backoff step (doubled after each retry).
+        backoff_max: Longest backoff, in seconds.
+        backoff_jitter: Most random seconds added to each backoff.
+        retry_after_max: Longest ``Retry-After`` waited for; a longer one ends the
+            retries and returns the response at once.
+
+    Returns:
+        The retry policy, to pass as ``ServiceSession(retries=...)``.
+
+    Raises:
+        ValueError: When ``retries`` is negative.
     """
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
@@ -552,7 +572,14 @@ def error_from_response(
 ) -> GenNetException | None:
     """The ``GenNetException`` a downstream error response stands for; ``None`` below 400.
 
-    See :func:`raise_for_error`, which raises it.
+    :func:`raise_for_error` raises it; the mapping is described there.
+
+    Args:
+        response: A response from a downstream service.
+        service: The service's name for the metadata; the URL's ``host:port`` by default.
+
+    Returns:
+        The exception, not raised; ``None`` for a status below 400.
     """
     status = response.status_code
     if status < 400:
