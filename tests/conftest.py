@@ -80,3 +80,16 @@ def disposable_redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (inject it as ``clock=``)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

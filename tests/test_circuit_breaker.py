@@ -54,22 +54,10 @@ from gennet_sync.circuit_breaker import (
 from gennet_sync.exceptions import ServiceUnavailableError
 from gennet_sync.redis_storage import RedisStorage
 from gennet_sync.storage import MemoryStorage, SharedState, WindowTotals
+from tests.conftest import FakeClock
 from tests.redis_server import RedisServer
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Boom(Exception):

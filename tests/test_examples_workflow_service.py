@@ -15,24 +15,11 @@ from flask.testing import FlaskClient
 from examples.qualitative_service import create_app as create_qualitative_app
 from examples.workflow_service import EXTENSION_KEY, create_app
 from gennet_sync.redis_storage import RedisStorage
-from tests.conftest import serve_app
+from tests.conftest import FakeClock, serve_app
 from tests.redis_server import RedisServer, free_port
 
 OSCILLATOR = {"nodes": {"a": "!b", "b": "a"}}
 VERIFY = "/api/v1/workflows/verify"
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def workflow_app(qualitative_url: str, clock: FakeClock | None = None, **config: Any) -> Flask:

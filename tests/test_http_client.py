@@ -68,20 +68,10 @@ from gennet_sync.http_client import (
     make_retry,
     raise_for_error,
 )
+from tests.conftest import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "http://svc.test:8000"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture(autouse=True)

@@ -33,24 +33,12 @@ from gennet_sync.storage import (
     WindowTotals,
     storage_from_url,
 )
+from tests.conftest import FakeClock
 from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
 LOGGER = "gennet_sync.redis_storage"
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class CountingConnection(redis.Connection):
