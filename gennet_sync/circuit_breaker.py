@@ -535,7 +535,11 @@ class CircuitBreaker:
         return result
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
-        """Decorate ``func`` so every call runs through this breaker."""
+        """Decorate ``func`` so every call runs through this breaker.
+
+        A generator function's outcome is recorded when it returns its generator,
+        not while the generator runs: guard the code that iterates it instead.
+        """
 
         @functools.wraps(func)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -1005,6 +1009,22 @@ class CircuitBreaker:
             self._trials = 0
             self._generation += 1
 
+    def __copy__(self) -> CircuitBreaker:
+        # A breaker is what this process knows of one downstream: a copy with its own
+        # counters (but the original's lock) would silently stop protecting it, so a
+        # copied object (a copied ServiceSession...) keeps the same breaker.
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CircuitBreaker:
+        return self
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        raise TypeError(
+            f"circuit breaker {self.name!r} cannot be pickled: it is this process's view "
+            "of a service; in another process use get_circuit_breaker(name), or share "
+            "state through GENNET_BREAKER_STORAGE"
+        )
+
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self._state.value} mode={self._mode.value}>"
 
@@ -1022,7 +1042,9 @@ def circuit_breaker(
     """Decorator factory: one new breaker per decorated function.
 
     The breaker is named after the function unless ``name`` is given, and is
-    reachable as the wrapper's ``circuit_breaker`` attribute.
+    reachable as the wrapper's ``circuit_breaker`` attribute.  As with an instance
+    used as a decorator, a generator function's outcome is recorded when it
+    returns its generator, not while the generator runs.
 
     Example::
 

@@ -1924,3 +1924,16 @@ def test_a_forked_child_does_not_send_the_parents_window_outcomes(
     breaker.acquire().ignore()
     # The parent sends its two failures itself; the child must not send them again.
     assert storage.calls[-1][:5] == ("sync_window", "svc", 0, 0, 0)
+
+
+def test_a_copy_is_the_same_breaker_and_pickling_says_why_not(clock: FakeClock) -> None:
+    import copy
+    import pickle
+
+    breaker = CircuitBreaker(failure_threshold=1, name="copied", clock=clock)
+    assert copy.copy(breaker) is breaker
+    assert copy.deepcopy({"b": breaker})["b"] is breaker
+    breaker.acquire().failure()
+    assert copy.copy(breaker).state is OPEN
+    with pytest.raises(TypeError, match="get_circuit_breaker"):
+        pickle.dumps(breaker)
