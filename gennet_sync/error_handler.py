@@ -267,9 +267,33 @@ def _handle_marshmallow_error(error: MarshmallowValidationError) -> Response:
         422,
         "VALIDATION_ERROR",
         "ValidationError",
-        "Request validation failed",
+        _validation_summary(fields),
         {"fields": fields},
     )
+
+
+def _validation_summary(fields: dict[Any, Any]) -> str:
+    """``Request validation failed: edges.0.sign: Must be one of: -1, 1. (and 2 more)``."""
+    problems: list[str] = []
+
+    def collect(path: str, messages: Any) -> None:
+        if isinstance(messages, dict):
+            for key, value in messages.items():
+                collect(f"{path}.{key}" if path else str(key), value)
+        elif isinstance(messages, (list, tuple)) and messages:
+            if all(isinstance(item, str) for item in messages):
+                problems.extend(f"{path}: {item}" for item in messages)
+            else:
+                for item in messages:
+                    collect(path, item)
+        else:
+            problems.append(f"{path}: {messages}")
+
+    collect("", fields)
+    if not problems:
+        return "Request validation failed"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"Request validation failed: {problems[0]}{more}"
 
 
 def _handle_http_exception(error: HTTPException) -> Response:

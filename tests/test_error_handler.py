@@ -134,6 +134,44 @@ def test_marshmallow_errors_are_422_with_per_field_messages(client: Any) -> None
     }
 
 
+def test_marshmallow_422_message_names_the_first_problem_and_counts_the_rest(
+    client: Any,
+) -> None:
+    response = client.post("/networks", json={"name": "toggle", "nodes": "not-a-list"})
+    assert error_of(response)["message"] == ("Request validation failed: nodes: Not a valid list.")
+    both = client.post("/networks", json={"nodes": "not-a-list"})
+    assert error_of(both)["message"] == (
+        "Request validation failed: name: Missing data for required field. (and 1 more)"
+    )
+
+
+def test_nested_marshmallow_errors_are_named_by_their_path() -> None:
+    class EdgeSchema(marshmallow.Schema):
+        sign = marshmallow.fields.Integer(
+            required=True, validate=marshmallow.validate.OneOf([-1, 1])
+        )
+
+    class GraphSchema(marshmallow.Schema):
+        edges = marshmallow.fields.List(marshmallow.fields.Nested(EdgeSchema))
+
+    app = Flask("nested")
+    setup_error_handlers(app)
+
+    @app.post("/graphs")
+    def graphs() -> dict[str, Any]:
+        loaded: dict[str, Any] = GraphSchema().load(request.get_json())
+        return loaded
+
+    response = app.test_client().post("/graphs", json={"edges": [{"sign": 1}, {"sign": 0}]})
+    assert response.status_code == 422
+    assert error_of(response)["message"] == (
+        "Request validation failed: edges.1.sign: Must be one of: -1, 1."
+    )
+    assert error_of(response)["metadata"]["fields"] == {
+        "edges": {"1": {"sign": ["Must be one of: -1, 1."]}}
+    }
+
+
 def test_marshmallow_error_raised_anywhere_in_a_view_is_422(client: Any) -> None:
     response = client.get("/validate-later")
     assert response.status_code == 422
