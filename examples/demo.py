@@ -423,6 +423,9 @@ def _stop_qualitative(
         else:
             failed_calls += 1
             open_in_a_row = 0
+            # Every worker whose breaker opened did so by this failure at the latest;
+            # the refusals seen may all have come from a worker that opened earlier.
+            trial_deadline = max(trial_deadline, reply.received_at + deployment.breaker_timeout)
     timeline.expect(
         open_in_a_row >= wanted_open, "the breaker opens and 503s become immediate refusals"
     )
