@@ -57,3 +57,22 @@ def test_log_filter_stamps_records_with_the_current_id() -> None:
         assert getattr(fresh, "request_id", None) == "req-7"
     finally:
         reset_request_id(token)
+
+
+def test_log_filter_keeps_an_id_the_caller_put_on_the_record() -> None:
+    # Code logging after the request context is gone passes the ID itself
+    # (extra={"request_id": ...}); the filter must not replace it with "-".
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "msg", None, None)
+    record.request_id = "req-from-environ"
+    token = set_request_id("req-other")
+    try:
+        assert RequestIdFilter().filter(record)
+    finally:
+        reset_request_id(token)
+    assert getattr(record, "request_id", None) == "req-from-environ"
+
+
+@pytest.mark.parametrize("value", ["abc\n", "abc\r\n", "\nabc"])
+def test_ids_with_a_line_break_anywhere_are_rejected(value: str) -> None:
+    # A header value ending in a newline would split the response's headers.
+    assert not is_valid_request_id(value)

@@ -7,6 +7,7 @@ import enum
 import json
 import math
 import pickle
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -204,11 +205,17 @@ def test_deep_nesting_is_cut_off_instead_of_recursing_forever() -> None:
     json.dumps(rendered)
 
 
+def _containers_of(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    # A named function: hypothesis reads a lambda's source to check it recurses,
+    # which misfires on a multi-line lambda.
+    return st.lists(children, max_size=4) | st.dictionaries(
+        st.text(max_size=8), children, max_size=4
+    )
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
+    _containers_of,
     max_leaves=20,
 )
 anything = json_values | st.builds(object) | st.binary() | st.sets(st.integers(), max_size=3)
@@ -250,3 +257,50 @@ def test_errors_survive_pickling_and_copying(error: GenNetException) -> None:
         assert twin.headers == error.headers
         assert twin.args == error.args
         assert vars(twin) == vars(error)
+
+
+class _Shout(str):
+    def __str__(self) -> str:
+        return "SHOUTED"
+
+
+class _BrokenMapping(Mapping[str, Any]):
+    """A mapping whose items cannot be listed (a lazy view over a closed resource)."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("closed")
+
+    def __len__(self) -> int:
+        return 1
+
+    def __str__(self) -> str:
+        return "<broken mapping>"
+
+
+def test_json_values_keep_their_json_type() -> None:
+    rendered = GenNetException(
+        "x", metadata={"flag": True, "off": False, "none": None, "n": 3, "f": 1.5, "s": "a"}
+    ).to_dict()["error"]["metadata"]
+    # True stays true, not 1: bool is an int subclass, yet a client reads a boolean.
+    assert rendered == {"flag": True, "off": False, "none": None, "n": 3, "f": 1.5, "s": "a"}
+    assert rendered["flag"] is True and rendered["off"] is False
+
+
+def test_int_and_str_subclasses_become_plain_values_without_their_overrides() -> None:
+    rendered = json_safe({"enum": _Color.RED, "shout": _Shout("quiet")})
+    assert type(rendered["enum"]) is int and rendered["enum"] == 1
+    assert type(rendered["shout"]) is str and rendered["shout"] == "quiet"
+
+
+def test_a_mapping_that_cannot_be_listed_is_rendered_as_its_string() -> None:
+    assert json_safe({"view": _BrokenMapping()}) == {"view": "<broken mapping>"}
+
+
+def test_nesting_up_to_the_limit_is_rendered_intact() -> None:
+    nested: Any = "leaf"
+    for _ in range(15):  # 30 levels of containers, under the 32-level cut-off
+        nested = {"child": [nested]}
+    assert json_safe(nested) == nested
