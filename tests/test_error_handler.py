@@ -234,7 +234,7 @@ def test_any_werkzeug_status_gets_its_phrase_as_code(client: Any) -> None:
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "code", "says"),
     [
-        (b'{"name": "toggle",', "application/json", 400, "BAD_REQUEST", "decode JSON"),
+        (b'{"name": "toggle",', "application/json", 400, "BAD_REQUEST", "line 1 column 19"),
         (b"\xff\xfe\xfd", "application/json", 400, "BAD_REQUEST", "decode JSON"),
         (b'{"name": "x"}', "text/plain", 415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type"),
         (b"[" * 600 + b"]" * 600, "application/json", 413, "REQUEST_ENTITY_TOO_LARGE", ""),
@@ -619,3 +619,109 @@ def test_breaker_storage_from_flask_config_is_shared_by_registry_breakers(
     finally:
         set_default_storage(None)
         clear_circuit_breakers()
+
+
+def test_a_werkzeug_error_has_one_content_type_ours(client: Any) -> None:
+    # werkzeug's own headers say text/html; only the JSON one may reach the client.
+    for response in (client.delete("/networks/abc"), client.get("/teapot")):
+        assert response.headers.getlist("Content-Type") == ["application/json"]
+
+
+def test_silent_get_json_of_deeply_nested_json_is_none_as_for_any_bad_json() -> None:
+    app = make_app(MAX_CONTENT_LENGTH=None)
+
+    @app.post("/lenient")
+    def lenient() -> dict[str, bool]:
+        return {"parsed": request.get_json(silent=True) is not None}
+
+    client = app.test_client()
+    depth = 100_000
+    nested = client.post(
+        "/lenient", data=b"[" * depth + b"]" * depth, content_type="application/json"
+    )
+    assert (nested.status_code, nested.get_json()) == (200, {"parsed": False})
+    fine = client.post("/lenient", json=[[1]])
+    assert fine.get_json() == {"parsed": True}
+
+
+@pytest.mark.parametrize(
+    ("error", "logged"),
+    [
+        (GenNetException("store down"), True),
+        (ServiceUnavailableError("store down"), True),
+        (NotFoundError("Network", "x"), False),
+        (RateLimitError(), False),
+    ],
+    ids=["500", "503", "404", "429"],
+)
+def test_our_5xx_errors_are_logged_with_the_request_id_and_4xx_are_not(
+    error: GenNetException, logged: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app()
+
+    @app.get("/raise")
+    def raise_it() -> str:
+        raise error
+
+    with caplog.at_level(logging.INFO, logger="gennet_sync"):
+        response = app.test_client().get("/raise", headers={"X-Request-ID": "req-5xx"})
+    assert response.status_code == error.status_code
+    records = [r for r in caplog.records if r.name == "gennet_sync.error_handler"]
+    if logged:
+        [record] = records
+        assert record.levelno == logging.ERROR
+        assert "store down" in record.getMessage()
+        assert record.request_id == "req-5xx"  # type: ignore[attr-defined]
+    else:
+        assert records == []
+
+
+def test_an_error_handler_that_raises_a_marshmallow_error_gets_the_422_envelope() -> None:
+    app = make_app()
+
+    @app.errorhandler(KeyError)
+    def missing_field(error: KeyError) -> str:
+        raise marshmallow.ValidationError("Missing data for required field.", error.args[0])
+
+    @app.get("/lookup")
+    def lookup() -> str:
+        raise KeyError("name")
+
+    response = app.test_client().get("/lookup")
+    assert response.status_code == 422
+    assert error_of(response)["metadata"] == {
+        "fields": {"name": ["Missing data for required field."]}
+    }
+
+
+@pytest.mark.parametrize(("status", "logged"), [(500, True), (503, True), (404, False)])
+def test_werkzeug_5xx_errors_are_logged_with_the_request_id_and_4xx_are_not(
+    status: int, logged: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app()
+
+    @app.get("/abort")
+    def abort_it() -> str:
+        abort(status)
+
+    with caplog.at_level(logging.INFO, logger="gennet_sync"):
+        response = app.test_client().get("/abort", headers={"X-Request-ID": "req-abort"})
+    assert response.status_code == status
+    records = [r for r in caplog.records if r.name == "gennet_sync.error_handler"]
+    if logged:
+        [record] = records
+        assert f"HTTP {status}" in record.getMessage()
+        assert record.request_id == "req-abort"  # type: ignore[attr-defined]
+    else:
+        assert records == []
+
+
+def test_a_request_id_header_set_by_the_view_is_replaced_not_doubled() -> None:
+    app = make_app()
+
+    @app.get("/own-id")
+    def own_id() -> tuple[str, int, dict[str, str]]:
+        return "ok", 200, {"X-Request-ID": "made-up-by-the-view"}
+
+    response = app.test_client().get("/own-id", headers={"X-Request-ID": "req-1"})
+    assert response.headers.getlist("X-Request-ID") == ["req-1"]
