@@ -472,7 +472,14 @@ class CircuitBreaker:
                 state = self._state
                 events = self._take_events()
         if events:
-            self._finish(events)
+            try:
+                self._finish(events)
+            except BaseException:
+                # A listener's KeyboardInterrupt must not keep the trial slot taken:
+                # the caller never gets the permit, so nobody would give it back.
+                if permit is not None:
+                    permit.ignore()
+                raise
         if permit is None:
             raise CircuitBreakerError._refusal(
                 self._refusal_messages[state],
@@ -912,24 +919,32 @@ class CircuitBreaker:
             retry_after = None if admitted else self._retry_after(now)
             state = self._state
             events, actions = self._take_events(), self._take_actions()
-        self._run_actions(actions, None)
-        self._finish(events)
-        if permit is not None and trial and self._mode is _NORMAL:
-            lease = self.config.max_half_open_wait or self.config.recovery_timeout
-            taken = self._call_storage(
-                "acquire_trial", max_calls=self.config.half_open_max_calls, lease=lease
-            )
-            if taken is False:
-                with self._lock:
-                    if not permit._done and permit._generation == self._generation:
-                        self._trials -= 1
-                        self._rejections += 1
-                    permit._done = True
-                    retry_after = self._retry_after(now)
-                    state = self._state
-                permit = None
-            else:
-                permit._shared_trial = taken is True
+        taken: bool | None = None
+        try:
+            self._run_actions(actions, None)
+            self._finish(events)
+            if permit is not None and trial and self._mode is _NORMAL:
+                lease = self.config.max_half_open_wait or self.config.recovery_timeout
+                taken = self._call_storage(
+                    "acquire_trial", max_calls=self.config.half_open_max_calls, lease=lease
+                )
+        except BaseException:
+            # An interrupt in a listener or in the storage call must not keep the
+            # trial slot taken: the caller never gets the permit to give it back.
+            if permit is not None:
+                permit.ignore()
+            raise
+        if permit is not None and taken is False:  # every fleet-wide slot is taken
+            with self._lock:
+                if not permit._done and permit._generation == self._generation:
+                    self._trials -= 1
+                    self._rejections += 1
+                permit._done = True
+                retry_after = self._retry_after(now)
+                state = self._state
+            permit = None
+        elif permit is not None and taken is True:
+            permit._shared_trial = True
         if permit is None:
             raise CircuitBreakerError(service=self.name, retry_after=retry_after, state=state)
         return permit

@@ -410,6 +410,24 @@ def test_a_base_exception_is_never_a_failure_and_frees_the_trial_slot(
     assert breaker.acquire().is_trial  # the slot came back
 
 
+def test_a_listener_interrupted_on_the_way_to_half_open_frees_the_trial_slot(
+    make_breaker: Callable[..., CircuitBreaker], clock: FakeClock
+) -> None:
+    breaker = make_breaker(failure_threshold=1)
+    trip(breaker)
+    clock.advance(10)
+
+    def interrupting(event: StateChangeEvent) -> None:
+        raise KeyboardInterrupt
+
+    breaker.add_listener(interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        breaker.call(ok)  # its admission moves OPEN -> HALF_OPEN and tells the listener
+    breaker.remove_listener(interrupting)
+    assert breaker.call(ok) == "ok"  # the interrupted call's trial slot was given back
+    assert breaker.state is CLOSED
+
+
 def test_exceptions_are_classified_by_class_and_predicate(
     make_breaker: Callable[..., CircuitBreaker],
 ) -> None:
@@ -1488,6 +1506,26 @@ def test_all_shared_slots_taken_means_rejected_and_the_local_slot_freed(
     permit.success()
     assert breaker.state is CLOSED
     assert "release_trial" not in names(storage)  # no shared slot was taken
+
+
+def test_an_interrupt_while_taking_a_shared_slot_frees_the_local_slot(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]], clock: FakeClock
+) -> None:
+    breaker, storage = shared(sync_interval=1000.0)
+    breaker.call(ok)
+    storage.failure_answer = None
+    trip(breaker)
+    clock.advance(10)
+
+    def interrupted(name: str, *, max_calls: int, lease: float) -> bool | None:
+        raise KeyboardInterrupt
+
+    storage.acquire_trial = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        breaker.call(ok)
+    del storage.acquire_trial
+    assert breaker.call(ok) == "ok"  # the interrupted call's trial slot was given back
+    assert breaker.state is CLOSED
 
 
 def test_another_process_opening_it_is_seen_at_the_next_sync(
