@@ -909,6 +909,7 @@ class CircuitBreaker:
                 shared = self._call_storage("load")
                 if shared is not None:
                     self._apply_shared(shared, now)
+            now = self._clock()  # a slow round trip must not make the call look slow
         started = now if self._slow_call_duration is not None else None
         generation = self._generation
         if self._state is _CLOSED:
@@ -945,6 +946,8 @@ class CircuitBreaker:
             permit = None
         elif permit is not None and taken is True:
             permit._shared_trial = True
+        if permit is not None and trial and started is not None:
+            permit._started = self._clock()  # after the acquire_trial round trip
         if permit is None:
             raise CircuitBreakerError(service=self.name, retry_after=retry_after, state=state)
         return permit

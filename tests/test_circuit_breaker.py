@@ -1528,6 +1528,32 @@ def test_an_interrupt_while_taking_a_shared_slot_frees_the_local_slot(
     assert breaker.state is CLOSED
 
 
+def test_a_slow_storage_round_trip_does_not_make_the_call_slow(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]], clock: FakeClock
+) -> None:
+    breaker, storage = shared(slow_call_duration=0.5)
+
+    def slow_load(name: str) -> SharedState | None:
+        clock.advance(1.0)  # Redis answering at its socket timeout
+        return SharedState(CLOSED)
+
+    def slow_acquire_trial(name: str, *, max_calls: int, lease: float) -> bool | None:
+        clock.advance(1.0)
+        return True
+
+    storage.load = slow_load  # type: ignore[method-assign]
+    storage.acquire_trial = slow_acquire_trial  # type: ignore[method-assign]
+    assert breaker.call(ok) == "ok"  # synced first: the sync is not the call's time
+    storage.load = lambda name: None  # type: ignore[method-assign]
+    storage.failure_answer = None  # unavailable: the local count trips it
+    trip(breaker)
+    clock.advance(10)
+    permit = breaker.acquire()
+    assert permit.is_trial
+    permit.success()
+    assert breaker.metrics().slow_calls == 0
+
+
 def test_another_process_opening_it_is_seen_at_the_next_sync(
     shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]], clock: FakeClock
 ) -> None:
