@@ -601,13 +601,17 @@ class CircuitBreaker:
             actions = self._take_actions()
         if error is not None and outcome is _FAILURE:
             _logger.debug("circuit breaker %r: failure recorded: %r", self.name, error)
-        self._finish(events)
-        if actions:
-            self._run_actions(actions, permit)
-        # Only now that the fleet knows the trial's outcome (set_open / set_closed)
-        # may another process take the slot.
-        if permit._shared_trial:
-            self._call_storage("release_trial")
+        try:
+            self._finish(events)
+        finally:
+            # Even when a listener raised a KeyboardInterrupt: the fleet must learn the
+            # transition, and the trial slot must not stay leased.
+            if actions:
+                self._run_actions(actions, permit)
+            # Only now that the fleet knows the trial's outcome (set_open / set_closed)
+            # may another process take the slot.
+            if permit._shared_trial:
+                self._call_storage("release_trial")
 
     # -- the state machine: every transition, always under self._lock ------------------
 

@@ -1490,6 +1490,26 @@ def test_a_failed_trial_reopens_the_fleet(
     ]
 
 
+def test_a_listener_interrupted_by_a_trial_outcome_still_closes_the_fleet_and_frees_the_slot(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]], clock: FakeClock
+) -> None:
+    breaker, storage = shared(sync_interval=1000.0, max_half_open_wait=5.0)
+    storage.failure_answer = None
+    trip(breaker)
+    clock.advance(10)
+    permit = breaker.acquire()  # OPEN -> HALF_OPEN is told before the listener is added
+
+    def interrupting(event: StateChangeEvent) -> None:
+        raise KeyboardInterrupt
+
+    breaker.add_listener(interrupting)
+    storage.calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        permit.success()
+    assert breaker.state is CLOSED
+    assert storage.calls == [("set_closed", "svc"), ("release_trial", "svc")]
+
+
 def test_all_shared_slots_taken_means_rejected_and_the_local_slot_freed(
     shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]], clock: FakeClock
 ) -> None:
