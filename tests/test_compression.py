@@ -646,3 +646,168 @@ def test_negotiation_accepts_any_sequence_and_long_headers() -> None:
     assert negotiate_encoding("br, gzip", ["gzip", "br"]) == "gzip"
     long_header = ", ".join(f"x-coding-{i};q=0.1" for i in range(50)) + ", br;q=0.2"
     assert negotiate_encoding(long_header, ALL) == "br"
+
+
+# ---------------------------------------------------------------- edge cases found by mutation
+
+
+def test_a_coding_listed_twice_keeps_its_lowest_weight_in_either_order() -> None:
+    assert negotiate_encoding("gzip;q=0, gzip;q=0.5", ("gzip",)) == "identity"
+    assert negotiate_encoding("gzip;q=0.5, gzip;q=0", ("gzip",)) == "identity"
+
+
+@pytest.mark.parametrize("mimetype", ["application/problem+json", "image/svg+xml", "text/csv"])
+def test_json_and_xml_suffixed_and_text_types_are_compressed(mimetype: str) -> None:
+    app = make_app()
+
+    @app.get("/typed")
+    def typed() -> Response:
+        return Response(json.dumps(PAYLOAD), mimetype=mimetype)
+
+    response = app.test_client().get("/typed", headers={"Accept-Encoding": "gzip"})
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert json.loads(decode(response.data, "gzip")) == PAYLOAD
+
+
+def test_vary_star_already_covers_accept_encoding() -> None:
+    app = make_app()
+
+    @app.get("/anything")
+    def anything() -> Response:
+        return Response(json.dumps(PAYLOAD), mimetype="application/json", headers={"Vary": "*"})
+
+    response = app.test_client().get("/anything", headers={"Accept-Encoding": "gzip"})
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert response.headers.getlist("Vary") == ["*"]
+
+
+def test_a_response_with_content_range_is_left_alone_whatever_its_status() -> None:
+    app = make_app()
+    raw = json.dumps(PAYLOAD).encode()
+
+    @app.get("/unsatisfiable")
+    def unsatisfiable() -> Response:
+        return Response(
+            raw,
+            status=416,
+            mimetype="application/json",
+            headers={"Content-Range": f"bytes */{len(raw)}"},
+        )
+
+    response = app.test_client().get("/unsatisfiable", headers={"Accept-Encoding": "gzip"})
+    assert response.status_code == 416
+    assert "Content-Encoding" not in response.headers
+    assert response.data == raw
+
+
+def test_a_compressed_response_no_longer_offers_byte_ranges() -> None:
+    app = make_app()
+
+    @app.get("/ranged")
+    def ranged() -> Response:
+        return Response(
+            json.dumps(PAYLOAD), mimetype="application/json", headers={"Accept-Ranges": "bytes"}
+        )
+
+    client = app.test_client()
+    compressed = client.get("/ranged", headers={"Accept-Encoding": "gzip"})
+    assert compressed.headers["Content-Encoding"] == "gzip"
+    assert "Accept-Ranges" not in compressed.headers
+    assert client.get("/ranged").headers["Accept-Ranges"] == "bytes"
+
+
+def test_a_streamed_response_revalidates_to_an_empty_304_and_closes_its_source() -> None:
+    app = make_app()
+    bodies: list[ClosableBody] = []
+
+    @app.get("/tagged-stream")
+    def tagged_stream() -> Response:
+        bodies.append(ClosableBody())
+        response = Response(bodies[-1], mimetype="application/json")
+        response.set_etag("v9")
+        return response
+
+    client = app.test_client()
+    first = client.get("/tagged-stream", headers={"Accept-Encoding": "br"})
+    assert first.headers["ETag"] == '"v9-br"'
+    assert json.loads(decode(first.data, "br")) == PAYLOAD
+    first.close()
+    again = client.get(
+        "/tagged-stream", headers={"Accept-Encoding": "br", "If-None-Match": '"v9-br"'}
+    )
+    assert again.status_code == 304
+    assert again.data == b""
+    assert "Content-Length" not in again.headers
+    again.close()
+    assert bodies[1].closed
+
+
+def test_zstd_frames_may_be_concatenated_but_deflate_streams_may_not() -> None:
+    client = make_app().test_client()
+    half = len(RAW_BODY) // 2
+    frames = compress_bytes(RAW_BODY[:half], "zstd") + compress_bytes(RAW_BODY[half:], "zstd")
+    joined = client.post(
+        "/echo",
+        data=frames,
+        headers={"Content-Encoding": "zstd", "Content-Type": "application/json"},
+    )
+    assert json_of(joined)["received"] == BODY
+    two_streams = compress_bytes(RAW_BODY[:half], "deflate") + compress_bytes(
+        RAW_BODY[half:], "deflate"
+    )
+    refused = client.post(
+        "/echo",
+        data=two_streams,
+        headers={"Content-Encoding": "deflate", "Content-Type": "application/json"},
+    )
+    assert refused.status_code == 400
+    assert "after the end" in json_of(refused)["error"]["message"]
+
+
+def test_gennet_max_decoded_size_config_wins_over_max_content_length() -> None:
+    app = make_app()
+    app.config["GENNET_MAX_DECODED_SIZE"] = 100
+    app.config["MAX_CONTENT_LENGTH"] = 4096
+    client = app.test_client()
+    response = client.post(
+        "/count", data=compress_bytes(bytes(101), "gzip"), headers={"Content-Encoding": "gzip"}
+    )
+    assert response.status_code == 413
+    assert "limit of 100 bytes" in json_of(response)["error"]["message"]
+    fits = client.post(
+        "/count", data=compress_bytes(bytes(100), "gzip"), headers={"Content-Encoding": "gzip"}
+    )
+    assert json_of(fits) == {"bytes": 100}
+
+
+def test_an_encoded_body_with_a_garbled_content_length_is_a_400_envelope() -> None:
+    response = (
+        make_app()
+        .test_client()
+        .post(
+            "/count",
+            data=compress_bytes(RAW_BODY, "gzip"),
+            headers={"Content-Encoding": "gzip"},
+            environ_overrides={"CONTENT_LENGTH": "12abc"},
+        )
+    )
+    assert response.status_code == 400
+    assert json_of(response)["error"]["message"] == "Invalid Content-Length header."
+
+
+def test_a_zstd_frame_demanding_a_huge_window_is_refused_before_allocating_it() -> None:
+    # A streamed frame declares its window (here 128 MiB) up front; the decoder
+    # would allocate it for a few bytes of input.
+    compressor = zstd.ZstdCompressor(options={zstd.CompressionParameter.window_log: 27})
+    frame = compressor.compress(RAW_BODY) + compressor.flush()
+    response = (
+        make_app()
+        .test_client()
+        .post(
+            "/echo",
+            data=frame,
+            headers={"Content-Encoding": "zstd", "Content-Type": "application/json"},
+        )
+    )
+    assert response.status_code == 400
+    assert "too much memory" in json_of(response)["error"]["message"]
