@@ -614,6 +614,21 @@ class CircuitBreaker:
                 self._call_storage("release_trial")
 
     # -- the state machine: every transition, always under self._lock ------------------
+    #
+    # CLOSED    -> OPEN       failure_threshold consecutive failures, or a failure or
+    #                         slow-call rate over the window (_record_outcome); with a
+    #                         shared storage, the fleet's count (_after_shared_failure)
+    # OPEN      -> HALF_OPEN  the open duration is over (_refresh)
+    # HALF_OPEN -> CLOSED     success_threshold trial successes (_record_outcome), or
+    #                         max_half_open_wait is over and on_half_open_timeout="close"
+    # HALF_OPEN -> OPEN       a trial failed (_record_outcome), or max_half_open_wait is
+    #                         over (_refresh)
+    # any       -> any        the fleet's state, seen at a sync (_adopt); open(), reset(),
+    #                         disable(), metrics_only() (the operational modes below)
+    #
+    # Each goes through _to_open / _to_half_open / _to_closed and _set_state, which bumps
+    # the generation (outcomes of older permits no longer drive the machine) and queues
+    # the event and the storage call that the caller runs once the lock is released.
 
     def _refresh(self, now: float) -> None:
         """Apply the transitions that time alone causes."""
@@ -689,6 +704,21 @@ class CircuitBreaker:
             reason = rate_trip_reason(self.config, self._window_totals(now))
             if reason is not None:
                 self._to_open(now or self._clock(), reason)
+
+    def _adopt(self, shared: SharedState, now: float, reason: TransitionReason) -> None:
+        """Make the local state machine agree with the shared one (under the lock)."""
+        if shared.state is _OPEN:
+            if self._state is _OPEN:
+                self._open_until = now + shared.open_remaining
+            else:
+                self._to_open(now, reason, shared.open_remaining, share=False)
+        elif shared.state is _HALF_OPEN:
+            if self._state is not _HALF_OPEN:
+                self._to_half_open(now, reason)
+        elif self._state is not _CLOSED:
+            self._to_closed(now, reason, share=False)
+        else:
+            self._consecutive_failures = shared.failure_count
 
     def _to_open(
         self,
@@ -1003,21 +1033,6 @@ class CircuitBreaker:
             events, actions = self._take_events(), self._take_actions()
         self._run_actions(actions, None)
         self._finish(events)
-
-    def _adopt(self, shared: SharedState, now: float, reason: TransitionReason) -> None:
-        """Make the local state machine agree with the shared one (under the lock)."""
-        if shared.state is _OPEN:
-            if self._state is _OPEN:
-                self._open_until = now + shared.open_remaining
-            else:
-                self._to_open(now, reason, shared.open_remaining, share=False)
-        elif shared.state is _HALF_OPEN:
-            if self._state is not _HALF_OPEN:
-                self._to_half_open(now, reason)
-        elif self._state is not _CLOSED:
-            self._to_closed(now, reason, share=False)
-        else:
-            self._consecutive_failures = shared.failure_count
 
     def _after_fork(self) -> None:
         """In a forked child: fresh lock, and no trial slot held by a parent's thread."""
