@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -356,3 +357,101 @@ def test_header_routed_path_without_a_usable_version_says_which_versions_serve_i
         )
     assert client.get("/legacy", headers={"API-Version": "v1"}).text == "old"
     assert client.get("/nowhere").status_code == 404
+
+
+# ---------------------------------------------------------------- edge cases found by mutation
+
+
+def test_a_route_under_the_prefix_that_is_no_version_keeps_its_own_405() -> None:
+    app, _ = make_app()
+
+    @app.get("/api/status")
+    def status() -> str:
+        return "up"
+
+    client = app.test_client()
+    assert client.get("/api/status").text == "up"
+    wrong_method = client.post("/api/status")
+    assert wrong_method.status_code == 405
+    assert json_of(wrong_method)["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_successor_is_the_newest_version_that_is_not_deprecated() -> None:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    api = VersionedAPI(app)
+    blueprints = {
+        "v1": api.version("v1", deprecated=DEPRECATED),
+        "v2": api.version("v2"),
+        "v3": api.version("v3"),
+        "v4beta": api.version("v4beta", deprecated=DEPRECATED),
+    }
+    for name, bp in blueprints.items():
+        bp.add_url_rule("/ping", f"ping_{name}", lambda: "pong")
+    client = app.test_client()
+    assert client.get("/api/v1/ping").headers["Link"] == (
+        '</api>; rel="deprecation", </api/v3>; rel="successor-version"'
+    )
+    # A current version gets no Link at all, even when a newer one exists.
+    assert "Link" not in client.get("/api/v2/ping").headers
+    assert "Link" not in client.get("/api/v3/ping").headers
+    assert api.successor_of(api.versions["v3"]) is None
+    assert api.successor_of(api.versions["v2"]) is api.versions["v3"]
+
+
+def test_without_the_index_the_deprecation_link_does_not_point_to_it() -> None:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    api = VersionedAPI(app, index=False)
+    api.version("v1", deprecated=DEPRECATED).add_url_rule("/ping", "ping", lambda: "pong")
+    api.version("v2")
+    client = app.test_client()
+    assert client.get("/api/v1/ping").headers["Link"] == '</api/v2>; rel="successor-version"'
+    assert client.get("/api").status_code == 404
+
+
+def test_init_app_twice_with_the_same_api_is_harmless() -> None:
+    app, api = make_app()
+    api.init_app(app)
+    response = app.test_client().get("/api/v1/networks/a")
+    assert response.status_code == 200
+    assert response.headers["API-Version"] == "v1"
+
+
+def test_naive_datetimes_are_utc_whatever_the_local_time_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        api = VersionedAPI()
+        api.version("v1", deprecated=datetime(2025, 3, 1, 12, 0))
+        assert api.versions["v1"].deprecated == datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_header_routing_covers_paths_that_merely_start_like_the_prefix() -> None:
+    app = make_header_routed_app()
+    v2: Blueprint = app_state(app).features["versioning"].versions["v2"].blueprint
+
+    @v2.get("/apikeys")
+    def apikeys() -> dict[str, str]:
+        return {"keys": "v2"}
+
+    response = app.test_client().get("/apikeys", headers={"API-Version": "v2"})
+    assert response.status_code == 200
+    assert json_of(response) == {"keys": "v2"}
+
+
+def test_vary_already_naming_the_version_header_is_not_repeated() -> None:
+    app = make_header_routed_app()
+    v2: Blueprint = app_state(app).features["versioning"].versions["v2"].blueprint
+
+    @v2.get("/varied")
+    def varied() -> tuple[str, int, dict[str, str]]:
+        return "", 200, {"Vary": "api-version"}
+
+    response = app.test_client().get("/varied", headers={"API-Version": "v2"})
+    assert response.headers.getlist("Vary") == ["api-version"]
