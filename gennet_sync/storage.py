@@ -22,20 +22,31 @@ the same, for a breaker with a time    :meth:`WindowStorage.sync_window`
 window and a storage that has it       (instead of ``load``: the same single
                                        call also pushes this process's window
                                        outcomes and fetches the fleet's totals)
-failure recorded in CLOSED             :meth:`BreakerStorage.record_failure`
+failure recorded in CLOSED (with a     :meth:`BreakerStorage.record_failure`
+``failure_threshold``)
 success in CLOSED while the local      :meth:`BreakerStorage.reset_failures`
 view counts failures (so a healthy
 service costs no round trip)
 the breaker opens by its own decision  :meth:`BreakerStorage.set_open`
-(trial failed, rate window, forced)
-a trial success closes it / reset()    :meth:`BreakerStorage.set_closed`
-admission in HALF_OPEN                 :meth:`BreakerStorage.acquire_trial`
-a trial call's outcome is recorded     :meth:`BreakerStorage.release_trial`
+(trial failed, rate window,
+``max_half_open_wait`` over, forced)
+a trial success closes it, reset(),    :meth:`BreakerStorage.set_closed`
+``max_half_open_wait`` over with
+``on_half_open_timeout="close"``
+admission in HALF_OPEN (mode NORMAL)   :meth:`BreakerStorage.acquire_trial`
+a call that took a shared trial slot   :meth:`BreakerStorage.release_trial`
+is recorded                            (after the ``set_open``/``set_closed``
+                                       its outcome caused)
 =====================================  =========================================
 
 Every method of a shared storage must return quickly and never raise: when the
 backend is unavailable it returns ``None`` (or does nothing) and the breaker
-carries on with its local state (and its local rate window).
+carries on with its local state (and its local rate window).  When it answers
+again, the fleet's state wins at the next sync: a process that tripped on its
+own during the outage adopts the fleet's CLOSED rather than pushing its OPEN,
+since the outage may have been its own network's, and a fleet-wide OPEN would
+then cut every process off a healthy service (the fleet's count trips it again
+after ``failure_threshold`` more failures if the service is still down).
 
 A fleet-wide rate window is optional: a storage that also has
 :meth:`WindowStorage.sync_window` aggregates the failure-rate and slow-call-rate
@@ -66,7 +77,14 @@ __all__ = [
 
 
 class CircuitState(enum.StrEnum):
-    """The three states of a circuit breaker (a ``str``: ``"closed"``...)."""
+    """The three states of a circuit breaker (a ``str``: ``"closed"``...).
+
+    Example::
+
+        if breaker.state is CircuitState.OPEN:
+            log.warning("%s is cut off", breaker.name)
+        assert CircuitState("half_open") is CircuitState.HALF_OPEN
+    """
 
     CLOSED = "closed"
     OPEN = "open"
@@ -85,6 +103,11 @@ class WindowTotals:
             period these totals belong to.  Passed back with the next
             :meth:`WindowStorage.sync_window`, so outcomes recorded in an
             earlier CLOSED period never join a later one.
+
+    Example::
+
+        totals = WindowTotals(calls=40, failures=22, slow_calls=3, closings=7)
+        failure_rate = totals.failures / totals.calls  # 0.55
     """
 
     calls: int = 0
@@ -104,6 +127,12 @@ class SharedState:
         open_remaining: Seconds until the OPEN period ends; 0.0 unless OPEN.
         window: The fleet's rate-window totals; set by
             :meth:`WindowStorage.sync_window` only.
+
+    Example::
+
+        shared = storage.load("payments")
+        if shared is not None and shared.state is CircuitState.OPEN:
+            print(f"the fleet retries in {shared.open_remaining:.1f} s")
     """
 
     state: CircuitState
@@ -114,7 +143,14 @@ class SharedState:
 
 @runtime_checkable
 class BreakerStorage(Protocol):
-    """What a breaker needs from a storage backend.  See the module docstring."""
+    """What a breaker needs from a storage backend.  See the module docstring.
+
+    Example::
+
+        storage: BreakerStorage = RedisStorage("redis://cache:6379/0")
+        breaker = CircuitBreaker(name="payments", storage=storage)
+        assert isinstance(MemoryStorage(), BreakerStorage)
+    """
 
     #: False: state is per process and the breaker calls none of the methods below.
     shared: ClassVar[bool]
@@ -161,7 +197,16 @@ class BreakerStorage(Protocol):
 
 @runtime_checkable
 class WindowStorage(BreakerStorage, Protocol):
-    """A shared storage that also aggregates time-based rate windows fleet-wide."""
+    """A shared storage that also aggregates time-based rate windows fleet-wide.
+
+    Example::
+
+        shared = storage.sync_window(
+            "payments", calls=12, failures=3, slow_calls=0, window_seconds=60, closings=4
+        )
+        if shared is not None and shared.window is not None:
+            print(shared.window.failures / max(1, shared.window.calls))
+    """
 
     def sync_window(
         self,
@@ -196,6 +241,10 @@ class MemoryStorage:
     The default.  No dependency, no I/O; the breaker never calls the methods
     below (``shared`` is False), which exist so the class satisfies
     :class:`BreakerStorage`.
+
+    Example::
+
+        breaker = CircuitBreaker(name="grn", storage=MemoryStorage())  # same as storage=None
     """
 
     shared: ClassVar[bool] = False

@@ -1592,6 +1592,24 @@ def test_another_process_opening_it_is_seen_at_the_next_sync(
     assert breaker.state is CLOSED
 
 
+def test_when_the_storage_answers_again_the_fleet_state_wins_over_a_local_trip(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]], clock: FakeClock
+) -> None:
+    events: list[StateChangeEvent] = []
+    breaker, storage = shared(sync_interval=1.0, listeners=[events.append])
+    storage.state = storage.failure_answer = None  # Redis down: the local count decides
+    trip(breaker)
+    assert breaker.state is OPEN
+    storage.state = SharedState(CLOSED)  # back, and the fleet never saw that trip
+    storage.calls.clear()
+    clock.advance(1.0)
+    assert breaker.call(ok) == "ok"
+    assert events[-1].reason is TransitionReason.SHARED_STATE
+    # The local trip is not pushed to the fleet: it may be this host's network that
+    # failed, and a fleet-wide OPEN would then cut every process off a healthy service.
+    assert names(storage) == ["load"]
+
+
 def test_a_fleet_in_half_open_makes_the_next_call_a_shared_trial(
     shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]],
 ) -> None:
