@@ -30,7 +30,13 @@ __all__ = [
 
 
 class Outcome(enum.Enum):
-    """How one call counts: as in resilience4j, a call is a failure, ignored, or a success."""
+    """How one call counts: as in resilience4j, a call is a failure, ignored, or a success.
+
+    Example::
+
+        permit = breaker.acquire()
+        permit.record(Outcome.IGNORED)  # a cancelled call: frees its trial slot, counts nowhere
+    """
 
     SUCCESS = "success"
     FAILURE = "failure"
@@ -39,7 +45,14 @@ class Outcome(enum.Enum):
 
 
 class BreakerMode(enum.StrEnum):
-    """Operational mode, set by hand; ``NORMAL`` unless an operator changes it."""
+    """Operational mode, set by hand; ``NORMAL`` unless an operator changes it.
+
+    Example::
+
+        breaker.metrics_only()  # watch a new dependency's rates without ever rejecting
+        assert breaker.mode is BreakerMode.METRICS_ONLY
+        breaker.reset()  # back to NORMAL
+    """
 
     #: The state machine runs as configured.
     NORMAL = "normal"
@@ -52,7 +65,14 @@ class BreakerMode(enum.StrEnum):
 
 
 class TransitionReason(enum.StrEnum):
-    """Why a breaker changed state (the ``reason`` of a :class:`StateChangeEvent`)."""
+    """Why a breaker changed state (the ``reason`` of a :class:`StateChangeEvent`).
+
+    Example::
+
+        def on_change(event: StateChangeEvent) -> None:
+            if event.reason is TransitionReason.SHARED_STATE:
+                log.info("%s: another process decided %s", event.name, event.new_state)
+    """
 
     FAILURE_THRESHOLD = "failure_threshold"
     FAILURE_RATE = "failure_rate"
@@ -79,6 +99,14 @@ class StateChangeEvent:
         new_state: The state after it.
         at: The breaker's clock when the change happened (monotonic seconds).
         reason: Why it changed.
+
+    Example::
+
+        def alert(event: StateChangeEvent) -> None:
+            if event.new_state is CircuitState.OPEN:
+                pager.send(f"{event.name} opened ({event.reason.value})")
+
+        breaker.add_listener(alert)
     """
 
     name: str
@@ -115,6 +143,11 @@ class BreakerMetrics:
         opened_at: Clock value when it last opened, ``None`` unless OPEN.
         retry_after: Seconds until the next trial call is let through (``None``
             when CLOSED, or forced open).
+
+    Example::
+
+        snapshot = breaker.metrics()
+        gauge.set(snapshot.failure_rate or 0.0, labels={"service": snapshot.name})
     """
 
     name: str
@@ -388,7 +421,13 @@ class BreakerConfig:
 
 
 class BreakerOptions(TypedDict, total=False):
-    """Keyword arguments accepted wherever a breaker is configured (see :class:`BreakerConfig`)."""
+    """Keyword arguments accepted wherever a breaker is configured (see :class:`BreakerConfig`).
+
+    Example::
+
+        options: BreakerOptions = {"half_open_max_calls": 2, "max_half_open_wait": 10.0}
+        breaker = CircuitBreaker(failure_threshold=5, recovery_timeout=30, **options)
+    """
 
     half_open_max_calls: int
     success_threshold: int
@@ -409,7 +448,15 @@ class BreakerOptions(TypedDict, total=False):
 
 
 class CountWindow:
-    """The outcomes of the last ``size`` calls, with running totals (O(1) per call)."""
+    """The outcomes of the last ``size`` calls, with running totals (O(1) per call).
+
+    Example::
+
+        window = CountWindow(2)
+        for failed in (True, False, False):
+            window.record(failed, False, 0.0)
+        assert window.totals(0.0) == (2, 0, 0)  # the failure left the window
+    """
 
     __slots__ = ("_failures", "_filled", "_index", "_ring", "_size", "_slow")
 
@@ -447,7 +494,15 @@ class CountWindow:
 
 
 class TimeWindow:
-    """The calls of the last ``size`` seconds, in one-second buckets (amortised O(1))."""
+    """The calls of the last ``size`` seconds, in one-second buckets (amortised O(1)).
+
+    Example::
+
+        window = TimeWindow(10)
+        window.record(True, False, 100.0)
+        assert window.totals(105.0) == (1, 1, 0)
+        assert window.totals(110.0) == (0, 0, 0)  # ten seconds later it has left
+    """
 
     __slots__ = ("_calls", "_epochs", "_failures", "_latest", "_size", "_slow", "_totals")
 

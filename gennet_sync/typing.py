@@ -40,7 +40,15 @@ ResultPredicate: TypeAlias = Callable[[Any], bool]
 
 
 class StateListener(Protocol):
-    """Called with every state change of a breaker (outside its lock)."""
+    """Called with every state change of a breaker (outside its lock).
+
+    Example::
+
+        def log_change(event: StateChangeEvent, /) -> None:
+            logger.info("%s: %s -> %s", event.name, event.old_state, event.new_state)
+
+        breaker = CircuitBreaker(name="grn", listeners=[log_change])
+    """
 
     def __call__(self, event: StateChangeEvent, /) -> None: ...
 
@@ -51,6 +59,13 @@ class OpenDurationPolicy(Protocol):
     ``openings`` is 1 the first time the breaker opens after being CLOSED, 2 when
     the first trial after that fails, and so on; a successful close starts again
     at 1.
+
+    Example::
+
+        def doubling(recovery_timeout: float, openings: int, /) -> float:
+            return min(recovery_timeout * 2 ** (openings - 1), 600.0)
+
+        breaker = CircuitBreaker(recovery_timeout=5, open_duration=doubling)
     """
 
     def __call__(self, recovery_timeout: float, openings: int, /) -> float: ...
