@@ -348,3 +348,74 @@ def test_docs_render_operations_in_headless_chromium() -> None:
     assert re.search(r'class="opblock opblock-post', dom)
     assert re.search(r'class="opblock opblock-get', dom)
     assert "opblock-deprecated" in dom  # v1 is shown as deprecated
+
+
+# ---------------------------------------------------------------- edge cases found by mutation
+
+
+def test_version_documents_split_at_segment_boundaries() -> None:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    api = VersionedAPI(app)
+    api.version("v1", deprecated="2025-01-01").add_url_rule("/ping", "ping", lambda: "")
+    api.version("v10").add_url_rule("/ping", "ping", lambda: "")
+    OpenAPI(app)
+    client = app.test_client()
+    v1 = json_of(client.get("/openapi.json?version=v1"))
+    assert set(v1["paths"]) == {"/api/v1/ping"}
+    whole = json_of(client.get("/openapi.json"))
+    assert whole["paths"]["/api/v1/ping"]["get"]["deprecated"] is True
+    assert "deprecated" not in whole["paths"]["/api/v10/ping"]["get"]
+
+
+def test_operation_ids_stay_unique_when_one_view_serves_two_paths() -> None:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+
+    @app.get("/genes")
+    @app.get("/genes/all")
+    def genes() -> str:
+        return ""
+
+    OpenAPI(app)
+    document = json_of(app.test_client().get("/openapi.json"))
+    validate(document)
+    ids = [operation["operationId"] for _, _, operation in operations(document)]
+    assert sorted(ids) == ["genes", "genes_2"]
+
+
+def test_blueprint_static_files_and_extra_fields() -> None:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    bp = Blueprint("ui", __name__, static_folder="static", url_prefix="/ui")
+
+    @bp.get("/secure")
+    @doc(extra={"security": [{"bearer": []}]})
+    def secure() -> str:
+        return ""
+
+    app.register_blueprint(bp)
+    OpenAPI(app)
+    document = json_of(app.test_client().get("/openapi.json"))
+    assert set(document["paths"]) == {"/ui/secure"}
+    assert document["paths"]["/ui/secure"]["get"]["security"] == [{"bearer": []}]
+
+
+def test_docs_page_escapes_the_title_and_follows_the_script_root() -> None:
+    hostile = "GRN</script><script>alert(1)</script>"
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    api = VersionedAPI(app)
+    api.version("v1", deprecated="2025-01-01").add_url_rule("/ping", "ping", lambda: "")
+    api.version("v2").add_url_rule("/ping", "ping", lambda: "")
+    OpenAPI(app, title=hostile)
+    page = app.test_client().get("/docs", environ_overrides={"SCRIPT_NAME": "/grn"}).text
+    # The title never closes an element early: escaped in <title>, "<\/" in the script.
+    assert hostile not in page
+    assert "<title>GRN&lt;/script&gt;" in page
+    assert page.count("</script>") == 3  # the page's own three scripts
+    assert '"/grn/openapi.json"' in page
+    assert 'src="/grn/docs/assets/swagger-ui-bundle.js"' in page
+    # The dropdown lists the whole API first, then the newest version.
+    whole = page.index('"/grn/openapi.json"')
+    assert whole < page.index("/grn/openapi.json?version=v2") < page.index("?version=v1")
