@@ -548,7 +548,8 @@ class RedisStorage:
 
     def __repr__(self) -> str:
         kwargs = self.client.get_connection_kwargs()
-        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        # redis-py leaves the port out of a URL that has none: it is then the default.
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port') or 6379}"
         return (
             f"{type(self).__name__}({where}/{kwargs.get('db', 0)}, prefix={self.prefix!r}, "
             f"sync_interval={self.sync_interval!r})"

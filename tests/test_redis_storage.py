@@ -182,6 +182,14 @@ def test_repr_names_the_server_but_not_the_password(redis_server: RedisServer) -
         storage.close()
 
 
+def test_repr_of_a_url_without_a_port_names_the_default_port() -> None:
+    storage = RedisStorage("redis://cache.internal/2")
+    try:
+        assert "cache.internal:6379/2" in repr(storage)
+    finally:
+        storage.close()
+
+
 # -- counting and tripping across processes --------------------------------------
 
 
