@@ -689,7 +689,8 @@ class CircuitBreaker:
         if self._mode is not _NORMAL:
             return  # metrics only
         if not failed:
-            if self._consecutive_failures and self._shared:
+            if self._consecutive_failures and self._shared and self._failure_threshold:
+                # Without a threshold the fleet keeps no count: nothing to reset.
                 self._actions.append(("reset_failures", 0.0))
             self._consecutive_failures = 0
         else:

@@ -1440,6 +1440,24 @@ def test_a_shared_storage_is_called_at_the_documented_points(
     assert names(storage) == ["load"]
 
 
+def test_a_rate_only_shared_breaker_sends_no_reset_after_a_failure(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]],
+) -> None:
+    breaker, storage = shared(
+        sync_interval=1000.0,
+        failure_threshold=None,
+        failure_rate_threshold=0.9,
+        window_size=10,
+        minimum_calls=10,
+    )
+    breaker.call(ok)
+    storage.calls.clear()
+    breaker.acquire().failure()
+    breaker.acquire().success()
+    # The fleet keeps no failure count without a threshold: nothing to send either time.
+    assert storage.calls == []
+
+
 def test_the_fleet_count_opens_it(
     shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]],
 ) -> None:
