@@ -56,6 +56,8 @@ def test_failing_af_comes_with_a_lasso_counterexample(client: FlaskClient) -> No
     assert body["holds"] is False
     assert body["counterexample"]["path"] == [{"x": False, "y": False}, {"x": False, "y": True}]
     assert body["counterexample"]["loop_start"] == 1
+    assert body["counterexample"]["truncated"] is False
+    assert set(body["counterexample"]) == {"description", "path", "loop_start", "truncated"}
     assert body["satisfying_initial_states"] == 0
 
 
@@ -238,3 +240,11 @@ def test_time_limit_comes_from_the_environment_unless_configured(
     assert create_app({"CTL_TIME_LIMIT": None}).config["CTL_TIME_LIMIT"] is None
     monkeypatch.delenv("CTL_TIME_LIMIT")
     assert create_app().config["CTL_TIME_LIMIT"] == 20.0
+
+
+def test_a_formula_over_10000_characters_is_a_422_on_formula(client: FlaskClient) -> None:
+    status, _ = verify(client, {"network": OSCILLATOR, "formula": "a" + " " * 9_999})
+    assert status == 200
+    status, body = verify(client, {"network": OSCILLATOR, "formula": "a" + " " * 10_000})
+    assert status == 422
+    assert body["error"]["metadata"]["fields"] == {"formula": ["Longer than maximum length 10000."]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -247,3 +248,54 @@ def test_a_2xx_answer_that_is_not_json_is_a_502(make_client: Any, answer: str) -
     error = response.get_json()["error"]
     assert error["code"] == "BAD_GATEWAY"
     assert "not JSON" in error["message"]
+
+
+def test_a_body_that_is_not_json_is_refused_here_without_calling_downstream(
+    make_client: Any,
+) -> None:
+    client = make_client(dead_url())  # a forwarded call would be a 503
+    wrong_type = client.post(VERIFY, data=b"formula=a", content_type="text/plain")
+    assert wrong_type.status_code == 415
+    garbled = client.post(VERIFY, data=b'{"formula": ', content_type="application/json")
+    assert garbled.status_code == 400
+    assert garbled.get_json()["error"]["code"] == "BAD_REQUEST"
+    assert client.get("/api/v1/workflows/breaker").get_json()["failures"] == 0
+
+
+def test_a_downstream_slower_than_qualitative_timeout_is_a_503(make_client: Any) -> None:
+    release = threading.Event()
+    stuck = Flask("stuck")
+
+    @stuck.post("/ctl/verify")
+    def hang() -> Any:
+        release.wait(timeout=10)
+        return jsonify({"holds": True})
+
+    with serve_app(stuck) as url:
+        try:
+            client = make_client(url, QUALITATIVE_TIMEOUT=0.3)
+            started = time.monotonic()
+            response = client.post(VERIFY, json={"network": OSCILLATOR, "formula": "a"})
+            elapsed = time.monotonic() - started
+        finally:
+            release.set()
+    assert response.status_code == 503
+    assert response.get_json()["error"]["metadata"]["reason"] == "timeout"
+    assert elapsed < 3
+
+
+@pytest.mark.integration
+def test_settings_fall_back_to_the_environment(
+    monkeypatch: pytest.MonkeyPatch, qualitative_url: str
+) -> None:
+    monkeypatch.setenv("QUALITATIVE_URL", qualitative_url)
+    monkeypatch.setenv("QUALITATIVE_SERVICE_NAME", f"qualitative-env-{uuid.uuid4().hex[:8]}")
+    app = create_app({"TESTING": True})
+    try:
+        response = app.test_client().post(
+            VERIFY, json={"network": OSCILLATOR, "formula": "AG(AF a)"}
+        )
+    finally:
+        app.extensions[EXTENSION_KEY].close()
+    assert response.status_code == 200
+    assert response.get_json()["holds"] is True
