@@ -137,7 +137,8 @@ def test_open_breaker_answers_at_once_and_recovers_after_its_timeout(
     assert error["type"] == "CircuitBreakerError"
     assert error["metadata"]["state"] == "open"
     assert refused.headers["Retry-After"] == "30"
-    assert client.get("/api/v1/workflows/breaker").get_json()["state"] == "open"
+    view = client.get("/api/v1/workflows/breaker").get_json()
+    assert (view["state"], view["failures"], view["rejections"]) == ("open", 2, 1)
 
     clock.advance(20)
     assert client.post(VERIFY, json=body).headers["Retry-After"] == "10"
