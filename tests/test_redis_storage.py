@@ -12,10 +12,12 @@ import functools
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from multiprocessing.synchronize import Barrier as BarrierType
 from typing import Any, cast
@@ -498,6 +500,46 @@ def test_the_lease_of_a_process_that_died_runs_out(
     assert dead.acquire_trial("svc", max_calls=1, lease=0.5) is True
     assert alive.acquire_trial("svc", max_calls=1, lease=30) is False
     wait_until(lambda: alive.acquire_trial("svc", max_calls=1, lease=30) is True)
+
+
+def test_a_forked_child_has_its_own_connection_and_lock_and_none_of_the_parents_leases(
+    make_storage: Callable[..., RedisStorage], raw: redis.Redis
+) -> None:
+    storage = make_storage()
+    storage.set_open("svc", 0.01)
+    wait_until(lambda: storage.load("svc") == SharedState(CircuitState.HALF_OPEN))
+    assert storage.acquire_trial("svc", max_calls=1, lease=30) is True
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:  # a parent thread in the middle of a storage call
+        with storage._lock:
+            holding.set()
+            release.wait(timeout=30)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert holding.wait(timeout=5)
+        with warnings.catch_warnings():  # forking a multi-threaded process on purpose
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                signal.alarm(10)  # a deadlock ends the child instead of hanging the test
+                storage.release_trial("svc")  # not the child's lease: nothing is sent
+                state = storage.load("svc")  # a connection of its own works
+                status = 0 if state == SharedState(CircuitState.HALF_OPEN) else 2
+            finally:
+                os._exit(status)
+        _, wait_status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        holder.join(timeout=5)
+    assert os.waitstatus_to_exitcode(wait_status) == 0
+    assert raw.zcard(f"{storage.prefix}:{{svc}}:trials") == 1  # the parent's lease stands
+    storage.release_trial("svc")
+    assert raw.zcard(f"{storage.prefix}:{{svc}}:trials") == 0
 
 
 def test_reopening_and_closing_end_the_leases(make_storage: Callable[..., RedisStorage]) -> None:
