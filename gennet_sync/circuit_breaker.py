@@ -941,9 +941,10 @@ class CircuitBreaker:
             if self._fleet_window:
                 self._sync_window(now)
             else:
+                generation = self._generation
                 shared = self._call_storage("load")
                 if shared is not None:
-                    self._apply_shared(shared, now)
+                    self._apply_shared(shared, now, generation)
             now = self._clock()  # a slow round trip must not make the call look slow
         started = now if self._slow_call_duration is not None else None
         generation = self._generation
@@ -987,10 +988,15 @@ class CircuitBreaker:
             raise self._refused(state, retry_after)
         return permit
 
-    def _apply_shared(self, shared: SharedState, now: float) -> None:
-        """Adopt the fleet's view (another process tripped, recovered or was reset)."""
+    def _apply_shared(self, shared: SharedState, now: float, generation: int) -> None:
+        """Adopt the fleet's view (another process tripped, recovered or was reset).
+
+        Not when another thread moved the state machine while ``load`` was on its
+        way (``generation`` is older): the reply may predate that transition and
+        would undo it; the next sync catches up.
+        """
         with self._lock:
-            if self._mode is _NORMAL:
+            if self._mode is _NORMAL and generation == self._generation:
                 self._adopt(shared, now, TransitionReason.SHARED_STATE)
             events = self._take_events()
         self._finish(events)
@@ -1015,16 +1021,15 @@ class CircuitBreaker:
         with self._lock:
             if shared is None:
                 self._fleet_totals = None  # unavailable: the local window decides
-            else:
-                # Another thread moved the state machine while we asked: the reply
-                # may predate that, so only its state (below) is worth adopting.
-                current = generation == self._generation
+            elif generation == self._generation:
+                # (Otherwise another thread moved the state machine while we asked: the
+                # reply may predate that and would undo it; the next sync catches up.)
                 if self._mode is _NORMAL:
                     self._adopt(shared, now, TransitionReason.SHARED_STATE)
                 window = shared.window
-                if window is not None and current:
+                if window is not None:
                     self._fleet_closings = window.closings
-                if window is not None and current and self._state is _CLOSED:
+                if window is not None and self._state is _CLOSED:
                     self._fleet_totals = (window.calls, window.failures, window.slow_calls)
                     self._fleet_synced_at = now
                     if self._mode is _NORMAL:

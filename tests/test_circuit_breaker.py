@@ -1628,6 +1628,29 @@ def test_when_the_storage_answers_again_the_fleet_state_wins_over_a_local_trip(
     assert names(storage) == ["load"]
 
 
+def test_a_sync_reply_older_than_a_transition_made_meanwhile_does_not_undo_it(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]], clock: FakeClock
+) -> None:
+    breaker, storage = shared(sync_interval=1.0)
+    storage.state = storage.failure_answer = None  # unavailable: the local count trips it
+    trip(breaker)
+    clock.advance(10)
+    trial = breaker.acquire()
+    assert trial.is_trial
+    clock.advance(1.0)
+
+    def load_while_the_trial_fails(name: str) -> SharedState | None:
+        # Redis answers HALF_OPEN; before the reply arrives, another thread's trial
+        # fails and reopens the breaker (and the fleet) for 10 s.
+        trial.failure()
+        return SharedState(HALF_OPEN)
+
+    storage.load = load_while_the_trial_fails  # type: ignore[method-assign]
+    refused = rejected(breaker)
+    assert refused.state is OPEN
+    assert refused.retry_after == pytest.approx(10.0)
+
+
 def test_a_fleet_in_half_open_makes_the_next_call_a_shared_trial(
     shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]],
 ) -> None:
@@ -1840,6 +1863,30 @@ def process(fleet: Fleet, clock: FakeClock) -> Callable[..., tuple[CircuitBreake
         return breaker, storage
 
     return make
+
+
+def test_a_window_sync_reply_older_than_a_transition_made_meanwhile_does_not_undo_it(
+    process: Callable[..., tuple[CircuitBreaker, FleetStorage]], clock: FakeClock
+) -> None:
+    breaker, storage = process()
+    trip(breaker)
+    clock.advance(30)
+    trial = breaker.acquire()
+    assert trial.is_trial
+    clock.advance(1.0)
+    answer = storage.fleet.sync
+
+    def sync_while_the_trial_fails(
+        deltas: tuple[int, int, int], window_seconds: int, closings: int | None
+    ) -> SharedState | None:
+        reply = answer(deltas, window_seconds, closings)  # HALF_OPEN, as Redis saw it
+        trial.failure()  # before the reply arrives: reopened here and fleet-wide
+        return reply
+
+    storage.fleet.sync = sync_while_the_trial_fails  # type: ignore[method-assign]
+    refused = rejected(breaker)
+    assert refused.state is OPEN
+    assert refused.retry_after == pytest.approx(30.0)
 
 
 def test_two_processes_each_below_minimum_calls_trip_on_their_fleet_window(
