@@ -366,6 +366,11 @@ class CircuitBreaker:
         # with a shared storage, only while no failure is counted (else the fleet's
         # count must be reset).
         self._plain_success = self._window is None and not self._clock_on_record
+        # When this process last asked its shared storage: claimed before asking and
+        # without the lock, so two threads that both find a sync due cost one more
+        # round trip, never a wrong state (_apply_shared drops a reply that a newer
+        # transition made stale).  Not a state-machine field.
+        self._synced_at = -math.inf
         # The state machine's fields; written under self._lock only.
         self._state = _CLOSED
         self._mode = _NORMAL
@@ -377,7 +382,6 @@ class CircuitBreaker:
         self._half_open_at = 0.0
         self._trials = 0
         self._trial_successes = 0
-        self._synced_at = -math.inf
         # Fleet window: outcomes recorded since the last sync_window (calls,
         # failures, slow calls), and the fleet's totals that sync returned.
         self._unsynced = [0, 0, 0]
