@@ -583,6 +583,11 @@ class CircuitBreaker:
         except Exception:
             _logger.exception("circuit breaker %r: classifying %r failed", self.name, error)
             outcome = _FAILURE
+        except BaseException:
+            # Interrupted while classifying (a predicate that waits): as for a result,
+            # the call counts neither way, and its trial slot is given back.
+            self._record(permit, _IGNORED, None)
+            raise
         self._record(permit, outcome, error)
 
     def _record(self, permit: CallPermit, outcome: Outcome, error: BaseException | None) -> None:

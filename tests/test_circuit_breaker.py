@@ -428,6 +428,27 @@ def test_a_listener_interrupted_on_the_way_to_half_open_frees_the_trial_slot(
     assert breaker.state is CLOSED
 
 
+def test_a_predicate_interrupted_while_classifying_a_trial_frees_its_slot(
+    make_breaker: Callable[..., CircuitBreaker], clock: FakeClock
+) -> None:
+    interrupt = [False]
+
+    def ignore_if(error: BaseException) -> bool:
+        if interrupt[0]:
+            raise KeyboardInterrupt
+        return False
+
+    breaker = make_breaker(failure_threshold=1, ignore_exception_if=ignore_if)
+    trip(breaker)
+    clock.advance(10)
+    interrupt[0] = True
+    with pytest.raises(KeyboardInterrupt):
+        breaker.call(fail)
+    interrupt[0] = False
+    assert breaker.state is HALF_OPEN
+    assert breaker.acquire().is_trial  # the interrupted trial's slot came back
+
+
 def test_exceptions_are_classified_by_class_and_predicate(
     make_breaker: Callable[..., CircuitBreaker],
 ) -> None:
