@@ -124,6 +124,7 @@ def make_app(**options: Any) -> Flask:
         (",,;;q=, br", "br"),
         ("compress, sdch", "identity"),
         ("gzip;q=0.5, gzip;q=0", "identity"),
+        ("gzip;Q=0, deflate", "deflate"),
     ],
 )
 def test_negotiation_follows_q_values(header: str | None, expected: str | None) -> None:
@@ -811,3 +812,56 @@ def test_a_zstd_frame_demanding_a_huge_window_is_refused_before_allocating_it() 
     )
     assert response.status_code == 400
     assert "too much memory" in json_of(response)["error"]["message"]
+
+
+def test_a_204_is_never_given_a_body_even_when_identity_is_refused() -> None:
+    app = make_app()
+
+    @app.delete("/thing")
+    def delete_thing() -> Response:
+        return Response(status=204, mimetype="application/json")
+
+    response = app.test_client().delete("/thing", headers={"Accept-Encoding": "identity;q=0, gzip"})
+    assert response.status_code == 204
+    assert response.data == b""
+    assert "Content-Encoding" not in response.headers
+
+
+def test_a_view_saying_identity_still_gets_compressed() -> None:
+    app = make_app()
+
+    @app.get("/plain")
+    def plain() -> Response:
+        return Response(
+            json.dumps(PAYLOAD),
+            mimetype="application/json",
+            headers={"Content-Encoding": "identity"},
+        )
+
+    response = app.test_client().get("/plain", headers={"Accept-Encoding": "gzip"})
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert json.loads(decode(response.data, "gzip")) == PAYLOAD
+
+
+def test_each_direction_can_be_switched_off() -> None:
+    no_responses = make_app(compress_responses=False).test_client()
+    response = no_responses.get("/data", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in response.headers
+    assert "Vary" not in response.headers
+    assert json_of(response) == PAYLOAD
+    decoded = no_responses.post(
+        "/echo",
+        data=compress_bytes(RAW_BODY, "gzip"),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert json_of(decoded)["received"] == BODY
+
+    no_requests = make_app(decompress_requests=False).test_client()
+    raw = no_requests.post(
+        "/count", data=compress_bytes(RAW_BODY, "gzip"), headers={"Content-Encoding": "gzip"}
+    )
+    assert json_of(raw) == {"bytes": len(compress_bytes(RAW_BODY, "gzip"))}
+    assert (
+        no_requests.get("/data", headers={"Accept-Encoding": "gzip"}).headers["Content-Encoding"]
+        == "gzip"
+    )

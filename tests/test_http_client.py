@@ -294,11 +294,31 @@ class TestBreakerUnit:
         with ServiceSession(
             base_url=BASE, service_name="svc", failure_statuses={429}, retries=0
         ) as session:
-            session.get("/x")
+            breaker = session.circuit_breaker
+            assert breaker is not None
+            session.get("/x")  # a 500 outside the configured set is a success
+            assert (breaker.metrics().successes, breaker.metrics().failures) == (1, 0)
             session.get("/y")
-        assert session.circuit_breaker is not None
-        metrics = session.circuit_breaker.metrics()
-        assert (metrics.successes, metrics.failures) == (1, 1)
+            assert (breaker.metrics().successes, breaker.metrics().failures) == (1, 1)
+
+    def test_a_transport_error_names_the_service_not_the_breaker(self) -> None:
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            closed_port = unused.getsockname()[1]
+        breaker = CircuitBreaker(failure_threshold=5, name="grn-breaker")
+        with (
+            ServiceSession(
+                base_url=f"http://127.0.0.1:{closed_port}",
+                service_name="grn",
+                circuit_breaker=breaker,
+                retries=0,
+                raise_errors=True,
+            ) as session,
+            pytest.raises(ServiceUnavailableError) as caught,
+        ):
+            session.get("/x")
+        assert caught.value.service == "grn"
+        assert caught.value.message == "Service 'grn' could not be reached"
 
     def test_connection_errors_and_timeouts_are_failures(
         self, mock: responses.RequestsMock
@@ -472,6 +492,23 @@ class TestCopyAndPickle:
             with pytest.raises(CircuitBreakerError):
                 session.get("/x")  # both failures counted on the one breaker
         assert len(mock.calls) == 2
+
+    def test_an_unpickled_per_host_session_finds_its_host_breakers(
+        self, mock: responses.RequestsMock
+    ) -> None:
+        mock.get(f"{BASE}/x", status=503)
+        with (
+            ServiceSession(retries=0, circuit_breaker_threshold=1) as session,
+            pickle.loads(pickle.dumps(session)) as twin,
+        ):
+            assert twin.get(f"{BASE}/x").status_code == 503
+            breaker = twin.breaker_for(BASE)
+            assert breaker is not None and breaker.name == "svc.test:8000"
+            with pytest.raises(CircuitBreakerError):
+                twin.get(f"{BASE}/x")
+            with pytest.raises(CircuitBreakerError):
+                session.get(f"{BASE}/x")  # the registry's breaker of that host
+        assert len(mock.calls) == 1
 
     def test_a_copy_shares_a_breaker_passed_in(self, mock: responses.RequestsMock) -> None:
         breaker = CircuitBreaker(failure_threshold=1, name="mine")
