@@ -15,7 +15,8 @@ key                         meaning
 ==========================  ===================================================
 ``P:{name}:failures``       consecutive failures counted across the fleet
 ``P:{name}:open``           exists while OPEN; its PX TTL *is* the open period,
-                            so no host compares its clock with another's
+                            so no host compares its clock with another's (set
+                            by hand without a TTL: OPEN until deleted)
 ``P:{name}:tripped``        exists while not CLOSED; with ``open`` gone the
                             breaker is HALF_OPEN
 ``P:{name}:trials``         sorted set of HALF_OPEN trial leases (member: a
@@ -579,9 +580,12 @@ class RedisStorage:
     @staticmethod
     def _decode(reply: Any) -> SharedState:
         failures, open_pttl, tripped = (int(value) for value in reply)
+        if open_pttl == -1:
+            # No TTL: an operator opened it by hand, OPEN until they delete the key.
+            # Infinite, so breakers refuse locally and notice the deletion at a sync
+            # (0 made them go HALF_OPEN at once and ask Redis for a trial on every call).
+            return SharedState(CircuitState.OPEN, open_remaining=math.inf)
         if open_pttl != -2:
-            # -1 (no TTL) only happens when an operator opened it by hand:
-            # OPEN until they delete the key.
             return SharedState(CircuitState.OPEN, open_remaining=max(open_pttl, 0) / 1000.0)
         if tripped:
             return SharedState(CircuitState.HALF_OPEN)

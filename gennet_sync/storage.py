@@ -124,7 +124,8 @@ class SharedState:
         state: The shared state.  ``HALF_OPEN`` means the OPEN period has ended
             and trial calls may be attempted (each needs :meth:`acquire_trial`).
         failure_count: Consecutive failures counted across the fleet (CLOSED only).
-        open_remaining: Seconds until the OPEN period ends; 0.0 unless OPEN.
+        open_remaining: Seconds until the OPEN period ends; 0.0 unless OPEN;
+            ``inf`` for an OPEN with no end (set by hand, until it is undone).
         window: The fleet's rate-window totals; set by
             :meth:`WindowStorage.sync_window` only.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -540,6 +541,30 @@ def test_a_forked_child_has_its_own_connection_and_lock_and_none_of_the_parents_
     assert raw.zcard(f"{storage.prefix}:{{svc}}:trials") == 1  # the parent's lease stands
     storage.release_trial("svc")
     assert raw.zcard(f"{storage.prefix}:{{svc}}:trials") == 0
+
+
+def test_an_open_key_set_by_hand_without_a_ttl_keeps_breakers_open_until_deleted(
+    make_storage: Callable[..., RedisStorage], raw: redis.Redis
+) -> None:
+    storage = make_storage()
+    raw.set(f"{storage.prefix}:{{svc}}:open", "1")  # an operator isolating the service
+    raw.set(f"{storage.prefix}:{{svc}}:tripped", "1")
+    assert storage.load("svc") == SharedState(CircuitState.OPEN, open_remaining=math.inf)
+    breaker = CircuitBreaker(name="svc", storage=storage)
+    for _ in range(3):
+        with pytest.raises(CircuitBreakerError) as refused:
+            breaker.call(lambda: "ok")
+        assert refused.value.state is CircuitState.OPEN
+        assert refused.value.retry_after is None  # until the operator says otherwise
+    raw.delete(f"{storage.prefix}:{{svc}}:open", f"{storage.prefix}:{{svc}}:tripped")
+
+    def admitted() -> bool:
+        try:
+            return breaker.call(lambda: "ok") == "ok"
+        except CircuitBreakerError:
+            return False  # not synced since the deletion yet
+
+    wait_until(admitted)
 
 
 def test_reopening_and_closing_end_the_leases(make_storage: Callable[..., RedisStorage]) -> None:
