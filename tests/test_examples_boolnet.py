@@ -128,6 +128,16 @@ def test_graph_explores_only_what_the_initial_states_reach() -> None:
     assert graph.predecessors(start) == [start]  # unreachable predecessors left out
 
 
+def test_initial_states_are_counted_once_and_must_exist() -> None:
+    net = BooleanNetwork({"x": "not y", "y": "not x"}, update="asynchronous")
+    start = net.encode({"x": True, "y": False})
+    graph = net.transition_graph([start, start])
+    assert graph.initial == [start]
+    assert graph.states == [start]
+    with pytest.raises(ValueError, match="is not a state"):
+        net.transition_graph([net.state_count])
+
+
 def test_predecessors_invert_successors_in_both_schemes() -> None:
     rules = {"a": "b & !c", "b": "a | c", "c": "!a"}
     for update in ("synchronous", "asynchronous"):
