@@ -486,13 +486,13 @@ class CircuitBreaker:
                     permit.ignore()
                 raise
         if permit is None:
-            raise self._refused(state, None if retry_after == math.inf else retry_after)
+            raise CircuitBreakerError._refusal(
+                self._refusal_messages[state],
+                self.name,
+                None if retry_after == math.inf else retry_after,
+                state,
+            )
         return permit
-
-    def _refused(self, state: CircuitState, retry_after: float | None) -> CircuitBreakerError:
-        return CircuitBreakerError._refusal(
-            self._refusal_messages[state], self.name, retry_after, state
-        )
 
     def call(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``func(*args, **kwargs)`` through the breaker.
@@ -997,7 +997,9 @@ class CircuitBreaker:
         if permit is not None and trial and started is not None:
             permit._started = self._clock()  # after the acquire_trial round trip
         if permit is None:
-            raise self._refused(state, retry_after)
+            raise CircuitBreakerError._refusal(
+                self._refusal_messages[state], self.name, retry_after, state
+            )
         return permit
 
     def _apply_shared(self, shared: SharedState, now: float, generation: int) -> None:
