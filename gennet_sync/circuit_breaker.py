@@ -947,6 +947,11 @@ class CircuitBreaker:
         self._finish(events)
 
     def _acquire_shared(self) -> CallPermit:
+        """:meth:`acquire` with a shared storage: sync when due, then admit locally.
+
+        A HALF_OPEN trial also needs one of the fleet's trial slots; without one the
+        call is refused and its local slot given back.
+        """
         now = self._clock()
         if now - self._synced_at >= self._sync_interval:
             self._synced_at = now
