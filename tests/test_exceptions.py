@@ -203,6 +203,12 @@ def test_deep_nesting_is_cut_off_instead_of_recursing_forever() -> None:
         nested = [nested]
     rendered = json_safe({"deep": nested})
     json.dumps(rendered)
+    level, inner = 0, rendered["deep"]
+    while isinstance(inner, list):
+        level, inner = level + 1, inner[0]
+    # The mapping and 31 lists are rendered; the 32nd level becomes its string.
+    assert level == 31
+    assert isinstance(inner, str)
 
 
 def _containers_of(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
