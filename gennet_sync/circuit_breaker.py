@@ -16,6 +16,10 @@ the metrics but never drives the state machine.
 Listeners and the shared storage (see :mod:`gennet_sync.storage`) are called after
 the lock is released, by the thread that caused the change.
 
+Every transition is listed in one table at the top of the breaker's state-machine
+section (``_refresh``, ``_admit``, ``_record_outcome``, ``_adopt`` and the ``_to_*``
+methods that follow it).
+
 Example::
 
     breaker = get_circuit_breaker("grn-store", failure_threshold=3, recovery_timeout=30)
