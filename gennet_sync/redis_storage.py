@@ -494,7 +494,17 @@ class RedisStorage:
         self._run(lambda: self._set_open(keys=keys.all(), args=args))
 
     def set_closed(self, name: str) -> None:
-        """Close breaker ``name`` fleet-wide: count, OPEN period, trial leases and window go."""
+        """Close breaker ``name`` fleet-wide: count, OPEN period, trial leases and window go.
+
+        Not when the calling thread's trial was admitted on a fleet that was already
+        CLOSED (:meth:`acquire_trial` took no slot): then its success is just a
+        success in CLOSED, which resets the failure count and leaves the fleet's
+        window and CLOSED period alone (every process that went HALF_OPEN a moment
+        before it synced would otherwise restart the fleet's window again).
+        """
+        if self._holds_no_slot_trial(name):
+            self.reset_failures(name)
+            return
         keys = self._keys(name)
         all_keys = [*keys.all(), keys.closings]
         self._run(lambda: self._set_closed(keys=all_keys, args=[self._key_ttl_ms]))
@@ -594,6 +604,11 @@ class RedisStorage:
     def _remember_lease(self, name: str, token: str | None) -> None:
         with self._lock:
             self._leases.setdefault(name, []).append((threading.get_ident(), token))
+
+    def _holds_no_slot_trial(self, name: str) -> bool:
+        with self._lock:
+            me = threading.get_ident()
+            return any(owner == me and token is None for owner, token in self._leases.get(name, ()))
 
     def _forget_lease(self, name: str) -> str | None:
         with self._lock:

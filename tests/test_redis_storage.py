@@ -492,6 +492,28 @@ def test_a_closed_fleet_admits_without_taking_a_slot(
     assert stale.acquire_trial("svc", max_calls=1, lease=30) is False, "the slot stays leased"
 
 
+def test_a_trial_admitted_on_a_closed_fleet_does_not_restart_its_window(
+    make_storage: Callable[..., RedisStorage], raw: redis.Redis
+) -> None:
+    stale, other = make_storage(), make_storage()
+    other.set_closed("svc")  # the fleet's first CLOSED period ends; the second begins
+    closings = f"{stale.prefix}:{{svc}}:closings"
+    assert raw.get(closings) == b"1"
+    other.sync_window("svc", calls=4, failures=3, slow_calls=0, window_seconds=60)
+    assert other.record_failure("svc", failure_threshold=5, open_for=30) == closed(1)
+    # ``stale`` still believes HALF_OPEN: its trial needs no slot, and its success
+    # is a success in CLOSED: the count goes, the fleet's window and period stay.
+    assert stale.acquire_trial("svc", max_calls=1, lease=30) is True
+    stale.set_closed("svc")
+    stale.release_trial("svc")
+    assert raw.get(closings) == b"1"
+    shared = other.sync_window("svc", calls=0, failures=0, slow_calls=0, window_seconds=60)
+    assert shared == SharedState(CircuitState.CLOSED, window=WindowTotals(4, 3, 0, 1))
+    # A slot-holding trial (or reset()) still closes the fleet for real.
+    stale.set_closed("svc")
+    assert raw.get(closings) == b"2"
+
+
 def test_the_lease_of_a_process_that_died_runs_out(
     make_storage: Callable[..., RedisStorage],
 ) -> None:
