@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "new_request_id",
     "reset_request_id",
     "set_request_id",
+    "set_request_id_fallback",
 ]
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -28,9 +30,26 @@ _request_id: ContextVar[str | None] = ContextVar("gennet_sync_request_id", defau
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
+_fallback: Callable[[], str | None] | None = None
+
+
 def current_request_id() -> str | None:
     """The ID of the request being served in this context, or ``None`` outside one."""
-    return _request_id.get()
+    request_id = _request_id.get()
+    if request_id is None and _fallback is not None:
+        return _fallback()
+    return request_id
+
+
+def set_request_id_fallback(source: Callable[[], str | None] | None) -> None:
+    """Where :func:`current_request_id` looks when nothing is bound in this context.
+
+    The Flask side sets it to read the request context, which Flask pushes again
+    while a ``stream_with_context`` body is sent, after the request ID itself has
+    been unbound.
+    """
+    global _fallback  # noqa: PLW0603 - one process-wide hook, set once at import
+    _fallback = source
 
 
 def set_request_id(value: str | None) -> Token[str | None]:

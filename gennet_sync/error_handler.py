@@ -19,10 +19,11 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, current_app, g, has_request_context, jsonify, request
 from flask.wrappers import Request
 from marshmallow import ValidationError as MarshmallowValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
@@ -37,6 +38,7 @@ from gennet_sync.context import (
     new_request_id,
     reset_request_id,
     set_request_id,
+    set_request_id_fallback,
 )
 from gennet_sync.exceptions import GenNetException, make_envelope
 from gennet_sync.http_client import http_status_code
@@ -194,7 +196,6 @@ class GenNet:
         app.register_error_handler(Exception, _handle_unexpected_exception)
         app.wsgi_app = _WSGIBoundary(app.wsgi_app, app)  # type: ignore[method-assign]
         app.before_request(_bind_request_id)
-        app.teardown_request(_unbind_request_id)
 
 
 def setup_error_handlers(app: Flask) -> GenNet:
@@ -347,16 +348,26 @@ def _bind_request_id() -> None:
     request_id = incoming if is_valid_request_id(incoming) else new_request_id()
     g.gennet_request_id = request_id
     request.environ[_ENVIRON_REQUEST_ID] = request_id  # for _WSGIBoundary
-    g.gennet_request_id_token = set_request_id(request_id)
+    # No token kept: _WSGIBoundary restores what was bound before the request.
+    set_request_id(request_id)
 
 
-def _unbind_request_id(_error: BaseException | None) -> None:
-    token = g.pop("gennet_request_id_token", None)
-    if token is not None:
-        # A token made in another context (a copied context in a streaming
-        # response) cannot be reset here; that context dies with the request anyway.
-        with contextlib.suppress(ValueError):
-            reset_request_id(token)
+def _restore_request_id(token: Token[str | None]) -> None:
+    # A token made in another context cannot be reset here; the next request on
+    # this thread binds its own ID anyway.
+    with contextlib.suppress(ValueError, RuntimeError):
+        reset_request_id(token)
+
+
+def _request_id_from_flask() -> str | None:
+    """The ID of the request whose context is pushed (a streamed body's generator)."""
+    if not has_request_context():
+        return None
+    request_id: str | None = g.get("gennet_request_id")
+    return request_id
+
+
+set_request_id_fallback(_request_id_from_flask)
 
 
 class _WSGIBoundary:
@@ -395,34 +406,42 @@ class _WSGIBoundary:
         try:
             return self.wsgi_app(environ, start_with_request_id)
         except Exception as error:
-            propagate = self.app.config["PROPAGATE_EXCEPTIONS"]
-            if propagate or (propagate is None and (self.app.testing or self.app.debug)):
-                raise
-            exc_info = sys.exc_info()
-            logger.error(
-                "Unhandled exception escaped Flask (from a teardown function?) on %s %s",
-                environ.get("REQUEST_METHOD"),
-                environ.get("PATH_INFO"),
-                exc_info=exc_info,
-                extra={"request_id": environ.get(_ENVIRON_REQUEST_ID)},
-            )
-            envelope = make_envelope(
-                "INTERNAL_SERVER_ERROR",
-                "InternalServerError",
-                "Internal server error",
-                _crash_metadata(self.app, error),
-            )
-            response = self.app.response_class(
-                self.app.json.dumps(envelope), status=500, mimetype="application/json"
-            )
-
-            def restart(
-                status: str, headers: list[tuple[str, str]], _exc_info: OptExcInfo | None = None
-            ) -> Callable[[bytes], object]:
-                # A second start_response must pass exc_info: the server replaces the
-                # headers it has not sent yet, or re-raises when they are on the wire.
-                return start_with_request_id(status, headers, exc_info)
-
-            return response(environ, restart)
+            return self._crash_response(environ, error, start_with_request_id)
         finally:
-            reset_request_id(token)
+            # A streamed body still finds the ID through the request context that
+            # stream_with_context pushes (see _request_id_from_flask).
+            _restore_request_id(token)
+
+    def _crash_response(
+        self, environ: WSGIEnvironment, error: Exception, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """The 500 envelope for an exception that escaped Flask itself."""
+        propagate = self.app.config["PROPAGATE_EXCEPTIONS"]
+        if propagate or (propagate is None and (self.app.testing or self.app.debug)):
+            raise error
+        exc_info = sys.exc_info()  # called while the caller handles ``error``
+        logger.error(
+            "Unhandled exception escaped Flask (from a teardown function?) on %s %s",
+            environ.get("REQUEST_METHOD"),
+            environ.get("PATH_INFO"),
+            exc_info=exc_info,
+            extra={"request_id": environ.get(_ENVIRON_REQUEST_ID)},
+        )
+        envelope = make_envelope(
+            "INTERNAL_SERVER_ERROR",
+            "InternalServerError",
+            "Internal server error",
+            _crash_metadata(self.app, error),
+        )
+        response = self.app.response_class(
+            self.app.json.dumps(envelope), status=500, mimetype="application/json"
+        )
+
+        def restart(
+            status: str, headers: list[tuple[str, str]], _exc_info: OptExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            # A second start_response must pass exc_info: the server replaces the
+            # headers it has not sent yet, or re-raises when they are on the wire.
+            return start_response(status, headers, exc_info)
+
+        return response(environ, restart)

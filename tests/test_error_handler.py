@@ -725,3 +725,27 @@ def test_a_request_id_header_set_by_the_view_is_replaced_not_doubled() -> None:
 
     response = app.test_client().get("/own-id", headers={"X-Request-ID": "req-1"})
     assert response.headers.getlist("X-Request-ID") == ["req-1"]
+
+
+def test_a_streamed_body_sees_the_request_id_until_the_server_has_sent_it() -> None:
+    from flask import stream_with_context
+
+    app = Flask("streaming")
+    setup_error_handlers(app)
+
+    @app.get("/stream")
+    def stream() -> Any:
+        def chunks() -> Iterator[str]:
+            yield f"first={current_request_id()};"
+            yield f"last={current_request_id()}"
+
+        return stream_with_context(chunks())
+
+    with serve_app(app) as url, requests.Session() as session:
+        response = session.get(f"{url}/stream", headers={"X-Request-ID": "stream-7"}, timeout=5)
+    assert response.text == "first=stream-7;last=stream-7"
+    assert response.headers["X-Request-ID"] == "stream-7"
+    # And through the test client, the ID is unbound once the body is closed.
+    body = app.test_client().get("/stream", headers={"X-Request-ID": "s-8"})
+    assert body.get_data(as_text=True) == "first=s-8;last=s-8"
+    assert current_request_id() is None
