@@ -763,8 +763,10 @@ class ServiceSession(requests.Session):
             sharing the session.
         caller: The calling service's name, put in ``User-Agent``; the
             ``GENNET_SERVICE_NAME`` environment variable by default.
-        forward_request_id: Send the ``X-Request-ID`` of the request being served
-            (unless the call sets its own).
+        forward_request_id: Send the ID of the request being served (unless the
+            call sets its own).
+        request_id_header: The header it goes in: the downstream's
+            ``GENNET_REQUEST_ID_HEADER`` when that is not ``X-Request-ID``.
         compress_requests: Gzip request bodies of at least ``compress_min_size``
             bytes (``Content-Encoding: gzip``) when that makes them smaller.
         compress_min_size: Smallest body compressed, in bytes.
@@ -787,6 +789,7 @@ class ServiceSession(requests.Session):
         "raise_errors",
         "failure_statuses",
         "forward_request_id",
+        "request_id_header",
         "compress_requests",
         "compress_min_size",
         "retry",
@@ -815,6 +818,7 @@ class ServiceSession(requests.Session):
         pool_maxsize: int = DEFAULT_POOL_MAXSIZE,
         caller: str | None = None,
         forward_request_id: bool = True,
+        request_id_header: str = REQUEST_ID_HEADER,
         compress_requests: bool = False,
         compress_min_size: int = DEFAULT_COMPRESS_MIN_SIZE,
     ) -> None:
@@ -840,6 +844,7 @@ class ServiceSession(requests.Session):
         self.raise_errors = raise_errors
         self.failure_statuses: frozenset[int] = frozenset(failure_statuses)
         self.forward_request_id = forward_request_id
+        self.request_id_header = request_id_header
         self.compress_requests = compress_requests
         self.compress_min_size = compress_min_size
         self.retry: Retry = retries if isinstance(retries, Retry) else make_retry(retries)
@@ -1002,10 +1007,10 @@ class ServiceSession(requests.Session):
         """
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
-        if self.forward_request_id and REQUEST_ID_HEADER not in request.headers:
+        if self.forward_request_id and self.request_id_header not in request.headers:
             request_id = current_request_id()
             if request_id:
-                request.headers[REQUEST_ID_HEADER] = request_id
+                request.headers[self.request_id_header] = request_id
         if self.compress_requests:
             self._compress_body(request)
         url = request.url or ""

@@ -981,6 +981,22 @@ class TestHeaders:
             reset_request_id(token)
         assert [c.request.headers.get("X-Request-ID") for c in mock.calls] == [None, None]
 
+    def test_request_id_goes_in_the_configured_header(self, mock: responses.RequestsMock) -> None:
+        mock.get(f"{BASE}/x")
+        token = set_request_id("req-9")
+        try:
+            with ServiceSession(
+                base_url=BASE, service_name="svc", request_id_header="X-Correlation-ID"
+            ) as session:
+                session.get("/x")
+                copied = copy.copy(session)
+        finally:
+            reset_request_id(token)
+        [call] = mock.calls
+        assert call.request.headers["X-Correlation-ID"] == "req-9"
+        assert "X-Request-ID" not in call.request.headers
+        assert copied.request_id_header == "X-Correlation-ID"
+
     def test_user_agent_names_library_and_caller(
         self, mock: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
     ) -> None:
