@@ -541,8 +541,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--recovery-timeout", type=float, default=2.0, help="seconds the breaker stays open (2)"
     )
     options = parser.parse_args(argv)
-    # SIGTERM (a CI timeout, `kill`) cleans up like Ctrl-C does.
+    # SIGTERM (a CI timeout, `kill`) cleans up like Ctrl-C does.  Ctrl-C is
+    # installed explicitly: a shell that starts the demo in the background hands
+    # it SIGINT ignored, and Python then leaves it ignored.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     use_redis = not options.no_redis and shutil.which("redis-server") is not None
     timeline = Timeline()
