@@ -68,7 +68,7 @@ class Downstream:
         self.app = Flask("fault-downstream")
         self.app.add_url_rule("/work", view_func=self.work)
 
-    def work(self) -> tuple[object, int]:
+    def work(self) -> tuple[dict[str, object] | str, int]:
         with self._lock:
             hold = self.holding and not self.held.is_set()
             if hold:

@@ -800,7 +800,7 @@ def test_a_failed_release_whose_lease_has_ended_is_not_sent_again(
         worker.release_trial("svc")
         admin.acl_setuser("worker", commands=["+zrem"])
         clock.advance(6)  # the lease has ended in Redis too by now
-        with admin.monitor() as feed:
+        with admin.monitor() as feed:  # type: ignore[no-untyped-call]
             assert worker.load("svc") is not None
             assert worker.load("svc") is not None
             other.load("end-of-test")  # everything Redis ran before it was the worker's
