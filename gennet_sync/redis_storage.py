@@ -46,7 +46,12 @@ When Redis is down, slow or refusing commands, every method returns ``None``
 (or does nothing) within the socket timeout and the breaker carries on with its
 local state.  One warning is logged per outage and one info line when Redis
 answers again; in between the storage backs off exponentially and, until the
-next probe is due, returns at once without touching the network.
+next probe is due, returns at once without touching the network.  Trial
+releases are the exception: one is sent even while backing off (a Redis out of
+memory refuses the trial's outcome write but still takes the release), and one
+that fails, or an ``acquire_trial`` whose reply was lost, is given back with the
+next command Redis answers, so a single failed command never holds the fleet's
+trial slots for longer than that (or than the lease, whichever ends first).
 
 Requires Redis 5 or newer (scripts read the server clock with ``TIME``).
 """
