@@ -253,6 +253,15 @@ class BreakerConfig:
         max_half_open_wait: Longest time (s, > 0) the breaker stays HALF_OPEN
             waiting for trial outcomes; a trial that hangs or whose thread died
             then stops blocking recovery.  ``None`` waits forever.
+        trial_lease: Longest time (s, > 0) one trial call can run, for a shared
+            storage: the fleet-wide trial slot a call takes is leased for this
+            plus a margin (``circuit_breaker.TRIAL_LEASE_MARGIN``, 2 s), at most
+            ``max_half_open_wait``, so
+            a process that dies mid-trial blocks the fleet's trials that long at
+            most.  ``CircuitBreaker.acquire(trial_lease=...)`` overrides it per
+            call (``ServiceSession`` passes the call's timeout).  ``None``: the
+            lease is ``max_half_open_wait`` (``recovery_timeout`` if that is
+            ``None``).
         on_half_open_timeout: What happens when ``max_half_open_wait`` runs out:
             ``"open"`` (default: reopen, with the next open duration) or ``"close"``.
         open_duration: Policy giving each OPEN period's length; fixed
@@ -289,6 +298,7 @@ class BreakerConfig:
     half_open_max_calls: int = 1
     success_threshold: int = 1
     max_half_open_wait: float | None = 60.0
+    trial_lease: float | None = None
     on_half_open_timeout: Literal["open", "close"] = "open"
     open_duration: OpenDurationPolicy = field(default_factory=FixedOpenDuration)
     failure_rate_threshold: float | None = None
@@ -320,6 +330,7 @@ class BreakerConfig:
         self._check_int("half_open_max_calls", 1)
         self._check_int("success_threshold", 1)
         self._check_number("max_half_open_wait", 0, strict=True, allow_none=True)
+        self._check_number("trial_lease", 0, strict=True, allow_none=True)
         if self.on_half_open_timeout not in ("open", "close"):
             raise ValueError(
                 f"on_half_open_timeout must be 'open' or 'close', not {self.on_half_open_timeout!r}"
@@ -432,6 +443,7 @@ class BreakerOptions(TypedDict, total=False):
     half_open_max_calls: int
     success_threshold: int
     max_half_open_wait: float | None
+    trial_lease: float | None
     on_half_open_timeout: Literal["open", "close"]
     open_duration: OpenDurationPolicy
     failure_rate_threshold: float | None

@@ -68,6 +68,7 @@ from gennet_sync.storage import (
 from gennet_sync.typing import Clock, P, R, StateListener
 
 __all__ = [
+    "TRIAL_LEASE_MARGIN",
     "BreakerConfig",
     "BreakerMetrics",
     "BreakerMode",
@@ -105,6 +106,11 @@ _STATE_VALUES: Final = {state: state.value for state in CircuitState}
 
 #: How long a forced opening is announced to a shared storage: until ``reset()``.
 FORCED_OPEN_SHARED_SECONDS: Final = 365 * 24 * 3600.0
+
+#: Seconds a fleet-wide trial lease outlives the time its call can run
+#: (``trial_lease``): the storage round trips that report the trial's outcome
+#: come after the call, and a loaded host schedules late.
+TRIAL_LEASE_MARGIN: Final = 2.0
 
 _anonymous_ids = itertools.count(1)
 
@@ -444,8 +450,16 @@ class CircuitBreaker:
 
     # -- admission and outcomes ---------------------------------------------------
 
-    def acquire(self) -> CallPermit:
+    def acquire(self, *, trial_lease: float | None = None) -> CallPermit:
         """Admit one call now, or refuse it at once.
+
+        Args:
+            trial_lease: Longest time (s, > 0) this call can run, when known
+                (its timeout): with a shared storage, a HALF_OPEN trial leases
+                its fleet-wide slot for this plus :data:`TRIAL_LEASE_MARGIN`
+                (at most ``max_half_open_wait``), so a process that dies during
+                the call holds the fleet's trials back that long at most.
+                ``None``: the config's ``trial_lease``.  Unused otherwise.
 
         Returns:
             A :class:`CallPermit`; report the call's outcome on it.
@@ -453,9 +467,16 @@ class CircuitBreaker:
         Raises:
             CircuitBreakerError: when the breaker refuses the call (it never
                 waits for another thread's call).
+            ValueError: for a ``trial_lease`` that is not a finite number > 0.
+
+        Example::
+
+            permit = breaker.acquire(trial_lease=connect_timeout + read_timeout)
         """
+        if trial_lease is not None and not 0 < trial_lease < math.inf:
+            raise ValueError(f"trial_lease must be a finite number > 0, not {trial_lease!r}")
         if self._shared:
-            return self._acquire_shared()
+            return self._acquire_shared(trial_lease)
         # CLOSED admits without the lock: it changes nothing, and reading the
         # generation before the state makes a permit that races a transition
         # stale (its outcome is not counted) rather than wrong.
@@ -950,7 +971,7 @@ class CircuitBreaker:
             events = self._take_events()
         self._finish(events)
 
-    def _acquire_shared(self) -> CallPermit:
+    def _acquire_shared(self, trial_lease: float | None = None) -> CallPermit:
         """:meth:`acquire` with a shared storage: sync when due, then admit locally.
 
         A HALF_OPEN trial also needs one of the fleet's trial slots; without one the
@@ -982,9 +1003,10 @@ class CircuitBreaker:
             self._run_actions(actions, None)
             self._finish(events)
             if permit is not None and trial and self._mode is _NORMAL:
-                lease = self.config.max_half_open_wait or self.config.recovery_timeout
                 taken = self._call_storage(
-                    "acquire_trial", max_calls=self.config.half_open_max_calls, lease=lease
+                    "acquire_trial",
+                    max_calls=self.config.half_open_max_calls,
+                    lease=self._trial_lease(trial_lease),
                 )
         except BaseException:
             # An interrupt in a listener or in the storage call must not keep the
@@ -1010,6 +1032,20 @@ class CircuitBreaker:
                 self._refusal_messages[state], self.name, retry_after, state
             )
         return permit
+
+    def _trial_lease(self, trial_lease: float | None) -> float:
+        """Seconds the fleet keeps a trial's slot if its process never gives it back."""
+        config = self.config
+        wait = config.max_half_open_wait
+        runs_for = trial_lease if trial_lease is not None else config.trial_lease
+        if runs_for is None:
+            # Nothing says how long a call can run: the longest the breaker waits
+            # for a trial's outcome anyway.
+            return wait or config.recovery_timeout
+        lease = runs_for + TRIAL_LEASE_MARGIN
+        # Past max_half_open_wait this process gives up on the trial (and reopens
+        # the fleet, which drops every lease): a longer lease would change nothing.
+        return lease if wait is None else min(lease, wait)
 
     def _apply_shared(self, shared: SharedState, now: float, generation: int) -> None:
         """Adopt the fleet's view (another process tripped, recovered or was reset).

@@ -718,6 +718,15 @@ def _validate_timeout(timeout: TimeoutValue) -> TimeoutValue:
     return timeout
 
 
+def _call_seconds(timeout: object) -> float | None:
+    """Seconds a call with ``timeout`` can wait (connect + read); ``None``: unbounded."""
+    parts = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+    if not all(isinstance(part, int | float) and part > 0 for part in parts):
+        return None
+    total = float(sum(parts))
+    return total if math.isfinite(total) else None
+
+
 class ServiceSession(requests.Session):
     """A ``requests.Session`` for calling one service: breaker, timeouts, retries, errors.
 
@@ -1018,7 +1027,10 @@ class ServiceSession(requests.Session):
         if call is not None and call.session is self:
             return self._send_redirect_hop(call, url, request, kwargs)
         breaker = self.breaker_for(url)
-        call = _Call(self, url, _NO_PERMIT if breaker is None else breaker.acquire())
+        lease = _call_seconds(kwargs["timeout"])  # a shared trial slot is held this long at most
+        call = _Call(
+            self, url, _NO_PERMIT if breaker is None else breaker.acquire(trial_lease=lease)
+        )
         token = _call_in_progress.set(call)
         try:
             response = self._send_once(call, request, kwargs)

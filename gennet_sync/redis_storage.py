@@ -46,7 +46,12 @@ When Redis is down, slow or refusing commands, every method returns ``None``
 (or does nothing) within the socket timeout and the breaker carries on with its
 local state.  One warning is logged per outage and one info line when Redis
 answers again; in between the storage backs off exponentially and, until the
-next probe is due, returns at once without touching the network.
+next probe is due, returns at once without touching the network.  Trial
+releases are the exception: one is sent even while backing off (a Redis out of
+memory refuses the trial's outcome write but still takes the release), and one
+that fails, or an ``acquire_trial`` whose reply was lost, is given back with the
+next command Redis answers, so a single failed command never holds the fleet's
+trial slots for longer than that (or than the lease, whichever ends first).
 
 Requires Redis 5 or newer (scripts read the server clock with ``TIME``).
 """
@@ -225,6 +230,10 @@ _LEASE_TAKEN = 1
 #: Seconds the window hash outlives its newest bucket's window.
 _WINDOW_TTL_MARGIN = 60
 _NO_TRIAL_NEEDED = 2
+
+#: Trial leases kept for giving back after a failed release, per storage instance;
+#: beyond this many the oldest are left to expire by themselves.
+_MAX_UNRELEASED = 1024
 
 #: Instances alive in this process, reset in a forked child (gunicorn preload_app).
 _instances: weakref.WeakSet[RedisStorage] = weakref.WeakSet()
@@ -523,14 +532,18 @@ class RedisStorage:
         keys = self._keys(name)
         token = f"{self._token_prefix}:{os.getpid()}:{next(self._token_counter)}"
         args: list[int | str] = [max(1, max_calls), _milliseconds(lease), token]
+        ends_at = self._clock() + lease
         reply = self._run(lambda: self._acquire_trial(keys=keys.all(), args=args))
         if reply is None:
+            # A timeout may have lost the reply of a script that did take the slot:
+            # give it back once Redis answers, rather than hold it for the lease.
+            self._keep_unreleased(keys.trials, token, ends_at)
             return None
         outcome = int(reply)
         if outcome == _LEASE_TAKEN:
-            self._remember_lease(name, token)
+            self._remember_lease(name, token, ends_at)
         elif outcome == _NO_TRIAL_NEEDED:
-            self._remember_lease(name, None)
+            self._remember_lease(name, None, ends_at)
         return outcome in (_LEASE_TAKEN, _NO_TRIAL_NEEDED)
 
     def release_trial(self, name: str) -> None:
@@ -539,11 +552,20 @@ class RedisStorage:
         Leases are interchangeable: the calling thread's own lease goes back
         first, otherwise this process's oldest.  Without a lease held, nothing
         is sent to Redis.
+
+        The release is sent even during an outage backoff (a trial's outcome
+        write may just have failed, while a release is a delete that a Redis out
+        of memory still accepts).  A release that fails is sent again with this
+        storage's next command that Redis answers, unless the lease has ended
+        by then: the fleet's trials are never held back longer than that.
         """
-        token = self._forget_lease(name)
-        if token is not None:
-            key = self._keys(name).trials
-            self._run(lambda: self.client.zrem(key, token))
+        lease = self._forget_lease(name)
+        if lease is None:
+            return
+        token, ends_at = lease
+        key = self._keys(name).trials
+        if self._run(lambda: self.client.zrem(key, token), urgent=True) is None:
+            self._keep_unreleased(key, token, ends_at)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -601,31 +623,63 @@ class RedisStorage:
             return SharedState(CircuitState.HALF_OPEN)
         return SharedState(CircuitState.CLOSED, failure_count=failures)
 
-    def _remember_lease(self, name: str, token: str | None) -> None:
+    def _remember_lease(self, name: str, token: str | None, ends_at: float) -> None:
         with self._lock:
-            self._leases.setdefault(name, []).append((threading.get_ident(), token))
+            self._leases.setdefault(name, []).append((threading.get_ident(), token, ends_at))
 
     def _holds_no_slot_trial(self, name: str) -> bool:
         with self._lock:
             me = threading.get_ident()
-            return any(owner == me and token is None for owner, token in self._leases.get(name, ()))
+            return any(
+                owner == me and token is None for owner, token, _ in self._leases.get(name, ())
+            )
 
-    def _forget_lease(self, name: str) -> str | None:
+    def _forget_lease(self, name: str) -> tuple[str, float] | None:
+        """The ``(token, ends_at)`` of a lease to give back; ``None``: no slot is held."""
         with self._lock:
             held = self._leases.get(name)
             if not held:
                 return None
             me = threading.get_ident()
-            index = next((i for i, (owner, _) in enumerate(held) if owner == me), 0)
-            _, token = held.pop(index)
+            index = next((i for i, (owner, _, _) in enumerate(held) if owner == me), 0)
+            _, token, ends_at = held.pop(index)
             if not held:
                 del self._leases[name]
-            return token
+            return None if token is None else (token, ends_at)
+
+    def _keep_unreleased(self, key: str, token: str, ends_at: float) -> None:
+        """Keep a lease whose release failed, to give it back with the next answered command."""
+        with self._lock:
+            self._unreleased.append((key, token, ends_at))
+            del self._unreleased[:-_MAX_UNRELEASED]
+
+    def _release_unreleased(self) -> None:
+        """Give back the leases whose release failed (one pipelined round trip)."""
+        with self._lock:
+            now = self._clock()
+            # A lease that has ended in Redis by now needs nothing more.
+            pending = [lease for lease in self._unreleased if lease[2] > now]
+            self._unreleased.clear()
+        if not pending:
+            return
+        try:
+            pipeline = self.client.pipeline(transaction=False)
+            for key, token, _ in pending:
+                pipeline.zrem(key, token)
+            pipeline.execute()
+        except Exception as exc:  # the breaker must never see a storage error
+            with self._lock:
+                self._unreleased[:0] = pending
+                del self._unreleased[:-_MAX_UNRELEASED]
+            self._note_failure(exc, probing=False)
 
     def _init_process_state(self) -> None:
         self._lock = threading.Lock()
-        #: name -> (thread ident, token or None for "no slot needed") per acquired trial.
-        self._leases: dict[str, list[tuple[int, str | None]]] = {}
+        #: name -> (thread ident, token or None for "no slot needed", when the lease
+        #: ends on self._clock) per acquired trial.
+        self._leases: dict[str, list[tuple[int, str | None, float]]] = {}
+        #: (trials key, token, when the lease ends) of leases whose release failed.
+        self._unreleased: list[tuple[str, str, float]] = []
         self._unavailable_since: float | None = None
         self._backoff = self.retry_backoff
         self._retry_at = 0.0
@@ -635,9 +689,14 @@ class RedisStorage:
         # by a parent thread at fork time would never be released in the child.
         self._init_process_state()
 
-    def _run(self, command: Callable[[], _T]) -> _T | None:
-        """Run one Redis command; ``None`` (and the outage bookkeeping) on failure."""
-        probing = self._unavailable_since is not None
+    def _run(self, command: Callable[[], _T], *, urgent: bool = False) -> _T | None:
+        """Run one Redis command; ``None`` (and the outage bookkeeping) on failure.
+
+        An ``urgent`` command is tried even while the outage backoff says not to
+        (without claiming the next probe).  Once Redis answers, the leases whose
+        release failed are given back.
+        """
+        probing = self._unavailable_since is not None and not urgent
         if probing and not self._probe_due():
             return None
         try:
@@ -647,6 +706,8 @@ class RedisStorage:
             return None
         if self._unavailable_since is not None:
             self._note_recovery()
+        if self._unreleased:
+            self._release_unreleased()
         return result
 
     def _probe_due(self) -> bool:

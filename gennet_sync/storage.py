@@ -187,13 +187,21 @@ class BreakerStorage(Protocol):
     def acquire_trial(self, name: str, *, max_calls: int, lease: float) -> bool | None:
         """Take one of ``max_calls`` fleet-wide HALF_OPEN trial slots for at most ``lease`` s.
 
+        ``lease`` is how long the trial call can run, plus a margin: a slot whose
+        process never releases it (the process died) is free again after it.
+
         Returns:
             True when a slot was taken, False when all are taken, ``None`` when
             unavailable (the breaker then decides with its local slots).
         """
 
     def release_trial(self, name: str) -> None:
-        """Give back a trial slot taken by :meth:`acquire_trial`."""
+        """Give back a trial slot taken by :meth:`acquire_trial`.
+
+        Also right after a failed command (the trial's outcome write): a release
+        that cannot be sent now should be sent again once the backend answers,
+        or the fleet's trials wait for the lease to end.
+        """
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
+import responses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -31,6 +32,7 @@ import gennet_sync
 from gennet_sync import storage as storage_module
 from gennet_sync._breaker_policy import CountWindow, TimeWindow
 from gennet_sync.circuit_breaker import (
+    TRIAL_LEASE_MARGIN,
     BreakerConfig,
     BreakerMode,
     CallPermit,
@@ -52,6 +54,7 @@ from gennet_sync.circuit_breaker import (
     set_default_storage,
 )
 from gennet_sync.exceptions import ServiceUnavailableError
+from gennet_sync.http_client import ServiceSession
 from gennet_sync.redis_storage import RedisStorage
 from gennet_sync.storage import MemoryStorage, SharedState, WindowTotals
 from tests.conftest import FakeClock
@@ -1526,6 +1529,89 @@ def test_a_failed_trial_reopens_the_fleet(
         ("acquire_trial", "svc", 1, 60.0),
         ("set_open", "svc", 10.0),
         ("release_trial", "svc"),
+    ]
+
+
+def tripped_shared(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]],
+    clock: FakeClock,
+    **options: Any,
+) -> tuple[CircuitBreaker, RecordingStorage]:
+    """A shared breaker whose open period is over: its next call is a trial."""
+    breaker, storage = shared(sync_interval=1000.0, **options)
+    breaker.call(ok)
+    storage.failure_answer = None
+    trip(breaker)
+    clock.advance(10)
+    storage.calls.clear()
+    return breaker, storage
+
+
+def leases_asked(storage: RecordingStorage) -> list[float]:
+    return [call[3] for call in storage.calls if call[0] == "acquire_trial"]
+
+
+@pytest.mark.parametrize(
+    ("options", "trial_lease", "lease"),
+    [
+        # The call says how long it can run: that plus the margin, not a minute.
+        ({}, 3.0, 3.0 + TRIAL_LEASE_MARGIN),
+        # The config's trial_lease when the call says nothing; the call's wins.
+        ({"trial_lease": 8.0}, None, 8.0 + TRIAL_LEASE_MARGIN),
+        ({"trial_lease": 8.0}, 1.5, 1.5 + TRIAL_LEASE_MARGIN),
+        # Never past max_half_open_wait: the breaker gives up on the trial then.
+        ({"max_half_open_wait": 4.0}, 30.0, 4.0),
+        ({"max_half_open_wait": None}, 30.0, 30.0 + TRIAL_LEASE_MARGIN),
+        # Nothing known about the call: as before, max_half_open_wait or recovery_timeout.
+        ({}, None, 60.0),
+        ({"max_half_open_wait": None}, None, 10.0),
+    ],
+)
+def test_a_trial_leases_its_fleet_slot_for_as_long_as_the_call_can_run(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]],
+    clock: FakeClock,
+    options: dict[str, Any],
+    trial_lease: float | None,
+    lease: float,
+) -> None:
+    breaker, storage = tripped_shared(shared, clock, **options)
+    breaker.acquire(trial_lease=trial_lease).success()
+    assert leases_asked(storage) == [pytest.approx(lease)]
+    assert breaker.state is CLOSED
+
+
+def test_trial_lease_is_not_sent_for_a_call_that_is_no_trial(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]],
+) -> None:
+    breaker, storage = shared(sync_interval=1000.0)
+    breaker.acquire(trial_lease=2.0).success()
+    assert leases_asked(storage) == []
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.nan, math.inf])
+def test_a_trial_lease_that_is_no_duration_is_a_value_error(bad: float) -> None:
+    with pytest.raises(ValueError, match="trial_lease"):
+        CircuitBreaker(name="lease-local").acquire(trial_lease=bad)
+    with pytest.raises(ValueError, match="trial_lease"):
+        CircuitBreaker(trial_lease=bad)
+
+
+def test_a_service_session_leases_a_trial_for_its_timeout_plus_the_margin(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]], clock: FakeClock
+) -> None:
+    breaker, storage = tripped_shared(shared, clock)
+    session = ServiceSession("http://grn.test", circuit_breaker=breaker, timeout=(1.0, 4.0))
+    with responses.RequestsMock() as mock:
+        mock.get("http://grn.test/a", body="ok")
+        mock.get("http://grn.test/b", body="ok")
+        assert session.get("http://grn.test/a").text == "ok"
+        trip(breaker)
+        clock.advance(10)
+        # One number is both the connect and the read timeout.
+        assert session.get("http://grn.test/b", timeout=2.5).text == "ok"
+    assert leases_asked(storage) == [
+        pytest.approx(5.0 + TRIAL_LEASE_MARGIN),
+        pytest.approx(5.0 + TRIAL_LEASE_MARGIN),
     ]
 
 

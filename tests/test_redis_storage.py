@@ -677,6 +677,144 @@ def test_flushall_and_lost_scripts_do_not_wedge_it(
     assert a.available
 
 
+# -- a failed write at a trial's outcome -------------------------------------------
+
+
+def half_open_with_a_trial(worker: RedisStorage, other: RedisStorage, lease: float = 60) -> None:
+    """The fleet is HALF_OPEN and ``worker`` holds its only trial slot."""
+    other.set_open("svc", 0.01)
+    wait_until(lambda: is_half_open(other, "svc"))
+    assert worker.acquire_trial("svc", max_calls=1, lease=lease) is True
+    assert other.acquire_trial("svc", max_calls=1, lease=lease) is False
+
+
+@contextlib.contextmanager
+def refused_writes(server: RedisServer) -> Iterator[redis.Redis]:
+    """Redis out of memory: ``maxmemory`` far below its use, ``noeviction``."""
+    admin = redis.Redis.from_url(server.url)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)
+    try:
+        yield admin
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+
+
+def test_a_trial_whose_outcome_write_is_refused_still_frees_its_slot(
+    disposable_redis_server: RedisServer,
+) -> None:
+    worker = RedisStorage(disposable_redis_server.url)
+    other = RedisStorage(disposable_redis_server.url)
+    try:
+        half_open_with_a_trial(worker, other)
+        with refused_writes(disposable_redis_server):
+            worker.set_open("svc", 30)  # the trial failed; Redis refuses the write
+            assert not worker.available
+            # Sent despite the outage backoff: a delete that a full Redis still takes.
+            worker.release_trial("svc")
+        assert other.acquire_trial("svc", max_calls=1, lease=60) is True
+    finally:
+        worker.close()
+        other.close()
+
+
+def acl_client(server: RedisServer, user: str) -> redis.Redis:
+    return redis.Redis(
+        host="127.0.0.1",
+        port=server.port,
+        username=user,
+        password="secret",
+        socket_timeout=0.5,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+    )
+
+
+def test_a_release_that_fails_is_sent_again_with_the_next_answered_command(
+    disposable_redis_server: RedisServer,
+) -> None:
+    admin = redis.Redis.from_url(disposable_redis_server.url)
+    # A user that may not ZREM: exactly the release fails, everything else works.
+    admin.acl_setuser(
+        "worker", enabled=True, passwords=["+secret"], keys=["*"], commands=["+@all", "-zrem"]
+    )
+    client = acl_client(disposable_redis_server, "worker")
+    clock = FakeClock()
+    worker = RedisStorage(client, retry_backoff=1, clock=clock)
+    other = RedisStorage(disposable_redis_server.url)
+    try:
+        half_open_with_a_trial(worker, other)
+        worker.release_trial("svc")
+        assert not worker.available
+        assert other.acquire_trial("svc", max_calls=1, lease=60) is False, "still leased"
+        admin.acl_setuser("worker", commands=["+zrem"])
+        assert worker.load("svc") is None, "backing off: nothing sent"
+        assert other.acquire_trial("svc", max_calls=1, lease=60) is False
+        clock.advance(1.1)
+        # The next command Redis answers, whatever it is, takes the release along.
+        assert worker.load("svc") == SharedState(CircuitState.HALF_OPEN)
+        assert worker.available
+        assert other.acquire_trial("svc", max_calls=1, lease=60) is True
+    finally:
+        worker.close()
+        other.close()
+        client.close()
+        admin.close()
+
+
+def test_an_acquire_whose_reply_was_lost_gives_its_slot_back_once_redis_answers(
+    make_storage: Callable[..., RedisStorage],
+) -> None:
+    clock = FakeClock()
+    worker, other = make_storage(clock=clock), make_storage()
+    other.set_open("svc", 0.01)
+    wait_until(lambda: is_half_open(other, "svc"))
+    script = worker._acquire_trial
+
+    def runs_then_times_out(**kwargs: Any) -> Any:
+        script(**kwargs)  # the slot is taken in Redis...
+        raise redis.TimeoutError("Timeout reading from socket")  # ...the reply is lost
+
+    worker._acquire_trial = runs_then_times_out  # type: ignore[assignment]
+    assert worker.acquire_trial("svc", max_calls=1, lease=60) is None
+    assert other.acquire_trial("svc", max_calls=1, lease=60) is False
+    clock.advance(1.1)  # past the outage backoff
+    assert worker.load("svc") is not None  # the next answered command gives it back
+    assert other.acquire_trial("svc", max_calls=1, lease=60) is True
+
+
+def test_a_failed_release_whose_lease_has_ended_is_not_sent_again(
+    disposable_redis_server: RedisServer,
+) -> None:
+    clock = FakeClock()
+    admin = redis.Redis.from_url(disposable_redis_server.url)
+    admin.acl_setuser(
+        "worker", enabled=True, passwords=["+secret"], keys=["*"], commands=["+@all", "-zrem"]
+    )
+    client = acl_client(disposable_redis_server, "worker")
+    worker = RedisStorage(client, retry_backoff=1, clock=clock)
+    other = RedisStorage(disposable_redis_server.url)
+    monitor: list[str] = []
+    try:
+        half_open_with_a_trial(worker, other, lease=5)
+        worker.release_trial("svc")
+        admin.acl_setuser("worker", commands=["+zrem"])
+        clock.advance(6)  # the lease has ended in Redis too by now
+        with admin.monitor() as feed:  # type: ignore[no-untyped-call]
+            assert worker.load("svc") is not None
+            assert worker.load("svc") is not None
+            other.load("end-of-test")  # everything Redis ran before it was the worker's
+            while not monitor or "end-of-test" not in monitor[-1]:
+                monitor.append(str(feed.next_command()["command"]))
+        assert sum(command.startswith("EVALSHA") for command in monitor) == 3
+        assert not any(command.upper().startswith("ZREM") for command in monitor), monitor
+    finally:
+        worker.close()
+        other.close()
+        client.close()
+        admin.close()
+
+
 # -- Redis down, slow, back ------------------------------------------------------
 
 
