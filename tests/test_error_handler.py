@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 from collections.abc import Iterator
@@ -749,3 +750,50 @@ def test_a_streamed_body_sees_the_request_id_until_the_server_has_sent_it() -> N
     body = app.test_client().get("/stream", headers={"X-Request-ID": "s-8"})
     assert body.get_data(as_text=True) == "first=s-8;last=s-8"
     assert current_request_id() is None
+
+
+_FORGED_PATH = "/forge/x%0D%0A2026-01-01%20ERROR%20forged%0Aline%1B%5B31m%E2%80%A8%C2%85end%5C"
+
+
+def _one_line(text: str) -> bool:
+    return not any(mark in text for mark in ("\r", "\n", "\x1b", "\u2028", "\x85", "\x0b"))
+
+
+@pytest.mark.parametrize("where", ["view", "after_request", "teardown", "our_5xx"])
+def test_a_path_with_encoded_line_breaks_is_one_escaped_log_record(
+    where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app()
+
+    @app.before_request
+    def forge() -> None:  # no route matches a path with a line break: fail before routing
+        if where == "view":
+            raise RuntimeError("boom")
+        if where == "our_5xx":
+            raise ServiceUnavailableError(f"store {request.path} is down")
+
+    @app.after_request
+    def crash_after(response: Any) -> Any:
+        # Once: the hook runs again on the error response.
+        if where == "after_request" and not g.get("crashed_after"):
+            g.crashed_after = True
+            raise RuntimeError("boom after")
+        return response
+
+    @app.teardown_request
+    def crash_teardown(_error: BaseException | None) -> None:
+        if where == "teardown" and request.path.startswith("/forge"):
+            raise RuntimeError("boom teardown")
+
+    with caplog.at_level(logging.ERROR), serve_app(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", _FORGED_PATH)
+        status = connection.getresponse().status
+        connection.close()
+    assert status == (503 if where == "our_5xx" else 500)
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    message = record.getMessage()
+    assert _one_line(message), message
+    # The path is still there to read, escaped: the CR/LF pair as \r\n, ESC as \x1b.
+    assert "x\\r\\n2026-01-01 ERROR forged\\nline\\x1b[31m\\u2028\\x85end\\\\" in message
