@@ -15,8 +15,11 @@ the package, nor Flask, nor requests.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, TypeAlias
 
 __all__ = [
     "ConflictError",
@@ -25,11 +28,13 @@ __all__ = [
     "InternalServerError",
     "NotFoundError",
     "RateLimitError",
+    "RetryAfter",
     "ServiceUnavailableError",
     "UnauthorizedError",
     "ValidationError",
     "json_safe",
     "make_envelope",
+    "retry_after_seconds",
 ]
 
 #: How deep nested metadata is rendered before the rest is turned into a string.
@@ -184,6 +189,65 @@ def _merge(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str
     return merged
 
 
+#: What ``retry_after=`` accepts: seconds (a number or a numeric string), an HTTP
+#: date string (a downstream's ``Retry-After`` passed on), a ``timedelta``, or the
+#: ``datetime`` to come back at (naive means UTC, as in HTTP).
+RetryAfter: TypeAlias = float | str | timedelta | datetime | None
+
+
+def retry_after_seconds(value: object) -> float | None:
+    """The delay ``value`` stands for, in seconds, or ``None`` when it says nothing usable.
+
+    Never raises: NaN, infinity, text that is neither a number nor an HTTP date,
+    ``True`` and any other type are ``None`` (no ``Retry-After`` header, rather
+    than a 500 in place of the 503 being rendered).  A moment in the past, or a
+    negative delay, is 0.  A whole number of seconds is returned as an ``int``.
+
+    Example::
+
+        >>> retry_after_seconds("30"), retry_after_seconds(timedelta(minutes=1))
+        (30, 60)
+        >>> retry_after_seconds("soon") is None
+        True
+    """
+    seconds: float
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return max(0, int.__index__(value))
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, datetime):
+        seconds = _until(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                seconds = _until(parsedate_to_datetime(text))
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return None
+    elif isinstance(value, numbers.Number):  # Fraction, Decimal, numpy scalars; complex fails
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError):
+            return None
+    else:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    seconds = max(0.0, seconds)
+    return int(seconds) if seconds.is_integer() else seconds
+
+
+def _until(moment: datetime) -> float:
+    """Seconds from now until ``moment`` (naive: UTC, as HTTP dates are)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - datetime.now(UTC)).total_seconds()
+
+
 class _RetryAfterMixin(GenNetException):
     """Adds ``retry_after`` (seconds) and the ``Retry-After`` header it implies."""
 
@@ -191,11 +255,11 @@ class _RetryAfterMixin(GenNetException):
 
     def get_headers(self) -> dict[str, str]:
         headers = super().get_headers()
-        # NaN and infinity (a garbled downstream header) say nothing a client could
-        # use, and would make rendering the error fail; they get no header.
-        if self.retry_after is not None and math.isfinite(self.retry_after):
+        # Normalised again: the attribute may have been set after construction.
+        seconds = retry_after_seconds(self.retry_after)
+        if seconds is not None:
             # HTTP wants whole non-negative seconds; round up so clients never come back early.
-            headers["Retry-After"] = str(max(0, math.ceil(self.retry_after)))
+            headers["Retry-After"] = str(math.ceil(seconds))
         return headers
 
 
@@ -286,6 +350,10 @@ class ConflictError(GenNetException):
 class ServiceUnavailableError(_RetryAfterMixin):
     """A dependency or this service cannot serve now (503), maybe with ``Retry-After``.
 
+    ``retry_after`` takes any :data:`RetryAfter` (``30``, ``2.5``, ``"30"``,
+    ``timedelta(seconds=30)``, a ``datetime``, an HTTP date); it is kept as seconds
+    (:func:`retry_after_seconds`), and a value saying nothing usable is dropped.
+
     Example::
 
         raise ServiceUnavailableError("GRN store is down", service="grn", retry_after=30)
@@ -300,12 +368,12 @@ class ServiceUnavailableError(_RetryAfterMixin):
         message: str | None = None,
         *,
         service: str | None = None,
-        retry_after: float | None = None,
+        retry_after: RetryAfter = None,
         metadata: Mapping[str, Any] | None = None,
         code: str | None = None,
     ) -> None:
         self.service = service
-        self.retry_after = retry_after
+        self.retry_after = retry_after = retry_after_seconds(retry_after)
         base: dict[str, Any] = {}
         if service is not None:
             base["service"] = service
@@ -315,7 +383,10 @@ class ServiceUnavailableError(_RetryAfterMixin):
 
 
 class RateLimitError(_RetryAfterMixin):
-    """The caller sent too many requests (429), maybe with ``Retry-After``."""
+    """The caller sent too many requests (429), maybe with ``Retry-After``.
+
+    ``retry_after`` takes the same values as :class:`ServiceUnavailableError`'s.
+    """
 
     status_code = 429
     code = "RATE_LIMIT_EXCEEDED"
@@ -325,11 +396,11 @@ class RateLimitError(_RetryAfterMixin):
         self,
         message: str | None = None,
         *,
-        retry_after: float | None = None,
+        retry_after: RetryAfter = None,
         metadata: Mapping[str, Any] | None = None,
         code: str | None = None,
     ) -> None:
-        self.retry_after = retry_after
+        self.retry_after = retry_after = retry_after_seconds(retry_after)
         base: dict[str, Any] = {} if retry_after is None else {"retry_after": retry_after}
         super().__init__(message, code=code, metadata=_merge(base, metadata))
 

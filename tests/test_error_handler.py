@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import marshmallow
@@ -797,3 +799,23 @@ def test_a_path_with_encoded_line_breaks_is_one_escaped_log_record(
     assert _one_line(message), message
     # The path is still there to read, escaped: the CR/LF pair as \r\n, ESC as \x1b.
     assert "x\\r\\n2026-01-01 ERROR forged\\nline\\x1b[31m\\u2028\\x85end\\\\" in message
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header"),
+    [("30", "30"), (timedelta(seconds=12.5), "13"), ("in a while", None), (math.nan, None)],
+)
+def test_a_503_stays_a_503_whatever_retry_after_it_was_given(
+    retry_after: Any, header: str | None
+) -> None:
+    app = make_app()
+
+    @app.get("/down")
+    def down() -> str:
+        raise ServiceUnavailableError("GRN store is down", retry_after=retry_after)
+
+    with serve_app(app) as url:
+        response = requests.get(f"{url}/down", timeout=5)
+    assert response.status_code == 503  # "30" was a 500: the header failed to build
+    assert response.headers.get("Retry-After") == header
+    assert response.json()["error"]["code"] == "SERVICE_UNAVAILABLE"

@@ -8,6 +8,10 @@ import json
 import math
 import pickle
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from email.utils import format_datetime
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -310,3 +314,67 @@ def test_nesting_up_to_the_limit_is_rendered_intact() -> None:
     for _ in range(15):  # 30 levels of containers, under the 32-level cut-off
         nested = {"child": [nested]}
     assert json_safe(nested) == nested
+
+
+_NOW = datetime.now(UTC)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header", "seconds"),
+    [
+        (30, "30", 30),
+        (2.5, "3", 2.5),
+        ("30", "30", 30),
+        (" 1.5 ", "2", 1.5),
+        (timedelta(minutes=2), "120", 120),
+        (timedelta(seconds=-3), "0", 0),
+        (Decimal("4.25"), "5", 4.25),
+        (Fraction(1, 2), "1", 0.5),
+        (10**30, str(10**30), 10**30),
+        (_NOW - timedelta(hours=1), "0", 0),  # a moment already past: retry now
+    ],
+)
+def test_retry_after_accepts_what_users_naturally_pass(
+    retry_after: Any, header: str, seconds: float
+) -> None:
+    for error in (
+        ServiceUnavailableError(retry_after=retry_after),
+        RateLimitError(retry_after=retry_after),
+    ):
+        assert error.headers == {"Retry-After": header}
+        assert error.retry_after == seconds
+        assert error.to_dict()["error"]["metadata"]["retry_after"] == seconds
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        _NOW + timedelta(seconds=90),
+        (_NOW + timedelta(seconds=90)).replace(tzinfo=None),  # naive: UTC, as in HTTP
+        (_NOW + timedelta(seconds=90)).astimezone(timezone(timedelta(hours=-5))),
+        format_datetime(_NOW + timedelta(seconds=90), usegmt=True),  # a downstream's header
+    ],
+    ids=["aware", "naive-utc", "other-zone", "http-date"],
+)
+def test_retry_after_as_a_moment_counts_from_now(moment: Any) -> None:
+    delay = int(ServiceUnavailableError(retry_after=moment).headers["Retry-After"])
+    assert 80 <= delay <= 91  # the seconds elapsed since _NOW, generously
+
+
+@pytest.mark.parametrize(
+    "junk",
+    ["soon", "", "nan", "inf", "-inf", "1e999", True, object(), [30], {"s": 30}, b"30", math.nan],
+)
+def test_an_unusable_retry_after_is_dropped_never_fatal(junk: Any) -> None:
+    for error in (ServiceUnavailableError(retry_after=junk), RateLimitError(retry_after=junk)):
+        assert error.retry_after is None
+        assert error.headers == {}
+        assert "retry_after" not in error.to_dict()["error"]["metadata"]
+
+
+def test_a_retry_after_set_after_construction_is_normalised_when_rendered() -> None:
+    error = ServiceUnavailableError()
+    error.retry_after = "7"  # type: ignore[assignment]
+    assert error.headers == {"Retry-After": "7"}
+    error.retry_after = "junk"  # type: ignore[assignment]
+    assert error.headers == {}
