@@ -21,7 +21,7 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,7 +45,7 @@ from gennet_sync.context import (
     set_request_id,
     set_request_id_fallback,
 )
-from gennet_sync.exceptions import GenNetException, make_envelope
+from gennet_sync.exceptions import MAX_FIELD_ERRORS, GenNetException, make_envelope
 from gennet_sync.http_client import http_status_code
 
 if TYPE_CHECKING:
@@ -384,37 +384,74 @@ def _handle_marshmallow_error(error: MarshmallowValidationError) -> Response:
     # A message raised without a field (a validates_schema check, or by hand) is a
     # list: keyed by its field name ("_schema"), fields is always a mapping.
     fields = messages if isinstance(messages, dict) else {error.field_name: messages}
+    kept, omitted = _first_field_errors(fields)
+    metadata: dict[str, Any] = {"fields": kept}
+    if omitted:
+        metadata["fields_omitted"] = omitted
     return error_response(
         422,
         "VALIDATION_ERROR",
         "ValidationError",
-        _validation_summary(fields),
-        {"fields": fields},
+        _validation_summary(kept, omitted),
+        metadata,
     )
 
 
-def _validation_summary(fields: dict[Any, Any]) -> str:
-    """``Request validation failed: edges.0.sign: Must be one of: -1, 1. (and 2 more)``."""
-    problems: list[str] = []
+def _first_field_errors(fields: Mapping[Any, Any]) -> tuple[dict[Any, Any], int]:
+    """The first :data:`MAX_FIELD_ERRORS` fields with errors, and how many entries are left.
 
-    def collect(path: str, messages: Any) -> None:
-        if isinstance(messages, dict):
+    Depth first, in marshmallow's order, keeping its nested shape.  The entries
+    left out are counted by ``len()`` at each level where the walk stopped (a
+    nested object left out counts as one), so a body with a million unknown keys
+    costs fifty entries, not a million.
+    """
+    left = MAX_FIELD_ERRORS
+    omitted = 0
+
+    def walk(node: Mapping[Any, Any]) -> dict[Any, Any]:
+        nonlocal left, omitted
+        kept: dict[Any, Any] = {}
+        for key, value in node.items():
+            if left <= 0:
+                omitted += len(node) - len(kept)
+                break
+            if isinstance(value, Mapping) and value:
+                kept[key] = walk(value)
+            else:
+                kept[key] = value
+                left -= 1
+        return kept
+
+    return walk(fields), omitted
+
+
+def _validation_summary(fields: Mapping[Any, Any], omitted: int = 0) -> str:
+    """``Request validation failed: edges.0.sign: Must be one of: -1, 1. (and 2 more)``.
+
+    Reads only ``fields`` as kept by :func:`_first_field_errors`; ``omitted`` more
+    entries count among the rest.
+    """
+
+    def problems(path: str, messages: Any) -> Iterator[str]:
+        if isinstance(messages, Mapping):
             for key, value in messages.items():
-                collect(f"{path}.{key}" if path else str(key), value)
+                yield from problems(f"{path}.{key}" if path else str(key), value)
         elif isinstance(messages, (list, tuple)) and messages:
             if all(isinstance(item, str) for item in messages):
-                problems.extend(f"{path}: {item}" for item in messages)
+                yield from (f"{path}: {item}" for item in messages)
             else:
                 for item in messages:
-                    collect(path, item)
+                    yield from problems(path, item)
         else:
-            problems.append(f"{path}: {messages}")
+            yield f"{path}: {messages}"
 
-    collect("", fields)
-    if not problems:
+    found = problems("", fields)
+    first = next(found, None)
+    if first is None:
         return "Request validation failed"
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return f"Request validation failed: {problems[0]}{more}"
+    rest = sum(1 for _ in found) + omitted
+    more = f" (and {rest} more)" if rest else ""
+    return f"Request validation failed: {first}{more}"
 
 
 def _handle_http_exception(error: HTTPException) -> Response:

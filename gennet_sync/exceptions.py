@@ -22,6 +22,11 @@ from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, TypeAlias
 
 __all__ = [
+    "MAX_FIELD_ERRORS",
+    "MAX_METADATA_DEPTH",
+    "MAX_METADATA_ITEMS",
+    "MAX_METADATA_VALUES",
+    "MAX_STRING_LENGTH",
     "ConflictError",
     "ForbiddenError",
     "GenNetException",
@@ -37,8 +42,21 @@ __all__ = [
     "retry_after_seconds",
 ]
 
+# Bounds on what one envelope renders, whatever it is given: the cost of an error
+# response follows what is kept, not what a hostile request made a schema report.
+#: Longest ``message``, and longest string or key in ``metadata``, in characters;
+#: longer ones end with ``... (N more characters)``.
+MAX_STRING_LENGTH = 1000
+#: Most keys of one mapping, or items of one list, in ``metadata``; the rest is
+#: summed up as a ``"..."`` key (``"N more keys"``) or a last ``"... (N more items)"``.
+MAX_METADATA_ITEMS = 100
+#: Most values (containers and scalars) rendered in one envelope's ``metadata``.
+MAX_METADATA_VALUES = 500
 #: How deep nested metadata is rendered before the rest is turned into a string.
-_MAX_METADATA_DEPTH = 32
+MAX_METADATA_DEPTH = 32
+#: Most fields a 422 ``VALIDATION_ERROR`` lists in ``metadata.fields``, depth first;
+#: ``metadata.fields_omitted`` counts the entries left out (a nested object as one).
+MAX_FIELD_ERRORS = 50
 
 
 def _to_str(value: object) -> str:
@@ -52,41 +70,89 @@ def _to_str(value: object) -> str:
             return f"<unprintable {type(value).__name__}>"
 
 
-def json_safe(value: object, _depth: int = 0, _seen: frozenset[int] = frozenset()) -> Any:
-    """Return ``value`` as something ``json.dumps`` accepts, without ever raising.
+def _cut(text: str) -> str:
+    """``text`` cut to :data:`MAX_STRING_LENGTH` characters, saying how much was cut."""
+    if len(text) <= MAX_STRING_LENGTH:
+        return text
+    return f"{text[:MAX_STRING_LENGTH]}... ({len(text) - MAX_STRING_LENGTH} more characters)"
+
+
+def _left_over(container: object, shown: int) -> str:
+    try:
+        return str(len(container) - shown)  # type: ignore[arg-type]
+    except Exception:
+        return "some"
+
+
+def json_safe(value: object) -> Any:
+    """Return ``value`` as something ``json.dumps`` accepts, bounded, without ever raising.
 
     Dict keys become strings, tuples and sets become lists, non-finite floats and
     any other object become their string form.  Cycles and nesting deeper than
-    32 levels are cut off as strings, so no input can make rendering fail.
+    :data:`MAX_METADATA_DEPTH` levels are cut off as strings, so no input can make
+    rendering fail; and the result is bounded (:data:`MAX_STRING_LENGTH`,
+    :data:`MAX_METADATA_ITEMS`, :data:`MAX_METADATA_VALUES`), its cost following
+    what is kept: a mapping of a million keys costs a hundred.
 
     Args:
         value: Any object.
 
     Returns:
-        A JSON-serialisable copy of ``value``.
+        A JSON-serialisable copy of ``value``, cut where it passes a bound.
     """
-    if value is None or isinstance(value, bool):
-        return value
-    # Subclasses (IntEnum, StrEnum...) are rendered as their plain value, without
-    # calling methods they may have overridden.
-    if isinstance(value, int):
-        return int.__index__(value)
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else _to_str(value)
-    if _depth >= _MAX_METADATA_DEPTH or id(value) in _seen:
-        return _to_str(value)
-    seen = _seen | {id(value)}
-    if isinstance(value, Mapping):
+    return _Renderer().render(value, 0, frozenset())
+
+
+class _Renderer:
+    """One :func:`json_safe` walk, with its budget of values left to render."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_METADATA_VALUES
+
+    def render(self, value: object, depth: int, seen: frozenset[int]) -> Any:
+        self.left -= 1
+        if value is None or isinstance(value, bool):
+            return value
+        # Subclasses (IntEnum, StrEnum...) are rendered as their plain value, without
+        # calling methods they may have overridden.
+        if isinstance(value, int):
+            return int.__index__(value)
+        if isinstance(value, str):
+            return _cut(str.__str__(value))
+        if isinstance(value, float):
+            return value if math.isfinite(value) else _to_str(value)
+        if depth >= MAX_METADATA_DEPTH or id(value) in seen:
+            return _cut(_to_str(value))
+        inner = seen | {id(value)}
         try:
-            items = list(value.items())
-        except Exception:
-            return _to_str(value)
-        return {_to_str(k): json_safe(v, _depth + 1, seen) for k, v in items}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [json_safe(v, _depth + 1, seen) for v in value]
-    return _to_str(value)
+            if isinstance(value, Mapping):
+                return self._mapping(value, depth + 1, inner)
+            if isinstance(value, (list, tuple, set, frozenset)):
+                return self._sequence(value, depth + 1, inner)
+        except Exception:  # a mapping whose items() fails, a set changed meanwhile
+            return _cut(_to_str(value))
+        return _cut(_to_str(value))
+
+    def _mapping(self, value: Mapping[Any, Any], depth: int, seen: frozenset[int]) -> Any:
+        rendered: dict[str, Any] = {}
+        # Lazily: a million keys are never all listed.
+        for shown, (key, item) in enumerate(value.items()):
+            if shown == MAX_METADATA_ITEMS or self.left <= 0:
+                rendered["..."] = f"{_left_over(value, shown)} more keys"
+                break
+            rendered[_cut(_to_str(key))] = self.render(item, depth, seen)
+        return rendered
+
+    def _sequence(self, value: Any, depth: int, seen: frozenset[int]) -> Any:
+        rendered: list[Any] = []
+        for item in value:
+            if len(rendered) == MAX_METADATA_ITEMS or self.left <= 0:
+                rendered.append(f"... ({_left_over(value, len(rendered))} more items)")
+                break
+            rendered.append(self.render(item, depth, seen))
+        return rendered
 
 
 def make_envelope(
@@ -97,19 +163,19 @@ def make_envelope(
     Args:
         code: Machine-readable code in UPPER_SNAKE (``NOT_FOUND``).
         type_: The error's type name (``NotFoundError``).
-        message: Human-readable message.
-        metadata: Extra details; made JSON-safe here.
+        message: Human-readable message; cut to :data:`MAX_STRING_LENGTH` characters.
+        metadata: Extra details; made JSON-safe and bounded here (:func:`json_safe`).
 
     Returns:
         ``{"error": {"code", "type", "message", "metadata"}}``.
     """
-    safe = json_safe(dict(metadata)) if metadata else {}
+    safe = json_safe(metadata) if metadata else {}
     return {
         "error": {
-            "code": _to_str(code),
-            "type": _to_str(type_),
-            "message": _to_str(message),
-            "metadata": safe,
+            "code": _cut(_to_str(code)),
+            "type": _cut(_to_str(type_)),
+            "message": _cut(_to_str(message)),
+            "metadata": safe if isinstance(safe, dict) else {"value": safe},
         }
     }
 

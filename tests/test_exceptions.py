@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import itertools
 import json
 import math
 import pickle
@@ -19,6 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gennet_sync.exceptions import (
+    MAX_METADATA_ITEMS,
+    MAX_METADATA_VALUES,
+    MAX_STRING_LENGTH,
     ConflictError,
     ForbiddenError,
     GenNetException,
@@ -378,3 +382,52 @@ def test_a_retry_after_set_after_construction_is_normalised_when_rendered() -> N
     assert error.headers == {"Retry-After": "7"}
     error.retry_after = "junk"  # type: ignore[assignment]
     assert error.headers == {}
+
+
+def test_a_long_message_and_long_metadata_strings_are_cut_saying_how_much() -> None:
+    envelope = GenNetException("m" * 5000, metadata={"k" * 2000: "v" * 1500}).to_dict()["error"]
+    assert envelope["message"] == "m" * MAX_STRING_LENGTH + "... (4000 more characters)"
+    [(key, value)] = envelope["metadata"].items()
+    assert key == "k" * MAX_STRING_LENGTH + "... (1000 more characters)"
+    assert value == "v" * MAX_STRING_LENGTH + "... (500 more characters)"
+    # The exception itself keeps what it was given.
+    assert len(GenNetException("m" * 5000).message) == 5000
+
+
+def test_big_mappings_and_lists_keep_their_first_items_and_count_the_rest() -> None:
+    metadata = {"ids": list(range(10_000)), "seen": {f"k{i}": i for i in range(10_000)}}
+    rendered = json_safe(metadata)
+    assert rendered["ids"] == [*range(MAX_METADATA_ITEMS), f"... ({10_000 - 100} more items)"]
+    assert len(rendered["seen"]) == MAX_METADATA_ITEMS + 1
+    assert rendered["seen"]["k99"] == 99
+    assert rendered["seen"]["..."] == f"{10_000 - MAX_METADATA_ITEMS} more keys"
+
+
+def test_the_whole_metadata_is_bounded_however_it_is_spread() -> None:
+    # 100 lists of 100 items: each container is under its own bound, the whole is not.
+    rendered = json_safe({f"list{i}": list(range(100)) for i in range(100)})
+    text = json.dumps(rendered)
+    assert len(text) < 10 * MAX_METADATA_VALUES  # a few KB, not the 30 KB given
+    scalars = sum(isinstance(v, int) for items in rendered.values() for v in items)
+    assert scalars < MAX_METADATA_VALUES
+    assert any(
+        isinstance(items[-1], str) and "more items" in items[-1] for items in rendered.values()
+    )
+
+
+def test_a_huge_mapping_is_rendered_without_being_listed() -> None:
+    class Endless(Mapping[str, int]):
+        """A mapping that would never finish listing its items."""
+
+        def __getitem__(self, key: str) -> int:
+            return 1
+
+        def __iter__(self) -> Iterator[str]:
+            return (f"k{i}" for i in itertools.count())
+
+        def __len__(self) -> int:
+            return 10**12
+
+    rendered = json_safe({"endless": Endless()})
+    assert len(rendered["endless"]) == MAX_METADATA_ITEMS + 1
+    assert rendered["endless"]["..."] == f"{10**12 - MAX_METADATA_ITEMS} more keys"
