@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 import zlib
 from collections.abc import Iterator
@@ -155,3 +156,23 @@ def test_tens_of_mib_of_empty_gzip_members_are_refused_at_once(chunked: bool) ->
     assert status == 413, answer
     assert "more than 1024 gzip members" in answer["error"]["message"]
     assert elapsed < 20  # does not hang; measured 0.03 s (4 s before the member cap)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_a_known_length_over_the_limit_is_refused_without_reading_the_body(
+    server: str, encoding: str
+) -> None:
+    # 10 GB announced, 10 bytes sent: a server that read before refusing would
+    # wait for the rest until the client's timeout.
+    address = urlsplit(server)
+    with socket.create_connection((address.hostname, address.port), timeout=20) as client:
+        client.sendall(
+            b"POST /read/data HTTP/1.1\r\nHost: test\r\nContent-Length: 10000000000\r\n"
+            + (b"Content-Encoding: gzip\r\n" if encoding == "gzip" else b"")
+            + b"\r\n0123456789"
+        )
+        response = http.client.HTTPResponse(client)
+        response.begin()
+        assert response.status == 413
+        assert json.loads(response.read())["error"]["code"] == "REQUEST_ENTITY_TOO_LARGE"
