@@ -45,7 +45,12 @@ from gennet_sync.context import (
     set_request_id,
     set_request_id_fallback,
 )
-from gennet_sync.exceptions import MAX_FIELD_ERRORS, GenNetException, make_envelope
+from gennet_sync.exceptions import (
+    MAX_FIELD_ERRORS,
+    MAX_METADATA_DEPTH,
+    GenNetException,
+    make_envelope,
+)
 from gennet_sync.http_client import http_status_code
 
 if TYPE_CHECKING:
@@ -408,21 +413,22 @@ def _first_field_errors(fields: Mapping[Any, Any]) -> tuple[dict[Any, Any], int]
     left = MAX_FIELD_ERRORS
     omitted = 0
 
-    def walk(node: Mapping[Any, Any]) -> dict[Any, Any]:
+    def walk(node: Mapping[Any, Any], depth: int) -> dict[Any, Any]:
         nonlocal left, omitted
         kept: dict[Any, Any] = {}
         for key, value in node.items():
             if left <= 0:
                 omitted += len(node) - len(kept)
                 break
-            if isinstance(value, Mapping) and value:
-                kept[key] = walk(value)
+            # Deeper than the envelope renders (a hand-made error): kept whole, cut there.
+            if isinstance(value, Mapping) and value and depth < MAX_METADATA_DEPTH:
+                kept[key] = walk(value, depth + 1)
             else:
                 kept[key] = value
                 left -= 1
         return kept
 
-    return walk(fields), omitted
+    return walk(fields, 0), omitted
 
 
 def _validation_summary(fields: Mapping[Any, Any], omitted: int = 0) -> str:
@@ -432,16 +438,18 @@ def _validation_summary(fields: Mapping[Any, Any], omitted: int = 0) -> str:
     entries count among the rest.
     """
 
-    def problems(path: str, messages: Any) -> Iterator[str]:
-        if isinstance(messages, Mapping):
+    def problems(path: str, messages: Any, depth: int = 0) -> Iterator[str]:
+        if depth >= MAX_METADATA_DEPTH:
+            yield f"{path}: (nested too deeply)"
+        elif isinstance(messages, Mapping):
             for key, value in messages.items():
-                yield from problems(f"{path}.{key}" if path else str(key), value)
+                yield from problems(f"{path}.{key}" if path else str(key), value, depth + 1)
         elif isinstance(messages, (list, tuple)) and messages:
             if all(isinstance(item, str) for item in messages):
                 yield from (f"{path}: {item}" for item in messages)
             else:
                 for item in messages:
-                    yield from problems(path, item)
+                    yield from problems(path, item, depth + 1)
         else:
             yield f"{path}: {messages}"
 

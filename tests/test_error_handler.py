@@ -908,3 +908,24 @@ def test_rendering_a_422_for_a_million_unknown_keys_costs_what_is_kept() -> None
     assert len(error["metadata"]["fields"]) == MAX_FIELD_ERRORS
     assert error["metadata"]["fields_omitted"] == keys - MAX_FIELD_ERRORS
     assert error["message"].endswith(f"Unknown field. (and {keys - 1} more)")
+
+
+def test_a_hand_made_validation_error_nested_without_end_is_still_a_422() -> None:
+    nested: Any = ["bottom"]
+    deep: Any = {"leaf": ["Bad."]}
+    for _ in range(5000):
+        nested = [nested]
+        deep = {"level": deep}
+    app = make_app()
+
+    @app.get("/deep/<kind>")
+    def deep_error(kind: str) -> str:
+        raise marshmallow.ValidationError({"lists": nested} if kind == "lists" else deep)
+
+    client = app.test_client()
+    for kind in ("lists", "mappings"):
+        response = client.get(f"/deep/{kind}")
+        assert response.status_code == 422, response.data  # was a RecursionError: a 500
+        error = error_of(response)
+        assert error["message"].startswith("Request validation failed: ")
+        assert len(response.data) < 8 * 1024
