@@ -413,3 +413,18 @@ def test_under_gunicorn_the_two_forms_of_a_name_are_one_network(
         for name in (DECOMPOSED, COMPOSED)
     ]
     assert statuses == [201, 409]
+
+
+@pytest.mark.integration
+def test_under_gunicorn_half_a_million_unknown_keys_get_a_small_422(
+    grn_under_gunicorn: ServiceProcess,
+) -> None:
+    keys = 500_000
+    body = {"name": "n", "nodes": ["x"], **{f"key{i:07d}": 1 for i in range(keys)}}
+    response = requests.post(
+        f"{grn_under_gunicorn.base_url}/api/v2/networks", json=body, timeout=120
+    )
+    assert response.status_code == 422
+    assert len(response.content) < 8 * 1024  # was about 16 MB of field errors
+    metadata = response.json()["error"]["metadata"]
+    assert len(metadata["fields"]) + metadata["fields_omitted"] == keys
