@@ -16,7 +16,10 @@ headers) and ``/api/v2``:
 
 - ``POST /networks``: store one; 201 with its ``id``.  More than 10,000 nodes
   (or 100,000 edges), duplicate nodes or edges naming unknown nodes: 422.
-  A name already taken: 409.
+  A name already taken: 409.  Names (of networks and nodes) are compared as
+  users see them: stored in Unicode NFC without surrounding whitespace, so a
+  composed and a decomposed ``café`` are the same name; case is significant
+  (gene symbols differ by case); control characters are refused (422).
 - ``GET /networks``: v1 answers a plain list of summaries; v2 a page,
   ``{"items": [...], "next": "<cursor>" | null}``, with ``?limit=`` (1-100,
   default 20) and ``?cursor=`` (the previous page's ``next``).
@@ -44,6 +47,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -77,6 +81,7 @@ __all__ = [
     "NetworkSummarySchema",
     "create_app",
     "default_database_path",
+    "normalise_name",
 ]
 
 #: Largest network the service stores.
@@ -122,9 +127,38 @@ def _valid_unicode(text: str) -> None:
         ) from None
 
 
+def normalise_name(name: str) -> str:
+    """A name as users see it: Unicode NFC, without surrounding whitespace.
+
+    ``"café"`` typed with a composed ``é`` (U+00E9) and pasted with a decomposed
+    one (``e`` + U+0301) are one name, as are ``"toggle"`` and ``"toggle "``.  Case
+    is kept and significant: gene symbols differ by case across species (human
+    ``TP53``, mouse ``Trp53``), and ``"Toggle"`` does not look like ``"toggle"``.
+    """
+    name = name.strip()
+    return name if unicodedata.is_normalized("NFC", name) else unicodedata.normalize("NFC", name)
+
+
+def _no_control_characters(text: str) -> None:
+    """Refuse characters nobody sees (a NUL, a newline): two names would look alike."""
+    for position, character in enumerate(text):
+        if unicodedata.category(character) == "Cc":
+            raise SchemaError(f"Control character {character!r} at position {position}")
+
+
+class _Name(fields.String):
+    """A string field whose value is :func:`normalise_name`-d before it is validated."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        return normalise_name(super()._deserialize(value, attr, data, **kwargs))
+
+
 def _name_field(**options: Any) -> fields.String:
-    """A name (of a network or a node): 1 to 200 characters of valid Unicode."""
-    return fields.String(validate=[validate.Length(min=1, max=200), _valid_unicode], **options)
+    """A name (of a network or a node): 1 to 200 characters of valid Unicode, in NFC."""
+    return _Name(
+        validate=[validate.Length(min=1, max=200), _valid_unicode, _no_control_characters],
+        **options,
+    )
 
 
 class EdgeSchema(Schema):
@@ -296,6 +330,17 @@ class NetworkStore:
             ConflictError: A network with this name exists.
             ServiceUnavailableError: The database stayed locked by other writes.
         """
+        # Normalised here too, so a direct caller stores names as the API does.
+        name = normalise_name(name)
+        nodes = [normalise_name(node) for node in nodes]
+        edges = [
+            {
+                **edge,
+                "source": normalise_name(edge["source"]),
+                "target": normalise_name(edge["target"]),
+            }
+            for edge in edges
+        ]
         network_id = uuid.uuid4().hex
         created_at = datetime.now(UTC).isoformat(timespec="seconds")
         try:

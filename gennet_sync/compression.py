@@ -32,12 +32,17 @@ codings too, e.g. ``gzip, br``) are decoded by a WSGI middleware before Flask
 builds the request, so ``request.get_data()``, ``get_json()`` and forms see the
 decoded bytes (and no ``Content-Encoding`` header: the value the client sent is
 ``request.environ[REQUEST_CONTENT_ENCODING_KEY]``).  Decoding is streamed in
-bounded memory (each read inflates at most 64 KiB), and the decoded size is
-capped (``GENNET_MAX_DECODED_SIZE``, else ``MAX_CONTENT_LENGTH``, else 10 MiB):
-passing the cap raises a 413 at once, so a gzip bomb never inflates.  When
-``MAX_CONTENT_LENGTH`` is set, werkzeug also applies it to the decoded stream,
-with its own rule: a body that reaches the limit exactly and is read further
-counts as too large.
+bounded memory (each read inflates at most 64 KiB), and both sizes are capped,
+each with a 413 the moment it is passed:
+
+- the bytes received, at ``MAX_CONTENT_LENGTH`` (else the decoded cap): a known
+  ``Content-Length`` over it is refused before the body is read, and a chunked
+  body is counted as it arrives, even when it decodes to nothing (tens of MiB of
+  empty gzip members or deflate blocks);
+- the bytes decoded, at ``GENNET_MAX_DECODED_SIZE``, else ``MAX_CONTENT_LENGTH``,
+  else 10 MiB, so a gzip bomb never inflates; ``MAX_CONTENT_LENGTH`` also caps
+  what the view reads of the decoded body (a decoded body exactly at it passes);
+- at most :data:`MAX_CONCATENATED_MEMBERS` gzip members or zstd frames.
 
 An unknown coding is a 415 (with ``Accept-Encoding`` listing what is supported,
 RFC 7694), a corrupt or truncated body a 400, and a ``Content-Encoding`` on a GET
@@ -64,10 +69,11 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 from werkzeug.wsgi import LimitedStream
 
-from gennet_sync.error_handler import app_state
+from gennet_sync.error_handler import _body_too_large, _CappedBody, app_state
 
 __all__ = [
     "DEFAULT_MAX_DECODED_SIZE",
+    "MAX_CONCATENATED_MEMBERS",
     "REQUEST_CONTENT_ENCODING_KEY",
     "Compression",
     "CompressionSettings",
@@ -98,6 +104,10 @@ _DEFAULT_MIMETYPES = frozenset(
 )
 _CHUNK = 64 * 1024
 _MAX_STACKED_CODINGS = 4
+#: Most gzip members or zstd frames one body may concatenate.  Each costs a new
+#: decoder; tens of MiB of empty members would cost seconds of CPU and decode to
+#: nothing.  Splitting tools (bgzip: 64 KiB per member) stay far below it.
+MAX_CONCATENATED_MEMBERS = 1024
 _ZSTD_WINDOW_LOG_MAX = 23  # 8 MiB windows at most: a frame cannot demand a 2 GiB buffer
 _ENVIRON_ERROR = "gennet_sync.compression.error"
 #: WSGI environ key of the request's ``Content-Encoding`` as the client sent it:
@@ -485,6 +495,7 @@ class _DecodingLayer:
         self._coding = coding
         self._decoder = _new_decoder(coding)
         self._errors = _decoding_errors()
+        self._members = 1
 
     def _corrupt(self, reason: str) -> BadRequest:
         return BadRequest(f"Request body is not valid {self._coding} data: {reason}")
@@ -505,7 +516,13 @@ class _DecodingLayer:
                     return b""
                 if self._coding not in ("gzip", "zstd"):
                     raise self._corrupt("data after the end of the compressed stream")
-                # gzip members and zstd frames may be concatenated.
+                # gzip members and zstd frames may be concatenated, but not without end.
+                self._members += 1
+                if self._members > MAX_CONCATENATED_MEMBERS:
+                    raise RequestEntityTooLarge(
+                        f"The request body concatenates more than {MAX_CONCATENATED_MEMBERS}"
+                        f" {self._coding} {'frames' if self._coding == 'zstd' else 'members'}."
+                    )
                 self._decoder = decoder = _new_decoder(self._coding)
                 data = trailing
             elif decoder.needs_input:
@@ -551,9 +568,7 @@ class _DecodedBody(io.RawIOBase):
         self._total += len(self._buffer)
         if self._total > self._cap:
             self._buffer = b""
-            raise RequestEntityTooLarge(
-                f"The decoded request body exceeds the limit of {self._cap} bytes."
-            )
+            raise _body_too_large(self._cap, "The decoded request body")
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
@@ -598,16 +613,20 @@ class _RequestDecodingMiddleware:
         self._app = app
         self._settings = settings
 
-    def _cap(self) -> int:
+    def _caps(self) -> tuple[int, int]:
+        """``(raw, decoded)``: the caps on the bytes received and on the bytes decoded."""
         config = self._app.config
+        decoded = DEFAULT_MAX_DECODED_SIZE
         for value in (
             self._settings.max_decoded_size,
             config.get("GENNET_MAX_DECODED_SIZE"),
             config.get("MAX_CONTENT_LENGTH"),
         ):
             if value is not None:
-                return int(value)
-        return DEFAULT_MAX_DECODED_SIZE
+                decoded = int(value)
+                break
+        raw = config.get("MAX_CONTENT_LENGTH")
+        return (decoded if raw is None else int(raw)), decoded
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         header = environ.get("HTTP_CONTENT_ENCODING")
@@ -647,18 +666,29 @@ class _RequestDecodingMiddleware:
             return
         wsgi_input: Any = environ["wsgi.input"]
         raw: _Readable = wsgi_input
+        raw_cap, decoded_cap = self._caps()
         length = environ.get("CONTENT_LENGTH")
         if length:
             try:
-                raw = LimitedStream(
-                    wsgi_input, int(length)
-                )  # raises ClientDisconnected (400) if short
+                size = int(length)
             except ValueError:
+                size = -1
+            if size < 0:
                 environ[_ENVIRON_ERROR] = BadRequest("Invalid Content-Length header.")
                 return
-        elif not environ.get("wsgi.input_terminated"):
+            if size > raw_cap:  # refused before a byte of it is read
+                environ[_ENVIRON_ERROR] = _body_too_large(raw_cap, "The encoded request body")
+                environ["wsgi.input"] = io.BytesIO(b"")
+                environ["CONTENT_LENGTH"] = "0"
+                return
+            raw = LimitedStream(wsgi_input, size)  # raises ClientDisconnected (400) if short
+        elif environ.get("wsgi.input_terminated"):
+            # Chunked: the bytes received are capped as they arrive, even when
+            # they decode to nothing (empty gzip members, empty deflate blocks).
+            raw = _CappedBody(wsgi_input, raw_cap, "The encoded request body")
+        else:
             raw = io.BytesIO(b"")
-        environ["wsgi.input"] = _DecodedBody(raw, codings, self._cap())
+        environ["wsgi.input"] = _DecodedBody(raw, codings, decoded_cap)
         environ["wsgi.input_terminated"] = True
         environ.pop("CONTENT_LENGTH", None)  # the decoded length is not known in advance
 

@@ -15,10 +15,13 @@ It also gives every response an ``X-Request-ID`` and keeps that ID in
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import logging
+import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,9 +29,11 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, current_app, g, has_request_context, jsonify, request
 from flask.wrappers import Request
 from marshmallow import ValidationError as MarshmallowValidationError
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import InternalServerError as WerkzeugInternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream, get_path_info
 
 from gennet_sync.circuit_breaker import set_default_storage
 from gennet_sync.context import (
@@ -40,7 +45,12 @@ from gennet_sync.context import (
     set_request_id,
     set_request_id_fallback,
 )
-from gennet_sync.exceptions import GenNetException, make_envelope
+from gennet_sync.exceptions import (
+    MAX_FIELD_ERRORS,
+    MAX_METADATA_DEPTH,
+    GenNetException,
+    make_envelope,
+)
 from gennet_sync.http_client import http_status_code
 
 if TYPE_CHECKING:
@@ -99,8 +109,91 @@ def error_response(
     return response
 
 
+_READ_CHUNK = 64 * 1024
+
+
+def _body_too_large(limit: int, what: str = "The request body") -> RequestEntityTooLarge:
+    """The 413 for a body over ``limit`` bytes, saying which limit it passed."""
+    return RequestEntityTooLarge(f"{what} exceeds the limit of {limit} bytes.")
+
+
+class _CappedBody(io.RawIOBase):
+    """A body of unknown length (chunked) that is a 413 as soon as it passes ``limit``.
+
+    werkzeug's own stream for such a body stops at the limit without an error
+    when read to its end, so a view would see the body cut short (and a JSON body
+    a misleading 400).  This one asks its source for at most one byte past the
+    limit: enough to tell a body that ends exactly there (accepted) from one that
+    goes on (refused), and never more than ``limit + 1`` bytes read in all.
+
+    Args:
+        source: The stream to read (``wsgi.input``, or a decoded body).
+        limit: The largest accepted size in bytes.
+        what: How the 413's message names the body.
+    """
+
+    def __init__(self, source: Any, limit: int, what: str = "The request body") -> None:
+        super().__init__()
+        self._source = source
+        self._limit = limit
+        self._what = what
+        self._total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _pull(self, size: int) -> bytes:
+        try:
+            data: bytes = self._source.read(min(size, self._limit - self._total + 1))
+        except (OSError, ValueError) as error:  # the client went away mid-body
+            raise ClientDisconnected() from error
+        self._total += len(data)
+        if self._total > self._limit:
+            raise _body_too_large(self._limit, self._what)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._pull(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        return self._pull(size) if size else b""
+
+    def readall(self) -> bytes:
+        parts: list[bytes] = []
+        while data := self._pull(_READ_CHUNK):
+            parts.append(data)
+        return b"".join(parts)
+
+
 class _SafeJSONRequest(Request):
-    """A request whose JSON parsing turns pathological nesting into a 400, not a 500."""
+    """A request that never hands a view a body cut short, nor crashes on deep JSON.
+
+    - :attr:`stream` (so ``get_data``, ``get_json``, ``form``, ``files``) refuses a
+      body over ``MAX_CONTENT_LENGTH`` with a 413 whether its length is announced
+      or not (chunked), and accepts one exactly at the limit.
+    - JSON nested too deeply for the parser is a 400, not a 500.
+    """
+
+    @cached_property
+    def stream(self) -> Any:
+        limit = self.max_content_length
+        if limit is None or self.shallow:
+            return super().stream
+        length = self.content_length
+        if length is not None:
+            if length > limit:  # refused before a byte of it is read
+                raise _body_too_large(limit)
+            # Read to its announced length: werkzeug's default here (a stream
+            # capped at the limit) refuses one more read of a body exactly at it.
+            return LimitedStream(self.environ["wsgi.input"], length)
+        if "wsgi.input_terminated" in self.environ:  # chunked, or decoded by us
+            return _CappedBody(self.environ["wsgi.input"], limit)
+        return super().stream  # no length, no end: werkzeug reads nothing
 
     def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
         try:
@@ -194,6 +287,10 @@ class GenNet:
         app.register_error_handler(MarshmallowValidationError, _handle_marshmallow_error)
         app.register_error_handler(HTTPException, _handle_http_exception)
         app.register_error_handler(Exception, _handle_unexpected_exception)
+        if type(app).log_exception is Flask.log_exception:  # not overridden by the app's class
+            app.log_exception = functools.partial(  # type: ignore[method-assign]
+                _log_flask_exception, app
+            )
         app.wsgi_app = _WSGIBoundary(app.wsgi_app, app)  # type: ignore[method-assign]
         app.before_request(_bind_request_id)
 
@@ -210,6 +307,34 @@ def setup_error_handlers(app: Flask) -> GenNet:
         The :class:`GenNet` extension now registered on ``app``.
     """
     return GenNet(app)
+
+
+_UNSAFE_IN_LOG = re.compile(r"[\x00-\x1f\x7f-\x9f\\\u2028\u2029]")
+
+
+def _log_safe(value: object) -> str:
+    """``value`` as text that cannot start a new log line (nor fake an escape).
+
+    Control characters (CR, LF, ESC...), the Unicode line separators and the
+    backslash itself become backslash escapes (``\\r``, ``\\x1b``, ``\\\\``), so a
+    path like ``/a%0D%0AERROR forged`` is logged as one line, ``/a\\r\\nERROR forged``.
+    """
+    text = value if isinstance(value, str) else str(value)
+    return _UNSAFE_IN_LOG.sub(_escape_match, text)
+
+
+def _escape_match(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def _log_flask_exception(app: Flask, exc_info: Any) -> None:
+    """Flask's ``log_exception`` (an exception no handler took), with the request escaped."""
+    app.logger.error(
+        "Exception on %s [%s]",
+        _log_safe(request.path),
+        _log_safe(request.method),
+        exc_info=exc_info,
+    )
 
 
 def _expose_errors(app: Flask) -> bool:
@@ -247,7 +372,7 @@ def _log_extra() -> dict[str, Any]:
 
 def _handle_gennet_exception(error: GenNetException) -> Response:
     if error.status_code >= 500:
-        logger.error("%s: %s", type(error).__name__, error.message, extra=_log_extra())
+        logger.error("%s: %s", type(error).__name__, _log_safe(error.message), extra=_log_extra())
     envelope = error.to_dict()["error"]
     return error_response(
         error.status_code,
@@ -264,37 +389,77 @@ def _handle_marshmallow_error(error: MarshmallowValidationError) -> Response:
     # A message raised without a field (a validates_schema check, or by hand) is a
     # list: keyed by its field name ("_schema"), fields is always a mapping.
     fields = messages if isinstance(messages, dict) else {error.field_name: messages}
+    kept, omitted = _first_field_errors(fields)
+    metadata: dict[str, Any] = {"fields": kept}
+    if omitted:
+        metadata["fields_omitted"] = omitted
     return error_response(
         422,
         "VALIDATION_ERROR",
         "ValidationError",
-        _validation_summary(fields),
-        {"fields": fields},
+        _validation_summary(kept, omitted),
+        metadata,
     )
 
 
-def _validation_summary(fields: dict[Any, Any]) -> str:
-    """``Request validation failed: edges.0.sign: Must be one of: -1, 1. (and 2 more)``."""
-    problems: list[str] = []
+def _first_field_errors(fields: Mapping[Any, Any]) -> tuple[dict[Any, Any], int]:
+    """The first :data:`MAX_FIELD_ERRORS` fields with errors, and how many entries are left.
 
-    def collect(path: str, messages: Any) -> None:
-        if isinstance(messages, dict):
+    Depth first, in marshmallow's order, keeping its nested shape.  The entries
+    left out are counted by ``len()`` at each level where the walk stopped (a
+    nested object left out counts as one), so a body with a million unknown keys
+    costs fifty entries, not a million.
+    """
+    left = MAX_FIELD_ERRORS
+    omitted = 0
+
+    def walk(node: Mapping[Any, Any], depth: int) -> dict[Any, Any]:
+        nonlocal left, omitted
+        kept: dict[Any, Any] = {}
+        for key, value in node.items():
+            if left <= 0:
+                omitted += len(node) - len(kept)
+                break
+            # Deeper than the envelope renders (a hand-made error): kept whole, cut there.
+            if isinstance(value, Mapping) and value and depth < MAX_METADATA_DEPTH:
+                kept[key] = walk(value, depth + 1)
+            else:
+                kept[key] = value
+                left -= 1
+        return kept
+
+    return walk(fields, 0), omitted
+
+
+def _validation_summary(fields: Mapping[Any, Any], omitted: int = 0) -> str:
+    """``Request validation failed: edges.0.sign: Must be one of: -1, 1. (and 2 more)``.
+
+    Reads only ``fields`` as kept by :func:`_first_field_errors`; ``omitted`` more
+    entries count among the rest.
+    """
+
+    def problems(path: str, messages: Any, depth: int = 0) -> Iterator[str]:
+        if depth >= MAX_METADATA_DEPTH:
+            yield f"{path}: (nested too deeply)"
+        elif isinstance(messages, Mapping):
             for key, value in messages.items():
-                collect(f"{path}.{key}" if path else str(key), value)
+                yield from problems(f"{path}.{key}" if path else str(key), value, depth + 1)
         elif isinstance(messages, (list, tuple)) and messages:
             if all(isinstance(item, str) for item in messages):
-                problems.extend(f"{path}: {item}" for item in messages)
+                yield from (f"{path}: {item}" for item in messages)
             else:
                 for item in messages:
-                    collect(path, item)
+                    yield from problems(path, item, depth + 1)
         else:
-            problems.append(f"{path}: {messages}")
+            yield f"{path}: {messages}"
 
-    collect("", fields)
-    if not problems:
+    found = problems("", fields)
+    first = next(found, None)
+    if first is None:
         return "Request validation failed"
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return f"Request validation failed: {problems[0]}{more}"
+    rest = sum(1 for _ in found) + omitted
+    more = f" (and {rest} more)" if rest else ""
+    return f"Request validation failed: {first}{more}"
 
 
 def _handle_http_exception(error: HTTPException) -> Response:
@@ -311,7 +476,7 @@ def _handle_http_exception(error: HTTPException) -> Response:
             return _unexpected_exception_response(original)
     status = error.code or 500
     if status >= 500:
-        logger.error("HTTP %s: %s", status, error.description, extra=_log_extra())
+        logger.error("HTTP %s: %s", status, _log_safe(error.description), extra=_log_extra())
     # werkzeug puts Content-Type in get_headers(); keep the rest (Allow,
     # WWW-Authenticate, Retry-After...), repeated ones included.
     return error_response(
@@ -327,8 +492,8 @@ def _handle_http_exception(error: HTTPException) -> Response:
 def _handle_unexpected_exception(error: Exception) -> Response:
     logger.error(
         "Unhandled exception on %s %s",
-        request.method,
-        request.path,
+        _log_safe(request.method),
+        _log_safe(request.path),
         exc_info=(type(error), error, error.__traceback__),
         extra=_log_extra(),
     )
@@ -422,8 +587,8 @@ class _WSGIBoundary:
         exc_info = sys.exc_info()  # called while the caller handles ``error``
         logger.error(
             "Unhandled exception escaped Flask (from a teardown function?) on %s %s",
-            environ.get("REQUEST_METHOD"),
-            environ.get("PATH_INFO"),
+            _log_safe(environ.get("REQUEST_METHOD")),
+            _log_safe(get_path_info(environ)),  # as request.path shows it
             exc_info=exc_info,
             extra={"request_id": environ.get(_ENVIRON_REQUEST_ID)},
         )

@@ -15,25 +15,48 @@ the package, nor Flask, nor requests.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, TypeAlias
 
 __all__ = [
+    "MAX_FIELD_ERRORS",
+    "MAX_METADATA_DEPTH",
+    "MAX_METADATA_ITEMS",
+    "MAX_METADATA_VALUES",
+    "MAX_STRING_LENGTH",
     "ConflictError",
     "ForbiddenError",
     "GenNetException",
     "InternalServerError",
     "NotFoundError",
     "RateLimitError",
+    "RetryAfter",
     "ServiceUnavailableError",
     "UnauthorizedError",
     "ValidationError",
     "json_safe",
     "make_envelope",
+    "retry_after_seconds",
 ]
 
+# Bounds on what one envelope renders, whatever it is given: the cost of an error
+# response follows what is kept, not what a hostile request made a schema report.
+#: Longest ``message``, and longest string or key in ``metadata``, in characters;
+#: longer ones end with ``... (N more characters)``.
+MAX_STRING_LENGTH = 1000
+#: Most keys of one mapping, or items of one list, in ``metadata``; the rest is
+#: summed up as a ``"..."`` key (``"N more keys"``) or a last ``"... (N more items)"``.
+MAX_METADATA_ITEMS = 100
+#: Most values (containers and scalars) rendered in one envelope's ``metadata``.
+MAX_METADATA_VALUES = 500
 #: How deep nested metadata is rendered before the rest is turned into a string.
-_MAX_METADATA_DEPTH = 32
+MAX_METADATA_DEPTH = 32
+#: Most fields a 422 ``VALIDATION_ERROR`` lists in ``metadata.fields``, depth first;
+#: ``metadata.fields_omitted`` counts the entries left out (a nested object as one).
+MAX_FIELD_ERRORS = 50
 
 
 def _to_str(value: object) -> str:
@@ -47,41 +70,89 @@ def _to_str(value: object) -> str:
             return f"<unprintable {type(value).__name__}>"
 
 
-def json_safe(value: object, _depth: int = 0, _seen: frozenset[int] = frozenset()) -> Any:
-    """Return ``value`` as something ``json.dumps`` accepts, without ever raising.
+def _cut(text: str) -> str:
+    """``text`` cut to :data:`MAX_STRING_LENGTH` characters, saying how much was cut."""
+    if len(text) <= MAX_STRING_LENGTH:
+        return text
+    return f"{text[:MAX_STRING_LENGTH]}... ({len(text) - MAX_STRING_LENGTH} more characters)"
+
+
+def _left_over(container: object, shown: int) -> str:
+    try:
+        return str(len(container) - shown)  # type: ignore[arg-type]
+    except Exception:
+        return "some"
+
+
+def json_safe(value: object) -> Any:
+    """Return ``value`` as something ``json.dumps`` accepts, bounded, without ever raising.
 
     Dict keys become strings, tuples and sets become lists, non-finite floats and
     any other object become their string form.  Cycles and nesting deeper than
-    32 levels are cut off as strings, so no input can make rendering fail.
+    :data:`MAX_METADATA_DEPTH` levels are cut off as strings, so no input can make
+    rendering fail; and the result is bounded (:data:`MAX_STRING_LENGTH`,
+    :data:`MAX_METADATA_ITEMS`, :data:`MAX_METADATA_VALUES`), its cost following
+    what is kept: a mapping of a million keys costs a hundred.
 
     Args:
         value: Any object.
 
     Returns:
-        A JSON-serialisable copy of ``value``.
+        A JSON-serialisable copy of ``value``, cut where it passes a bound.
     """
-    if value is None or isinstance(value, bool):
-        return value
-    # Subclasses (IntEnum, StrEnum...) are rendered as their plain value, without
-    # calling methods they may have overridden.
-    if isinstance(value, int):
-        return int.__index__(value)
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else _to_str(value)
-    if _depth >= _MAX_METADATA_DEPTH or id(value) in _seen:
-        return _to_str(value)
-    seen = _seen | {id(value)}
-    if isinstance(value, Mapping):
+    return _Renderer().render(value, 0, frozenset())
+
+
+class _Renderer:
+    """One :func:`json_safe` walk, with its budget of values left to render."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_METADATA_VALUES
+
+    def render(self, value: object, depth: int, seen: frozenset[int]) -> Any:
+        self.left -= 1
+        if value is None or isinstance(value, bool):
+            return value
+        # Subclasses (IntEnum, StrEnum...) are rendered as their plain value, without
+        # calling methods they may have overridden.
+        if isinstance(value, int):
+            return int.__index__(value)
+        if isinstance(value, str):
+            return _cut(str.__str__(value))
+        if isinstance(value, float):
+            return value if math.isfinite(value) else _to_str(value)
+        if depth >= MAX_METADATA_DEPTH or id(value) in seen:
+            return _cut(_to_str(value))
+        inner = seen | {id(value)}
         try:
-            items = list(value.items())
-        except Exception:
-            return _to_str(value)
-        return {_to_str(k): json_safe(v, _depth + 1, seen) for k, v in items}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [json_safe(v, _depth + 1, seen) for v in value]
-    return _to_str(value)
+            if isinstance(value, Mapping):
+                return self._mapping(value, depth + 1, inner)
+            if isinstance(value, (list, tuple, set, frozenset)):
+                return self._sequence(value, depth + 1, inner)
+        except Exception:  # a mapping whose items() fails, a set changed meanwhile
+            return _cut(_to_str(value))
+        return _cut(_to_str(value))
+
+    def _mapping(self, value: Mapping[Any, Any], depth: int, seen: frozenset[int]) -> Any:
+        rendered: dict[str, Any] = {}
+        # Lazily: a million keys are never all listed.
+        for shown, (key, item) in enumerate(value.items()):
+            if shown == MAX_METADATA_ITEMS or self.left <= 0:
+                rendered["..."] = f"{_left_over(value, shown)} more keys"
+                break
+            rendered[_cut(_to_str(key))] = self.render(item, depth, seen)
+        return rendered
+
+    def _sequence(self, value: Any, depth: int, seen: frozenset[int]) -> Any:
+        rendered: list[Any] = []
+        for item in value:
+            if len(rendered) == MAX_METADATA_ITEMS or self.left <= 0:
+                rendered.append(f"... ({_left_over(value, len(rendered))} more items)")
+                break
+            rendered.append(self.render(item, depth, seen))
+        return rendered
 
 
 def make_envelope(
@@ -92,19 +163,19 @@ def make_envelope(
     Args:
         code: Machine-readable code in UPPER_SNAKE (``NOT_FOUND``).
         type_: The error's type name (``NotFoundError``).
-        message: Human-readable message.
-        metadata: Extra details; made JSON-safe here.
+        message: Human-readable message; cut to :data:`MAX_STRING_LENGTH` characters.
+        metadata: Extra details; made JSON-safe and bounded here (:func:`json_safe`).
 
     Returns:
         ``{"error": {"code", "type", "message", "metadata"}}``.
     """
-    safe = json_safe(dict(metadata)) if metadata else {}
+    safe = json_safe(metadata) if metadata else {}
     return {
         "error": {
-            "code": _to_str(code),
-            "type": _to_str(type_),
-            "message": _to_str(message),
-            "metadata": safe,
+            "code": _cut(_to_str(code)),
+            "type": _cut(_to_str(type_)),
+            "message": _cut(_to_str(message)),
+            "metadata": safe if isinstance(safe, dict) else {"value": safe},
         }
     }
 
@@ -184,6 +255,65 @@ def _merge(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str
     return merged
 
 
+#: What ``retry_after=`` accepts: seconds (a number or a numeric string), an HTTP
+#: date string (a downstream's ``Retry-After`` passed on), a ``timedelta``, or the
+#: ``datetime`` to come back at (naive means UTC, as in HTTP).
+RetryAfter: TypeAlias = float | str | timedelta | datetime | None
+
+
+def retry_after_seconds(value: object) -> float | None:
+    """The delay ``value`` stands for, in seconds, or ``None`` when it says nothing usable.
+
+    Never raises: NaN, infinity, text that is neither a number nor an HTTP date,
+    ``True`` and any other type are ``None`` (no ``Retry-After`` header, rather
+    than a 500 in place of the 503 being rendered).  A moment in the past, or a
+    negative delay, is 0.  A whole number of seconds is returned as an ``int``.
+
+    Example::
+
+        >>> retry_after_seconds("30"), retry_after_seconds(timedelta(minutes=1))
+        (30, 60)
+        >>> retry_after_seconds("soon") is None
+        True
+    """
+    seconds: float
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return max(0, int.__index__(value))
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, datetime):
+        seconds = _until(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                seconds = _until(parsedate_to_datetime(text))
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return None
+    elif isinstance(value, numbers.Number):  # Fraction, Decimal, numpy scalars; complex fails
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError):
+            return None
+    else:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    seconds = max(0.0, seconds)
+    return int(seconds) if seconds.is_integer() else seconds
+
+
+def _until(moment: datetime) -> float:
+    """Seconds from now until ``moment`` (naive: UTC, as HTTP dates are)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - datetime.now(UTC)).total_seconds()
+
+
 class _RetryAfterMixin(GenNetException):
     """Adds ``retry_after`` (seconds) and the ``Retry-After`` header it implies."""
 
@@ -191,11 +321,11 @@ class _RetryAfterMixin(GenNetException):
 
     def get_headers(self) -> dict[str, str]:
         headers = super().get_headers()
-        # NaN and infinity (a garbled downstream header) say nothing a client could
-        # use, and would make rendering the error fail; they get no header.
-        if self.retry_after is not None and math.isfinite(self.retry_after):
+        # Normalised again: the attribute may have been set after construction.
+        seconds = retry_after_seconds(self.retry_after)
+        if seconds is not None:
             # HTTP wants whole non-negative seconds; round up so clients never come back early.
-            headers["Retry-After"] = str(max(0, math.ceil(self.retry_after)))
+            headers["Retry-After"] = str(math.ceil(seconds))
         return headers
 
 
@@ -286,6 +416,10 @@ class ConflictError(GenNetException):
 class ServiceUnavailableError(_RetryAfterMixin):
     """A dependency or this service cannot serve now (503), maybe with ``Retry-After``.
 
+    ``retry_after`` takes any :data:`RetryAfter` (``30``, ``2.5``, ``"30"``,
+    ``timedelta(seconds=30)``, a ``datetime``, an HTTP date); it is kept as seconds
+    (:func:`retry_after_seconds`), and a value saying nothing usable is dropped.
+
     Example::
 
         raise ServiceUnavailableError("GRN store is down", service="grn", retry_after=30)
@@ -300,12 +434,12 @@ class ServiceUnavailableError(_RetryAfterMixin):
         message: str | None = None,
         *,
         service: str | None = None,
-        retry_after: float | None = None,
+        retry_after: RetryAfter = None,
         metadata: Mapping[str, Any] | None = None,
         code: str | None = None,
     ) -> None:
         self.service = service
-        self.retry_after = retry_after
+        self.retry_after = retry_after = retry_after_seconds(retry_after)
         base: dict[str, Any] = {}
         if service is not None:
             base["service"] = service
@@ -315,7 +449,10 @@ class ServiceUnavailableError(_RetryAfterMixin):
 
 
 class RateLimitError(_RetryAfterMixin):
-    """The caller sent too many requests (429), maybe with ``Retry-After``."""
+    """The caller sent too many requests (429), maybe with ``Retry-After``.
+
+    ``retry_after`` takes the same values as :class:`ServiceUnavailableError`'s.
+    """
 
     status_code = 429
     code = "RATE_LIMIT_EXCEEDED"
@@ -325,11 +462,11 @@ class RateLimitError(_RetryAfterMixin):
         self,
         message: str | None = None,
         *,
-        retry_after: float | None = None,
+        retry_after: RetryAfter = None,
         metadata: Mapping[str, Any] | None = None,
         code: str | None = None,
     ) -> None:
-        self.retry_after = retry_after
+        self.retry_after = retry_after = retry_after_seconds(retry_after)
         base: dict[str, Any] = {} if retry_after is None else {"retry_after": retry_after}
         super().__init__(message, code=code, metadata=_merge(base, metadata))
 

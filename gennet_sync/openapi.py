@@ -41,7 +41,13 @@ from marshmallow import Schema, fields
 from werkzeug.routing import Rule
 
 from gennet_sync.error_handler import app_state
-from gennet_sync.exceptions import NotFoundError
+from gennet_sync.exceptions import (
+    MAX_FIELD_ERRORS,
+    MAX_METADATA_ITEMS,
+    MAX_METADATA_VALUES,
+    MAX_STRING_LENGTH,
+    NotFoundError,
+)
 
 __all__ = [
     "ErrorBodySchema",
@@ -106,14 +112,22 @@ class ErrorBodySchema(Schema):
     message = fields.String(
         required=True,
         metadata={
-            "description": "Human-readable message",
+            "description": f"Human-readable message; cut at {MAX_STRING_LENGTH} characters",
             "example": "Network with id 'abc123' not found",
         },
     )
     metadata = fields.Dict(
         keys=fields.String(),
         required=True,
-        metadata={"description": "Details of the error; always an object, maybe empty"},
+        metadata={
+            "description": (
+                "Details of the error; always an object, maybe empty, and bounded: "
+                f"strings cut at {MAX_STRING_LENGTH} characters, at most {MAX_METADATA_ITEMS} "
+                "keys or items per container (the rest counted under a '...' key or a last "
+                f"item), {MAX_METADATA_VALUES} values in all; a 422 lists at most "
+                f"{MAX_FIELD_ERRORS} field errors, fields_omitted counting the rest"
+            )
+        },
     )
 
 
@@ -162,7 +176,7 @@ _STANDARD_ERRORS: Mapping[int, _StandardError] = {
         "PayloadTooLarge",
         "REQUEST_ENTITY_TOO_LARGE",
         "RequestEntityTooLarge",
-        "The decoded request body exceeds the limit",
+        "The request body exceeds the limit of 16777216 bytes.",
         "Request body too large",
     ),
     415: _StandardError(

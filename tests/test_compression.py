@@ -20,6 +20,7 @@ from werkzeug.test import TestResponse
 
 from gennet_sync import Compression, setup_error_handlers
 from gennet_sync.compression import (
+    MAX_CONCATENATED_MEMBERS,
     REQUEST_CONTENT_ENCODING_KEY,
     CompressionSettings,
     available_encodings,
@@ -864,4 +865,56 @@ def test_each_direction_can_be_switched_off() -> None:
     assert (
         no_requests.get("/data", headers={"Accept-Encoding": "gzip"}).headers["Content-Encoding"]
         == "gzip"
+    )
+
+
+@pytest.mark.parametrize("coding", ["gzip", "zstd", "br"])
+def test_a_decoded_body_passing_the_limit_at_a_read_boundary_is_a_413_not_a_cut_400(
+    coding: str,
+) -> None:
+    app = make_app()
+    limit = 2 * 64 * 1024  # two whole decoded pieces: the cut fell between reads
+    app.config["MAX_CONTENT_LENGTH"] = limit
+    client = app.test_client()
+
+    def send(size: int) -> TestResponse:
+        body = b'{"p": "' + b"x" * (size - 9) + b'"}'
+        assert len(body) == size
+        return client.post(
+            "/echo",
+            data=compress_bytes(body, coding),
+            headers={"Content-Encoding": coding, "Content-Type": "application/json"},
+        )
+
+    assert len(json_of(send(limit))["received"]["p"]) == limit - 9  # exactly at it: whole
+    over = send(limit + 1)
+    assert over.status_code == 413, over.data  # was a 400 "Unterminated string"
+    assert f"limit of {limit} bytes" in json_of(over)["error"]["message"]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "zstd"])
+def test_concatenated_members_are_capped_so_empty_ones_cannot_burn_cpu(coding: str) -> None:
+    client = make_app().test_client()
+    member = compress_bytes(b"ab", coding)
+    at_cap = client.post(
+        "/count", data=member * MAX_CONCATENATED_MEMBERS, headers={"Content-Encoding": coding}
+    )
+    assert json_of(at_cap) == {"bytes": 2 * MAX_CONCATENATED_MEMBERS}
+    over = client.post(
+        "/count", data=member * (MAX_CONCATENATED_MEMBERS + 1), headers={"Content-Encoding": coding}
+    )
+    assert over.status_code == 413
+    assert f"more than {MAX_CONCATENATED_MEMBERS}" in json_of(over)["error"]["message"]
+
+
+def test_a_known_encoded_length_over_max_content_length_is_refused_unread() -> None:
+    app = make_app()
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    app.config["GENNET_MAX_DECODED_SIZE"] = 10_000  # the decoded cap would allow it
+    body = compress_bytes(bytes(range(256)) * 8, "gzip", level=0)  # stored: 2 KB on the wire
+    assert len(body) > 1000
+    response = app.test_client().post("/count", data=body, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 413
+    assert json_of(response)["error"]["message"] == (
+        "The encoded request body exceeds the limit of 1000 bytes."
     )

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import math
+import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import marshmallow
@@ -26,6 +31,7 @@ from gennet_sync import (
     setup_error_handlers,
 )
 from gennet_sync.error_handler import EXTENSION_KEY, AppState, app_state, http_status_code
+from gennet_sync.exceptions import MAX_FIELD_ERRORS
 from tests.conftest import serve_app
 from tests.redis_server import RedisServer
 
@@ -749,3 +755,177 @@ def test_a_streamed_body_sees_the_request_id_until_the_server_has_sent_it() -> N
     body = app.test_client().get("/stream", headers={"X-Request-ID": "s-8"})
     assert body.get_data(as_text=True) == "first=s-8;last=s-8"
     assert current_request_id() is None
+
+
+_FORGED_PATH = "/forge/x%0D%0A2026-01-01%20ERROR%20forged%0Aline%1B%5B31m%E2%80%A8%C2%85end%5C"
+
+
+def _one_line(text: str) -> bool:
+    return not any(mark in text for mark in ("\r", "\n", "\x1b", "\u2028", "\x85", "\x0b"))
+
+
+@pytest.mark.parametrize("where", ["view", "after_request", "teardown", "our_5xx"])
+def test_a_path_with_encoded_line_breaks_is_one_escaped_log_record(
+    where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app()
+
+    @app.before_request
+    def forge() -> None:  # no route matches a path with a line break: fail before routing
+        if where == "view":
+            raise RuntimeError("boom")
+        if where == "our_5xx":
+            raise ServiceUnavailableError(f"store {request.path} is down")
+
+    @app.after_request
+    def crash_after(response: Any) -> Any:
+        # Once: the hook runs again on the error response.
+        if where == "after_request" and not g.get("crashed_after"):
+            g.crashed_after = True
+            raise RuntimeError("boom after")
+        return response
+
+    @app.teardown_request
+    def crash_teardown(_error: BaseException | None) -> None:
+        if where == "teardown" and request.path.startswith("/forge"):
+            raise RuntimeError("boom teardown")
+
+    with caplog.at_level(logging.ERROR), serve_app(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", _FORGED_PATH)
+        status = connection.getresponse().status
+        connection.close()
+    assert status == (503 if where == "our_5xx" else 500)
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    message = record.getMessage()
+    assert _one_line(message), message
+    # The path is still there to read, escaped: the CR/LF pair as \r\n, ESC as \x1b.
+    assert "x\\r\\n2026-01-01 ERROR forged\\nline\\x1b[31m\\u2028\\x85end\\\\" in message
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header"),
+    [("30", "30"), (timedelta(seconds=12.5), "13"), ("in a while", None), (math.nan, None)],
+)
+def test_a_503_stays_a_503_whatever_retry_after_it_was_given(
+    retry_after: Any, header: str | None
+) -> None:
+    app = make_app()
+
+    @app.get("/down")
+    def down() -> str:
+        raise ServiceUnavailableError("GRN store is down", retry_after=retry_after)
+
+    with serve_app(app) as url:
+        response = requests.get(f"{url}/down", timeout=5)
+    assert response.status_code == 503  # "30" was a 500: the header failed to build
+    assert response.headers.get("Retry-After") == header
+    assert response.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+
+
+def test_a_422_lists_the_first_field_errors_and_counts_the_rest() -> None:
+    class EdgeSchema(marshmallow.Schema):
+        sign = marshmallow.fields.Integer(required=True)
+
+    class GraphSchema(marshmallow.Schema):
+        edges = marshmallow.fields.List(marshmallow.fields.Nested(EdgeSchema))
+        name = marshmallow.fields.String(required=True)
+
+    app = make_app(MAX_CONTENT_LENGTH=None)
+
+    @app.post("/graphs")
+    def graphs() -> dict[str, Any]:
+        loaded: dict[str, Any] = GraphSchema().load(request.get_json())
+        return loaded
+
+    # 60 bad edges (one nested entry each) and a missing name: 61 problems.
+    body = {"edges": [{"sign": "x"} for _ in range(60)]}
+    error = error_of(app.test_client().post("/graphs", json=body))
+    fields = error["metadata"]["fields"]
+    assert sorted(fields["edges"], key=int) == [str(i) for i in range(MAX_FIELD_ERRORS)]
+    assert "name" not in fields
+    # Left out: 10 edges where the walk stopped, then "name" beside "edges".
+    assert error["metadata"]["fields_omitted"] == 11
+    assert error["message"] == (
+        f"Request validation failed: edges.0.sign: Not a valid integer. (and {60} more)"
+    )
+
+
+_MILLION_KEYS_CHILD = """
+import json, sys, time, tracemalloc
+import marshmallow
+from flask import Flask
+from gennet_sync import setup_error_handlers
+
+class Strict(marshmallow.Schema):
+    class Meta:
+        unknown = marshmallow.RAISE
+    name = marshmallow.fields.String(required=True)
+
+keys = int(sys.argv[1])
+try:
+    Strict().load({"name": "x", **{f"key{i:07d}": 1 for i in range(keys)}})
+except marshmallow.ValidationError as error:
+    built = error
+
+app = Flask("bounded")
+setup_error_handlers(app)
+
+@app.get("/")
+def view():
+    raise built
+
+client = app.test_client()
+tracemalloc.start()
+started = time.perf_counter()
+response = client.get("/")
+elapsed = time.perf_counter() - started
+peak = tracemalloc.get_traced_memory()[1]
+print(json.dumps({"peak": peak, "seconds": elapsed, "size": len(response.data),
+                  "status": response.status_code, "body": response.get_json()}))
+"""
+
+
+def test_rendering_a_422_for_a_million_unknown_keys_costs_what_is_kept() -> None:
+    # Measured in a child process: the render alone, the ValidationError built
+    # beforehand (marshmallow's own cost is not ours).  Before the bounds this
+    # render took ~6 s, 29 MB of response and hundreds of MB of peak memory.
+    keys = 1_000_000
+    child = subprocess.run(
+        [sys.executable, "-c", _MILLION_KEYS_CHILD, str(keys)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    measured = json.loads(child.stdout)
+    assert measured["status"] == 422
+    assert measured["size"] < 8 * 1024  # KBs, not 29 MB
+    assert measured["peak"] < 2 * 1024 * 1024  # traced peak of the render: a few hundred KB
+    assert measured["seconds"] < 30  # does not hang (measured: milliseconds)
+    error = measured["body"]["error"]
+    assert len(error["metadata"]["fields"]) == MAX_FIELD_ERRORS
+    assert error["metadata"]["fields_omitted"] == keys - MAX_FIELD_ERRORS
+    assert error["message"].endswith(f"Unknown field. (and {keys - 1} more)")
+
+
+def test_a_hand_made_validation_error_nested_without_end_is_still_a_422() -> None:
+    nested: Any = ["bottom"]
+    deep: Any = {"leaf": ["Bad."]}
+    for _ in range(5000):
+        nested = [nested]
+        deep = {"level": deep}
+    app = make_app()
+
+    @app.get("/deep/<kind>")
+    def deep_error(kind: str) -> str:
+        raise marshmallow.ValidationError({"lists": nested} if kind == "lists" else deep)
+
+    client = app.test_client()
+    for kind in ("lists", "mappings"):
+        response = client.get(f"/deep/{kind}")
+        assert response.status_code == 422, response.data  # was a RecursionError: a 500
+        error = error_of(response)
+        assert error["message"].startswith("Request validation failed: ")
+        assert len(response.data) < 8 * 1024

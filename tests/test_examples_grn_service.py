@@ -341,3 +341,90 @@ def test_a_write_lock_held_past_the_busy_timeout_is_a_503_with_retry_after(
     assert error["code"] == "SERVICE_UNAVAILABLE"
     assert "busy" in error["message"]
     assert create(app.test_client(), TOGGLE).status_code == 201
+
+
+COMPOSED = "caf\u00e9"  # é as one code point
+DECOMPOSED = "cafe\u0301"  # e + combining acute accent: looks the same
+
+
+def test_a_composed_and_a_decomposed_name_are_one_name(client: FlaskClient) -> None:
+    first = create(client, {"name": COMPOSED, "nodes": ["x"]})
+    assert first.status_code == 201
+    second = create(client, {"name": DECOMPOSED, "nodes": ["x"]})
+    assert second.status_code == 409  # stored twice before: two networks that look alike
+    listed = client.get("/api/v1/networks").get_json()
+    assert [network["name"] for network in listed] == [COMPOSED]
+
+
+def test_node_names_are_normalised_before_they_are_compared(client: FlaskClient) -> None:
+    duplicates = create(client, {"name": "n", "nodes": [COMPOSED, DECOMPOSED]})
+    assert duplicates.status_code == 422
+    assert "Duplicate nodes" in json.dumps(duplicates.get_json()["error"]["metadata"])
+    # An edge may name a node in either form; the network stores NFC.
+    body = {
+        "name": "n",
+        "nodes": [DECOMPOSED, "gene"],
+        "edges": [{"source": COMPOSED, "target": "gene", "sign": 1}],
+    }
+    created = create(client, body)
+    assert created.status_code == 201, created.get_json()
+    stored = client.get(f"/api/v2/networks/{created.get_json()['id']}").get_json()
+    assert stored["nodes"] == [COMPOSED, "gene"]
+    assert stored["edges"] == [{"source": COMPOSED, "target": "gene", "sign": 1}]
+
+
+def test_surrounding_whitespace_is_dropped_and_case_is_kept(client: FlaskClient) -> None:
+    assert create(client, {"name": " toggle\t", "nodes": ["TP53", "Trp53"]}).status_code == 201
+    assert create(client, {"name": "toggle", "nodes": ["x"]}).status_code == 409
+    # Case is significant: human TP53 and mouse Trp53 are different genes.
+    assert create(client, {"name": "Toggle", "nodes": ["x"]}).status_code == 201
+    assert create(client, {"name": "   ", "nodes": ["x"]}).status_code == 422
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "two\nlines", "bell\x07"])
+def test_control_characters_in_names_are_a_validation_error(client: FlaskClient, name: str) -> None:
+    response = create(client, {"name": name, "nodes": [name]})
+    assert response.status_code == 422
+    fields = response.get_json()["error"]["metadata"]["fields"]
+    assert "Control character" in json.dumps(fields["name"])
+    assert "Control character" in json.dumps(fields["nodes"])
+
+
+def test_the_store_normalises_names_given_to_it_directly(tmp_path: Path) -> None:
+    path = str(tmp_path / "direct.sqlite3")
+    NetworkStore.initialise(path)
+    with NetworkStore(path) as store:
+        network = store.create(DECOMPOSED, [DECOMPOSED], [])
+        assert store.get(network["id"])["name"] == COMPOSED
+        assert store.get(network["id"])["nodes"] == [COMPOSED]
+        with pytest.raises(ConflictError):
+            store.create(COMPOSED, ["x"], [])
+
+
+@pytest.mark.integration
+def test_under_gunicorn_the_two_forms_of_a_name_are_one_network(
+    grn_under_gunicorn: ServiceProcess,
+) -> None:
+    url = f"{grn_under_gunicorn.base_url}/api/v2/networks"
+    statuses = [
+        requests.post(
+            url, json={"name": name, "nodes": ["x"]}, headers={"Connection": "close"}, timeout=10
+        ).status_code
+        for name in (DECOMPOSED, COMPOSED)
+    ]
+    assert statuses == [201, 409]
+
+
+@pytest.mark.integration
+def test_under_gunicorn_half_a_million_unknown_keys_get_a_small_422(
+    grn_under_gunicorn: ServiceProcess,
+) -> None:
+    keys = 500_000
+    body = {"name": "n", "nodes": ["x"], **{f"key{i:07d}": 1 for i in range(keys)}}
+    response = requests.post(
+        f"{grn_under_gunicorn.base_url}/api/v2/networks", json=body, timeout=120
+    )
+    assert response.status_code == 422
+    assert len(response.content) < 8 * 1024  # was about 16 MB of field errors
+    metadata = response.json()["error"]["metadata"]
+    assert len(metadata["fields"]) + metadata["fields_omitted"] == keys

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import copy
 import enum
+import itertools
 import json
 import math
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from email.utils import format_datetime
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -15,6 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gennet_sync.exceptions import (
+    MAX_METADATA_ITEMS,
+    MAX_METADATA_VALUES,
+    MAX_STRING_LENGTH,
     ConflictError,
     ForbiddenError,
     GenNetException,
@@ -239,7 +247,9 @@ def test_any_message_and_metadata_give_a_valid_envelope(
     decoded = json.loads(json.dumps(envelope, allow_nan=False))
     assert set(decoded) == {"error"}
     assert set(decoded["error"]) == {"code", "type", "message", "metadata"}
-    assert decoded["error"]["message"] == message
+    # Messages over the bound are cut (tested below); hypothesis rarely draws one.
+    assert decoded["error"]["message"].startswith(message[:MAX_STRING_LENGTH])
+    assert (decoded["error"]["message"] == message) is (len(message) <= MAX_STRING_LENGTH)
     assert decoded["error"]["code"] == (code or "INTERNAL_SERVER_ERROR")
     assert set(decoded["error"]["metadata"]) == set(metadata)
 
@@ -310,3 +320,117 @@ def test_nesting_up_to_the_limit_is_rendered_intact() -> None:
     for _ in range(15):  # 30 levels of containers, under the 32-level cut-off
         nested = {"child": [nested]}
     assert json_safe(nested) == nested
+
+
+_NOW = datetime.now(UTC)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header", "seconds"),
+    [
+        (30, "30", 30),
+        (2.5, "3", 2.5),
+        ("30", "30", 30),
+        (" 1.5 ", "2", 1.5),
+        (timedelta(minutes=2), "120", 120),
+        (timedelta(seconds=-3), "0", 0),
+        (Decimal("4.25"), "5", 4.25),
+        (Fraction(1, 2), "1", 0.5),
+        (10**30, str(10**30), 10**30),
+        (_NOW - timedelta(hours=1), "0", 0),  # a moment already past: retry now
+    ],
+)
+def test_retry_after_accepts_what_users_naturally_pass(
+    retry_after: Any, header: str, seconds: float
+) -> None:
+    for error in (
+        ServiceUnavailableError(retry_after=retry_after),
+        RateLimitError(retry_after=retry_after),
+    ):
+        assert error.headers == {"Retry-After": header}
+        assert error.retry_after == seconds
+        assert error.to_dict()["error"]["metadata"]["retry_after"] == seconds
+
+
+@pytest.mark.parametrize(
+    "moment_of",
+    [
+        lambda at: at,
+        lambda at: at.replace(tzinfo=None),  # naive: UTC, as in HTTP
+        lambda at: at.astimezone(timezone(timedelta(hours=-5))),
+        lambda at: format_datetime(at, usegmt=True),  # a downstream's header
+    ],
+    ids=["aware", "naive-utc", "other-zone", "http-date"],
+)
+def test_retry_after_as_a_moment_counts_from_now(moment_of: Callable[[datetime], Any]) -> None:
+    moment = moment_of(datetime.now(UTC) + timedelta(seconds=90))
+    delay = int(ServiceUnavailableError(retry_after=moment).headers["Retry-After"])
+    assert 80 <= delay <= 91  # 90 s less the time since, on a loaded machine
+
+
+@pytest.mark.parametrize(
+    "junk",
+    ["soon", "", "nan", "inf", "-inf", "1e999", True, object(), [30], {"s": 30}, b"30", math.nan],
+)
+def test_an_unusable_retry_after_is_dropped_never_fatal(junk: Any) -> None:
+    for error in (ServiceUnavailableError(retry_after=junk), RateLimitError(retry_after=junk)):
+        assert error.retry_after is None
+        assert error.headers == {}
+        assert "retry_after" not in error.to_dict()["error"]["metadata"]
+
+
+def test_a_retry_after_set_after_construction_is_normalised_when_rendered() -> None:
+    error = ServiceUnavailableError()
+    error.retry_after = "7"  # type: ignore[assignment]
+    assert error.headers == {"Retry-After": "7"}
+    error.retry_after = "junk"  # type: ignore[assignment]
+    assert error.headers == {}
+
+
+def test_a_long_message_and_long_metadata_strings_are_cut_saying_how_much() -> None:
+    envelope = GenNetException("m" * 5000, metadata={"k" * 2000: "v" * 1500}).to_dict()["error"]
+    assert envelope["message"] == "m" * MAX_STRING_LENGTH + "... (4000 more characters)"
+    [(key, value)] = envelope["metadata"].items()
+    assert key == "k" * MAX_STRING_LENGTH + "... (1000 more characters)"
+    assert value == "v" * MAX_STRING_LENGTH + "... (500 more characters)"
+    # The exception itself keeps what it was given.
+    assert len(GenNetException("m" * 5000).message) == 5000
+
+
+def test_big_mappings_and_lists_keep_their_first_items_and_count_the_rest() -> None:
+    metadata = {"ids": list(range(10_000)), "seen": {f"k{i}": i for i in range(10_000)}}
+    rendered = json_safe(metadata)
+    assert rendered["ids"] == [*range(MAX_METADATA_ITEMS), f"... ({10_000 - 100} more items)"]
+    assert len(rendered["seen"]) == MAX_METADATA_ITEMS + 1
+    assert rendered["seen"]["k99"] == 99
+    assert rendered["seen"]["..."] == f"{10_000 - MAX_METADATA_ITEMS} more keys"
+
+
+def test_the_whole_metadata_is_bounded_however_it_is_spread() -> None:
+    # 100 lists of 100 items: each container is under its own bound, the whole is not.
+    rendered = json_safe({f"list{i}": list(range(100)) for i in range(100)})
+    text = json.dumps(rendered)
+    assert len(text) < 10 * MAX_METADATA_VALUES  # a few KB, not the 30 KB given
+    scalars = sum(isinstance(v, int) for items in rendered.values() for v in items)
+    assert scalars < MAX_METADATA_VALUES
+    assert any(
+        isinstance(items[-1], str) and "more items" in items[-1] for items in rendered.values()
+    )
+
+
+def test_a_huge_mapping_is_rendered_without_being_listed() -> None:
+    class Endless(Mapping[str, int]):
+        """A mapping that would never finish listing its items."""
+
+        def __getitem__(self, key: str) -> int:
+            return 1
+
+        def __iter__(self) -> Iterator[str]:
+            return (f"k{i}" for i in itertools.count())
+
+        def __len__(self) -> int:
+            return 10**12
+
+    rendered = json_safe({"endless": Endless()})
+    assert len(rendered["endless"]) == MAX_METADATA_ITEMS + 1
+    assert rendered["endless"]["..."] == f"{10**12 - MAX_METADATA_ITEMS} more keys"
