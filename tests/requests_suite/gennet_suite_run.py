@@ -2,21 +2,26 @@
 
 Loaded with ``-p gennet_suite_run`` (see ``tests/test_requests_suite.py``).
 
-* The run reaches nothing beyond this machine.  requests' suite resolves
-  ``httpbin.org`` and made-up host names and connects to an unroutable address
-  to provoke a connect timeout; here such a lookup or connection fails at once,
-  the same way in both runs, so those tests fail in the plain run and are left
-  out of the comparison, whether or not the machine is online.
+* The run reaches nothing beyond this machine.  A host name other than
+  ``localhost`` is not looked up (requests' suite tries ``httpbin.org`` and
+  made-up names): the lookup fails at once.  A connection to an address
+  elsewhere (the suite's unroutable ``10.255.255.1``, used to provoke a connect
+  timeout) behaves as that address does, unanswered: it times out after the
+  socket's timeout, or fails at once when there is none.  Both runs see the
+  same, online or not; tests that need the internet fail in the plain run and
+  are left out of the comparison.
 * Each test's outcome is written, by node ID, to the JSON file named by
   ``GENNET_SUITE_OUTCOMES``.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +35,31 @@ _connect_ex = socket.socket.connect_ex
 _blocked: set[str] = set()
 
 
-def _is_local(host: object) -> bool:
-    """Whether ``host`` (a name, an address or ``None``) stays on this machine."""
-    if host is None:  # a wildcard bind
-        return True
+def _ip_address(host: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an IP address, or ``None`` when it is a name (or not a string)."""
     if isinstance(host, bytes):
         host = host.decode("ascii", "replace")
     if not isinstance(host, str):
-        return False
-    host = host.strip("[]").split("%", 1)[0]
-    if host in ("", "localhost"):
-        return True
+        return None
     try:
-        address = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
     except ValueError:
-        return False
+        return None
+
+
+def _is_local(host: object) -> bool:
+    """Whether ``host`` (a name, an address or ``None``) is this machine."""
+    if host is None or host in ("", b"", "localhost", b"localhost"):
+        return True  # None and "" are wildcard binds
+    address = _ip_address(host)
     # The unspecified address is a wildcard bind or, as a destination, this machine.
-    return address.is_loopback or address.is_unspecified
+    return address is not None and (address.is_loopback or address.is_unspecified)
 
 
 def _local_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-    if not _is_local(host):
+    # An address needs no lookup, so it goes through (connect() decides); a name
+    # other than localhost would ask a DNS server.
+    if not _is_local(host) and _ip_address(host) is None:
         _blocked.add(str(host))
         raise socket.gaierror(
             socket.EAI_NONAME, f"{host!r} not looked up: this test run stays on 127.0.0.1"
@@ -58,23 +67,28 @@ def _local_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
     return _getaddrinfo(host, *args, **kwargs)
 
 
-def _destination_is_local(sock: socket.SocketType, address: Any) -> bool:
+def _is_elsewhere(sock: socket.SocketType, address: Any) -> bool:
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return True  # a Unix socket
-    return isinstance(address, tuple) and _is_local(address[0])
+        return False  # a Unix socket
+    if isinstance(address, tuple) and _is_local(address[0]):
+        return False
+    _blocked.add(str(address[0] if isinstance(address, tuple) else address))
+    return True
 
 
 def _local_connect(self: socket.SocketType, address: Any) -> None:
-    if not _destination_is_local(self, address):
-        _blocked.add(str(address))
-        raise OSError(f"no connection to {address!r}: this test run stays on 127.0.0.1")
+    if _is_elsewhere(self, address):
+        timeout = self.gettimeout()
+        if not timeout:
+            raise OSError(errno.ENETUNREACH, f"{address!r}: this test run stays on 127.0.0.1")
+        time.sleep(timeout)  # what an address that never answers does
+        raise TimeoutError("timed out")
     _connect(self, address)
 
 
 def _local_connect_ex(self: socket.SocketType, address: Any) -> int:
-    if not _destination_is_local(self, address):
-        _blocked.add(str(address))
-        raise OSError(f"no connection to {address!r}: this test run stays on 127.0.0.1")
+    if _is_elsewhere(self, address):
+        return errno.ENETUNREACH
     return _connect_ex(self, address)
 
 
