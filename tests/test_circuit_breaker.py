@@ -49,6 +49,7 @@ from gennet_sync.circuit_breaker import (
     clear_circuit_breakers,
     get_circuit_breaker,
     register_config,
+    remove_circuit_breaker,
     set_default_storage,
 )
 from gennet_sync.exceptions import ServiceUnavailableError
@@ -943,6 +944,29 @@ def test_the_registry_lists_every_breaker_with_its_metrics() -> None:
     assert metrics["b"].successes == 1
     clear_circuit_breakers()
     assert all_circuit_breakers() == []
+
+
+def test_the_registry_removes_one_breaker_by_name() -> None:
+    kept = get_circuit_breaker("kept")
+    gone = get_circuit_breaker("gone", failure_threshold=2)
+    assert remove_circuit_breaker("gone") is gone
+    assert all_circuit_breakers() == [kept]
+    assert remove_circuit_breaker("gone") is None  # already gone: nothing to remove
+    # A new breaker under the old name starts fresh, with its own settings.
+    again = get_circuit_breaker("gone", failure_threshold=7)
+    assert again is not gone and again.config.failure_threshold == 7
+
+
+def test_the_registry_removes_only_the_breaker_it_was_asked_to() -> None:
+    registry = CircuitBreakerRegistry()
+    old = registry.get("host:1")
+    registry.remove("host:1")
+    new = registry.get("host:1")
+    # A caller still holding the old breaker cannot remove its successor.
+    assert registry.remove("host:1", breaker=old) is None
+    assert registry.get("host:1") is new
+    assert registry.remove("host:1", breaker=new) is new
+    assert registry.all() == []
 
 
 def test_registry_storage_comes_from_the_default_then_the_environment(
