@@ -1353,7 +1353,7 @@ def set_default_storage(storage: BreakerStorage | str | None) -> None:
 
 
 def remove_circuit_breaker(name: str) -> CircuitBreaker | None:
-    """Forget the process registry's breaker ``name`` (see :meth:`CircuitBreakerRegistry.remove`)."""
+    """Forget the process registry's breaker ``name`` (:meth:`CircuitBreakerRegistry.remove`)."""
     return registry.remove(name)
 
 
