@@ -58,9 +58,9 @@ from requests.sessions import merge_setting as _untyped_merge_setting
 from requests.utils import get_environ_proxies
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import MaxRetryError, ReadTimeoutError, ResponseError
+from urllib3.exceptions import LocationParseError, MaxRetryError, ReadTimeoutError, ResponseError
 from urllib3.poolmanager import ProxyManager
-from urllib3.util import make_headers
+from urllib3.util import make_headers, parse_url
 from urllib3.util.retry import Retry
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -631,7 +631,10 @@ def host_port(url: str) -> str:
 
     Names a breaker and the ``service`` of an error when no service name is given.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[nope": a Location header can say anything
+        return ""
     host = parts.hostname or ""
     if ":" in host:  # IPv6
         host = f"[{host}]"
@@ -1136,9 +1139,15 @@ def _attach_to_call(connection: HTTPConnection) -> None:
 class _WatchedHTTPConnectionPool(HTTPConnectionPool):
     ConnectionCls = _WatchedHTTPConnection
 
+    def __str__(self) -> str:  # error messages name the pool as urllib3 does
+        return f"HTTPConnectionPool(host={self.host!r}, port={self.port!r})"
+
 
 class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
+
+    def __str__(self) -> str:
+        return f"HTTPSConnectionPool(host={self.host!r}, port={self.port!r})"
 
 
 _WATCHED_POOLS: Final = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
@@ -1741,6 +1750,13 @@ class ServiceSession(requests.Session):
         # The service answered with a redirect elsewhere (object storage, a CDN): that
         # answer is its outcome, and the other host's failures are not its own.  The
         # other host goes through its own breaker when breakers are chosen per host.
+        # A redirect to a URL nothing can follow is the service's failure, though:
+        # InvalidSchema / InvalidURL here, before its answer is counted a success.
+        self.get_adapter(url)
+        try:
+            parse_url(url)
+        except LocationParseError as error:
+            raise requests.exceptions.InvalidURL(error, request=request) from error
         call.permit.success()
         breaker = self.breaker_for(url) if self._breaker_per_host else None
         hop = _Call(
