@@ -1118,15 +1118,14 @@ class _WatchedHTTPConnection(HTTPConnection):
         _attach_to_call(self)
         super().request(method, url, body, headers, **kwargs)
 
-
-class _WatchedHTTPSConnection(HTTPSConnection):
-    """The HTTPS counterpart of :class:`_WatchedHTTPConnection`."""
-
-    def request(
-        self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any
-    ) -> None:
+    def connect(self) -> None:
         _attach_to_call(self)
-        super().request(method, url, body, headers, **kwargs)
+        super().connect()
+
+
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
+    """The HTTPS counterpart of :class:`_WatchedHTTPConnection` (its TLS handshake,
+    made before the request, is watched too)."""
 
 
 def _attach_to_call(connection: HTTPConnection) -> None:
@@ -1463,6 +1462,9 @@ class ServiceSession(requests.Session):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         name = state.pop("_registry_breaker_name", None)
+        # Pickled by a version without these settings.
+        state.setdefault("total_timeout", None)
+        state.setdefault("max_host_breakers", DEFAULT_MAX_HOST_BREAKERS)
         for attribute, value in state.items():
             setattr(self, attribute, value)
         self._per_host_breakers = OrderedDict()
@@ -1656,6 +1658,8 @@ class ServiceSession(requests.Session):
         total = _call_total_timeout.get()
         if total is _DEFAULT:
             total = self.total_timeout
+        else:  # for this call only, not for calls its hooks make
+            _call_total_timeout.set(_DEFAULT)
         deadline = None if total is None else _Deadline(total)
         if deadline is not None:
             kwargs["timeout"] = _capped(kwargs["timeout"], deadline.seconds)

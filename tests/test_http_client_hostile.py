@@ -629,17 +629,7 @@ class TestProtocolFailures:
     def test_bad_redirects_are_502_and_count(
         self, location: str, theirs: type[Exception], reason: str
     ) -> None:
-        redirect = f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
-
-        def redirector(exchange: Exchange, server: RawServer) -> None:
-            while True:
-                head, body = exchange.read_request()
-                if not head:
-                    return
-                server.record(head, body)
-                exchange.send(redirect.encode())
-
-        with raw_server(redirector) as server:
+        with raw_server(answer(302, Location=location)) as server:
             session = ServiceSession(base_url=server.url, service_name="svc", raise_errors=True)
             session.max_redirects = 5
             with pytest.raises(theirs) as caught:
