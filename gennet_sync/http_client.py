@@ -4,13 +4,17 @@
 every service-to-service call needs:
 
 - relative URLs joined to ``base_url`` (absolute URLs are used as given);
-- a default ``(connect, read)`` timeout on every request that passes none;
+- a default ``(connect, read)`` timeout on every request that passes none, and a
+  total time limit per call that a trickling server cannot outlast;
 - the service's circuit breaker from the process-wide registry: connection
-  errors, timeouts and 5xx answers are failures, 4xx answers never are, and an
-  open breaker refuses the call with ``CircuitBreakerError`` before any I/O;
+  errors, timeouts, 5xx answers and garbage (redirect loops, undecodable bodies)
+  are failures, 4xx answers, proxy failures and untrusted certificates never are,
+  and an open breaker refuses the call with ``CircuitBreakerError`` (also a
+  ``requests.ConnectionError``) before any I/O;
 - retries through urllib3's ``Retry`` on the mounted adapters: idempotent
   methods only, connection errors and 502/503/504, exponential backoff with
-  jitter, ``Retry-After`` honoured up to a cap;
+  jitter, a sane ``Retry-After`` honoured up to a cap, never for a body that
+  cannot be sent twice;
 - a connection pool sized for threaded workers, never shared with a forked child;
 - ``X-Request-ID`` of the request being served forwarded on every call, and a
   ``User-Agent`` naming gennet_sync and the calling service;

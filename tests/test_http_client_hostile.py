@@ -646,6 +646,24 @@ class TestProtocolFailures:
             assert not isinstance(raw.value, GenNetException)
             assert session.circuit_breaker.failure_count == 2
 
+    def test_a_body_that_stalls_is_a_504_that_is_also_requests_connection_error(self) -> None:
+        def stall(exchange: Exchange, server: RawServer) -> None:
+            server.record(*exchange.read_request())
+            exchange.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsome")
+            time.sleep(2)
+
+        with raw_server(stall) as server:
+            session = ServiceSession(
+                base_url=server.url, service_name="svc", raise_errors=True, timeout=(1, 0.3)
+            )
+            # requests raises a body read that timed out as a ConnectionError.
+            with pytest.raises(requests.ConnectionError) as caught:
+                session.get("/x")
+            assert isinstance(caught.value, GatewayTimeoutError)
+            assert caught.value.metadata["reason"] == "timeout"
+            assert session.circuit_breaker is not None
+            assert session.circuit_breaker.failure_count == 1
+
     def test_a_bad_url_from_the_caller_is_not_the_services_fault(self) -> None:
         session = ServiceSession(raise_errors=True)
         with pytest.raises(requests.exceptions.InvalidSchema):
@@ -675,6 +693,26 @@ class TestRetryAfter:
         assert elapsed < 4
         assert caught.value.retry_after is None
         assert "Retry-After" not in caught.value.headers
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            ("120", 120.0),
+            ("9999999999", None),  # over a year: nonsense
+            ("Sun, 06 Nov 1994 08:49:37 GMT", 0.0),  # a date in the past: now
+            ("Fri, 31 Dec 9999 23:59:59 GMT", None),
+            ("Sun, 06 Nov 1994 08:49:37", None),  # no zone: not an HTTP date
+            ("12.5", None),
+            ("", None),
+        ],
+    )
+    def test_what_reaches_the_error(self, value: str, expected: float | None) -> None:
+        with responses.RequestsMock() as mock:
+            mock.get("http://svc.test/x", status=429, headers={"Retry-After": value})
+            session = ServiceSession(service_name="svc", raise_errors=True)
+            with pytest.raises(GenNetException) as caught:
+                session.get("http://svc.test/x")
+        assert getattr(caught.value, "retry_after", None) == expected
 
     def test_above_the_cap_is_not_waited_for(self) -> None:
         with raw_server(answer(503, b"busy", Retry_After="3600")) as server:
