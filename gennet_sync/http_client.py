@@ -980,6 +980,8 @@ def _transport_error(
 class _NoPermit:
     """Stands in for a breaker permit when the session has no breaker."""
 
+    done: Final = True
+
     def success(self) -> None:
         pass
 
@@ -1201,7 +1203,7 @@ def _replayable(body: object) -> bool:
     try:
         body.tell()  # type: ignore[attr-defined]
         return bool(body.seekable())  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError):
+    except (AttributeError, OSError, TypeError, ValueError):
         return False
 
 
@@ -1667,12 +1669,11 @@ class ServiceSession(requests.Session):
         deadline = None if total is None else _Deadline(total)
         if deadline is not None:
             kwargs["timeout"] = _capped(kwargs["timeout"], deadline.seconds)
+        replayable = _replayable(request.body)
+        # Nothing may raise between taking the permit and the try below, which
+        # records its outcome: a permit left open would hold a trial slot.
         call = _Call(
-            self,
-            url,
-            self._acquire_permit(breaker, request),
-            deadline,
-            replayable=_replayable(request.body),
+            self, url, self._acquire_permit(breaker, request), deadline, replayable=replayable
         )
         # With raise_errors an error body is read for its envelope, and only so far:
         # the response is streamed, and read in full below when it is no error and
@@ -1681,9 +1682,9 @@ class ServiceSession(requests.Session):
         if self.raise_errors:
             kwargs["stream"] = True
         token = _call_in_progress.set(call)
-        if deadline is not None:
-            _WATCHDOG.watch(deadline)
         try:
+            if deadline is not None:
+                _WATCHDOG.watch(deadline)
             response = self._send_once(call, request, kwargs, read_body=read_body)
             if self.raise_errors and response.status_code >= 400:
                 service = self._service_label(call, breaker, response.url or url)
@@ -1703,6 +1704,8 @@ class ServiceSession(requests.Session):
             if deadline is not None:
                 _WATCHDOG.finish(deadline)
             _call_in_progress.reset(token)
+            if not call.permit.done:  # only when something failed before the send
+                call.permit.ignore()
 
     def _acquire_permit(
         self, breaker: CircuitBreaker | None, request: requests.PreparedRequest
