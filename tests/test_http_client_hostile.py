@@ -234,6 +234,7 @@ class TestRefusalIsARequestsError:
         assert refusal.status_code == 503
         assert refusal.headers["Retry-After"] == "60"
         assert refusal.to_dict()["error"]["type"] == "CircuitBreakerError"
+        assert str(refusal) == "Circuit breaker 'svc' is open; call not attempted"
         assert refusal.request is not None and refusal.request.url == f"{server.url}/x"
 
     def test_refusal_survives_pickling_as_both_classes(self) -> None:
