@@ -90,6 +90,7 @@ __all__ = [
     "get_circuit_breaker",
     "register_config",
     "registry",
+    "remove_circuit_breaker",
     "set_default_storage",
 ]
 
@@ -1270,6 +1271,31 @@ class CircuitBreakerRegistry:
             _check_same(existing, requested, clock, storage)
         return existing
 
+    def remove(self, name: str, *, breaker: CircuitBreaker | None = None) -> CircuitBreaker | None:
+        """Forget the breaker named ``name``: the next :meth:`get` creates a new one.
+
+        Code still holding the removed breaker keeps using it; only the registry
+        lets go of it.
+
+        Example::
+
+            registry.remove("old-host:8000")
+
+        Args:
+            name: The breaker's name.
+            breaker: Remove only if the registered breaker is this one, so a caller
+                cannot remove a breaker someone created under the same name since.
+
+        Returns:
+            The removed breaker; ``None`` when none (or another one) was registered.
+        """
+        with self._lock:
+            current = self._breakers.get(name)
+            if current is None or (breaker is not None and current is not breaker):
+                return None
+            del self._breakers[name]
+            return current
+
     def all(self) -> list[CircuitBreaker]:
         """Every registered breaker, sorted by name."""
         with self._lock:
@@ -1360,6 +1386,11 @@ def register_config(config_name: str, **config: Any) -> None:
 def set_default_storage(storage: BreakerStorage | str | None) -> None:
     """The storage (or storage URL) the registry gives new breakers."""
     registry.set_default_storage(storage)
+
+
+def remove_circuit_breaker(name: str) -> CircuitBreaker | None:
+    """Forget the process registry's breaker ``name`` (:meth:`CircuitBreakerRegistry.remove`)."""
+    return registry.remove(name)
 
 
 def all_circuit_breakers() -> list[CircuitBreaker]:

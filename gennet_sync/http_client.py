@@ -4,13 +4,17 @@
 every service-to-service call needs:
 
 - relative URLs joined to ``base_url`` (absolute URLs are used as given);
-- a default ``(connect, read)`` timeout on every request that passes none;
+- a default ``(connect, read)`` timeout on every request that passes none, and a
+  total time limit per call that a trickling server cannot outlast;
 - the service's circuit breaker from the process-wide registry: connection
-  errors, timeouts and 5xx answers are failures, 4xx answers never are, and an
-  open breaker refuses the call with ``CircuitBreakerError`` before any I/O;
+  errors, timeouts, 5xx answers and garbage (redirect loops, undecodable bodies)
+  are failures, 4xx answers, proxy failures and untrusted certificates never are,
+  and an open breaker refuses the call with ``CircuitBreakerError`` (also a
+  ``requests.ConnectionError``) before any I/O;
 - retries through urllib3's ``Retry`` on the mounted adapters: idempotent
   methods only, connection errors and 502/503/504, exponential backoff with
-  jitter, ``Retry-After`` honoured up to a cap;
+  jitter, a sane ``Retry-After`` honoured up to a cap, never for a body that
+  cannot be sent twice;
 - a connection pool sized for threaded workers, never shared with a forked child;
 - ``X-Request-ID`` of the request being served forwarded on every call, and a
   ``User-Agent`` naming gennet_sync and the calling service;
@@ -28,16 +32,24 @@ redirect, is a success); that host's answers are never counted against it.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import enum
 import functools
 import gzip
+import heapq
+import itertools
 import json
 import logging
 import math
 import os
 import re
+import socket
+import ssl
+import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, version
@@ -49,8 +61,11 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.sessions import merge_setting as _untyped_merge_setting
 from requests.utils import get_environ_proxies
-from urllib3.exceptions import InvalidHeader, MaxRetryError, ReadTimeoutError, ResponseError
-from urllib3.util import make_headers
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import LocationParseError, MaxRetryError, ReadTimeoutError, ResponseError
+from urllib3.poolmanager import ProxyManager
+from urllib3.util import make_headers, parse_url
 from urllib3.util.retry import Retry
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -60,6 +75,7 @@ from gennet_sync.circuit_breaker import (
     CircuitState,
     get_circuit_breaker,
 )
+from gennet_sync.circuit_breaker import registry as _registry
 from gennet_sync.context import REQUEST_ID_HEADER, current_request_id
 from gennet_sync.exceptions import (
     ConflictError,
@@ -84,13 +100,17 @@ __all__ = [
     "ACCEPT_ENCODING",
     "DEFAULT_COMPRESS_MIN_SIZE",
     "DEFAULT_FAILURE_STATUSES",
+    "DEFAULT_MAX_HOST_BREAKERS",
     "DEFAULT_POOL_CONNECTIONS",
     "DEFAULT_POOL_MAXSIZE",
     "DEFAULT_RETRIES",
     "DEFAULT_RETRY_AFTER_MAX",
     "DEFAULT_TIMEOUT",
+    "DEFAULT_TOTAL_TIMEOUT",
     "MAX_ERROR_BODY",
+    "BadGatewayError",
     "DownstreamError",
+    "GatewayTimeoutError",
     "ServiceRetry",
     "ServiceSession",
     "TimeoutValue",
@@ -100,6 +120,7 @@ __all__ = [
     "http_status_code",
     "make_retry",
     "raise_for_error",
+    "requests_flavoured",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,6 +132,15 @@ TimeoutValue: TypeAlias = float | tuple[float | None, float | None] | None
 #: retransmission step; the read timeout stays below gunicorn's default 30 s
 #: worker timeout, so a hung downstream never gets the calling worker killed.
 DEFAULT_TIMEOUT: Final[tuple[float, float]] = (3.05, 20.0)
+
+#: Longest a call to a named service takes in all: connecting, every read, the
+#: retries and their waits, and the body (unless the caller streams it).  Under
+#: gunicorn's default 30 s worker timeout, with time left to answer the client.
+DEFAULT_TOTAL_TIMEOUT: Final = 25.0
+
+#: Per-host breakers a session without a service keeps; the least recently used
+#: goes first, so a crawler-like session cannot grow the registry without end.
+DEFAULT_MAX_HOST_BREAKERS: Final = 512
 
 #: Responses the breaker counts as failures: the service is broken or unreachable.
 #: 4xx answers are the caller's problem and never count; nor does 501.
@@ -158,16 +188,12 @@ _STATUS_CLASSES: Final[Mapping[int, type[GenNetException]]] = {
     504: ServiceUnavailableError,
 }
 
-#: Exceptions from ``Session.send`` that mean the service is unreachable or broken.
-_TRANSPORT_FAILURES: Final = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.RetryError,
-)
+#: ASCII digits only: ``str.isdigit`` also takes "²", which ``float`` refuses.  Ten
+#: digits are centuries; more are garbage, not a wait.
+_DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
 
-#: ASCII digits only: ``str.isdigit`` also takes "²", which ``float`` refuses.
-_DELTA_SECONDS = re.compile(r"[0-9]+")
+#: A ``Retry-After`` further away than this is no wait a server means: ignored.
+_RETRY_AFTER_NONSENSE: Final = 366 * 24 * 3600.0
 _ABSOLUTE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _NOT_TOKEN = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")
@@ -183,18 +209,47 @@ except PackageNotFoundError:  # a source tree that was never installed
 ACCEPT_ENCODING: Final = make_headers(accept_encoding=True)["accept-encoding"].replace(",", ", ")
 
 
-class _Call(NamedTuple):
-    """A logical call in progress: whose it is, where it went first, and its permit."""
+class _Call:
+    """A logical call in progress: whose it is, where it went first, its permit, its
+    deadline, whether its body can be sent again and whether it has been redirected."""
 
-    session: ServiceSession
-    url: str
-    permit: CallPermit | _NoPermit
+    __slots__ = ("deadline", "permit", "redirected", "replayable", "session", "url")
+
+    def __init__(
+        self,
+        session: ServiceSession,
+        url: str,
+        permit: CallPermit | _NoPermit,
+        deadline: _Deadline | None,
+        *,
+        replayable: bool,
+    ) -> None:
+        self.session = session
+        self.url = url
+        self.permit = permit
+        self.deadline = deadline
+        self.replayable = replayable
+        self.redirected = False
 
 
 #: The call in progress in this context; its redirect hops to the same host reuse
 #: its breaker permit instead of asking for another.
 _call_in_progress: ContextVar[_Call | None] = ContextVar(
     "gennet_sync_call_in_progress", default=None
+)
+
+
+class _Default(enum.Enum):
+    """The type of :data:`_DEFAULT`: "the caller said nothing", unlike ``None``."""
+
+    TOKEN = 0
+
+
+_DEFAULT: Final = _Default.TOKEN
+
+#: A ``total_timeout`` given to :meth:`ServiceSession.request` for the call it makes.
+_call_total_timeout: ContextVar[float | _Default | None] = ContextVar(
+    "gennet_sync_call_total_timeout", default=_DEFAULT
 )
 
 
@@ -208,16 +263,16 @@ def _retry_after_seconds(value: str | None, now: float | None = None) -> float |
     value = value.strip()
     if _DELTA_SECONDS.fullmatch(value):
         seconds = float(value)
-        # Hundreds of digits overflow to infinity: not a wait anyone can honour.
-        return seconds if math.isfinite(seconds) else None
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:  # an HTTP date is GMT by definition
-        return None
-    # An HTTP date is wall-clock time, so it is compared with the wall clock.
-    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+    else:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if moment.tzinfo is None:  # an HTTP date is GMT by definition
+            return None
+        # An HTTP date is wall-clock time, so it is compared with the wall clock.
+        seconds = max(0.0, moment.timestamp() - (time.time() if now is None else now))
+    return seconds if seconds <= _RETRY_AFTER_NONSENSE else None
 
 
 class ServiceRetry(Retry):
@@ -233,7 +288,12 @@ class ServiceRetry(Retry):
       dropped mid-exchange is still retried (``read`` counts those), for
       idempotent methods only.
 
-    An invalid ``Retry-After`` header is ignored instead of failing the call.
+    A ``Retry-After`` that is neither a sane number of seconds (at most ten
+    digits, under a year) nor an HTTP date is ignored, as if absent: the usual
+    backoff applies.  A retried response's body is drained to reuse its connection
+    only when it is small; a larger one (or one of unknown size) is dropped with
+    its connection.  Within a :class:`ServiceSession` call, a wait that would end
+    past the call's total time limit is not started: the call times out instead.
 
     Example::
 
@@ -244,10 +304,19 @@ class ServiceRetry(Retry):
     """
 
     def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
-        try:
-            return super().get_retry_after(response)
-        except InvalidHeader:
-            return None
+        seconds = _retry_after_seconds(response.headers.get("Retry-After"))
+        return None if seconds is None else min(seconds, self.retry_after_max)
+
+    def sleep(self, response: BaseHTTPResponse | None = None) -> None:
+        call = _call_in_progress.get()
+        deadline = None if call is None else call.deadline
+        if deadline is not None:
+            wait = self.get_retry_after(response) if response is not None else None
+            if wait is None or not self.respect_retry_after_header:
+                wait = self.get_backoff_time()
+            if wait >= deadline.remaining():
+                raise _TotalTimeoutExceeded(deadline)
+        super().sleep(response)
 
     def increment(
         self,
@@ -268,7 +337,22 @@ class ServiceRetry(Retry):
                     f"({self.retry_after_max} s)"
                 )
                 raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
-        return super().increment(method, url, response, error, _pool, _stacktrace)
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        if response is not None:
+            _drop_if_large(response)
+        return retry
+
+
+def _drop_if_large(response: BaseHTTPResponse) -> None:
+    """Close a response about to be retried unless its body is small.
+
+    urllib3 reads a retried response's whole body to reuse its connection: a 503
+    with a gigabyte body would be read into memory.  Closing drops the connection
+    instead, and leaves urllib3 nothing to read.
+    """
+    length = response.headers.get("Content-Length", "")
+    if not (length.isascii() and length.isdigit() and int(length) <= MAX_ERROR_BODY):
+        response.close()
 
 
 def make_retry(
@@ -552,7 +636,10 @@ def host_port(url: str) -> str:
 
     Names a breaker and the ``service`` of an error when no service name is given.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[nope": a Location header can say anything
+        return ""
     host = parts.hostname or ""
     if ":" in host:  # IPv6
         host = f"[{host}]"
@@ -654,14 +741,238 @@ def raise_for_error(response: requests.Response, *, service: str | None = None) 
         raise error
 
 
-def _transport_error(error: BaseException, service: str) -> ServiceUnavailableError:
-    if isinstance(error, requests.Timeout):
-        message = f"Service '{service}' did not answer in time"
-        reason = "timeout"
-    else:
-        message = f"Service '{service}' could not be reached"
-        reason = "connection_error"
-    return ServiceUnavailableError(message, service=service, metadata={"reason": reason})
+class BadGatewayError(ServiceUnavailableError):
+    """A downstream answered, but not with a response that could be used (502).
+
+    A redirect loop, a redirect to a URL that cannot be followed, a body that
+    cannot be decoded or that ends early: :class:`ServiceSession` raises it with
+    ``raise_errors`` (also as the requests exception it replaces, see
+    :func:`requests_flavoured`).  A ``ServiceUnavailableError``, so code catching
+    that keeps catching it.
+
+    Example::
+
+        raise BadGatewayError("grn sent a corrupt gzip body", service="grn")
+    """
+
+    status_code = 502
+    code = "BAD_GATEWAY"
+    default_message = "Bad gateway"
+
+
+class GatewayTimeoutError(ServiceUnavailableError):
+    """A downstream did not answer in time (504): a timeout or the call's total limit.
+
+    A ``ServiceUnavailableError``, so code catching that keeps catching it.
+
+    Example::
+
+        raise GatewayTimeoutError("grn did not answer in 20 s", service="grn")
+    """
+
+    status_code = 504
+    code = "GATEWAY_TIMEOUT"
+    default_message = "Gateway timeout"
+
+
+def requests_flavoured(
+    ours: type[GenNetException], theirs: type[requests.RequestException]
+) -> type[GenNetException]:
+    """The class of an error that is both ``ours`` and the requests error ``theirs``.
+
+    Everything :class:`ServiceSession` raises in place of a requests exception
+    (a refusal by its breaker, a mapped timeout...) is an instance of such a
+    class, so ``except requests.ConnectionError`` in code written for requests
+    still catches it, and ``except CircuitBreakerError`` too.  It has the name of
+    ``ours`` and renders to the same envelope.  Its ``request`` is the request
+    that failed and ``response`` is ``None``; a pickled copy keeps neither.
+
+    Example::
+
+        cls = requests_flavoured(GatewayTimeoutError, requests.ReadTimeout)
+        assert issubclass(cls, requests.Timeout) and cls.status_code == 504
+
+    Args:
+        ours: A ``GenNetException`` class.
+        theirs: The requests exception class it stands in for.
+
+    Returns:
+        The class (one per pair, cached).
+    """
+    cached = _flavoured_classes.get((ours, theirs))
+    if cached is not None:
+        return cached
+    namespace = {
+        "__module__": __name__,
+        "__qualname__": ours.__qualname__,
+        "__doc__": f"{ours.__name__} raised in place of requests' {theirs.__name__}.",
+        "__reduce__": _reduce_flavoured,
+        "request": None,
+        "response": None,
+    }
+    made = cast(type[GenNetException], type(ours.__name__, (ours, theirs), namespace))
+    # Two threads may both make one: the first stored is the one everybody gets.
+    return _flavoured_classes.setdefault((ours, theirs), made)
+
+
+_flavoured_classes: dict[tuple[type[GenNetException], type[Exception]], type[GenNetException]] = {}
+
+
+def _reduce_flavoured(self: GenNetException) -> tuple[Any, ...]:
+    ours, theirs = type(self).__bases__
+    # A request or response may hold a generator or a socket: they are not pickled.
+    state = {k: v for k, v in self.__dict__.items() if k not in ("request", "response")}
+    return (_restore_flavoured, (ours, theirs, self.message), state)
+
+
+def _restore_flavoured(
+    ours: type[GenNetException], theirs: type[requests.RequestException], message: str
+) -> GenNetException:
+    cls = requests_flavoured(ours, theirs)
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    return error
+
+
+def _flavour(
+    error: GenNetException,
+    theirs: type[requests.RequestException],
+    request: requests.PreparedRequest | None,
+) -> GenNetException:
+    """``error`` as an instance of ``requests_flavoured(type(error), theirs)``."""
+    cls = requests_flavoured(type(error), theirs)
+    flavoured = cls.__new__(cls)
+    Exception.__init__(flavoured, *error.args)
+    flavoured.__dict__.update(error.__dict__)
+    flavoured.request = request  # type: ignore[attr-defined]
+    flavoured.response = None  # type: ignore[attr-defined]
+    return flavoured
+
+
+class _TotalTimeoutExceeded(Exception):
+    """Raised inside a call (not by requests) when its total time limit has passed.
+
+    Not a urllib3 or requests exception, so neither retries it nor wraps it: it
+    comes straight back to :meth:`ServiceSession.send`.
+    """
+
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__(f"the call's total time limit of {deadline.seconds:g} s has passed")
+
+
+class _Failure(NamedTuple):
+    """What a transport failure means: the error raised for it, why, and whether the
+    service's breaker counts it."""
+
+    error_class: type[ServiceUnavailableError]
+    reason: str
+    counts: bool
+
+
+_TOTAL_TIMEOUT = _Failure(GatewayTimeoutError, "total_timeout", counts=True)
+_TIMEOUT = _Failure(GatewayTimeoutError, "timeout", counts=True)
+_UNREACHABLE = _Failure(ServiceUnavailableError, "connection_error", counts=True)
+_RETRIES_EXHAUSTED = _Failure(ServiceUnavailableError, "retries_exhausted", counts=True)
+_BAD_RESPONSE = _Failure(BadGatewayError, "bad_response", counts=True)
+_REDIRECT_LOOP = _Failure(BadGatewayError, "redirect_loop", counts=True)
+_BAD_REDIRECT = _Failure(BadGatewayError, "bad_redirect", counts=True)
+# A dead or refusing proxy says nothing about the service behind it; a breaker for
+# the proxy would refuse calls to every host it serves, a worse outage than the
+# proxy's own.  Not counted at all.
+_PROXY = _Failure(ServiceUnavailableError, "proxy_error", counts=False)
+# A certificate that does not verify is configuration (a CA bundle, a host name),
+# not an outage: retrying will not fix it, and an open breaker would hide the real
+# error behind "circuit open".  Other TLS failures (a handshake cut off) count.
+_TLS_VERIFICATION = _Failure(ServiceUnavailableError, "tls_verification", counts=False)
+
+_MESSAGES: Final[Mapping[str, str]] = {
+    "total_timeout": "Service '{service}' did not answer within the call's total time limit",
+    "timeout": "Service '{service}' did not answer in time",
+    "connection_error": "Service '{service}' could not be reached",
+    "retries_exhausted": "Service '{service}' kept failing after retries",
+    "bad_response": "Service '{service}' sent a response that could not be read",
+    "redirect_loop": "Service '{service}' redirected too many times",
+    "bad_redirect": "Service '{service}' redirected to a URL that cannot be followed",
+    "proxy_error": "Service '{service}' could not be reached through the proxy",
+    "tls_verification": "Service '{service}' did not present a certificate that verifies",
+}
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what it wraps: causes, contexts, and urllib3's ``reason``/args."""
+    pending, seen = [error], set[int]()
+    while pending and len(seen) < 32:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for inner in (current.__cause__, current.__context__, getattr(current, "reason", None)):
+            if isinstance(inner, BaseException):
+                pending.append(inner)
+        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+
+
+def _classify(error: BaseException, call: _Call) -> _Failure | None:
+    """What a failure of ``call`` means for the caller and the breaker; ``None``: not
+    a failure of the service (a bad URL given by the caller, a hook that raised)."""
+    if isinstance(error, GenNetException):  # already ours: a refusal, a mapped error
+        return None
+    if isinstance(error, _TotalTimeoutExceeded) or (
+        call.deadline is not None and call.deadline.expired
+    ):
+        return _TOTAL_TIMEOUT
+    if not isinstance(error, requests.RequestException):
+        return None
+    if isinstance(error, requests.exceptions.ProxyError):
+        return _PROXY
+    if isinstance(error, requests.exceptions.SSLError) and any(
+        isinstance(inner, ssl.SSLCertVerificationError) for inner in _causes(error)
+    ):
+        return _TLS_VERIFICATION
+    if isinstance(error, requests.Timeout) or any(
+        isinstance(inner, ReadTimeoutError) for inner in _causes(error)
+    ):  # requests raises a body read that timed out as a ConnectionError
+        return _TIMEOUT
+    if isinstance(
+        error, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
+    ):
+        return _BAD_RESPONSE
+    if isinstance(error, requests.TooManyRedirects):
+        return _REDIRECT_LOOP
+    if call.redirected and isinstance(
+        error,
+        (
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.InvalidURL,
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidHeader,
+        ),
+    ):
+        return _BAD_REDIRECT
+    if isinstance(error, requests.exceptions.RetryError):
+        return _RETRIES_EXHAUSTED
+    if isinstance(error, requests.ConnectionError):
+        return _UNREACHABLE
+    return None
+
+
+def _transport_error(
+    error: BaseException,
+    failure: _Failure,
+    service: str,
+    request: requests.PreparedRequest,
+) -> GenNetException:
+    """The error raised with ``raise_errors`` for ``error``: ours and the requests one."""
+    mapped = failure.error_class(
+        _MESSAGES[failure.reason].format(service=service),
+        service=service,
+        metadata={"reason": failure.reason},
+    )
+    theirs = type(error) if isinstance(error, requests.RequestException) else None
+    if theirs is None or (failure is _TOTAL_TIMEOUT and not issubclass(theirs, requests.Timeout)):
+        theirs = requests.exceptions.ReadTimeout  # the limit cut off a read
+    return _flavour(mapped, theirs, request)
 
 
 # --------------------------------------------------------------------------- the session
@@ -669,6 +980,8 @@ def _transport_error(error: BaseException, service: str) -> ServiceUnavailableEr
 
 class _NoPermit:
     """Stands in for a breaker permit when the session has no breaker."""
+
+    done: Final = True
 
     def success(self) -> None:
         pass
@@ -682,6 +995,246 @@ class _NoPermit:
 
 _NO_PERMIT: Final = _NoPermit()
 
+
+# --------------------------------------------------------------------------- total time limit
+
+
+class _Deadline:
+    """A call's total time limit, and the connection its current attempt uses."""
+
+    __slots__ = ("at", "connection", "expired", "finished", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.connection: HTTPConnection | None = None
+        self.expired = False
+        self.finished = False
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+
+class _Watchdog:
+    """One daemon thread that cuts off calls still running at their deadline.
+
+    A per-read timeout cannot stop a server that sends a byte just before each
+    read would time out; only closing the socket can.  The thread shuts down the
+    socket of the connection the call is using; the blocked read returns at once
+    and the call fails with a timeout.  Registering a call costs a heap push, not
+    a thread or a timer of its own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._finished_in_heap = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: _Deadline) -> None:
+        with self._lock:
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="gennet-sync-call-deadlines", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0][2] is deadline:  # earlier than what the thread waits for
+                self._lock.notify()
+
+    def attach(self, deadline: _Deadline, connection: HTTPConnection) -> bool:
+        """Make ``connection`` the one to cut at the deadline; ``False`` once it has passed."""
+        with self._lock:
+            if deadline.expired:
+                return False
+            deadline.connection = connection
+            return True
+
+    def finish(self, deadline: _Deadline) -> None:
+        with self._lock:
+            deadline.finished = True
+            deadline.connection = None
+            self._finished_in_heap += 1
+            # Finished calls are left in the heap until their time comes; a busy
+            # process would keep thousands, so they are swept out now and then.
+            if self._finished_in_heap > 1024 and self._finished_in_heap * 2 > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].finished]
+                heapq.heapify(self._heap)
+                self._finished_in_heap = 0
+
+    def _run(self) -> None:
+        with self._lock:
+            while True:
+                if not self._heap:
+                    self._lock.wait()
+                    continue
+                at, _, deadline = self._heap[0]
+                if deadline.finished:
+                    heapq.heappop(self._heap)
+                    self._finished_in_heap -= 1
+                    continue
+                wait = at - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                deadline.expired = True
+                if deadline.connection is not None:
+                    _cut(deadline.connection)
+                    deadline.connection = None
+
+    def _after_fork(self) -> None:
+        # The thread does not exist in a child; a new one starts with its first call.
+        self._lock = threading.Condition(threading.Lock())
+        self._heap = []
+        self._finished_in_heap = 0
+        self._thread = None
+
+
+def _cut(connection: HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is None:
+        return
+    # socket.socket's own shutdown, not SSLSocket's: that one also drops its TLS
+    # object, under the feet of the thread reading from it.  OSError: already closed.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_WATCHDOG: Final = _Watchdog()
+
+
+def _capped(timeout: TimeoutValue, limit: float) -> TimeoutValue:
+    """``timeout`` with no part longer than ``limit`` (``None``: wait forever, capped too)."""
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+        return (
+            limit if connect is None else min(connect, limit),
+            limit if read is None else min(read, limit),
+        )
+    return limit if timeout is None else min(timeout, limit)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    """An HTTP connection that tells the call in progress it carries its request."""
+
+    def request(
+        self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any
+    ) -> None:
+        _attach_to_call(self)
+        super().request(method, url, body, headers, **kwargs)
+
+    def connect(self) -> None:
+        _attach_to_call(self)
+        super().connect()
+
+
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
+    """The HTTPS counterpart of :class:`_WatchedHTTPConnection` (its TLS handshake,
+    made before the request, is watched too)."""
+
+
+def _attach_to_call(connection: HTTPConnection) -> None:
+    call = _call_in_progress.get()
+    deadline = None if call is None else call.deadline
+    if deadline is not None and not _WATCHDOG.attach(deadline, connection):
+        raise _TotalTimeoutExceeded(deadline)  # a retry after the limit: not sent
+
+
+class _WatchedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+    def __str__(self) -> str:  # error messages name the pool as urllib3 does
+        return f"HTTPConnectionPool(host={self.host!r}, port={self.port!r})"
+
+
+class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+    def __str__(self) -> str:
+        return f"HTTPSConnectionPool(host={self.host!r}, port={self.port!r})"
+
+
+_WATCHED_POOLS: Final = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
+
+#: What a request whose body cannot be sent twice gets instead of the session's retries.
+_NO_RETRIES: Final = Retry(0, read=False, redirect=False, raise_on_status=False)
+
+
+class _ServiceAdapter(HTTPAdapter):
+    """requests' adapter with connections the deadline watchdog can cut, and no
+    retries for a call whose body cannot be sent again."""
+
+    @property
+    def max_retries(self) -> Retry:
+        call = _call_in_progress.get()
+        if call is not None and not call.replayable:
+            return _NO_RETRIES
+        return self._max_retries
+
+    @max_retries.setter
+    def max_retries(self, retries: Retry) -> None:
+        self._max_retries = retries
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is ProxyManager:  # not a SOCKS manager: its pools are its own
+            manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+        return manager
+
+
+def _replayable(body: object) -> bool:
+    """Whether urllib3 can send ``body`` again, byte for byte, on a retry.
+
+    Bytes can; a file can when it is seekable and tells its position (urllib3
+    rewinds it there); a generator, an iterator or a pipe cannot: a retry would
+    send what is left of it, usually nothing.
+    """
+    if body is None or isinstance(body, (bytes, bytearray, str, memoryview)):
+        return True
+    if not hasattr(body, "read"):
+        return False
+    try:
+        body.tell()  # type: ignore[attr-defined]
+        return bool(body.seekable())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- per-host breakers
+
+#: Guards every session's per-host breakers and their removal from the registry.
+_host_breakers_lock = threading.Lock()
+
+
+def _breaker_used_elsewhere(name: str, breaker: CircuitBreaker, session: ServiceSession) -> bool:
+    """Whether a live session other than ``session`` goes through ``breaker``."""
+    for other in list(_live_sessions):
+        if other is session:
+            continue
+        if other._breaker is breaker or other._per_host_breakers.get(name) is breaker:
+            return True
+    return False
+
+
+def _release_host_breaker(name: str, breaker: CircuitBreaker, session: ServiceSession) -> None:
+    """Forget a breaker ``session`` dropped, unless another session still uses it.
+
+    Its state goes with it (with a shared storage it is read back by the next
+    breaker of that name).  A breaker fetched from the registry by other code is
+    not known here: that code keeps its object, the registry makes a new one.
+    """
+    if not _breaker_used_elsewhere(name, breaker, session):
+        _registry.remove(name, breaker=breaker)
+
+
 #: Sessions alive in this process; a forked child drops their inherited connections.
 _live_sessions: weakref.WeakSet[ServiceSession] = weakref.WeakSet()
 
@@ -692,6 +1245,9 @@ def _drop_inherited_connections() -> None:
     Closing the child's copy of a socket leaves the parent's connection open; the
     pools fill again with the child's own connections on its next calls.
     """
+    global _host_breakers_lock  # noqa: PLW0603
+    _host_breakers_lock = threading.Lock()
+    _WATCHDOG._after_fork()
     for session in list(_live_sessions):
         for adapter in list(session.adapters.values()):
             adapter.close()
@@ -755,6 +1311,9 @@ class ServiceSession(requests.Session):
         circuit_breaker_threshold: Consecutive failures that open the breaker.
         circuit_breaker_timeout: Seconds the breaker stays open before a trial call.
         circuit_breaker: A breaker to use instead of the registry's.
+        max_host_breakers: Per-host breakers kept when there is no service name or
+            ``base_url``; the least recently used beyond it is dropped (and
+            removed from the registry unless another session uses it).
         circuit_breaker_config: More breaker settings (``BreakerConfig`` fields and
             the registry's ``clock``, ``storage``, ``config``...); they override the
             two above.  The registry raises ``ValueError`` when a breaker of that
@@ -762,6 +1321,15 @@ class ServiceSession(requests.Session):
         failure_statuses: Response statuses the breaker counts as failures.
         timeout: Default ``(connect, read)`` seconds, or one number for both, for
             requests that pass no ``timeout``; ``None``: no default (wait forever).
+            A call's own ``timeout=None`` waits forever, as in requests.
+        total_timeout: Most seconds one call may take in all: connecting, every
+            read, the retries and their waits, and the body unless the caller
+            streams it.  Past it the call fails with a timeout
+            (``GatewayTimeoutError`` with ``raise_errors``, else
+            ``requests.ReadTimeout``) that counts against the breaker.  By
+            default :data:`DEFAULT_TOTAL_TIMEOUT` when the session names a service
+            (``service_name`` or ``base_url``), else ``None`` (no limit, as
+            requests).  ``request(..., total_timeout=)`` sets it for one call.
         retries: Retries per call (see :func:`make_retry`), or a urllib3 ``Retry``
             to mount as it is; 0: none.
         raise_errors: Raise error responses as ``GenNetException`` (see
@@ -804,6 +1372,8 @@ class ServiceSession(requests.Session):
         "retry",
         "pool_connections",
         "pool_maxsize",
+        "total_timeout",
+        "max_host_breakers",
         "_breaker_settings",
         "_breaker_per_host",
         "_own_breaker",
@@ -819,8 +1389,10 @@ class ServiceSession(requests.Session):
         circuit_breaker_timeout: float = 60.0,
         circuit_breaker: CircuitBreaker | None = None,
         circuit_breaker_config: Mapping[str, Any] | None = None,
+        max_host_breakers: int = DEFAULT_MAX_HOST_BREAKERS,
         failure_statuses: Collection[int] = DEFAULT_FAILURE_STATUSES,
         timeout: TimeoutValue = DEFAULT_TIMEOUT,
+        total_timeout: float | _Default | None = _DEFAULT,
         retries: int | Retry = DEFAULT_RETRIES,
         raise_errors: bool = False,
         pool_connections: int = DEFAULT_POOL_CONNECTIONS,
@@ -847,9 +1419,17 @@ class ServiceSession(requests.Session):
             raise ValueError("pool_connections and pool_maxsize must be >= 1")
         if compress_min_size < 0:
             raise ValueError(f"compress_min_size must be >= 0, got {compress_min_size}")
+        if max_host_breakers < 1:
+            raise ValueError(f"max_host_breakers must be >= 1, got {max_host_breakers}")
+        if total_timeout is _DEFAULT:
+            total_timeout = DEFAULT_TOTAL_TIMEOUT if service_name or base_url else None
+        if total_timeout is not None and not total_timeout > 0:
+            raise ValueError(f"total_timeout must be > 0 or None, got {total_timeout!r}")
         self.base_url: str | None = base_url
         self.service_name: str | None = service_name
         self.timeout: TimeoutValue = _validate_timeout(timeout)
+        self.total_timeout: float | None = total_timeout
+        self.max_host_breakers = max_host_breakers
         self.raise_errors = raise_errors
         self.failure_statuses: frozenset[int] = frozenset(failure_statuses)
         self.forward_request_id = forward_request_id
@@ -865,7 +1445,7 @@ class ServiceSession(requests.Session):
             "recovery_timeout": circuit_breaker_timeout,
             **(circuit_breaker_config or {}),
         }
-        self._per_host_breakers: dict[str, CircuitBreaker] = {}
+        self._per_host_breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
         self._environ_proxies_by_host: dict[tuple[str, str, str | None], dict[str, str]] = {}
         self._breaker: CircuitBreaker | None = None
         self._breaker_per_host = False
@@ -877,7 +1457,8 @@ class ServiceSession(requests.Session):
             if name is None:
                 self._breaker_per_host = True
             else:
-                self._breaker = get_circuit_breaker(name, **self._breaker_settings)
+                with _host_breakers_lock:  # not while an eviction removes it
+                    self._breaker = get_circuit_breaker(name, **self._breaker_settings)
 
         self.headers["User-Agent"] = _user_agent(caller or os.environ.get("GENNET_SERVICE_NAME"))
         self.headers["Accept-Encoding"] = ACCEPT_ENCODING
@@ -897,16 +1478,20 @@ class ServiceSession(requests.Session):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         name = state.pop("_registry_breaker_name", None)
+        # Pickled by a version without these settings.
+        state.setdefault("total_timeout", None)
+        state.setdefault("max_host_breakers", DEFAULT_MAX_HOST_BREAKERS)
         for attribute, value in state.items():
             setattr(self, attribute, value)
-        self._per_host_breakers = {}
+        self._per_host_breakers = OrderedDict()
         self._environ_proxies_by_host = {}
         if name is not None:
-            self._breaker = get_circuit_breaker(name, **self._breaker_settings)
+            with _host_breakers_lock:
+                self._breaker = get_circuit_breaker(name, **self._breaker_settings)
         _live_sessions.add(self)
 
     def _make_adapter(self) -> HTTPAdapter:
-        return HTTPAdapter(
+        return _ServiceAdapter(
             pool_connections=self.pool_connections,
             pool_maxsize=self.pool_maxsize,
             max_retries=self.retry,
@@ -918,15 +1503,37 @@ class ServiceSession(requests.Session):
         return self._breaker
 
     def breaker_for(self, url: str) -> CircuitBreaker | None:
-        """The breaker a call to ``url`` goes through (``None``: no breaker)."""
+        """The breaker a call to ``url`` goes through (``None``: no breaker).
+
+        Per host, at most ``max_host_breakers`` are kept: the least recently used
+        beyond that is dropped, and removed from the registry unless another live
+        session uses it.
+        """
         if not self._breaker_per_host:
             return self._breaker
         host = host_port(url)
-        breaker = self._per_host_breakers.get(host)
-        if breaker is None:
+        breakers = self._per_host_breakers
+        with _host_breakers_lock:
+            breaker = breakers.get(host)
+            if breaker is not None:
+                breakers.move_to_end(host)
+                return breaker
             breaker = get_circuit_breaker(host, **self._breaker_settings)
-            self._per_host_breakers[host] = breaker
+            breakers[host] = breaker
+            while len(breakers) > self.max_host_breakers:
+                _release_host_breaker(*breakers.popitem(last=False), self)
         return breaker
+
+    def close(self) -> None:
+        """Close the connection pools and let go of the per-host breakers.
+
+        A per-host breaker no other live session uses leaves the registry; the
+        session still works after ``close()``, with new ones.
+        """
+        super().close()
+        with _host_breakers_lock:
+            while self._per_host_breakers:
+                _release_host_breaker(*self._per_host_breakers.popitem(last=False), self)
 
     def _service_label(self, call: _Call, breaker: CircuitBreaker | None, failed_url: str) -> str:
         """Who failed: this session's service, or the host a redirect led to."""
@@ -1005,16 +1612,55 @@ class ServiceSession(requests.Session):
             # which would describe a body that is no longer there.
             prepared_request.headers.pop("Content-Encoding", None)
 
+    def request(
+        self,
+        method: str | bytes,
+        url: str | bytes,
+        *args: Any,
+        total_timeout: float | _Default | None = _DEFAULT,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """``requests.Session.request``, with the session's timeout when none is given.
+
+        ``timeout=None`` given by the caller waits forever, as in requests.
+
+        Args:
+            method: The HTTP method.
+            url: Relative to ``base_url``, or absolute.
+            *args: requests' positional arguments (``params``, ``data``...).
+            total_timeout: This call's total time limit in seconds (``None``: none);
+                the session's ``total_timeout`` by default.
+            **kwargs: requests' keyword arguments.
+
+        Returns:
+            The response, as requests returns it.
+        """
+        # timeout is requests' 9th parameter, the 7th after method and url.
+        if len(args) < 7 and "timeout" not in kwargs:
+            kwargs["timeout"] = self.timeout
+        if total_timeout is not _DEFAULT and total_timeout is not None and not total_timeout > 0:
+            raise ValueError(f"total_timeout must be > 0 or None, got {total_timeout!r}")
+        token = _call_total_timeout.set(total_timeout)
+        try:
+            return super().request(method, url, *args, **kwargs)
+        finally:
+            _call_total_timeout.reset(token)
+
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         """Send ``request`` through the breaker, with the default timeout and headers.
 
         Raises:
-            CircuitBreakerError: The service's breaker refuses calls; nothing was sent.
-            GenNetException: With ``raise_errors``, for an error response or a
-                connection failure (``ServiceUnavailableError``).
-            requests.RequestException: Without ``raise_errors``, as requests does.
+            CircuitBreakerError: The service's breaker refuses calls; nothing was
+                sent.  Also a ``requests.ConnectionError``.
+            GenNetException: With ``raise_errors``, for an error response, or for a
+                transport failure (``ServiceUnavailableError``, ``BadGatewayError``,
+                ``GatewayTimeoutError``, each also the requests exception it replaces).
+            requests.RequestException: Without ``raise_errors``, as requests does
+                (``requests.ReadTimeout`` past the total time limit).
         """
-        if kwargs.get("timeout") is None:
+        if isinstance(request, requests.Request):  # as requests refuses it, before any use
+            raise ValueError("You can only send PreparedRequests.")
+        if "timeout" not in kwargs:  # a direct send(); request() always passes one
             kwargs["timeout"] = self.timeout
         if self.forward_request_id and self.request_id_header not in request.headers:
             request_id = current_request_id()
@@ -1027,30 +1673,103 @@ class ServiceSession(requests.Session):
         if call is not None and call.session is self:
             return self._send_redirect_hop(call, url, request, kwargs)
         breaker = self.breaker_for(url)
-        lease = _call_seconds(kwargs["timeout"])  # a shared trial slot is held this long at most
+        total = _call_total_timeout.get()
+        if total is _DEFAULT:
+            total = self.total_timeout
+        else:  # for this call only, not for calls its hooks make
+            _call_total_timeout.set(_DEFAULT)
+        deadline = None if total is None else _Deadline(total)
+        if deadline is not None:
+            kwargs["timeout"] = _capped(kwargs["timeout"], deadline.seconds)
+        replayable = _replayable(request.body)
+        # A shared HALF_OPEN trial slot is leased for as long as this call can run.
+        lease = deadline.seconds if deadline is not None else _call_seconds(kwargs["timeout"])
+        # Nothing may raise between taking the permit and the try below, which
+        # records its outcome: a permit left open would hold a trial slot.
         call = _Call(
-            self, url, _NO_PERMIT if breaker is None else breaker.acquire(trial_lease=lease)
+            self,
+            url,
+            self._acquire_permit(breaker, request, lease),
+            deadline,
+            replayable=replayable,
         )
+        # With raise_errors an error body is read for its envelope, and only so far:
+        # the response is streamed, and read in full below when it is no error and
+        # the caller did not ask to stream.
+        read_body = self.raise_errors and not kwargs.get("stream")
+        if self.raise_errors:
+            kwargs["stream"] = True
         token = _call_in_progress.set(call)
         try:
-            response = self._send_once(call, request, kwargs)
-        except _TRANSPORT_FAILURES as error:
-            if self.raise_errors:
-                failed = error.request.url if error.request is not None else url
-                service = self._service_label(call, breaker, failed or url)
-                raise _transport_error(error, service) from error
-            raise
+            if deadline is not None:
+                _WATCHDOG.watch(deadline)
+            response = self._send_once(call, request, kwargs, read_body=read_body)
+            if self.raise_errors and response.status_code >= 400:
+                service = self._service_label(call, breaker, response.url or url)
+                mapped = error_from_response(response, service=service)
+                # The caller never sees this response: free its connection now;
+                # the unread rest of a large body goes with it.
+                response.close()
+                if mapped is not None:
+                    raise mapped
+            return response
+        except Exception as error:
+            replacement = self._replacement(call, breaker, error, request)
+            if replacement is None:
+                raise
+            raise replacement from error
         finally:
+            if deadline is not None:
+                _WATCHDOG.finish(deadline)
             _call_in_progress.reset(token)
-        if self.raise_errors and response.status_code >= 400:
-            service = self._service_label(call, breaker, response.url or url)
-            mapped = error_from_response(response, service=service)
-            # The caller never sees this response: free its connection now, even
-            # when streaming and the body was not read.
-            response.close()
-            if mapped is not None:
-                raise mapped
-        return response
+            if not call.permit.done:  # only when something failed before the send
+                call.permit.ignore()
+
+    def _acquire_permit(
+        self,
+        breaker: CircuitBreaker | None,
+        request: requests.PreparedRequest,
+        trial_lease: float | None,
+    ) -> CallPermit | _NoPermit:
+        """The breaker's permit for one call: the one place a call is admitted.
+
+        ``trial_lease`` is the longest the call can run (its total time limit, else
+        connect + read timeout): a shared trial slot is held no longer than that.
+
+        Raises:
+            CircuitBreakerError: Refused; also a ``requests.ConnectionError``.
+        """
+        if breaker is None:
+            return _NO_PERMIT
+        try:
+            return breaker.acquire(trial_lease=trial_lease)
+        except CircuitBreakerError as refusal:
+            raise _flavour(refusal, requests.exceptions.ConnectionError, request) from None
+
+    def _replacement(
+        self,
+        call: _Call,
+        breaker: CircuitBreaker | None,
+        error: Exception,
+        request: requests.PreparedRequest,
+    ) -> Exception | None:
+        """What ``send`` raises instead of ``error``; ``None``: ``error`` itself."""
+        failure = _classify(error, call)
+        if failure is None:
+            return None
+        if self.raise_errors:
+            failed = getattr(error, "request", None)
+            failed_url = (failed.url if failed is not None else None) or call.url
+            service = self._service_label(call, breaker, failed_url)
+            return _transport_error(error, failure, service, request)
+        if failure is _TOTAL_TIMEOUT and not isinstance(error, requests.Timeout):
+            assert call.deadline is not None
+            return requests.exceptions.ReadTimeout(
+                f"{call.url}: no complete answer within the call's total time limit "
+                f"({call.deadline.seconds:g} s)",
+                request=request,
+            )
+        return None
 
     def _send_redirect_hop(
         self,
@@ -1059,28 +1778,59 @@ class ServiceSession(requests.Session):
         request: requests.PreparedRequest,
         kwargs: dict[str, Any],
     ) -> requests.Response:
+        call.redirected = True
         if host_port(url) == host_port(call.url):
             # Same service: the call's permit records the outcome of the last hop.
             return super().send(request, **kwargs)
         # The service answered with a redirect elsewhere (object storage, a CDN): that
         # answer is its outcome, and the other host's failures are not its own.  The
         # other host goes through its own breaker when breakers are chosen per host.
+        # A redirect to a URL nothing can follow is the service's failure, though:
+        # InvalidSchema / InvalidURL here, before its answer is counted a success.
+        self.get_adapter(url)
+        try:
+            parse_url(url)
+        except LocationParseError as error:
+            raise requests.exceptions.InvalidURL(error, request=request) from error
         call.permit.success()
         breaker = self.breaker_for(url) if self._breaker_per_host else None
-        hop = _Call(self, url, _NO_PERMIT if breaker is None else breaker.acquire())
-        return self._send_once(hop, request, kwargs)
+        deadline = call.deadline
+        lease = deadline.remaining() if deadline is not None else _call_seconds(kwargs["timeout"])
+        permit = self._acquire_permit(breaker, request, lease if lease and lease > 0 else None)
+        hop = _Call(self, url, permit, deadline, replayable=True)
+        hop.redirected = True
+        return self._send_once(hop, request, kwargs, read_body=False)
 
     def _send_once(
-        self, call: _Call, request: requests.PreparedRequest, kwargs: dict[str, Any]
+        self,
+        call: _Call,
+        request: requests.PreparedRequest,
+        kwargs: dict[str, Any],
+        *,
+        read_body: bool,
     ) -> requests.Response:
-        """``Session.send`` with its outcome recorded on the call's permit."""
+        """``Session.send`` with its outcome recorded on the call's permit.
+
+        ``read_body``: read the body of a response below 400 in full, as requests
+        does when not streaming, and count a failure to read it.
+        """
         try:
             response = super().send(request, **kwargs)
-        except _TRANSPORT_FAILURES as error:
-            call.permit.failure(error)
+            if read_body and response.status_code < 400:
+                try:
+                    response.content  # noqa: B018  (reads the body, as requests does)
+                except BaseException:
+                    response.close()
+                    raise
+        except Exception as error:
+            failure = _classify(error, call)
+            if failure is not None and failure.counts:
+                call.permit.failure(error)
+            else:
+                # Not the service's fault: a bad URL, a hook that raised, a proxy.
+                call.permit.ignore()
             raise
-        except BaseException:
-            # Not the service's fault: a bad URL, a hook that raised, KeyboardInterrupt.
+        except BaseException:  # KeyboardInterrupt...
             call.permit.ignore()
             raise
         if response.status_code in self.failure_statuses:

@@ -51,6 +51,7 @@ from gennet_sync.circuit_breaker import (
     clear_circuit_breakers,
     get_circuit_breaker,
     register_config,
+    remove_circuit_breaker,
     set_default_storage,
 )
 from gennet_sync.exceptions import ServiceUnavailableError
@@ -948,6 +949,29 @@ def test_the_registry_lists_every_breaker_with_its_metrics() -> None:
     assert all_circuit_breakers() == []
 
 
+def test_the_registry_removes_one_breaker_by_name() -> None:
+    kept = get_circuit_breaker("kept")
+    gone = get_circuit_breaker("gone", failure_threshold=2)
+    assert remove_circuit_breaker("gone") is gone
+    assert all_circuit_breakers() == [kept]
+    assert remove_circuit_breaker("gone") is None  # already gone: nothing to remove
+    # A new breaker under the old name starts fresh, with its own settings.
+    again = get_circuit_breaker("gone", failure_threshold=7)
+    assert again is not gone and again.config.failure_threshold == 7
+
+
+def test_the_registry_removes_only_the_breaker_it_was_asked_to() -> None:
+    registry = CircuitBreakerRegistry()
+    old = registry.get("host:1")
+    registry.remove("host:1")
+    new = registry.get("host:1")
+    # A caller still holding the old breaker cannot remove its successor.
+    assert registry.remove("host:1", breaker=old) is None
+    assert registry.get("host:1") is new
+    assert registry.remove("host:1", breaker=new) is new
+    assert registry.all() == []
+
+
 def test_registry_storage_comes_from_the_default_then_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1600,7 +1624,9 @@ def test_a_service_session_leases_a_trial_for_its_timeout_plus_the_margin(
     shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]], clock: FakeClock
 ) -> None:
     breaker, storage = tripped_shared(shared, clock)
-    session = ServiceSession("http://grn.test", circuit_breaker=breaker, timeout=(1.0, 4.0))
+    session = ServiceSession(
+        "http://grn.test", circuit_breaker=breaker, timeout=(1.0, 4.0), total_timeout=None
+    )
     with responses.RequestsMock() as mock:
         mock.get("http://grn.test/a", body="ok")
         mock.get("http://grn.test/b", body="ok")
@@ -1613,6 +1639,21 @@ def test_a_service_session_leases_a_trial_for_its_timeout_plus_the_margin(
         pytest.approx(5.0 + TRIAL_LEASE_MARGIN),
         pytest.approx(5.0 + TRIAL_LEASE_MARGIN),
     ]
+
+
+def test_a_service_session_with_a_total_time_limit_leases_a_trial_for_that_limit(
+    shared: Callable[..., tuple[CircuitBreaker, RecordingStorage]], clock: FakeClock
+) -> None:
+    # The total limit bounds retries and Retry-After waits too, which the per-read
+    # timeouts do not: it is how long the trial can really run.
+    breaker, storage = tripped_shared(shared, clock)
+    session = ServiceSession(
+        "http://grn.test", circuit_breaker=breaker, timeout=(1.0, 4.0), total_timeout=3.0
+    )
+    with responses.RequestsMock() as mock:
+        mock.get("http://grn.test/a", body="ok")
+        assert session.get("http://grn.test/a").text == "ok"
+    assert leases_asked(storage) == [pytest.approx(3.0 + TRIAL_LEASE_MARGIN, abs=0.05)]
 
 
 def test_a_listener_interrupted_by_a_trial_outcome_still_closes_the_fleet_and_frees_the_slot(

@@ -63,6 +63,7 @@ from gennet_sync.http_client import (
     DEFAULT_TIMEOUT,
     MAX_ERROR_BODY,
     DownstreamError,
+    GatewayTimeoutError,
     ServiceRetry,
     ServiceSession,
     downstream_error_class,
@@ -886,15 +887,20 @@ class TestRaiseErrorsOption:
             assert session.get("/x").json() == {"ok": True}
 
     @pytest.mark.parametrize(
-        ("exc", "reason"),
+        ("exc", "reason", "ours", "status"),
         [
-            (requests.ConnectionError("refused"), "connection_error"),
-            (requests.ConnectTimeout("connect"), "timeout"),
-            (requests.ReadTimeout("read"), "timeout"),
+            (requests.ConnectionError("refused"), "connection_error", ServiceUnavailableError, 503),
+            (requests.ConnectTimeout("connect"), "timeout", GatewayTimeoutError, 504),
+            (requests.ReadTimeout("read"), "timeout", GatewayTimeoutError, 504),
         ],
     )
     def test_transport_failures_become_service_unavailable(
-        self, mock: responses.RequestsMock, exc: Exception, reason: str
+        self,
+        mock: responses.RequestsMock,
+        exc: Exception,
+        reason: str,
+        ours: type[GenNetException],
+        status: int,
     ) -> None:
         mock.get(f"{BASE}/x", body=exc)
         with ServiceSession(
@@ -904,7 +910,10 @@ class TestRaiseErrorsOption:
                 session.get("/x")
             assert session.circuit_breaker is not None
             assert session.circuit_breaker.failure_count == 1
-        assert type(caught.value) is ServiceUnavailableError
+        # Ours (a timeout is a 504, still a ServiceUnavailableError) and requests' own.
+        assert type(caught.value).__bases__ == (ours, type(exc))
+        assert caught.value.status_code == status
+        assert caught.value.to_dict()["error"]["type"] == ours.__name__
         assert caught.value.service == "svc"
         assert caught.value.metadata["reason"] == reason
         assert isinstance(caught.value.__cause__, type(exc))

@@ -29,14 +29,6 @@ SDIST_CACHE: Final = ROOT / ".cache" / "requests-sdist"
 PLUGINS: Final = Path(__file__).resolve().parent / "requests_suite"
 RUN_TIMEOUT: Final = 600.0
 
-#: Each test of requests' suite starts with no breaker.  With process-wide breakers
-#: kept from test to test, as in a real process, the suite's tests of dead proxies
-#: open the breaker of the destination they never reached (ServiceSession counts a
-#: ProxyError against the destination host), and every later call to the suite's
-#: httpbin is refused with CircuitBreakerError for 60 s: which tests fail then
-#: depends on how long they take.
-FRESH_BREAKERS_PER_TEST: Final = True
-
 #: Tests of requests' suite that pass with ``requests.Session`` and, on purpose,
 #: not with ``ServiceSession``: node ID -> why.  README lists the same differences
 #: under "Differences from plain requests (measured with requests' own test suite)".
@@ -129,7 +121,6 @@ def _start_run(sdist: Path, workdir: Path, *, swap: bool) -> subprocess.Popen[by
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     env["GENNET_SUITE_OUTCOMES"] = str(workdir / "outcomes.json")
     env["GENNET_SWAP_REPORT"] = str(workdir / "swap.json")
-    env["GENNET_SWAP_FRESH_BREAKERS"] = "1" if FRESH_BREAKERS_PER_TEST else "0"
     command = [
         sys.executable,
         "-m",

@@ -5,11 +5,11 @@ tests (see ``tests/test_requests_suite.py``).  It swaps the class before the
 suite's modules are imported, so ``requests.Session()``, ``requests.session()``,
 ``requests.get()`` (``requests.api`` builds ``sessions.Session()``) and the
 suite's subclasses of ``requests.Session`` all get a ``ServiceSession`` with no
-service name and default settings, as a user swapping the class would.  Each
-test starts with an empty breaker registry (see ``_fresh_breakers``).
+service name and default settings, as a user swapping the class would.  The
+breakers live for the whole run, as in one long-lived process.
 
 At the end it writes what the run went through (the class in place and the
-calls its breakers recorded) to the JSON file named by ``GENNET_SWAP_REPORT``, so the
+calls its breakers admitted and refused) to the JSON file named by ``GENNET_SWAP_REPORT``, so the
 calling test can prove the calls really went through ``ServiceSession``.
 """
 
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 import requests.sessions
 
-from gennet_sync.circuit_breaker import circuit_breaker_metrics, clear_circuit_breakers
+from gennet_sync.circuit_breaker import CircuitBreakerError
 from gennet_sync.http_client import ServiceSession
 
 REPORT_ENV = "GENNET_SWAP_REPORT"
@@ -45,35 +45,38 @@ def _swap() -> None:
 _swap()
 
 
-FRESH_BREAKERS_ENV = "GENNET_SWAP_FRESH_BREAKERS"
-_totals = {"calls": 0, "failures": 0, "rejections": 0}
+_totals = {"calls": 0, "rejections": 0}
+
+
+def _count_admissions() -> None:
+    """Count every call a breaker admitted or refused, whatever the breaker.
+
+    The breakers live for the whole run, as in one long-lived process: a test's
+    outcome may depend on what the tests before it did to a host's breaker.  A
+    session's per-host breakers leave the registry when it is closed, so the
+    counts are taken where a call is admitted, not from the registry at the end.
+    """
+    acquire = ServiceSession._acquire_permit
+
+    def counting(self: ServiceSession, *args: Any, **kwargs: Any) -> Any:
+        try:
+            permit = acquire(self, *args, **kwargs)
+        except CircuitBreakerError:
+            _totals["rejections"] += 1
+            raise
+        _totals["calls"] += 1
+        return permit
+
+    ServiceSession._acquire_permit = counting  # type: ignore[method-assign]
+
+
+_count_admissions()
 
 
 @pytest.fixture(autouse=True)
-def _fresh_breakers() -> Iterator[None]:
-    """Each test starts with no breaker, as if it ran in a process of its own.
-
-    Unless ``GENNET_SWAP_FRESH_BREAKERS=0``: the registry's per-host breakers
-    outlive a session, so a test's outcome then depends on the failures of the
-    tests before it and, once a breaker opened, on how long they took (it stays
-    open 60 s).  Within one test the breakers are left alone.
-    """
+def _still_swapped() -> None:
     # A test that puts requests.Session back would silently test requests.
     assert requests.sessions.Session is ServiceSession, "requests.Session was restored"
-    fresh = os.environ.get(FRESH_BREAKERS_ENV, "1") != "0"
-    if fresh:
-        clear_circuit_breakers()
-    yield
-    if fresh:
-        _count_breaker_calls()
-        clear_circuit_breakers()
-
-
-def _count_breaker_calls() -> None:
-    for metrics in circuit_breaker_metrics().values():
-        _totals["calls"] += metrics.calls
-        _totals["failures"] += metrics.failures
-        _totals["rejections"] += metrics.rejections
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -81,7 +84,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     path = os.environ.get(REPORT_ENV)
     if not path:
         return
-    _count_breaker_calls()  # those still registered: all of them without a reset
     session_class = requests.sessions.Session
     report = {
         "session_class": f"{session_class.__module__}.{session_class.__qualname__}",
