@@ -95,7 +95,7 @@ class FleetSync:
         # a lock, so two threads that both find a sync due cost one more round trip,
         # never a wrong state (the breaker drops a reply that a newer transition made
         # stale).
-        self.synced_at = -math.inf
+        self._synced_at = -math.inf
         self._queued: list[QueuedAction] = []
         # A time window is judged on the fleet's totals when the storage keeps them
         # (a count window has no fleet-wide order: it stays per process).
@@ -115,20 +115,15 @@ class FleetSync:
         # belong to; None right after a transition of our own (not known yet).
         self._closings: int | None = None
 
-    @property
-    def keeps_window(self) -> bool:
-        """True when the storage aggregates this breaker's rate window fleet-wide."""
-        return self._sync_window is not None
-
     def sync_due(self, now: float) -> bool:
         """True when the breaker's view is older than ``sync_interval``."""
-        return now - self.synced_at >= self.sync_interval
+        return now - self._synced_at >= self.sync_interval
 
     def claim_sync(self, now: float) -> bool:
         """True when a sync is due; the caller then makes it (the next one is not due)."""
-        if now - self.synced_at < self.sync_interval:
+        if now - self._synced_at < self.sync_interval:
             return False
-        self.synced_at = now
+        self._synced_at = now
         return True
 
     # -- under the breaker's lock ---------------------------------------------------
