@@ -683,8 +683,8 @@ class CircuitBreaker(_StateMachine):
         """
         if trial_lease is not None and not 0 < trial_lease < math.inf:
             raise ValueError(f"trial_lease must be a finite number > 0, not {trial_lease!r}")
-        if self._fleet is not None:
-            return self._acquire_shared(self._fleet, trial_lease)
+        if self._shared:
+            return self._acquire_shared(trial_lease)
         # CLOSED admits without the lock: it changes nothing, and reading the
         # generation before the state makes a permit that races a transition
         # stale (its outcome is not counted) rather than wrong.
@@ -740,7 +740,7 @@ class CircuitBreaker(_StateMachine):
         if (
             self._state is not _CLOSED
             or not self._plain_call
-            or (self._fleet is not None and self._fleet.sync_due(self._clock()))
+            or (self._shared and self._sync_is_due())
         ):
             return self._call(func, *args, **kwargs)
         # _record's hot path, inlined (keep the two in step): CLOSED, nothing to
@@ -940,12 +940,17 @@ class CircuitBreaker(_StateMachine):
             events = self._take_events()
         self._finish(events)
 
-    def _acquire_shared(self, fleet: FleetSync, trial_lease: float | None) -> CallPermit:
+    def _sync_is_due(self) -> bool:
+        return self._fleet is not None and self._fleet.sync_due(self._clock())
+
+    def _acquire_shared(self, trial_lease: float | None) -> CallPermit:
         """:meth:`acquire` with a shared storage: sync when due, then admit locally.
 
         A HALF_OPEN trial also needs one of the fleet's trial slots; without one the
         call is refused and its local slot given back.
         """
+        fleet = self._fleet
+        assert fleet is not None
         now = self._clock()
         if fleet.claim_sync(now):
             self._sync(fleet, now)
