@@ -15,12 +15,19 @@ import enum
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar, assert_never
 
 from gennet_sync.breaker_policy import BreakerConfig
 from gennet_sync.storage import BreakerStorage, SharedState, WindowTotals
 
-__all__ = ["FORCED_OPEN_SHARED_SECONDS", "TRIAL_LEASE_MARGIN", "FleetAction", "FleetSync"]
+__all__ = [
+    "FORCED_OPEN_SHARED_SECONDS",
+    "TRIAL_LEASE_MARGIN",
+    "FailureCounted",
+    "FleetAction",
+    "FleetSync",
+    "QueuedAction",
+]
 
 # The breaker's own logger: an operator who watches the breaker sees its storage failing.
 _logger = logging.getLogger("gennet_sync.circuit_breaker")
@@ -58,10 +65,10 @@ class FleetAction(enum.Enum):
 
 
 #: A queued storage call: the action and its seconds (0.0 when it takes none).
-QueuedAction = tuple[FleetAction, float]
+QueuedAction: TypeAlias = tuple[FleetAction, float]
 
 #: Told the fleet's reply to a :attr:`FleetAction.RECORD_FAILURE` (``None``: unavailable).
-FailureCounted = Callable[[SharedState | None], None]
+FailureCounted: TypeAlias = Callable[[SharedState | None], None]
 
 
 class FleetSync:
@@ -179,9 +186,10 @@ class FleetSync:
             closed: Whether the breaker is CLOSED after adopting the reply: only a
                 CLOSED period has a window.
         """
-        window = None if shared is None else shared.window
         if shared is None:
             self._totals = None
+            return False
+        window = shared.window
         if window is None:
             return False
         self._closings = window.closings
@@ -233,8 +241,10 @@ class FleetSync:
                 self._ask(storage.reset_failures)
             elif action is FleetAction.SET_OPEN:
                 self._ask(storage.set_open, seconds)
-            else:
+            elif action is FleetAction.SET_CLOSED:
                 self._ask(storage.set_closed)
+            else:
+                assert_never(action)
 
     def load(self) -> SharedState | None:
         """The fleet's state, or ``None`` when unavailable."""
@@ -289,5 +299,6 @@ class FleetSync:
             return method(self.name, *args, **kwargs)
         except Exception:
             # The protocol says "never raise"; a backend that does is treated as unavailable.
-            _logger.exception("circuit breaker %r: storage.%s raised", self.name, method.__name__)
+            called = getattr(method, "__name__", method)
+            _logger.exception("circuit breaker %r: storage.%s raised", self.name, called)
             return None
