@@ -72,7 +72,6 @@ __all__ = [
     "SharedState",
     "WindowStorage",
     "WindowTotals",
-    "storage_from_url",
 ]
 
 
@@ -93,16 +92,17 @@ class CircuitState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class WindowTotals:
-    """The calls a time-based rate window holds, across the whole fleet.
+    """The calls a rate window holds: a breaker's own, or the whole fleet's.
 
     Attributes:
         calls: Calls that succeeded or failed (ignored calls do not count).
         failures: Of those, the failures.
         slow_calls: Of those, the slow ones.
-        closings: How many times the fleet has been closed: numbers the CLOSED
-            period these totals belong to.  Passed back with the next
-            :meth:`WindowStorage.sync_window`, so outcomes recorded in an
-            earlier CLOSED period never join a later one.
+        closings: For the fleet's window, how many times the fleet has been
+            closed: numbers the CLOSED period these totals belong to.  Passed
+            back with the next :meth:`WindowStorage.sync_window`, so outcomes
+            recorded in an earlier CLOSED period never join a later one.  0 for
+            a window kept in one process.
 
     Example::
 
@@ -281,19 +281,3 @@ class MemoryStorage:
 
     def release_trial(self, name: str) -> None:
         return None
-
-
-def storage_from_url(url: str | None) -> BreakerStorage:
-    """The storage a URL names: ``None``/``""``/``"memory://"`` or ``redis://host:port/db``.
-
-    Raises:
-        ValueError: for a URL scheme that names no storage.
-    """
-    if not url or url.startswith("memory:"):
-        return MemoryStorage()
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        # Imported here so the default path needs no redis-py.
-        from gennet_sync.redis_storage import RedisStorage  # noqa: PLC0415
-
-        return RedisStorage.from_url(url)
-    raise ValueError(f"GENNET_BREAKER_STORAGE must be memory:// or a redis:// URL, not {url!r}")

@@ -1,17 +1,15 @@
 """Type aliases shared by the breaker modules: callables, protocols and ParamSpecs.
 
 One place for them, so a signature reads the same everywhere (the way
-``flask.typing`` does it).  Nothing here runs at import time beyond building
-the aliases; the event class is imported for type checkers only.
+``flask.typing`` does it).  This module imports nothing from the package, so
+every other module can import it.  The listener protocol lives beside the event
+it receives (:class:`gennet_sync.breaker_policy.StateListener`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeAlias, TypeVar
-
-if TYPE_CHECKING:
-    from gennet_sync._breaker_policy import StateChangeEvent
+from typing import Any, ParamSpec, Protocol, TypeAlias, TypeVar
 
 __all__ = [
     "Clock",
@@ -21,7 +19,6 @@ __all__ = [
     "R",
     "RandomSource",
     "ResultPredicate",
-    "StateListener",
 ]
 
 #: The parameters of a function wrapped by a breaker decorator.
@@ -37,20 +34,6 @@ RandomSource: TypeAlias = Callable[[], float]
 ExceptionPredicate: TypeAlias = Callable[[BaseException], bool]
 #: Decides something about the value a protected call returned.
 ResultPredicate: TypeAlias = Callable[[Any], bool]
-
-
-class StateListener(Protocol):
-    """Called with every state change of a breaker (outside its lock).
-
-    Example::
-
-        def log_change(event: StateChangeEvent, /) -> None:
-            logger.info("%s: %s -> %s", event.name, event.old_state, event.new_state)
-
-        breaker = CircuitBreaker(name="grn", listeners=[log_change])
-    """
-
-    def __call__(self, event: StateChangeEvent, /) -> None: ...
 
 
 class OpenDurationPolicy(Protocol):

@@ -34,8 +34,8 @@ from gennet_sync.storage import (
     SharedState,
     WindowStorage,
     WindowTotals,
-    storage_from_url,
 )
+from gennet_sync.storage_url import storage_from_url
 from tests.conftest import FakeClock
 from tests.redis_server import RedisServer, free_port
 

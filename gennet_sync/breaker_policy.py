@@ -11,9 +11,9 @@ import enum
 import math
 import random
 from dataclasses import dataclass, field, fields
-from typing import Literal, TypedDict
+from typing import Literal, Protocol, TypedDict
 
-from gennet_sync.storage import CircuitState
+from gennet_sync.storage import CircuitState, WindowTotals
 from gennet_sync.typing import ExceptionPredicate, OpenDurationPolicy, RandomSource, ResultPredicate
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "FixedOpenDuration",
     "Outcome",
     "StateChangeEvent",
+    "StateListener",
     "TransitionReason",
 ]
 
@@ -114,6 +115,20 @@ class StateChangeEvent:
     new_state: CircuitState
     at: float
     reason: TransitionReason
+
+
+class StateListener(Protocol):
+    """Called with every state change of a breaker (outside its lock).
+
+    Example::
+
+        def log_change(event: StateChangeEvent, /) -> None:
+            logger.info("%s: %s -> %s", event.name, event.old_state, event.new_state)
+
+        breaker = CircuitBreaker(name="grn", listeners=[log_change])
+    """
+
+    def __call__(self, event: StateChangeEvent, /) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,7 +482,7 @@ class CountWindow:
         window = CountWindow(2)
         for failed in (True, False, False):
             window.record(failed, False, 0.0)
-        assert window.totals(0.0) == (2, 0, 0)  # the failure left the window
+        assert window.totals(0.0) == WindowTotals(calls=2)  # the failure left the window
     """
 
     __slots__ = ("_failures", "_filled", "_index", "_ring", "_size", "_slow")
@@ -496,9 +511,9 @@ class CountWindow:
         self._slow += slow
         self._index = (self._index + 1) % self._size
 
-    def totals(self, now: float) -> tuple[int, int, int]:
-        """``(calls, failures, slow_calls)`` in the window."""
-        return self._filled, self._failures, self._slow
+    def totals(self, now: float) -> WindowTotals:
+        """The calls, failures and slow calls in the window."""
+        return WindowTotals(self._filled, self._failures, self._slow)
 
     def clear(self) -> None:
         """Forget every call."""
@@ -512,11 +527,21 @@ class TimeWindow:
 
         window = TimeWindow(10)
         window.record(True, False, 100.0)
-        assert window.totals(105.0) == (1, 1, 0)
-        assert window.totals(110.0) == (0, 0, 0)  # ten seconds later it has left
+        assert window.totals(105.0) == WindowTotals(calls=1, failures=1)
+        assert window.totals(110.0) == WindowTotals()  # ten seconds later it has left
     """
 
-    __slots__ = ("_calls", "_epochs", "_failures", "_latest", "_size", "_slow", "_totals")
+    __slots__ = (
+        "_calls",
+        "_epochs",
+        "_failures",
+        "_latest",
+        "_size",
+        "_slow",
+        "_total_calls",
+        "_total_failures",
+        "_total_slow",
+    )
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -524,7 +549,7 @@ class TimeWindow:
         self._calls = [0] * size
         self._failures = [0] * size
         self._slow = [0] * size
-        self._totals = [0, 0, 0]
+        self._total_calls = self._total_failures = self._total_slow = 0
         self._latest = -(2**62)
 
     def _advance(self, second: int) -> None:
@@ -539,9 +564,9 @@ class TimeWindow:
         for leaving in range(start, oldest_kept):
             slot = leaving % self._size
             if self._epochs[slot] < oldest_kept and self._calls[slot]:
-                self._totals[0] -= self._calls[slot]
-                self._totals[1] -= self._failures[slot]
-                self._totals[2] -= self._slow[slot]
+                self._total_calls -= self._calls[slot]
+                self._total_failures -= self._failures[slot]
+                self._total_slow -= self._slow[slot]
                 self._calls[slot] = self._failures[slot] = self._slow[slot] = 0
         self._latest = second
 
@@ -558,15 +583,14 @@ class TimeWindow:
         self._calls[slot] += 1
         self._failures[slot] += failed
         self._slow[slot] += slow
-        self._totals[0] += 1
-        self._totals[1] += failed
-        self._totals[2] += slow
+        self._total_calls += 1
+        self._total_failures += failed
+        self._total_slow += slow
 
-    def totals(self, now: float) -> tuple[int, int, int]:
-        """``(calls, failures, slow_calls)`` in the ``size`` seconds up to ``now``."""
+    def totals(self, now: float) -> WindowTotals:
+        """The calls, failures and slow calls in the ``size`` seconds up to ``now``."""
         self._advance(math.floor(now))
-        calls, failures, slow = self._totals
-        return calls, failures, slow
+        return WindowTotals(self._total_calls, self._total_failures, self._total_slow)
 
     def clear(self) -> None:
         """Forget every call."""
@@ -575,7 +599,7 @@ class TimeWindow:
         self._calls = [0] * size
         self._failures = [0] * size
         self._slow = [0] * size
-        self._totals = [0, 0, 0]
+        self._total_calls = self._total_failures = self._total_slow = 0
 
 
 def make_window(config: BreakerConfig) -> CountWindow | TimeWindow | None:
@@ -587,11 +611,9 @@ def make_window(config: BreakerConfig) -> CountWindow | TimeWindow | None:
     return TimeWindow(config.window_size)
 
 
-def rate_trip_reason(
-    config: BreakerConfig, totals: tuple[int, int, int]
-) -> TransitionReason | None:
-    """Which rate policy, if any, says a window holding ``(calls, failures, slow)`` must open."""
-    calls, failures, slow = totals
+def rate_trip_reason(config: BreakerConfig, totals: WindowTotals) -> TransitionReason | None:
+    """Which rate policy, if any, says a window holding ``totals`` must open."""
+    calls, failures, slow = totals.calls, totals.failures, totals.slow_calls
     if calls < config.minimum_calls:
         return None
     threshold = config.failure_rate_threshold
