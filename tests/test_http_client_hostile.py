@@ -453,14 +453,20 @@ def _gzip_bomb() -> bytes:
 
 _CHILD = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
     from gennet_sync.http_client import ServiceSession
     from gennet_sync.exceptions import GenNetException
+
+    def peak_kib():
+        # VmHWM: this program's own peak RSS.  Not ru_maxrss, which a child keeps
+        # from the (large) pytest process it was forked from, across exec.
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
     url = sys.argv[1]
     session = ServiceSession(base_url=url, service_name="svc", raise_errors=True,
                              retries=int(sys.argv[2]), timeout=(5, 30), total_timeout=120)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = peak_kib()
     start = time.monotonic()
     try:
         session.get("/huge")
@@ -469,7 +475,7 @@ _CHILD = textwrap.dedent(
     else:
         outcome = "no error"
     elapsed = time.monotonic() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_kib()
     print(json.dumps({"outcome": outcome, "grew_kib": peak - baseline, "seconds": elapsed}))
     """
 )
@@ -477,14 +483,20 @@ _CHILD = textwrap.dedent(
 
 _CONTROL_CHILD = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
     import requests
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def peak_kib():
+        # VmHWM: this program's own peak RSS.  Not ru_maxrss, which a child keeps
+        # from the (large) pytest process it was forked from, across exec.
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+    baseline = peak_kib()
     start = time.monotonic()
     response = requests.get(sys.argv[1], stream=True, timeout=30)
     body = response.raw.read(300 * 1024 * 1024)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_kib()
     outcome = f"read {len(body)}"
     print(json.dumps({"outcome": outcome, "grew_kib": peak - baseline,
                       "seconds": time.monotonic() - start}))
