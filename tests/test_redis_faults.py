@@ -35,7 +35,7 @@ from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
-#: The gateway's read timeout: a trial can run 1 + READ_TIMEOUT s.
+#: The gateway's read timeout: a trial can run 1 + READ_TIMEOUT s (its total limit).
 READ_TIMEOUT = 8.0
 #: How long the fleet keeps a trial's slot for a worker that never reports.
 LEASE = 1.0 + READ_TIMEOUT + TRIAL_LEASE_MARGIN
