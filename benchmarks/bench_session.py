@@ -43,7 +43,8 @@ import requests
 from flask import Flask, Response, jsonify
 from requests.adapters import BaseAdapter
 
-from gennet_sync import ServiceSession, clear_circuit_breakers
+from gennet_sync import ServiceSession
+from gennet_sync.circuit_breaker import clear_circuit_breakers
 
 ROOT = Path(__file__).resolve().parent.parent
 

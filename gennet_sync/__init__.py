@@ -1,31 +1,25 @@
-"""gennet_sync: resilience and one JSON error envelope for synchronous Flask services."""
+"""gennet_sync: resilience and one JSON error envelope for synchronous Flask services.
+
+The names here are what a service author uses.  Everything else stays importable
+from the module that defines it: the breaker's internals (``Outcome``,
+``TransitionReason``, ``CallPermit``, the registry functions) from
+:mod:`gennet_sync.circuit_breaker`, its settings and policies from
+:mod:`gennet_sync.breaker_policy`, the Redis backend from
+:mod:`gennet_sync.redis_storage`, the session's helpers from
+:mod:`gennet_sync.http_client`.
+"""
 
 from __future__ import annotations
 
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
+from gennet_sync.breaker_policy import BreakerConfig
 from gennet_sync.circuit_breaker import (
-    BreakerConfig,
-    BreakerMetrics,
-    BreakerMode,
-    CallPermit,
     CircuitBreaker,
     CircuitBreakerError,
-    CircuitBreakerRegistry,
-    CircuitState,
-    ExponentialOpenDuration,
-    FixedOpenDuration,
-    Outcome,
-    StateChangeEvent,
-    TransitionReason,
-    all_circuit_breakers,
     circuit_breaker,
-    circuit_breaker_metrics,
-    clear_circuit_breakers,
     get_circuit_breaker,
-    register_config,
-    set_default_storage,
 )
 from gennet_sync.compression import Compression
 from gennet_sync.context import RequestIdFilter, current_request_id
@@ -41,14 +35,10 @@ from gennet_sync.exceptions import (
     UnauthorizedError,
     ValidationError,
 )
-from gennet_sync.http_client import (
-    DownstreamError,
-    ServiceRetry,
-    ServiceSession,
-    raise_for_error,
-)
+from gennet_sync.http_client import ServiceSession, raise_for_error
 from gennet_sync.openapi import OpenAPI, doc
-from gennet_sync.versioning import APIVersion, VersionedAPI
+from gennet_sync.storage import BreakerStorage, CircuitState, MemoryStorage
+from gennet_sync.versioning import VersionedAPI
 
 try:
     __version__ = version("gennet_sync")
@@ -58,47 +48,32 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "APIVersion",
     "BreakerConfig",
-    "BreakerMetrics",
-    "BreakerMode",
-    "CallPermit",
+    "BreakerStorage",
     "CircuitBreaker",
     "CircuitBreakerError",
-    "CircuitBreakerRegistry",
     "CircuitState",
     "Compression",
     "ConflictError",
-    "DownstreamError",
-    "ExponentialOpenDuration",
-    "FixedOpenDuration",
     "ForbiddenError",
     "GenNet",
     "GenNetException",
     "InternalServerError",
+    "MemoryStorage",
     "NotFoundError",
     "OpenAPI",
-    "Outcome",
     "RateLimitError",
     "RequestIdFilter",
-    "ServiceRetry",
     "ServiceSession",
     "ServiceUnavailableError",
-    "StateChangeEvent",
-    "TransitionReason",
     "UnauthorizedError",
     "ValidationError",
     "VersionedAPI",
     "__version__",
-    "all_circuit_breakers",
     "circuit_breaker",
-    "circuit_breaker_metrics",
-    "clear_circuit_breakers",
     "current_request_id",
     "doc",
     "get_circuit_breaker",
     "raise_for_error",
-    "register_config",
-    "set_default_storage",
     "setup_error_handlers",
 ]

@@ -341,11 +341,23 @@ class _StateMachine:
         self._rejections += 1
         return False, False
 
-    def _record_outcome(self, permit: CallPermit, outcome: Outcome, now: float) -> None:
+    def _now(self, now: float | None) -> float:
+        return self._clock() if now is None else now
+
+    def _record_outcome(self, permit: CallPermit, outcome: Outcome, now: float | None) -> None:
+        """Count an outcome and make the transitions it causes.
+
+        ``now`` is ``None`` when the clock was not read for it (nothing is timed):
+        a transition then reads it.  A reading of 0.0 is a time like any other.
+        """
         if outcome is _SUCCESS:
             self._successes += 1
-        slow = permit._started is not None and now - permit._started >= (
-            self._slow_call_duration or 0.0
+        # A permit has a start time only when calls are timed, and then now is read.
+        slow = (
+            permit._started is not None
+            and self._slow_call_duration is not None
+            and now is not None
+            and now - permit._started >= self._slow_call_duration
         )
         self._slow_calls += slow
         if outcome is _FAILURE:
@@ -357,20 +369,22 @@ class _StateMachine:
         if permit._trial:
             self._trials -= outcome is not _FAILURE
             if outcome is _FAILURE:
-                self._to_open(now or self._clock(), TransitionReason.TRIAL_FAILED)
+                self._to_open(self._now(now), TransitionReason.TRIAL_FAILED)
             elif outcome is _SUCCESS:
                 self._trial_successes += 1
                 if self._trial_successes >= self.config.success_threshold:
-                    self._to_closed(now or self._clock(), TransitionReason.TRIAL_SUCCEEDED)
+                    self._to_closed(self._now(now), TransitionReason.TRIAL_SUCCEEDED)
             return
         if outcome is _IGNORED:
             return
         failed = outcome is _FAILURE
         fleet = self._fleet
+        # Only a time window reads the time, and with one the clock is always read.
+        stamp = 0.0 if now is None else now
         if self._window is not None:
-            self._window.record(failed, slow, now)
+            self._window.record(failed, slow, stamp)
             if fleet is not None:
-                fleet.record(failed, slow, now)
+                fleet.record(failed, slow, stamp)
         if self._mode is not _NORMAL:
             return  # metrics only
         if not failed:
@@ -384,12 +398,12 @@ class _StateMachine:
                 # The storage counts fleet-wide and opens at the threshold.
                 fleet.queue(FleetAction.RECORD_FAILURE, self._next_open_duration())
             elif self._failure_threshold and self._consecutive_failures >= self._failure_threshold:
-                self._to_open(now or self._clock(), TransitionReason.FAILURE_THRESHOLD)
+                self._to_open(self._now(now), TransitionReason.FAILURE_THRESHOLD)
                 return
         if self._window is not None and (failed or slow):
-            reason = rate_trip_reason(self.config, self._window_totals(now))
+            reason = rate_trip_reason(self.config, self._window_totals(stamp))
             if reason is not None:
-                self._to_open(now or self._clock(), reason)
+                self._to_open(self._now(now), reason)
 
     def _adopt(self, shared: SharedState, now: float, reason: TransitionReason) -> None:
         """Make the local state machine agree with the shared one."""
@@ -692,7 +706,10 @@ class CircuitBreaker(_StateMachine):
         generation = self._generation
         if self._state is _CLOSED:
             return CallPermit(
-                self, generation, self._clock() if self._slow_call_duration else None, False
+                self,
+                generation,
+                self._clock() if self._slow_call_duration is not None else None,
+                False,
             )
         now = self._clock()
         retry_after: float | None
@@ -705,7 +722,7 @@ class CircuitBreaker(_StateMachine):
                 events = None
             else:
                 admitted, trial = self._admit(now)
-                started = now if self._slow_call_duration else None
+                started = now if self._slow_call_duration is not None else None
                 permit = CallPermit(self, self._generation, started, trial) if admitted else None
                 retry_after = None if admitted else self._retry_after(now)
                 state = self._state
@@ -827,7 +844,7 @@ class CircuitBreaker(_StateMachine):
         self._record(permit, outcome, error)
 
     def _record(self, permit: CallPermit, outcome: Outcome, error: BaseException | None) -> None:
-        now = self._clock() if self._clock_on_record else 0.0
+        now = self._clock() if self._clock_on_record else None
         with self._lock:
             if permit._done:
                 return
@@ -1126,6 +1143,30 @@ class CircuitBreakerRegistry:
         with self._lock:
             self._default_storage = resolved
 
+    def adopt_default_storage(self, url: str) -> None:
+        """Make the storage at ``url`` the default, unless another one is already.
+
+        For a Flask app's ``GENNET_BREAKER_STORAGE``: breakers are per process, so
+        two apps in one process that ask for different storages cannot both have
+        theirs, and the second must not silently move the first one's breakers.
+
+        Raises:
+            RuntimeError: Another default storage is set (by another app, or by
+                :meth:`set_default_storage`).
+        """
+        storage = self._storage_for_url(url)
+        with self._lock:
+            current = self._default_storage
+            if current is None:
+                self._default_storage = storage
+                return
+        if current is not storage:
+            raise RuntimeError(
+                f"GENNET_BREAKER_STORAGE={url!r}, but this process's breakers already use "
+                f"{current!r}: breakers are shared by every app in a process, so its apps "
+                "must name the same storage"
+            )
+
     def get(
         self,
         name: str,
@@ -1337,4 +1378,5 @@ def _reinit_after_fork() -> None:
         breaker._after_fork()
 
 
-os.register_at_fork(after_in_child=_reinit_after_fork)
+if hasattr(os, "register_at_fork"):  # not on every platform (Windows)
+    os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -781,8 +781,11 @@ class Compression:
     def init_app(self, app: Flask) -> None:
         """Install the request decoder and the response hook on ``app``."""
         state = app_state(app)
-        if state.features.get(_FEATURE) is not None:
-            raise RuntimeError("Compression is already set up on this app")
+        existing = state.features.get(_FEATURE)
+        if existing is self:
+            return
+        if existing is not None:
+            raise RuntimeError("this app already has a Compression; use that one")
         state.features[_FEATURE] = self
         if self.settings.decompress_requests:
             app.wsgi_app = _RequestDecodingMiddleware(  # type: ignore[method-assign]

@@ -35,7 +35,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream, get_path_info
 
-from gennet_sync.circuit_breaker import set_default_storage
+from gennet_sync.circuit_breaker import registry
 from gennet_sync.context import (
     REQUEST_ID_HEADER,
     RequestIdFilter,
@@ -275,9 +275,11 @@ class GenNet:
         app.config.setdefault("GENNET_REQUEST_ID_HEADER", REQUEST_ID_HEADER)
         storage_url = app.config.get("GENNET_BREAKER_STORAGE")
         if storage_url:
-            set_default_storage(storage_url)
+            registry.adopt_default_storage(storage_url)
         if EXTENSION_KEY in app.extensions:
-            return  # already set up: registering the handlers twice would be harmless but noisy
+            # Already set up, by this or another GenNet: it has no settings of its own,
+            # so any instance is the same extension (features set it up on demand).
+            return
         app.extensions[EXTENSION_KEY] = AppState(extension=self)
         # Flask logs the exceptions no handler took ("Exception on /path") itself.
         app.logger.addFilter(RequestIdFilter())
@@ -303,10 +305,12 @@ def setup_error_handlers(app: Flask) -> GenNet:
         app = Flask(__name__)
         setup_error_handlers(app)
 
+    Calling it again on the same app changes nothing.
+
     Returns:
-        The :class:`GenNet` extension now registered on ``app``.
+        The :class:`GenNet` extension registered on ``app``.
     """
-    return GenNet(app)
+    return app_state(app).extension
 
 
 _UNSAFE_IN_LOG = re.compile(r"[\x00-\x1f\x7f-\x9f\\\u2028\u2029]")

@@ -1253,7 +1253,7 @@ def _drop_inherited_connections() -> None:
             adapter.close()
 
 
-if hasattr(os, "register_at_fork"):
+if hasattr(os, "register_at_fork"):  # not on every platform (Windows)
     os.register_at_fork(after_in_child=_drop_inherited_connections)
 
 

@@ -461,8 +461,11 @@ class OpenAPI:
     def init_app(self, app: Flask) -> None:
         """Register the document and docs routes on ``app``."""
         state = app_state(app)
-        if state.features.get(_FEATURE) is not None:
-            raise RuntimeError("OpenAPI is already set up on this app")
+        existing = state.features.get(_FEATURE)
+        if existing is not None and existing["extension"] is self:
+            return
+        if existing is not None:
+            raise RuntimeError("this app already has an OpenAPI; use that one")
         state.features[_FEATURE] = {"extension": self, "cache": {}}
         if self.spec_url is not None:
             app.add_url_rule(self.spec_url, "gennet_openapi_spec", self._serve_spec)

@@ -244,7 +244,8 @@ def _reset_instances_after_fork() -> None:
         storage._after_fork()
 
 
-os.register_at_fork(after_in_child=_reset_instances_after_fork)
+if hasattr(os, "register_at_fork"):  # not on every platform (Windows)
+    os.register_at_fork(after_in_child=_reset_instances_after_fork)
 
 
 def _milliseconds(seconds: float) -> int:

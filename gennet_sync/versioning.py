@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, jsonify, request
 from flask.sansio.blueprints import BlueprintSetupState
@@ -273,7 +273,10 @@ class VersionedAPI:
         self.index = index
         self.header_routing = header_routing
         self._versions: dict[str, APIVersion] = {}
-        self._apps: list[Flask] = []
+        # Registered on every app this API is set up on: its records register each
+        # version there, including versions declared later (Flask keeps the per-app
+        # setup state, so the API itself holds no app).
+        self._versions_blueprint = _VersionBlueprint("gennet_api_versions_root", __name__)
         # (version name, script root) -> its response headers; cleared when a
         # version is declared, since that can change the successor.
         self._header_cache: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
@@ -299,7 +302,6 @@ class VersionedAPI:
         if existing is not None:
             raise RuntimeError("this app already has a VersionedAPI; use that one")
         state.features[_FEATURE] = self
-        self._apps.append(app)
         app.before_request(self._reject_unknown_version)
         app.after_request(self._add_version_headers)
         if self.header_routing:
@@ -308,8 +310,7 @@ class VersionedAPI:
             app.add_url_rule(
                 self.prefix, endpoint="gennet_api_versions", view_func=self._versions_index
             )
-        for version in self._versions.values():
-            self._register(app, version)
+        app.register_blueprint(self._versions_blueprint)  # registers every version so far
 
     def version(
         self,
@@ -360,8 +361,9 @@ class VersionedAPI:
         )
         self._versions[name] = version
         self._header_cache.clear()
-        for app in self._apps:
-            self._register(app, version)
+        self._versions_blueprint.record(
+            lambda setup: self._register(cast("Flask", setup.app), version)
+        )
         return bp
 
     def version_for_path(self, path: str) -> APIVersion | None:

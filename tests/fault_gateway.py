@@ -3,9 +3,9 @@
 Run under real gunicorn by ``tests/test_redis_faults.py``, with every worker's
 breaker shared through ``GENNET_BREAKER_STORAGE``.  ``GET /relay`` calls
 ``FAULT_DOWNSTREAM_URL`` + ``/work`` through a ``ServiceSession`` (threshold 1,
-open 1 s, timeout ``(1, FAULT_READ_TIMEOUT)`` and a total limit of their sum, no retries, errors raised): the
-caller gets the downstream's answer, or the error envelope (a 503 while the
-breaker refuses), never anything else.  The worker's PID rides along in
+open 1 s, timeout ``(1, FAULT_READ_TIMEOUT)`` and a total limit of their sum, no
+retries, errors raised): the caller gets the downstream's answer, or the error
+envelope (a 503 while the breaker refuses), never anything else.  The worker's PID rides along in
 ``X-Worker-Pid`` so a test can kill the very worker a call is running in.
 """
 
