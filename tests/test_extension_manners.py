@@ -46,7 +46,10 @@ def test_the_same_extension_twice_on_an_app_changes_nothing(name: str) -> None:
     extension = EXTENSIONS_WITH_SETTINGS[name]()
     extension.init_app(app)  # type: ignore[attr-defined]
     rules = sorted(str(rule) for rule in app.url_map.iter_rules())
-    hooks = (len(app.before_request_funcs.get(None, [])), len(app.after_request_funcs.get(None, [])))
+    hooks = (
+        len(app.before_request_funcs.get(None, [])),
+        len(app.after_request_funcs.get(None, [])),
+    )
     extension.init_app(app)  # type: ignore[attr-defined]
     assert sorted(str(rule) for rule in app.url_map.iter_rules()) == rules
     assert hooks == (
