@@ -67,6 +67,7 @@ from typing import Any, Protocol
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.http import parse_set_header
 from werkzeug.wsgi import LimitedStream
 
 from gennet_sync.error_handler import _body_too_large, _CappedBody, app_state
@@ -668,6 +669,8 @@ class _RequestDecodingMiddleware:
         raw: _Readable = wsgi_input
         raw_cap, decoded_cap = self._caps()
         length = environ.get("CONTENT_LENGTH")
+        if "chunked" in parse_set_header(environ.get("HTTP_TRANSFER_ENCODING")):
+            length = None  # Transfer-Encoding overrides Content-Length (RFC 9112 §6.3)
         if length:
             try:
                 size = int(length)

@@ -283,6 +283,7 @@ class GenNet:
         app.extensions[EXTENSION_KEY] = AppState(extension=self)
         # Flask logs the exceptions no handler took ("Exception on /path") itself.
         app.logger.addFilter(RequestIdFilter())
+        app.logger.addFilter(_ESCAPED_TRACEBACKS)
         if not issubclass(app.request_class, _SafeJSONRequest):
             app.request_class = type("GenNetRequest", (_SafeJSONRequest, app.request_class), {})
         app.register_error_handler(GenNetException, _handle_gennet_exception)
@@ -331,6 +332,59 @@ def _escape_match(match: re.Match[str]) -> str:
     return match.group().encode("unicode_escape").decode("ascii")
 
 
+#: Set (through ``extra``) on the records gennet_sync logs about a failed request.
+_ESCAPE_TRACEBACK = "gennet_escape_traceback"
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+class _EscapedTracebackFilter(logging.Filter):
+    """Formats the traceback of gennet_sync's request-failure records itself.
+
+    The stack comes from the source files and is kept as it is; the exception
+    messages, which may quote the request (``RuntimeError(f"no network {name}")``),
+    are escaped like the path, so no request can start a line of the log.  The
+    stdlib's formatters use a record's ``exc_text`` when it is set.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not record.exc_text and getattr(record, _ESCAPE_TRACEBACK, False):
+            record.exc_text = _escaped_traceback(record.exc_info[1])
+        return True
+
+
+def _escaped_traceback(error: BaseException | None) -> str:
+    chain: list[tuple[BaseException, str]] = []
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if error.__cause__ is not None:
+            chain.append((error, _CAUSE))
+            error = error.__cause__
+        elif error.__context__ is not None and not error.__suppress_context__:
+            chain.append((error, _CONTEXT))
+            error = error.__context__
+        else:
+            chain.append((error, ""))
+            error = None
+    parts: list[str] = []
+    for index, (exc, link) in enumerate(reversed(chain)):
+        if index:
+            parts.append(link)  # how this exception followed the one above
+        if exc.__traceback__ is not None:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(traceback.format_tb(exc.__traceback__))
+        parts.extend(
+            _log_safe(line.rstrip("\n")) + "\n"
+            for line in traceback.format_exception_only(type(exc), exc)
+        )
+    return "".join(parts).rstrip("\n")
+
+
+_ESCAPED_TRACEBACKS = _EscapedTracebackFilter()
+logger.addFilter(_ESCAPED_TRACEBACKS)
+
+
 def _log_flask_exception(app: Flask, exc_info: Any) -> None:
     """Flask's ``log_exception`` (an exception no handler took), with the request escaped."""
     app.logger.error(
@@ -338,6 +392,7 @@ def _log_flask_exception(app: Flask, exc_info: Any) -> None:
         _log_safe(request.path),
         _log_safe(request.method),
         exc_info=exc_info,
+        extra={_ESCAPE_TRACEBACK: True},
     )
 
 
@@ -371,7 +426,7 @@ def _request_id() -> str:
 
 
 def _log_extra() -> dict[str, Any]:
-    return {"request_id": _request_id()}
+    return {"request_id": _request_id(), _ESCAPE_TRACEBACK: True}
 
 
 def _handle_gennet_exception(error: GenNetException) -> Response:
@@ -594,7 +649,7 @@ class _WSGIBoundary:
             _log_safe(environ.get("REQUEST_METHOD")),
             _log_safe(get_path_info(environ)),  # as request.path shows it
             exc_info=exc_info,
-            extra={"request_id": environ.get(_ENVIRON_REQUEST_ID)},
+            extra={"request_id": environ.get(_ENVIRON_REQUEST_ID), _ESCAPE_TRACEBACK: True},
         )
         envelope = make_envelope(
             "INTERNAL_SERVER_ERROR",

@@ -26,6 +26,7 @@ __all__ = [
     "MAX_METADATA_DEPTH",
     "MAX_METADATA_ITEMS",
     "MAX_METADATA_VALUES",
+    "MAX_RETRY_AFTER",
     "MAX_STRING_LENGTH",
     "ConflictError",
     "ForbiddenError",
@@ -57,6 +58,9 @@ MAX_METADATA_DEPTH = 32
 #: Most fields a 422 ``VALIDATION_ERROR`` lists in ``metadata.fields``, depth first;
 #: ``metadata.fields_omitted`` counts the entries left out (a nested object as one).
 MAX_FIELD_ERRORS = 50
+#: The longest ``retry_after`` kept, in seconds (ten digits, over 300 years, as
+#: ``ServiceSession`` reads a ``Retry-After``); a longer one is dropped, not fatal.
+MAX_RETRY_AFTER = 9_999_999_999
 
 
 def _to_str(value: object) -> str:
@@ -75,6 +79,28 @@ def _cut(text: str) -> str:
     if len(text) <= MAX_STRING_LENGTH:
         return text
     return f"{text[:MAX_STRING_LENGTH]}... ({len(text) - MAX_STRING_LENGTH} more characters)"
+
+
+#: An integer with more bits than this has more decimal digits than a string may
+#: hold (and Python refuses to print one past 4300 digits): it is rendered by size.
+_MAX_INT_BITS = int(MAX_STRING_LENGTH / math.log10(2))
+
+
+def _summary(value: object) -> str:
+    """A short string for ``value``, costing what is kept, not what was given.
+
+    Used where the value itself is not rendered: past the depth limit, at a cycle,
+    and for objects JSON has no form for.
+    """
+    if isinstance(value, int):  # only the huge ones get here
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"<integer of about {digits} digits>"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        shown = _cut(repr(bytes(value[:MAX_STRING_LENGTH])))
+        return shown if len(value) <= MAX_STRING_LENGTH else f"{shown} ({len(value)} bytes)"
+    if isinstance(value, (Mapping, list, tuple, set, frozenset)):
+        return f"<{type(value).__name__} of {_left_over(value, 0)} items>"
+    return _cut(_to_str(value))
 
 
 def _left_over(container: object, shown: int) -> str:
@@ -118,13 +144,14 @@ class _Renderer:
         # Subclasses (IntEnum, StrEnum...) are rendered as their plain value, without
         # calling methods they may have overridden.
         if isinstance(value, int):
-            return int.__index__(value)
+            number = int.__index__(value)
+            return number if number.bit_length() <= _MAX_INT_BITS else _summary(number)
         if isinstance(value, str):
             return _cut(str.__str__(value))
         if isinstance(value, float):
             return value if math.isfinite(value) else _to_str(value)
         if depth >= MAX_METADATA_DEPTH or id(value) in seen:
-            return _cut(_to_str(value))
+            return _summary(value)
         inner = seen | {id(value)}
         try:
             if isinstance(value, Mapping):
@@ -133,7 +160,7 @@ class _Renderer:
                 return self._sequence(value, depth + 1, inner)
         except Exception:  # a mapping whose items() fails, a set changed meanwhile
             return _cut(_to_str(value))
-        return _cut(_to_str(value))
+        return _summary(value)
 
     def _mapping(self, value: Mapping[Any, Any], depth: int, seen: frozenset[int]) -> Any:
         rendered: dict[str, Any] = {}
@@ -280,7 +307,8 @@ def retry_after_seconds(value: object) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return max(0, int.__index__(value))
+        whole = int.__index__(value)
+        return None if whole > MAX_RETRY_AFTER else max(0, whole)
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, datetime):
@@ -301,7 +329,7 @@ def retry_after_seconds(value: object) -> float | None:
             return None
     else:
         return None
-    if not math.isfinite(seconds):
+    if not math.isfinite(seconds) or seconds > MAX_RETRY_AFTER:
         return None
     seconds = max(0.0, seconds)
     return int(seconds) if seconds.is_integer() else seconds

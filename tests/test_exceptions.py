@@ -336,7 +336,7 @@ _NOW = datetime.now(UTC)
         (timedelta(seconds=-3), "0", 0),
         (Decimal("4.25"), "5", 4.25),
         (Fraction(1, 2), "1", 0.5),
-        (10**30, str(10**30), 10**30),
+        (9_999_999_999, "9999999999", 9_999_999_999),  # ten digits: the most kept
         (_NOW - timedelta(hours=1), "0", 0),  # a moment already past: retry now
     ],
 )
