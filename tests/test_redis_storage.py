@@ -726,6 +726,7 @@ def acl_client(server: RedisServer, user: str) -> redis.Redis:
         username=user,
         password="secret",
         socket_timeout=0.5,
+        socket_connect_timeout=0.5,
         retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
     )
 
