@@ -386,7 +386,19 @@ class RedisNodeProcess(RedisProcess):
         self.log_path = log_dir / f"{name}.log"
         work_dir = log_dir / name
         work_dir.mkdir(parents=True, exist_ok=True)
-        self.command = [*self.command, "--dir", str(work_dir), *extra]
+        # A replica syncs at once, not after redis-server's 5 s wait for more replicas.
+        self.command = [
+            *self.command,
+            "--dir",
+            str(work_dir),
+            "--repl-diskless-sync-delay",
+            "0",
+            *extra,
+        ]
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it accepts connections and never answers (a hung host)."""
+        self._signal_group(signal.SIGSTOP)
 
     def kill(self) -> None:
         """SIGKILL the server at once: what a crashed host looks like to its clients."""
@@ -640,12 +652,38 @@ class RedisSentinelProcesses:
         port = self.primary_port()
         return next(server for server in self.servers if server.port == port)
 
+    def wait_for_failover(self, old_port: int, timeout: float = 30.0) -> None:
+        """Wait until the sentinels name a primary other than ``old_port`` and it acts as one.
+
+        Raises:
+            StartupError: No failover within ``timeout`` seconds (with every log).
+        """
+
+        def promoted() -> bool:
+            port = self.primary_port()
+            if port == old_port:
+                return False
+            client = _redis_client(port)
+            try:
+                return bool(client.info("replication")["role"] == "master")
+            finally:
+                client.close()
+
+        _wait_for(promoted, f"a primary other than port {old_port}", self.processes, timeout)
+
     def start(self) -> None:
         """Start the primary, the replica and the sentinels; wait until they are ready."""
-        for process in self.processes:
-            process.start()
-        for process in self.processes:
-            process.wait_ready()
+        for server in self.servers:
+            server.start()
+        for server in self.servers:
+            server.wait_ready()
+        # A sentinel learns of replicas from the primary's INFO, which it asks for
+        # at once and then every 10 s: a replica in sync by then is known at once.
+        _wait_for(self._replica_in_sync, "the replica in sync", self.servers, 30.0)
+        for sentinel in self.sentinels:
+            sentinel.start()
+        for sentinel in self.sentinels:
+            sentinel.wait_ready()
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -675,9 +713,11 @@ class RedisSentinelProcesses:
         if len(ports) != 1:
             return False
         primary = next(server for server in self.servers if server.port in ports)
-        if not primary.running:
-            return False
-        client = _redis_client(primary.port)
+        return primary.running and self._replica_in_sync(primary.port)
+
+    def _replica_in_sync(self, port: int | None = None) -> bool:
+        """Whether the primary (on ``port``; the first server by default) has an online replica."""
+        client = _redis_client(self.servers[0].port if port is None else port)
         try:
             replication = client.info("replication")
         finally:

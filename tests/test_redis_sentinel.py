@@ -1,0 +1,213 @@
+"""RedisStorage through Redis Sentinel: URLs, client settings, a fleet, a failover.
+
+The servers are real: a primary, its replica and a sentinel
+(``redis-server --sentinel``) on free 127.0.0.1 ports, started by
+:class:`examples.launcher.RedisSentinelProcesses`.  A missing binary fails the
+tests (``./dev test`` installs it), never skips them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+from examples.launcher import RedisSentinelProcesses, StartupError
+from gennet_sync.redis_storage import RedisClientWarning, RedisStorage
+from gennet_sync.storage import CircuitState
+from gennet_sync.storage_url import storage_from_url
+from tests.redis_failover import failover_run
+from tests.test_redis_storage import closed_port, dead_service_worker, run_workers
+
+pytestmark = pytest.mark.integration
+
+
+def start_sentinel_setup(log_dir: Path) -> RedisSentinelProcesses:
+    # A free port can be taken between choosing and binding it: try again once.
+    for attempt in range(2):
+        setup = RedisSentinelProcesses(log_dir / f"attempt-{attempt}")
+        try:
+            setup.start()
+        except StartupError:
+            setup.stop()
+            if attempt == 1:
+                raise
+        else:
+            return setup
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def sentinel_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelProcesses]:
+    """A primary, a replica and a sentinel shared by the tests that leave them running."""
+    setup = start_sentinel_setup(tmp_path_factory.mktemp("sentinel"))
+    try:
+        yield setup
+    finally:
+        setup.stop()
+
+
+@pytest.fixture
+def disposable_sentinel_setup(tmp_path: Path) -> Iterator[RedisSentinelProcesses]:
+    """A Sentinel setup of this test's own, free to fail over."""
+    setup = start_sentinel_setup(tmp_path)
+    try:
+        yield setup
+    finally:
+        setup.stop()
+
+
+def sentinel_client_of(storage: RedisStorage) -> tuple[redis.Redis, SentinelConnectionPool]:
+    client = storage.client
+    assert isinstance(client, redis.Redis)
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    return client, pool
+
+
+# -- URLs and client settings (no server needed: nothing connects before a command) --
+
+
+def test_a_sentinel_url_names_the_sentinels_service_db_and_credentials() -> None:
+    storage = storage_from_url(
+        "redis+sentinel://:s3cret@10.0.0.1:5000,10.0.0.2/orders/2"
+        "?prefix=shop&sync_interval=0.25&socket_timeout=0.3&sentinel_password=watch"
+    )
+    assert isinstance(storage, RedisStorage)
+    client, pool = sentinel_client_of(storage)
+    assert pool.service_name == "orders"
+    kwargs = client.get_connection_kwargs()
+    assert (kwargs["db"], kwargs["password"], kwargs["socket_timeout"]) == (2, "s3cret", 0.3)
+    assert kwargs["socket_connect_timeout"] == 0.2, "the storage's default"
+    assert kwargs["retry"].get_retries() == 0
+    sentinels = pool.sentinel_manager.sentinels
+    addresses = [
+        (s.get_connection_kwargs()["host"], s.get_connection_kwargs()["port"]) for s in sentinels
+    ]
+    assert addresses == [("10.0.0.1", 5000), ("10.0.0.2", 26379)]
+    for sentinel in sentinels:
+        sentinel_kwargs = sentinel.get_connection_kwargs()
+        assert sentinel_kwargs["password"] == "watch"
+        assert sentinel_kwargs["socket_timeout"] == 0.3
+        assert sentinel_kwargs["retry"].get_retries() == 0, "a sentinel question is not retried"
+    assert (storage.prefix, storage.sync_interval) == ("shop", 0.25)
+    assert repr(storage) == (
+        "RedisStorage(sentinel orders@10.0.0.1:5000,10.0.0.2:26379/2, prefix='shop', "
+        "sync_interval=0.25)"
+    )
+    assert "s3cret" not in repr(storage) and "watch" not in repr(storage)
+
+
+def test_a_rediss_sentinel_url_uses_tls_to_the_primary_and_the_sentinels() -> None:
+    storage = RedisStorage.from_url("rediss+sentinel://10.0.0.1:5000/orders")
+    client, pool = sentinel_client_of(storage)
+    assert "SSL" in pool.connection_class.__name__
+    sentinel = pool.sentinel_manager.sentinels[0]
+    assert "SSL" in sentinel.connection_pool.connection_class.__name__
+    assert client.get_connection_kwargs()["db"] == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://10.0.0.1:5000",
+        "redis+sentinel://10.0.0.1:5000/",
+        "redis+sentinel://10.0.0.1:5000/orders/x",
+        "redis+sentinel://10.0.0.1:5000/orders/1/2",
+        "redis+sentinel://10.0.0.1:port/orders",
+        "redis+sentinel://10.0.0.1:5000,/orders",
+        "redis+sentry://10.0.0.1:5000/orders",
+    ],
+)
+def test_a_malformed_sentinel_url_is_a_value_error(url: str) -> None:
+    with pytest.raises(ValueError):
+        storage_from_url(url)
+
+
+def test_a_sentinel_client_handed_in_with_redis_py_defaults_gets_a_warning() -> None:
+    # Sentinel's defaults: no socket timeouts, and sentinel connections that retry 3 times.
+    sentinel = Sentinel([("127.0.0.1", closed_port())])
+    with pytest.warns(RedisClientWarning, match="socket_timeout=None") as caught:
+        RedisStorage(sentinel.master_for("orders"))
+    assert "sentinel" in str(caught[0].message)
+    assert caught[0].filename == __file__, "the warning points at the caller"
+
+
+def test_a_sentinel_client_with_short_timeouts_and_no_retries_is_taken_silently() -> None:
+    quick = {"socket_timeout": 0.2, "socket_connect_timeout": 0.2, "retry": Retry(NoBackoff(), 0)}
+    sentinel = Sentinel([("127.0.0.1", closed_port())], sentinel_kwargs=quick)
+    storage = RedisStorage(sentinel.master_for("orders", **quick))  # filterwarnings=error
+    assert storage.load("svc") is None, "no sentinel there: unavailable, not an error"
+
+
+# -- against the real setup --------------------------------------------------------
+
+
+def test_processes_share_a_breaker_through_the_primary_the_sentinel_names(
+    sentinel_setup: RedisSentinelProcesses,
+) -> None:
+    prefix = f"test:{uuid.uuid4().hex[:8]}"
+    one = RedisStorage(sentinel_setup.url, prefix=prefix)
+    other = RedisStorage(sentinel_setup.url, prefix=prefix)
+    try:
+        for _ in range(2):
+            one.record_failure("svc", failure_threshold=3, open_for=30)
+        state = other.record_failure("svc", failure_threshold=3, open_for=30)
+        assert state is not None and state.state is CircuitState.OPEN
+        loaded = one.load("svc")
+        assert loaded is not None and loaded.state is CircuitState.OPEN
+        primary = redis.Redis(port=sentinel_setup.primary_port())
+        try:
+            assert primary.exists(f"{prefix}:{{svc}}:open")
+        finally:
+            primary.close()
+    finally:
+        one.close()
+        other.close()
+
+
+def test_a_dead_service_gets_at_most_threshold_plus_processes_calls_through_sentinel(
+    sentinel_setup: RedisSentinelProcesses,
+) -> None:
+    processes, threshold, calls, port = 3, 3, 12, closed_port()
+    name = f"dead-{uuid.uuid4().hex[:8]}"
+    # Generous timeouts: a loaded machine must not turn a slow reply into a local decision.
+    url = f"{sentinel_setup.url}?sync_interval=0.1&socket_timeout=2&socket_connect_timeout=2"
+    outcomes = run_workers(dead_service_worker, processes, url, name, threshold, port, calls)
+    assert [unexpected for _, _, unexpected in outcomes] == [[]] * processes
+    sent = sum(sent for sent, _, _ in outcomes)
+    assert threshold <= sent <= threshold + processes
+    assert all(sent + rejected == calls for sent, rejected, _ in outcomes)
+
+
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+def test_a_sentinel_failover_mid_run_loses_no_call_and_sharing_resumes_on_the_new_primary(
+    disposable_sentinel_setup: RedisSentinelProcesses, fault: str
+) -> None:
+    """Killed: connections are refused at once.  Hung (SIGSTOP): connections are
+    accepted and never answered, so each command waits out its socket timeout."""
+    setup = disposable_sentinel_setup
+    old_primary = setup.primary
+
+    def fail_the_primary_until_the_replica_is_promoted() -> None:
+        if fault == "killed":
+            old_primary.kill()
+        else:
+            old_primary.pause()
+        setup.wait_for_failover(old_primary.port)
+
+    try:
+        failover_run(
+            setup.url,
+            f"{fault}-{uuid.uuid4().hex[:8]}",
+            fail_the_primary_until_the_replica_is_promoted,
+        )
+    finally:
+        old_primary.kill()
+    assert setup.primary_port() != old_primary.port
