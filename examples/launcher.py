@@ -400,6 +400,10 @@ class RedisNodeProcess(RedisProcess):
         """SIGSTOP the server: it accepts connections and never answers (a hung host)."""
         self._signal_group(signal.SIGSTOP)
 
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        self._signal_group(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL the server at once: what a crashed host looks like to its clients."""
         self._signal_group(signal.SIGCONT)  # a paused server must die too
@@ -516,6 +520,28 @@ class RedisClusterProcesses:
             finally:
                 client.close()
         return True
+
+    def wait_for_failover(self, old_port: int, timeout: float = 30.0) -> None:
+        """Wait until no node names ``old_port`` a primary and the cluster is ready again.
+
+        Raises:
+            StartupError: No failover within ``timeout`` seconds (with every log).
+        """
+
+        def failed_over() -> bool:
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                client = _redis_client(node.port)
+                try:
+                    slots = client.execute_command("CLUSTER SLOTS")
+                finally:
+                    client.close()
+                if any(int(entry[2][1]) == old_port for entry in slots):
+                    return False
+            return self._ready()
+
+        _wait_for(failed_over, f"a failover of port {old_port}", self.nodes, timeout)
 
     def primary_of(self, key: str) -> RedisNodeProcess:
         """The node that holds ``key``'s slot now (asked of any running node)."""

@@ -18,29 +18,22 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from examples.launcher import RedisSentinelProcesses, StartupError
+from examples.launcher import RedisSentinelProcesses
 from gennet_sync.redis_storage import RedisClientWarning, RedisStorage
 from gennet_sync.storage import CircuitState
 from gennet_sync.storage_url import storage_from_url
-from tests.redis_failover import failover_run
-from tests.test_redis_storage import closed_port, dead_service_worker, run_workers
+from tests.redis_fleet import (
+    assert_a_dead_service_gets_threshold_plus_processes_calls,
+    failover_run,
+    started,
+)
+from tests.test_redis_storage import closed_port
 
 pytestmark = pytest.mark.integration
 
 
 def start_sentinel_setup(log_dir: Path) -> RedisSentinelProcesses:
-    # A free port can be taken between choosing and binding it: try again once.
-    for attempt in range(2):
-        setup = RedisSentinelProcesses(log_dir / f"attempt-{attempt}")
-        try:
-            setup.start()
-        except StartupError:
-            setup.stop()
-            if attempt == 1:
-                raise
-        else:
-            return setup
-    raise AssertionError("unreachable")
+    return started(RedisSentinelProcesses, log_dir)
 
 
 @pytest.fixture(scope="module")
@@ -132,17 +125,19 @@ def test_a_malformed_sentinel_url_is_a_value_error(url: str) -> None:
 
 def test_a_sentinel_client_handed_in_with_redis_py_defaults_gets_a_warning() -> None:
     # Sentinel's defaults: no socket timeouts, and sentinel connections that retry 3 times.
-    sentinel = Sentinel([("127.0.0.1", closed_port())])
+    sentinel = Sentinel([("127.0.0.1", closed_port())])  # type: ignore[no-untyped-call]
+    client = sentinel.master_for("orders")  # type: ignore[no-untyped-call]
     with pytest.warns(RedisClientWarning, match="socket_timeout=None") as caught:
-        RedisStorage(sentinel.master_for("orders"))
+        RedisStorage(client)
     assert "sentinel" in str(caught[0].message)
     assert caught[0].filename == __file__, "the warning points at the caller"
 
 
 def test_a_sentinel_client_with_short_timeouts_and_no_retries_is_taken_silently() -> None:
     quick = {"socket_timeout": 0.2, "socket_connect_timeout": 0.2, "retry": Retry(NoBackoff(), 0)}
-    sentinel = Sentinel([("127.0.0.1", closed_port())], sentinel_kwargs=quick)
-    storage = RedisStorage(sentinel.master_for("orders", **quick))  # filterwarnings=error
+    sentinel = Sentinel([("127.0.0.1", closed_port())], sentinel_kwargs=quick)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for("orders", **quick)  # type: ignore[no-untyped-call]
+    storage = RedisStorage(client)  # a warning would fail the test (filterwarnings=error)
     assert storage.load("svc") is None, "no sentinel there: unavailable, not an error"
 
 
@@ -175,15 +170,7 @@ def test_processes_share_a_breaker_through_the_primary_the_sentinel_names(
 def test_a_dead_service_gets_at_most_threshold_plus_processes_calls_through_sentinel(
     sentinel_setup: RedisSentinelProcesses,
 ) -> None:
-    processes, threshold, calls, port = 3, 3, 12, closed_port()
-    name = f"dead-{uuid.uuid4().hex[:8]}"
-    # Generous timeouts: a loaded machine must not turn a slow reply into a local decision.
-    url = f"{sentinel_setup.url}?sync_interval=0.1&socket_timeout=2&socket_connect_timeout=2"
-    outcomes = run_workers(dead_service_worker, processes, url, name, threshold, port, calls)
-    assert [unexpected for _, _, unexpected in outcomes] == [[]] * processes
-    sent = sum(sent for sent, _, _ in outcomes)
-    assert threshold <= sent <= threshold + processes
-    assert all(sent + rejected == calls for sent, rejected, _ in outcomes)
+    assert_a_dead_service_gets_threshold_plus_processes_calls(sentinel_setup.url)
 
 
 @pytest.mark.parametrize("fault", ["killed", "hung"])

@@ -1,9 +1,13 @@
-"""A fleet of real processes sharing one breaker while its Redis primary dies.
+"""Fleets of real processes sharing one breaker, for the Sentinel and Cluster tests.
 
-Used by the Sentinel and Cluster tests: ``failover_run`` starts worker
+``assert_a_dead_service_gets_threshold_plus_processes_calls`` is the fleet
+test: several processes call a dead service through one shared breaker.
+
+``failover_run`` starts worker
 processes (spawned interpreters, each getting its breaker from the registry
 with ``GENNET_BREAKER_STORAGE`` set, as a gunicorn worker would) that call a
-healthy service in a loop, timing every call; in the middle of the run the
+service failing every other call (never enough in a row to trip) in a loop,
+timing every call; in the middle of the run the
 test's ``fail`` kills the primary holding the breaker's keys and waits until
 the topology serves them again (a promoted replica, or the node restarted);
 then another process opens the breaker, and every worker must refuse a call
@@ -12,16 +16,21 @@ soon after: sharing resumed by itself.
 
 from __future__ import annotations
 
-import multiprocessing
 import time
+import uuid
 from collections.abc import Callable
-from multiprocessing.synchronize import Barrier as BarrierType
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
-from gennet_sync.circuit_breaker import CircuitBreakerError
+from examples.launcher import StartupError
 from gennet_sync.redis_storage import RedisStorage
 from gennet_sync.storage import CircuitState
-from tests.test_redis_storage import registry_breaker, run_workers
+from tests.test_redis_storage import (
+    closed_port,
+    dead_service_worker,
+    healthy_until_rejected_worker,
+    run_workers,
+)
 
 #: The workers' storage options: a sync every 0.1 s, probes of a failed Redis
 #: every 0.1-0.3 s, socket timeouts of 0.5 s.
@@ -44,37 +53,44 @@ def with_worker_options(url: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{WORKER_OPTIONS}"
 
 
-def healthy_call() -> str:
-    return "ok"
+class _Topology(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
-def steady_worker(
-    storage_url: str,
-    name: str,
-    duration: float,
-    start: BarrierType,
-    results: multiprocessing.Queue[dict[str, Any]],
-) -> None:
-    """Calls a healthy service until the breaker refuses (or time runs out), timing each call."""
-    breaker = registry_breaker(storage_url, name, failure_threshold=3, recovery_timeout=60)
-    outcomes: dict[str, Any] = {"returned": 0, "slowest": 0.0, "rejected_at": None}
-    outcomes["unexpected"] = []
-    start.wait()
-    deadline = time.monotonic() + duration
-    while time.monotonic() < deadline:
-        started = time.monotonic()
+_T = TypeVar("_T", bound=_Topology)
+
+
+def started(make: Callable[[Path], _T], log_dir: Path) -> _T:
+    """``make(log_dir / "attempt-N")`` started; once more if the first start fails
+    (a free port can be taken between choosing and binding it)."""
+    for attempt in range(2):
+        topology = make(log_dir / f"attempt-{attempt}")
         try:
-            breaker.call(healthy_call)
-        except CircuitBreakerError:
-            outcomes["rejected_at"] = time.monotonic()
-            break
-        except Exception as exc:  # a raw redis error reaching a caller is the bug
-            outcomes["unexpected"].append(repr(exc))
+            topology.start()
+        except StartupError:
+            topology.stop()
+            if attempt == 1:
+                raise
         else:
-            outcomes["returned"] += 1
-        outcomes["slowest"] = max(outcomes["slowest"], time.monotonic() - started)
-        time.sleep(0.01)
-    results.put(outcomes)
+            return topology
+    raise AssertionError("unreachable")
+
+
+def assert_a_dead_service_gets_threshold_plus_processes_calls(
+    storage_url: str, *, processes: int = 3, threshold: int = 3, calls: int = 12
+) -> None:
+    """Processes sharing a breaker: a dead service gets at most ``threshold + processes`` calls."""
+    name = f"dead-{uuid.uuid4().hex[:8]}"
+    # Generous timeouts: a loaded machine must not turn a slow reply into a local decision.
+    url = f"{storage_url}?sync_interval=0.1&socket_timeout=2&socket_connect_timeout=2"
+    port = closed_port()
+    outcomes = run_workers(dead_service_worker, processes, url, name, threshold, port, calls)
+    assert [unexpected for _, _, unexpected in outcomes] == [[]] * processes
+    sent = sum(sent for sent, _, _ in outcomes)
+    assert threshold <= sent <= threshold + processes
+    assert all(sent + rejected == calls for sent, rejected, _ in outcomes)
 
 
 def open_fleet_wide(storage_url: str, name: str, timeout: float = 20.0) -> float:
@@ -96,11 +112,12 @@ def open_fleet_wide(storage_url: str, name: str, timeout: float = 20.0) -> float
 def failover_run(
     storage_url: str, name: str, fail: Callable[[], None], *, processes: int = 3
 ) -> list[dict[str, Any]]:
-    """Run :func:`steady_worker` in ``processes`` processes; ``fail()`` mid-run, then a trip.
+    """Run workers in ``processes`` processes; ``fail()`` mid-run, then a trip.
 
-    Asserts what a user would notice: no call raised anything but the breaker's
-    refusal, none took longer than :data:`SLOWEST_CALL_BOUND`, every worker
-    carried on through the outage and refused calls within
+    Asserts what a user would notice: no call raised anything but the service's
+    own error or the breaker's refusal, every call before the trip reached the
+    service (none was refused on the outage's account), none took longer than
+    :data:`SLOWEST_CALL_BOUND`, and every worker refused calls within
     :data:`SHARING_BOUND` of the trip.
 
     Returns:
@@ -117,9 +134,12 @@ def failover_run(
         tripped_at.append(open_fleet_wide(storage_url, name))
 
     url = with_worker_options(storage_url)
-    outcomes = run_workers(steady_worker, processes, url, name, 60.0, during=outage_then_trip)
+    outcomes = run_workers(
+        healthy_until_rejected_worker, processes, url, name, 60.0, during=outage_then_trip
+    )
     for outcome in outcomes:
         assert outcome["unexpected"] == [], outcome["unexpected"]
+        assert outcome["returned"] + outcome["failed"] == outcome["attempts"] - 1, outcome
         assert outcome["slowest"] < SLOWEST_CALL_BOUND, outcome
         assert outcome["rejected_at"] is not None, "sharing resumed after the failover"
         assert 0 <= outcome["rejected_at"] - tripped_at[0] < SHARING_BOUND, outcome
