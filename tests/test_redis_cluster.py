@@ -32,6 +32,7 @@ from tests.redis_fleet import (
     failover_run,
     started,
 )
+from tests.test_examples_demo import ports_started, run_demo
 from tests.test_redis_storage import closed_port
 
 pytestmark = pytest.mark.integration
@@ -273,3 +274,17 @@ def test_a_cluster_failover_mid_run_loses_no_call_and_sharing_resumes_on_the_pro
         assert replicated.primary_of(f"gennet:cb:{{{name}}}:open") is not node
     finally:
         replicated.stop()
+
+
+def test_the_demo_shares_its_breaker_through_the_cluster_its_redis_url_names(
+    cluster: RedisClusterProcesses,
+) -> None:
+    result = run_demo("--redis-url", cluster.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "breaker storage: RedisStorage(cluster 127.0.0.1:" in out
+    assert "with the shared breaker" in out
+    assert "(Redis: open)" in out
+    assert "(Redis: closed)" in out
+    assert "Story complete: all 4 steps happened as told" in out
+    assert len(ports_started(out)) == 3, "no redis-server of the demo's own"
