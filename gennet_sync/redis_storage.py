@@ -7,8 +7,12 @@ CLOSED state costs no round trip.  Every call that does reach Redis is exactly
 one round trip: the multi-key steps run as Lua scripts (sent once, then by
 SHA, reloaded automatically after a restart or ``SCRIPT FLUSH``).
 
+It works on one server, through Redis Sentinel and on a Redis Cluster (see
+:meth:`RedisStorage.from_url` for the URLs).
+
 Keys of breaker ``name`` under prefix ``P`` (the ``{name}`` hash tag keeps them
-in one Redis Cluster slot, so a script may touch all of them):
+in one Redis Cluster slot, so a script may touch all of them; ``%``, ``{`` and
+``}`` in a name are escaped, and ``""`` is ``%``: see ``_hash_tag``):
 
 ==========================  ===================================================
 key                         meaning
