@@ -219,6 +219,37 @@ def test_scripts_flushed_from_every_node_run_again_by_their_source(
     assert storage.available
 
 
+def test_failed_releases_of_breakers_in_different_slots_go_back_together(
+    cluster: RedisClusterProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = f"test:{uuid.uuid4().hex[:8]}"
+    clock = FakeClock()
+    worker = RedisStorage(cluster.url, prefix=prefix, clock=clock)
+    other = RedisStorage(cluster.url, prefix=prefix)
+    names = [f"svc-{i}" for i in range(6)]
+    assert len(set().union(*(slots_of(worker, name) for name in names))) > 1
+    try:
+        for name in names:
+            other.set_open(name, 0.01)
+        time.sleep(0.05)  # the open periods end in Redis
+        assert [worker.acquire_trial(n, max_calls=1, lease=60) for n in names] == [True] * 6
+
+        def refused(*args: Any) -> None:
+            raise redis.ConnectionError("Connection reset by peer")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(cluster_client(worker), "zrem", refused)
+            for name in names:
+                worker.release_trial(name)
+        assert [other.acquire_trial(n, max_calls=1, lease=60) for n in names] == [False] * 6
+        clock.advance(2)  # past the outage backoff
+        assert worker.load(names[0]) is not None, "the next answered command takes them along"
+        assert [other.acquire_trial(n, max_calls=1, lease=60) for n in names] == [True] * 6
+    finally:
+        worker.close()
+        other.close()
+
+
 # -- real processes --------------------------------------------------------------
 
 
