@@ -811,7 +811,8 @@ class RedisStorage:
         """The redis-py client; one built from a cluster URL is built (and connects) here.
 
         Raises:
-            redis.RedisError: A cluster client could not reach any of its nodes.
+            redis.exceptions.RedisClusterException: A cluster client reached none
+                of its nodes (the storage counts it as Redis unavailable).
         """
         client = self._client
         if client is None:
@@ -822,9 +823,18 @@ class RedisStorage:
         return client
 
     def close(self) -> None:
-        """Close the connections of a client this storage created from a URL."""
-        if self._owns_client and self._client is not None:
-            self._client.close()
+        """Close the connections of a client this storage created from a URL.
+
+        For a Sentinel URL, the connections to the sentinels too.
+        """
+        client = self._client
+        if not self._owns_client or client is None:
+            return
+        client.close()
+        pool = getattr(client, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):
+            for sentinel in pool.sentinel_manager.sentinels:
+                sentinel.close()
 
     def __repr__(self) -> str:
         return (

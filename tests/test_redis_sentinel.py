@@ -123,6 +123,13 @@ def test_a_malformed_sentinel_url_is_a_value_error(url: str) -> None:
         storage_from_url(url)
 
 
+def test_a_plain_client_handed_in_with_redis_py_defaults_gets_a_warning() -> None:
+    # redis-py 8's defaults: 5 s timeouts, 10 retries with backoff.
+    with pytest.warns(RedisClientWarning, match="retries") as caught:
+        RedisStorage(redis.Redis(port=closed_port()))
+    assert "socket_timeout=5" in str(caught[0].message)
+
+
 def test_a_sentinel_client_handed_in_with_redis_py_defaults_gets_a_warning() -> None:
     # Sentinel's defaults: no socket timeouts, and sentinel connections that retry 3 times.
     sentinel = Sentinel([("127.0.0.1", closed_port())])  # type: ignore[no-untyped-call]
@@ -142,6 +149,18 @@ def test_a_sentinel_client_with_short_timeouts_and_no_retries_is_taken_silently(
 
 
 # -- against the real setup --------------------------------------------------------
+
+
+def test_closing_a_storage_closes_its_sentinel_connections_too(
+    sentinel_setup: RedisSentinelProcesses,
+) -> None:
+    storage = RedisStorage(sentinel_setup.url)
+    assert storage.load("svc") is not None
+    _, pool = sentinel_client_of(storage)
+    sentinel_pool = pool.sentinel_manager.sentinels[0].connection_pool
+    assert sentinel_pool._created_connections == 1
+    storage.close()
+    assert all(c._sock is None for c in sentinel_pool._available_connections)
 
 
 def test_processes_share_a_breaker_through_the_primary_the_sentinel_names(
