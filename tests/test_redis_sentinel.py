@@ -8,25 +8,34 @@ tests (``./dev test`` installs it), never skips them.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import requests
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from examples.launcher import RedisSentinelProcesses
+from examples.launcher import RedisSentinelProcesses, ServiceProcess
 from gennet_sync.redis_storage import RedisClientWarning, RedisStorage
 from gennet_sync.storage import CircuitState
 from gennet_sync.storage_url import storage_from_url
+from tests.conftest import serve_app
 from tests.redis_fleet import (
+    SHARING_BOUND,
+    SLOWEST_CALL_BOUND,
     assert_a_dead_service_gets_threshold_plus_processes_calls,
     failover_run,
+    open_fleet_wide,
     started,
+    with_worker_options,
 )
+from tests.test_redis_faults import Downstream
 from tests.test_redis_storage import closed_port
 
 pytestmark = pytest.mark.integration
@@ -217,3 +226,68 @@ def test_a_sentinel_failover_mid_run_loses_no_call_and_sharing_resumes_on_the_ne
     finally:
         old_primary.kill()
     assert setup.primary_port() != old_primary.port
+
+
+def test_callers_of_gunicorn_workers_get_only_200s_through_a_sentinel_failover(
+    disposable_sentinel_setup: RedisSentinelProcesses, tmp_path: Path
+) -> None:
+    """The fault tests' gateway (two gunicorn workers, a ServiceSession with a
+    breaker of threshold 1) relays calls to a healthy downstream while the
+    primary is killed: a Redis error that reached the breaker as a failure, or a
+    caller as a 500, would show; so would a call that waited on Redis."""
+    setup = disposable_sentinel_setup
+    downstream = Downstream()
+    answers: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def call(gateway: ServiceProcess) -> int:
+        started = time.monotonic()
+        response = requests.get(
+            f"{gateway.base_url}/relay", timeout=30, headers={"Connection": "close"}
+        )
+        answers.append((response.status_code, time.monotonic() - started))
+        return response.status_code
+
+    with serve_app(downstream.app) as downstream_url:
+        gateway = ServiceProcess(
+            "sentinel-gateway",
+            "tests.fault_gateway:create_app()",
+            tmp_path,
+            workers=2,
+            env={
+                "GENNET_BREAKER_STORAGE": with_worker_options(setup.url),
+                "FAULT_DOWNSTREAM_URL": downstream_url,
+            },
+        )
+        gateway.start()
+        try:
+            gateway.wait_ready(timeout=60)
+
+            def call_until_stopped() -> None:
+                while not stop.is_set():
+                    call(gateway)
+
+            caller = threading.Thread(target=call_until_stopped)
+            caller.start()
+            try:
+                time.sleep(0.5)
+                old_primary = setup.primary
+                old_primary.kill()
+                setup.wait_for_failover(old_primary.port)
+                time.sleep(1.0)
+            finally:
+                stop.set()
+                caller.join(timeout=60)
+            during = list(answers)
+            open_fleet_wide(setup.url, "fault-downstream")
+            deadline = time.monotonic() + SHARING_BOUND
+            refused_in_a_row = 0
+            while refused_in_a_row < 10:
+                assert time.monotonic() < deadline, "the trip did not reach both workers"
+                refused_in_a_row = refused_in_a_row + 1 if call(gateway) == 503 else 0
+        finally:
+            gateway.stop()
+    assert len(during) > 10
+    assert {status for status, _ in during} == {200}
+    assert max(seconds for _, seconds in during) < SLOWEST_CALL_BOUND
+    print(f"\n{len(during)} calls through the failover, slowest {max(s for _, s in during):.3f} s")
