@@ -390,6 +390,18 @@ def _nodes(netloc: str, default_port: int, url: str) -> tuple[str, list[tuple[st
     return userinfo, nodes
 
 
+def _check_options(url: str, make: Callable[[], object]) -> None:
+    """Make a connection object (it does not connect): an unknown option fails now.
+
+    redis-py would only fail at the first command, which the storage reports as
+    Redis being unavailable, for ever.
+    """
+    try:
+        make()
+    except TypeError as error:
+        raise ValueError(f"the storage URL {url!r} has an option redis-py lacks: {error}") from None
+
+
 def _client_from_url(
     url: str, *, socket_timeout: float, connect_timeout: float
 ) -> tuple[Callable[[], RedisClient], str]:
@@ -397,6 +409,9 @@ def _client_from_url(
 
     Every client has the short timeouts given (unless the URL sets its own) and
     never retries, nor do the sentinel connections a Sentinel client makes.
+
+    Raises:
+        ValueError: ``url`` has no known form, or an option redis-py lacks.
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -408,6 +423,8 @@ def _client_from_url(
             retry=_no_retries(),
             retry_on_timeout=False,
         )
+        pool = client.connection_pool
+        _check_options(url, lambda: pool.connection_class(**pool.connection_kwargs))
         return (lambda: client), _describe_client(client)
     base, _, topology = scheme.partition("+")
     if base not in ("redis", "rediss") or topology not in ("sentinel", "cluster"):
@@ -436,6 +453,9 @@ def _client_from_url(
     hosts = ",".join(f"{host}:{port}" for host, port in nodes)
     path = [unquote(segment) for segment in parts.path.split("/") if segment]
 
+    # The primary, each cluster node and each sentinel is a redis.Redis with these
+    # options (a sentinel with some of them).
+    _check_options(url, lambda: redis.Redis(**options))
     if topology == "cluster":
         if path not in ([], ["0"]):
             raise ValueError(f"Redis Cluster has only database 0, not {parts.path!r} in {url!r}")

@@ -127,6 +127,22 @@ def test_a_malformed_cluster_url_is_a_value_error(url: str) -> None:
         storage_from_url(url)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?socket_timout=1",
+        "redis+sentinel://127.0.0.1:26379/orders?socket_timout=1",
+        "redis+sentinel://127.0.0.1:26379/orders?health_check=5",
+        "redis+cluster://127.0.0.1:7000?socket_timout=1",
+    ],
+)
+def test_an_option_redis_py_lacks_is_a_value_error_not_an_outage_for_ever(url: str) -> None:
+    # redis-py itself would fail only at the first command: the storage would
+    # report Redis unavailable on every probe and never share anything.
+    with pytest.raises(ValueError, match="option redis-py lacks"):
+        storage_from_url(url)
+
+
 def test_a_cluster_client_handed_in_with_redis_py_defaults_gets_a_warning(
     cluster: RedisClusterProcesses,
 ) -> None:
