@@ -963,6 +963,11 @@ class RedisStorage:
         # by a parent thread at fork time would never be released in the child.
         self._init_process_state()
         self._client_lock = threading.Lock()
+        if self._owns_client and isinstance(self._client, RedisCluster):
+            # A cluster client's topology locks may have been held by a parent
+            # thread: the child builds a client of its own at its first command.
+            # The parent's is dropped, not closed (that would shut its sockets).
+            self._client = None
 
     def _run(self, command: Callable[[], _T], *, urgent: bool = False) -> _T | None:
         """Run one Redis command; ``None`` (and the outage bookkeeping) on failure.

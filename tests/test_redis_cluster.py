@@ -10,9 +10,13 @@ tests (``./dev test`` installs it), never skips them.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +268,58 @@ def test_failed_releases_of_breakers_in_different_slots_go_back_together(
     finally:
         worker.close()
         other.close()
+
+
+def exit_code_of_child(run: Callable[[], bool], *, alarm: int) -> int:
+    """Fork; the child exits 0 if ``run()`` is true, 2 if false, 3 if it raised,
+    and dies of SIGALRM after ``alarm`` seconds (a deadlock)."""
+    with warnings.catch_warnings():  # forking a multi-threaded process on purpose
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        status = 3
+        try:
+            signal.alarm(alarm)
+            status = 0 if run() else 2
+        finally:
+            os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status)
+
+
+def test_a_forked_child_builds_a_cluster_client_of_its_own_even_if_its_locks_were_held(
+    storage: RedisStorage,
+) -> None:
+    """gunicorn's preload_app forks workers from a master that may have used the storage."""
+    storage.set_open("svc", 30)
+    parent_client = cluster_client(storage)
+    holding, release = threading.Event(), threading.Event()
+
+    def refresh_the_topology() -> None:  # a parent thread in the middle of a refresh
+        with parent_client.nodes_manager._initialization_lock:
+            holding.set()
+            release.wait(timeout=30)
+
+    def parent_client_refreshes() -> bool:
+        parent_client.nodes_manager.initialize()
+        return True
+
+    def child_storage_loads_with_its_own_client() -> bool:
+        state = storage.load("svc")
+        fresh = storage.client is not parent_client
+        return fresh and state is not None and state.state is CircuitState.OPEN
+
+    holder = threading.Thread(target=refresh_the_topology)
+    holder.start()
+    try:
+        assert holding.wait(timeout=5)
+        # The hazard is real: the parent's client cannot refresh in the child.
+        assert exit_code_of_child(parent_client_refreshes, alarm=2) == -signal.SIGALRM
+        assert exit_code_of_child(child_storage_loads_with_its_own_client, alarm=10) == 0
+    finally:
+        release.set()
+        holder.join(timeout=5)
+    assert cluster_client(storage) is parent_client, "the parent keeps its client"
 
 
 # -- real processes --------------------------------------------------------------
