@@ -5,7 +5,10 @@ Runs against a real redis-server (started on a free 127.0.0.1 port, or the one
 interleaved rounds:
 
 - gennet_sync, memory storage (the default)
-- gennet_sync, :class:`~gennet_sync.redis_storage.RedisStorage`
+- gennet_sync, :class:`~gennet_sync.redis_storage.RedisStorage` on one server
+- gennet_sync, ``RedisStorage`` through Redis Sentinel (a primary, its replica
+  and a sentinel) and on a Redis Cluster (three primaries), both started here
+  (``--no-topologies``: not)
 - pybreaker, memory storage
 - pybreaker, ``CircuitRedisStorage``
 
@@ -18,27 +21,32 @@ round trip and is not counted.
 
 Usage::
 
-    .venv/bin/python -m benchmarks.bench_redis_storage [--quick] [--redis-url URL]
+    .venv/bin/python -m benchmarks.bench_redis_storage [--quick] [--redis-url URL] [--no-topologies]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pybreaker
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
+from examples.launcher import RedisClusterProcesses, RedisSentinelProcesses
 from gennet_sync.circuit_breaker import CircuitBreaker, CircuitBreakerError
-from gennet_sync.redis_storage import RedisStorage
+from gennet_sync.redis_storage import RedisClient, RedisStorage
 
 __all__ = ["main"]
 
@@ -65,8 +73,51 @@ class CountingConnection(redis.Connection):
         return super().pack_commands(commands)  # type: ignore[no-untyped-call]
 
 
+def counter_class(base: type[redis.Connection] = redis.Connection) -> type[CountingConnection]:
+    """A connection class of its own (so its counts are its own), counting on top of ``base``."""
+    bases = (CountingConnection,) if base is redis.Connection else (CountingConnection, base)
+    return type("Counter", bases, {"round_trips": 0, "commands": 0})
+
+
+#: What every benchmarked client gets: short timeouts, no retries.
+QUICK: dict[str, Any] = {"socket_timeout": 0.25, "socket_connect_timeout": 0.25}
+
+
+def sentinel_client(
+    setup: RedisSentinelProcesses,
+) -> tuple[RedisClient, type[CountingConnection]]:
+    """The primary the sentinels name, through counting connections."""
+    counter = counter_class(SentinelManagedConnection)
+    sentinels = [("127.0.0.1", port) for port in setup.sentinel_ports]
+    quick = {**QUICK, "retry": Retry(NoBackoff(), 0)}
+    sentinel = Sentinel(sentinels, sentinel_kwargs=quick)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(  # type: ignore[no-untyped-call]
+        setup.service, connection_class=counter, **quick
+    )
+    return client, counter
+
+
+def cluster_client(
+    cluster: RedisClusterProcesses,
+) -> tuple[RedisClient, type[CountingConnection]]:
+    """A cluster client whose connections to every node count."""
+    counter = counter_class()
+    client = RedisCluster(
+        startup_nodes=[ClusterNode("127.0.0.1", node.port) for node in cluster.nodes],  # type: ignore[no-untyped-call]
+        retry=Retry(NoBackoff(), 0),
+        **QUICK,
+    )
+    # A cluster client takes no connection class: its node pools are given one,
+    # emptied of the connections the topology discovery made.
+    for node in client.get_nodes():  # type: ignore[no-untyped-call]
+        pool = node.redis_connection.connection_pool
+        pool.reset()
+        pool.connection_class = counter
+    return client, counter
+
+
 def counting_client(url: str) -> tuple[redis.Redis, type[CountingConnection]]:
-    counter = type("Counter", (CountingConnection,), {"round_trips": 0, "commands": 0})
+    counter = counter_class()
     kwargs = redis.ConnectionPool.from_url(url).connection_kwargs
     pool = redis.ConnectionPool(
         connection_class=counter,
@@ -74,9 +125,8 @@ def counting_client(url: str) -> tuple[redis.Redis, type[CountingConnection]]:
         port=kwargs.get("port", 6379),
         db=kwargs.get("db", 0),
         password=kwargs.get("password"),
-        socket_timeout=0.25,
-        socket_connect_timeout=0.25,
         retry=Retry(NoBackoff(), 0),
+        **QUICK,
     )
     return redis.Redis(connection_pool=pool), counter
 
@@ -138,18 +188,31 @@ def pybreaker_call(
     return call
 
 
-class Setup:
-    """Builds the four breakers for a path, each with its own keys and counter."""
+#: Builds a counted client: one server, Sentinel or Cluster.
+ClientFactory = Callable[[], tuple[RedisClient, type[CountingConnection]]]
 
-    def __init__(self, url: str) -> None:
+
+class Setup:
+    """Builds the breakers for a path, each with its own keys and counter.
+
+    Args:
+        url: The one Redis server's URL.
+        topologies: More gennet_sync contenders: label -> counted client factory
+            (Sentinel, Cluster).
+    """
+
+    def __init__(self, url: str, topologies: dict[str, ClientFactory] | None = None) -> None:
         self.url = url
+        self.topologies = topologies or {}
         self.closers: list[Callable[[], None]] = []
 
     def gennet_memory(self, threshold: int) -> CircuitBreaker:
         return CircuitBreaker(threshold, 60.0, name=f"bench-{uuid.uuid4().hex[:8]}")
 
-    def gennet_redis(self, threshold: int) -> tuple[CircuitBreaker, type[CountingConnection]]:
-        client, counter = counting_client(self.url)
+    def gennet_redis(
+        self, threshold: int, factory: ClientFactory | None = None
+    ) -> tuple[CircuitBreaker, type[CountingConnection]]:
+        client, counter = (factory or (lambda: counting_client(self.url)))()
         storage = RedisStorage(client, prefix=f"bench:{uuid.uuid4().hex[:8]}")
         self.closers.append(client.close)
         breaker = CircuitBreaker(threshold, 60.0, name="svc", storage=storage)
@@ -176,16 +239,24 @@ class Setup:
         func = ok if path == "success" else fail
         gm = self.gennet_memory(threshold)
         gr, gr_counter = self.gennet_redis(threshold)
+        others = {
+            label: self.gennet_redis(threshold, factory)
+            for label, factory in self.topologies.items()
+        }
         pm = self.pybreaker_memory(threshold)
         pr, pr_counter = self.pybreaker_redis(threshold)
         if path == "rejection":
-            for gennet in (gm, gr):
+            for gennet in (gm, gr, *(breaker for breaker, _ in others.values())):
                 gennet.open()
             for py in (pm, pr):
                 py.open()
         return [
             Contender("gennet_sync memory", gennet_call(gm, func)),
             Contender("gennet_sync Redis", gennet_call(gr, func), gr_counter),
+            *(
+                Contender(label, gennet_call(breaker, func), counter)
+                for label, (breaker, counter) in others.items()
+            ),
             Contender("pybreaker memory", pybreaker_call(pm, func)),
             Contender("pybreaker Redis", pybreaker_call(pr, func), pr_counter),
         ]
@@ -198,10 +269,17 @@ class Setup:
 def trip_round_trips(setup: Setup, threshold: int = 3) -> dict[str, tuple[int, int]]:
     """Round trips and commands of the single call that trips each Redis-backed breaker."""
     gennet, gennet_counter = setup.gennet_redis(threshold)
+    others = {
+        label: setup.gennet_redis(threshold, factory) for label, factory in setup.topologies.items()
+    }
     py, py_counter = setup.pybreaker_redis(threshold)
     measured: dict[str, tuple[int, int]] = {}
     for label, call, counter in (
         ("gennet_sync Redis", gennet_call(gennet, fail), gennet_counter),
+        *(
+            (label, gennet_call(breaker, fail), counter)
+            for label, (breaker, counter) in others.items()
+        ),
         ("pybreaker Redis", pybreaker_call(py, fail), py_counter),
     ):
         for _ in range(threshold - 1):
@@ -209,7 +287,8 @@ def trip_round_trips(setup: Setup, threshold: int = 3) -> dict[str, tuple[int, i
         trips, commands = counter.round_trips, counter.commands
         call()
         measured[label] = (counter.round_trips - trips, counter.commands - commands)
-    assert gennet.state.value == "open", gennet.state
+    for breaker in (gennet, *(breaker for breaker, _ in others.values())):
+        assert breaker.state.value == "open", breaker.state
     assert py.current_state == pybreaker.STATE_OPEN, py.current_state
     return measured
 
@@ -232,7 +311,7 @@ def report(path: str, contenders: list[Contender]) -> None:
     floor = statistics.median(contenders[0].timings)
     print(f"\n{path} path (median ns/call over {len(contenders[0].timings)} rounds)")
     header = ("breaker", "ns/call", "x gennet mem", "trips/call", "cmds/call")
-    print("  {:<20} {:>10} {:>13} {:>11} {:>10}".format(*header))
+    print("  {:<22} {:>10} {:>13} {:>11} {:>10}".format(*header))
     for contender in contenders:
         median = statistics.median(contender.timings)
         if contender.counter is None:
@@ -241,7 +320,7 @@ def report(path: str, contenders: list[Contender]) -> None:
             trips = f"{contender.round_trips / contender.calls:.3f}"
             cmds = f"{contender.commands / contender.calls:.3f}"
         ratio = median / floor
-        print(f"  {contender.label:<20} {median:>10.0f} {ratio:>13.2f} {trips:>11} {cmds:>10}")
+        print(f"  {contender.label:<22} {median:>10.0f} {ratio:>13.2f} {trips:>11} {cmds:>10}")
     by_label = {c.label: statistics.median(c.timings) for c in contenders}
     print(
         f"  gennet Redis / gennet memory: "
@@ -262,15 +341,35 @@ def redis_url(given: str | None) -> Iterator[str]:
         yield server.url
 
 
+@contextmanager
+def topologies(start: bool) -> Iterator[dict[str, ClientFactory]]:
+    """A Sentinel setup and a Cluster started in a temporary directory (none if not ``start``)."""
+    if not start:
+        yield {}
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as directory, ExitStack() as stack:
+        sentinel = stack.enter_context(RedisSentinelProcesses(Path(directory) / "sentinel"))
+        cluster = stack.enter_context(RedisClusterProcesses(Path(directory) / "cluster"))
+        yield {
+            "gennet_sync Sentinel": lambda: sentinel_client(sentinel),
+            "gennet_sync Cluster": lambda: cluster_client(cluster),
+        }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and calls")
     parser.add_argument("--redis-url", help="use this Redis instead of starting redis-server")
+    parser.add_argument(
+        "--no-topologies",
+        action="store_true",
+        help="skip Redis Sentinel and Redis Cluster (otherwise started here)",
+    )
     args = parser.parse_args(argv)
     rounds, calls = (5, 400) if args.quick else (15, 2000)
 
-    with redis_url(args.redis_url) as url:
-        setup = Setup(url)
+    with redis_url(args.redis_url) as url, topologies(not args.no_topologies) as more:
+        setup = Setup(url, more)
         try:
             print(f"Redis at {url}; {rounds} rounds x {calls} calls per contender and path")
             for path in ("success", "failure", "rejection"):
@@ -279,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
                 report(path, bench_path(setup, path, rounds, path_calls))
             print("\nthe call that trips (threshold 3): round trips / commands")
             for label, (trips, commands) in trip_round_trips(setup).items():
-                print(f"  {label:<20} {trips:>3} / {commands}")
+                print(f"  {label:<22} {trips:>3} / {commands}")
         finally:
             setup.close()
 

@@ -6,7 +6,10 @@ Run ``python -m examples.demo``.  It starts, on free 127.0.0.1 ports:
   service, each under real gunicorn with 2 gthread workers;
 - a ``redis-server``, when one is installed, through which the workflow
   service's workers share their circuit breaker (otherwise each worker process
-  has its own breaker; the demo says which);
+  has its own breaker; the demo says which).  ``--redis-url URL`` (or
+  ``GENNET_DEMO_REDIS_URL``) uses a Redis of yours instead: one server
+  (``redis://``), Redis Sentinel (``redis+sentinel://``) or Redis Cluster
+  (``redis+cluster://``), any URL ``GENNET_BREAKER_STORAGE`` takes;
 
 then tells a story, printing a timeline with each call's latency:
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import signal
 import sys
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final, TextIO
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
@@ -177,19 +182,23 @@ class Deployment:
 
         with Deployment(Path("/tmp/demo"), use_redis=True) as deployment:
             deployment.workflow.base_url
+
+    ``redis_url`` (a storage URL of any form ``GENNET_BREAKER_STORAGE`` takes)
+    shares the breaker through that Redis instead of a redis-server started here.
     """
 
     workdir: Path
     use_redis: bool
     breaker_threshold: int = 3
     breaker_timeout: float = 2.0
+    redis_url: str | None = None
     redis: RedisProcess | None = None
     grn: ServiceProcess = field(init=False)
     qualitative: ServiceProcess = field(init=False)
     workflow: ServiceProcess = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.use_redis:
+        if self.use_redis and self.redis_url is None:
             self.redis = RedisProcess(self.workdir)
         self.grn = ServiceProcess(
             "grn",
@@ -212,10 +221,8 @@ class Deployment:
             "QUALITATIVE_TIMEOUT": "10",
             "GENNET_BREAKER_STORAGE": "",
         }
-        if self.redis is not None:
-            workflow_env["GENNET_BREAKER_STORAGE"] = (
-                f"{self.redis.url}?prefix=gennet-demo&sync_interval=0.2"
-            )
+        if self.storage_url is not None:
+            workflow_env["GENNET_BREAKER_STORAGE"] = self.storage_url
         self.workflow = ServiceProcess(
             "workflow",
             "examples.workflow_service:create_app()",
@@ -224,12 +231,27 @@ class Deployment:
             env=workflow_env,
         )
 
+    @property
+    def storage_url(self) -> str | None:
+        """The workflow workers' ``GENNET_BREAKER_STORAGE``; ``None``: per worker."""
+        url = self.redis_url if self.redis is None else self.redis.url
+        if url is None:
+            return None
+        return _with_demo_options(url)
+
+    @property
+    def shared(self) -> bool:
+        """Whether the workflow workers share their breaker through Redis."""
+        return self.storage_url is not None
+
     def describe(self) -> str:
         """Where everything listens."""
         services = [self.grn, self.qualitative, self.workflow]
         parts = [f"{s.name} on :{s.port}" for s in services]
         if self.redis is not None:
             parts.append(f"redis-server on :{self.redis.port}")
+        elif self.storage_url is not None:
+            parts.append(f"breaker state in {_storage_description(self.storage_url)}")
         return ", ".join(parts) + f" ({WORKERS} gunicorn workers per service)"
 
     @property
@@ -246,6 +268,8 @@ class Deployment:
                 process.wait_ready()  # the workflow service connects to it at its first call
         for process in self.processes:
             process.wait_ready()
+        if self.redis_url is not None and self.storage_url is not None:
+            _forget_breaker(self.storage_url)
 
     def stop(self) -> None:
         """Stop every process, last started first; never raises for one that is gone."""
@@ -498,7 +522,7 @@ def _restart_qualitative(
         "closed" in local and "open" not in local,
         "the breaker closed again, and no worker still refuses calls",
     )
-    if deployment.redis is not None:
+    if deployment.shared:
         timeline.expect(
             all(view.shared == "closed" for view in views.values()),
             "the breaker is closed in Redis too",
@@ -511,7 +535,7 @@ def run_story(deployment: Deployment, timeline: Timeline) -> None:
     Raises:
         StoryFailed: A step did not happen as told.
     """
-    shared = deployment.redis is not None
+    shared = deployment.shared
     client = Client()
     try:
         network = _store_network(deployment, client, timeline)
@@ -536,6 +560,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="keep breaker state per worker, even if redis-server is installed",
     )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("GENNET_DEMO_REDIS_URL") or None,
+        help="share the breaker through this Redis instead of starting a redis-server: "
+        "redis://, redis+sentinel://host:port[,...]/service or redis+cluster://host:port[,...] "
+        "(default: $GENNET_DEMO_REDIS_URL)",
+    )
     parser.add_argument("--threshold", type=int, default=3, help="breaker failure threshold (3)")
     parser.add_argument(
         "--recovery-timeout", type=float, default=2.0, help="seconds the breaker stays open (2)"
@@ -547,10 +578,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    use_redis = not options.no_redis and shutil.which("redis-server") is not None
+    redis_url: str | None = None if options.no_redis else options.redis_url
+    if redis_url is not None:
+        try:
+            where = _storage_description(redis_url)
+        except (ValueError, ImportError) as error:
+            parser.error(f"--redis-url: {error}")
+    use_redis = redis_url is not None or (
+        not options.no_redis and shutil.which("redis-server") is not None
+    )
     timeline = Timeline()
     print("gennet_sync demo: GRN, qualitative and workflow services under gunicorn")
-    if use_redis:
+    if redis_url is not None:
+        print(f"breaker storage: {where} (--redis-url; shared by all workers)")
+    elif use_redis:
         print(
             "breaker storage: redis (a redis-server started for this demo; shared by all workers)"
         )
@@ -561,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="gennet-demo-") as workdir:
         deployment = Deployment(
-            Path(workdir), use_redis, options.threshold, options.recovery_timeout
+            Path(workdir), use_redis, options.threshold, options.recovery_timeout, redis_url
         )
         try:
             with deployment:
@@ -583,6 +624,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"in {time.monotonic() - timeline.started:.1f} s; every process stopped."
     )
     return 0
+
+
+def _with_demo_options(url: str) -> str:
+    """``url`` with the demo's key prefix and sync interval, unless it sets its own."""
+    query = urlsplit(url).query
+    given = {key for key, _ in parse_qsl(query, keep_blank_values=True)}
+    extra = [
+        f"{key}={value}"
+        for key, value in (("prefix", "gennet-demo"), ("sync_interval", "0.2"))
+        if key not in given
+    ]
+    if not extra:
+        return url
+    return f"{url}{'&' if query else '?'}{'&'.join(extra)}"
+
+
+def _storage_description(url: str) -> str:
+    """Where the storage ``url`` names keeps its state, without credentials.
+
+    Raises:
+        ValueError: ``url`` is no Redis storage URL.
+        ImportError: redis-py is not installed.
+    """
+    from gennet_sync.redis_storage import RedisStorage  # the extra [redis]
+
+    storage = RedisStorage.from_url(url)
+    try:
+        return repr(storage)
+    finally:
+        storage.close()
+
+
+def _forget_breaker(url: str) -> None:
+    """Close the demo's breaker in a Redis of the user's: an earlier run may have left it OPEN."""
+    from gennet_sync.redis_storage import RedisStorage
+
+    storage = RedisStorage.from_url(url)
+    try:
+        storage.set_closed(BREAKER_NAME)
+    finally:
+        storage.close()
 
 
 def _print_logs(processes: list[ManagedProcess]) -> None:

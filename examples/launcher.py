@@ -20,10 +20,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Final, Self
+from typing import IO, Any, Final, Self
 
 import requests
 
@@ -31,9 +31,13 @@ __all__ = [
     "EXAMPLES_DIR",
     "GUNICORN_CONFIG",
     "ManagedProcess",
+    "RedisClusterProcesses",
+    "RedisNodeProcess",
     "RedisProcess",
+    "RedisSentinelProcesses",
     "ServiceProcess",
     "StartupError",
+    "free_cluster_port",
     "free_port",
 ]
 
@@ -310,3 +314,471 @@ class RedisProcess(ManagedProcess):
                 return connection.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+
+def free_cluster_port() -> int:
+    """A free 127.0.0.1 port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue  # the OS hands out ports up to 60999: this one has no bus port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise StartupError("no free port pair (port, port + 10000) found on 127.0.0.1")
+
+
+def _redis_client(port: int) -> Any:
+    """A redis-py client of one local server (or sentinel): short timeouts, no retries."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
+
+
+def _wait_for(
+    condition: Callable[[], bool], what: str, processes: Sequence[ManagedProcess], timeout: float
+) -> None:
+    """Poll ``condition`` until true; :class:`StartupError` with every log after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except Exception:  # a server still starting refuses or times out: poll again
+            pass
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"  {p.name}:\n{p.log_tail(15)}" for p in processes)
+            raise StartupError(f"{what} not reached after {timeout:.0f} s\n{logs}")
+        time.sleep(0.1)
+
+
+class RedisNodeProcess(RedisProcess):
+    """A redis-server of a Cluster or Sentinel setup: a name and log of its own, extra settings.
+
+    Example::
+
+        node = RedisNodeProcess("replica", log_dir, extra=["--replicaof", "127.0.0.1", "6379"])
+
+    Args:
+        name: Name for messages and the log file (several nodes share ``log_dir``).
+        log_dir: Where the log file, and the node's own files, go.
+        port: Port to bind; a free one by default (kept across restarts).
+        extra: More ``redis-server`` arguments (``--option value`` pairs).
+    """
+
+    def __init__(
+        self, name: str, log_dir: Path, *, port: int | None = None, extra: Sequence[str] = ()
+    ) -> None:
+        super().__init__(log_dir, port=port)
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        work_dir = log_dir / name
+        work_dir.mkdir(parents=True, exist_ok=True)
+        # A replica syncs at once, not after redis-server's 5 s wait for more replicas.
+        self.command = [
+            *self.command,
+            "--dir",
+            str(work_dir),
+            "--repl-diskless-sync-delay",
+            "0",
+            *extra,
+        ]
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it accepts connections and never answers (a hung host)."""
+        self._signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        self._signal_group(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL the server at once: what a crashed host looks like to its clients."""
+        self._signal_group(signal.SIGCONT)  # a paused server must die too
+        self._signal_group(signal.SIGKILL)
+        if self._process is not None:
+            self._process.wait(10)
+            self._process = None
+        self._close_log()
+
+
+class RedisClusterProcesses:
+    """A Redis Cluster on 127.0.0.1: ``primaries`` nodes, each with ``replicas``.
+
+    Built with ``redis-cli --cluster create``; ready when every node reports
+    ``cluster_state:ok`` and every replica is in sync.  A killed primary's
+    replica takes over after ``node_timeout`` ms (then some); a restarted node
+    rejoins with the slots (or the role) its ``nodes.conf`` remembers.
+
+    Example::
+
+        with RedisClusterProcesses(log_dir) as cluster:
+            storage = RedisStorage(cluster.url)
+
+    Args:
+        log_dir: Where the nodes' logs and files go.
+        primaries: Primary nodes (3 at least, as ``redis-cli`` demands).
+        replicas: Replicas per primary.
+        node_timeout: ``cluster-node-timeout`` (ms): how long a node may be
+            unreachable before it is failed (and failed over).
+
+    Raises:
+        StartupError: When redis-server or redis-cli is missing, or the cluster
+            does not form (the message has every node's log).
+    """
+
+    def __init__(
+        self, log_dir: Path, *, primaries: int = 3, replicas: int = 0, node_timeout: int = 1000
+    ) -> None:
+        self.log_dir = log_dir
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise StartupError("redis-cli is not installed (Debian: apt-get install redis-tools)")
+        self._cli = cli
+        self.replicas = replicas
+        self.nodes = [
+            RedisNodeProcess(
+                f"cluster-{index}",
+                log_dir,
+                port=(port := free_cluster_port()),
+                extra=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"nodes-{port}.conf",
+                    "--cluster-node-timeout",
+                    str(node_timeout),
+                    # A replica that lost its primary a while ago still takes over.
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ],
+            )
+            for index in range(primaries * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:<port>,...`` naming every node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self) -> None:
+        """Start every node, create the cluster and wait until it is ready."""
+        for node in self.nodes:
+            node.start()
+        for node in self.nodes:
+            node.wait_ready()
+        command = [
+            self._cli,
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{node.port}" for node in self.nodes),
+            "--cluster-replicas",
+            str(self.replicas),
+            "--cluster-yes",
+        ]
+        created = subprocess.run(
+            command, capture_output=True, text=True, timeout=60, check=False, cwd=self.log_dir
+        )
+        if created.returncode != 0:
+            raise StartupError(
+                f"redis-cli --cluster create failed ({created.returncode}):\n"
+                f"{created.stdout}{created.stderr}"
+            )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every running node says ``cluster_state:ok`` and its replicas are in sync.
+
+        Raises:
+            StartupError: Not so within ``timeout`` seconds (with every log).
+        """
+        _wait_for(self._ready, "cluster_state:ok on every node", self.nodes, timeout)
+
+    def _ready(self) -> bool:
+        for node in self.nodes:
+            if not node.running:
+                continue
+            client = _redis_client(node.port)
+            try:
+                if client.cluster("INFO")["cluster_state"] != "ok":
+                    return False
+                replication = client.info("replication")
+                if replication["role"] == "slave" and replication["master_link_status"] != "up":
+                    return False
+            finally:
+                client.close()
+        return True
+
+    def wait_for_failover(self, old_port: int, timeout: float = 30.0) -> None:
+        """Wait until no node names ``old_port`` a primary and the cluster is ready again.
+
+        Raises:
+            StartupError: No failover within ``timeout`` seconds (with every log).
+        """
+
+        def failed_over() -> bool:
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                client = _redis_client(node.port)
+                try:
+                    slots = client.execute_command("CLUSTER SLOTS")
+                finally:
+                    client.close()
+                if any(int(entry[2][1]) == old_port for entry in slots):
+                    return False
+            return self._ready()
+
+        _wait_for(failed_over, f"a failover of port {old_port}", self.nodes, timeout)
+
+    def primary_of(self, key: str) -> RedisNodeProcess:
+        """The node that holds ``key``'s slot now (asked of any running node)."""
+        for node in self.nodes:
+            if not node.running:
+                continue
+            client = _redis_client(node.port)
+            try:
+                slot = int(client.cluster("KEYSLOT", key))
+                for start, end, primary, *_ in client.execute_command("CLUSTER SLOTS"):
+                    if int(start) <= slot <= int(end):
+                        port = int(primary[1])
+                        return next(n for n in self.nodes if n.port == port)
+            finally:
+                client.close()
+        raise StartupError(f"no running node knows the slot of {key!r}")
+
+    def stop(self) -> None:
+        """Stop every node (idempotent)."""
+        for node in self.nodes:
+            node.stop(quick=True)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisSentinelProcesses:
+    """A Redis primary, its replica and ``sentinels`` sentinels on 127.0.0.1.
+
+    The sentinels (``redis-server --sentinel``, what Debian's redis-sentinel
+    runs) watch the primary as ``service``, fail it over to the replica
+    ``down_after`` ms after it stops answering, and agree on it with a quorum
+    of 1.  Ready when every sentinel names the primary and knows the replica,
+    and the replica is in sync.
+
+    Example::
+
+        with RedisSentinelProcesses(log_dir) as setup:
+            storage = RedisStorage(setup.url)
+            setup.primary.kill()  # the replica is promoted after ~down_after ms
+
+    Args:
+        log_dir: Where the logs, the sentinels' config files and data go.
+        service: The name the sentinels give the primary.
+        sentinels: How many sentinels watch it.
+        down_after: ``down-after-milliseconds``.
+
+    Raises:
+        StartupError: When redis-server is missing, or the setup does not
+            become ready (the message has every log).
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        service: str = "gennet",
+        sentinels: int = 1,
+        down_after: int = 500,
+    ) -> None:
+        self.service = service
+        primary = RedisNodeProcess("sentinel-primary", log_dir)
+        replica = RedisNodeProcess(
+            "sentinel-replica",
+            log_dir,
+            extra=["--replicaof", "127.0.0.1", str(primary.port)],
+        )
+        #: The two data nodes; which of them is the primary changes with failovers.
+        self.servers = [primary, replica]
+        self.sentinels: list[RedisNodeProcess] = []
+        for index in range(sentinels):
+            port = free_port()
+            config = log_dir / f"sentinel-{index}.conf"
+            # A sentinel rewrites its config file (what it learns, failovers included).
+            config.write_text(
+                f"port {port}\n"
+                "bind 127.0.0.1\n"
+                f'dir "{log_dir}"\n'
+                f"sentinel monitor {service} 127.0.0.1 {primary.port} 1\n"
+                f"sentinel down-after-milliseconds {service} {down_after}\n"
+                f"sentinel failover-timeout {service} 10000\n"
+                f"sentinel parallel-syncs {service} 1\n"
+            )
+            process = RedisNodeProcess(f"sentinel-{index}", log_dir, port=port)
+            process.command = [process.command[0], str(config), "--sentinel"]
+            self.sentinels.append(process)
+
+    @property
+    def sentinel_ports(self) -> list[int]:
+        """The sentinels' ports."""
+        return [sentinel.port for sentinel in self.sentinels]
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://127.0.0.1:<port>,.../<service>/0``."""
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """Every process of the setup."""
+        return [*self.servers, *self.sentinels]
+
+    def primary_port(self) -> int:
+        """The port of the primary the first answering sentinel names now."""
+        for port in self.sentinel_ports:
+            client = _redis_client(port)
+            try:
+                address = client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.service)
+            except Exception:  # this sentinel is down: ask the next
+                continue
+            finally:
+                client.close()
+            if address:
+                return int(address[1])
+        raise StartupError(f"no sentinel names a primary for {self.service!r}")
+
+    @property
+    def primary(self) -> RedisNodeProcess:
+        """The data node the sentinels name the primary now."""
+        port = self.primary_port()
+        return next(server for server in self.servers if server.port == port)
+
+    def wait_for_failover(self, old_port: int, timeout: float = 30.0) -> None:
+        """Wait until the sentinels name a primary other than ``old_port`` and it acts as one.
+
+        Raises:
+            StartupError: No failover within ``timeout`` seconds (with every log).
+        """
+
+        def promoted() -> bool:
+            port = self.primary_port()
+            if port == old_port:
+                return False
+            client = _redis_client(port)
+            try:
+                return bool(client.info("replication")["role"] == "master")
+            finally:
+                client.close()
+
+        _wait_for(promoted, f"a primary other than port {old_port}", self.processes, timeout)
+
+    def start(self) -> None:
+        """Start the primary, the replica and the sentinels; wait until they are ready."""
+        for server in self.servers:
+            server.start()
+        for server in self.servers:
+            server.wait_ready()
+        # A sentinel learns of replicas from the primary's INFO, which it asks for
+        # at once and then every 10 s: a replica in sync by then is known at once.
+        _wait_for(self._replica_in_sync, "the replica in sync", self.servers, 30.0)
+        for sentinel in self.sentinels:
+            sentinel.start()
+        for sentinel in self.sentinels:
+            sentinel.wait_ready()
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every sentinel names a running primary that has an in-sync replica.
+
+        Raises:
+            StartupError: Not so within ``timeout`` seconds (with every log).
+        """
+        _wait_for(self._ready, "a primary with an in-sync replica", self.processes, timeout)
+
+    def _ready(self) -> bool:
+        ports = set()
+        for port in self.sentinel_ports:
+            client = _redis_client(port)
+            try:
+                address = client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.service)
+                replicas = client.execute_command("SENTINEL REPLICAS", self.service)
+            finally:
+                client.close()
+            ports.add(int(address[1]))
+            # The sentinel must know a replica it can promote.
+            usable = [
+                r for r in replicas if "s_down" not in _flags(r) and "disconnected" not in _flags(r)
+            ]
+            if not usable:
+                return False
+        if len(ports) != 1:
+            return False
+        primary = next(server for server in self.servers if server.port in ports)
+        return primary.running and self._replica_in_sync(primary.port)
+
+    def _replica_in_sync(self, port: int | None = None) -> bool:
+        """Whether the primary (on ``port``; the first server by default) has an online replica."""
+        client = _redis_client(self.servers[0].port if port is None else port)
+        try:
+            replication = client.info("replication")
+        finally:
+            client.close()
+        return bool(
+            replication["role"] == "master"
+            and replication.get("connected_slaves", 0) >= 1
+            and replication.get("slave0", {}).get("state") == "online"
+        )
+
+    def stop(self) -> None:
+        """Stop every process (idempotent)."""
+        for process in self.processes:
+            process.stop(quick=True)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _flags(replica: Any) -> str:
+    """The ``flags`` of a ``SENTINEL REPLICAS`` entry (a dict, or a flat name/value list)."""
+    if isinstance(replica, dict):
+        return str(replica.get("flags", ""))
+    fields = dict(zip(replica[::2], replica[1::2], strict=True))
+    return str(fields.get("flags", ""))

@@ -7,8 +7,12 @@ CLOSED state costs no round trip.  Every call that does reach Redis is exactly
 one round trip: the multi-key steps run as Lua scripts (sent once, then by
 SHA, reloaded automatically after a restart or ``SCRIPT FLUSH``).
 
+It works on one server, through Redis Sentinel and on a Redis Cluster (see
+:meth:`RedisStorage.from_url` for the URLs).
+
 Keys of breaker ``name`` under prefix ``P`` (the ``{name}`` hash tag keeps them
-in one Redis Cluster slot, so a script may touch all of them):
+in one Redis Cluster slot, so a script may touch all of them; ``%``, ``{`` and
+``}`` in a name are escaped, and ``""`` is ``%``: see ``_hash_tag``):
 
 ==========================  ===================================================
 key                         meaning
@@ -58,6 +62,7 @@ Requires Redis 5 or newer (scripts read the server clock with ``TIME``).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
@@ -65,26 +70,45 @@ import os
 import threading
 import time
 import uuid
+import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, ClassVar, TypeAlias, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 try:
     import redis
     from redis.backoff import NoBackoff
+    from redis.cluster import ClusterNode, RedisCluster
+    from redis.connection import parse_url
+    from redis.exceptions import NoScriptError
     from redis.retry import Retry
+    from redis.sentinel import Sentinel, SentinelConnectionPool
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError("RedisStorage needs redis-py: pip install 'gennet_sync[redis]'") from error
 
 from gennet_sync.storage import CircuitState, SharedState, WindowTotals
 
-__all__ = ["RedisStorage"]
+__all__ = ["RedisClient", "RedisClientWarning", "RedisStorage"]
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+#: A client RedisStorage can work through: one server (``redis.Redis``, also what
+#: ``Sentinel.master_for`` returns) or a Redis Cluster.
+RedisClient: TypeAlias = redis.Redis | RedisCluster
+
+
+class RedisClientWarning(UserWarning):
+    """A client handed to :class:`RedisStorage` can stall the calls that reach it.
+
+    Issued for a client whose socket timeouts are unset or longer than a
+    second, or that retries failed commands: while Redis hangs or fails over,
+    every breaker call that reaches it would wait that long (times the retries).
+    """
+
 
 # KEYS of every script: failures, open, tripped, trials, window; SYNC_WINDOW and
 # SET_CLOSED also closings.
@@ -261,6 +285,210 @@ def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> flo
     return value
 
 
+#: Longest socket timeout (seconds) a client handed in may have without a warning.
+_SAFE_CLIENT_TIMEOUT = 1.0
+_SENTINEL_PORT = 26379
+_REDIS_PORT = 6379
+
+
+def _hash_tag(name: str) -> str:
+    """``name`` as the content of a Redis Cluster hash tag: never empty, no brace.
+
+    Redis Cluster hashes only what lies between a key's first ``{`` and the
+    first ``}`` after it, unless that is empty.  A ``}`` in a name would end the
+    tag early (breakers named ``a}x`` and ``a}y`` would share a slot), and an
+    empty tag (the name ``""`` or ``}``) makes every key hash whole, into
+    different slots, where no script may touch them together.  Escaping ``%``
+    too keeps the mapping one to one; ``""`` becomes ``%``, which no escaped
+    name can be.  A name without ``%``, ``{`` or ``}`` is used as it is, so its
+    keys are those earlier versions wrote.
+    """
+    if not name:
+        return "%"
+    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def _no_retries() -> Retry:
+    # A breaker storage must answer fast or not at all: one attempt, then the
+    # storage's outage backoff decides when to try again.
+    return Retry(NoBackoff(), 0)
+
+
+def _client_risks(client: RedisClient) -> list[str]:
+    """What in ``client``'s settings can make one command wait long (empty: nothing)."""
+    if isinstance(client, RedisCluster):
+        kwargs = client.nodes_manager.connection_kwargs
+        # A cluster client retries (and sleeps between tries) itself; its nodes'
+        # own connections never retry.
+        retries = client.retry.get_retries()
+    else:
+        kwargs = client.connection_pool.connection_kwargs
+        retry = kwargs.get("retry")
+        if retry is not None:
+            retries = retry.get_retries()
+        else:
+            # A connection without a Retry retries once if told to retry on anything.
+            retries = int(bool(kwargs.get("retry_on_timeout") or kwargs.get("retry_on_error")))
+    risks = []
+    timeout = kwargs.get("socket_timeout")
+    # redis-py connects with the socket timeout when no connect timeout is set.
+    connect_timeout = kwargs.get("socket_connect_timeout") or timeout
+    for option, value in (("socket_timeout", timeout), ("socket_connect_timeout", connect_timeout)):
+        if value is None or value > _SAFE_CLIENT_TIMEOUT:
+            risks.append(f"{option}={value!r}")
+    if retries > 0:
+        risks.append(f"{retries} retries")
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool):
+        # Every new connection asks the sentinels where the primary is.
+        for sentinel in pool.sentinel_manager.sentinels:
+            risks.extend(f"sentinel {risk}" for risk in _client_risks(sentinel))
+            break  # they are built alike: one sentinel's settings stand for all
+    return risks
+
+
+def _warn_if_risky(client: RedisClient) -> None:
+    risks = _client_risks(client)
+    if risks:
+        warnings.warn(
+            f"the Redis client given to RedisStorage has {', '.join(risks)}: while Redis "
+            f"hangs or fails over, a breaker call can wait that long; give it "
+            f"socket_timeout and socket_connect_timeout of at most "
+            f"{_SAFE_CLIENT_TIMEOUT:g} s and retry=Retry(NoBackoff(), 0), or pass a URL",
+            RedisClientWarning,
+            stacklevel=3,
+        )
+
+
+def _describe_client(client: RedisClient) -> str:
+    """Where ``client`` connects, without credentials, for logs and ``repr``."""
+    if isinstance(client, RedisCluster):
+        nodes = ",".join(node.name for node in client.startup_nodes)
+        return f"cluster {nodes}"
+    kwargs = client.get_connection_kwargs()
+    db = kwargs.get("db", 0)
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        return f"sentinel {pool.service_name}/{db}"
+    # redis-py leaves the port out of a URL that has none: it is then the default.
+    where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port') or _REDIS_PORT}"
+    return f"{where}/{db}"
+
+
+def _nodes(netloc: str, default_port: int, url: str) -> tuple[str, list[tuple[str, int]]]:
+    """The user info and the ``(host, port)`` list of a ``host:port[,host:port...]`` netloc."""
+    userinfo, _, hosts = netloc.rpartition("@")
+    nodes = []
+    for host in hosts.split(","):
+        parsed = urlsplit(f"//{host.strip()}")
+        try:
+            port = parsed.port
+        except ValueError:
+            raise ValueError(f"invalid port {host!r} in the storage URL {url!r}") from None
+        if not parsed.hostname:
+            raise ValueError(f"a host is missing in the storage URL {url!r}")
+        nodes.append((parsed.hostname, port or default_port))
+    return userinfo, nodes
+
+
+def _check_options(url: str, make: Callable[[], object]) -> None:
+    """Make a connection object (it does not connect): an unknown option fails now.
+
+    redis-py would only fail at the first command, which the storage reports as
+    Redis being unavailable, for ever.
+    """
+    try:
+        make()
+    except TypeError as error:
+        raise ValueError(f"the storage URL {url!r} has an option redis-py lacks: {error}") from None
+
+
+def _client_from_url(
+    url: str, *, socket_timeout: float, connect_timeout: float
+) -> tuple[Callable[[], RedisClient], str]:
+    """How to build the client ``url`` names, and where it connects (for ``repr``).
+
+    Every client has the short timeouts given (unless the URL sets its own) and
+    never retries, nor do the sentinel connections a Sentinel client makes.
+
+    Raises:
+        ValueError: ``url`` has no known form, or an option redis-py lacks.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("redis", "rediss", "unix"):
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=_no_retries(),
+            retry_on_timeout=False,
+        )
+        pool = client.connection_pool
+        _check_options(url, lambda: pool.connection_class(**pool.connection_kwargs))
+        return (lambda: client), _describe_client(client)
+    base, _, topology = scheme.partition("+")
+    if base not in ("redis", "rediss") or topology not in ("sentinel", "cluster"):
+        raise ValueError(f"not a Redis URL: {url!r}")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    sentinel_auth = {
+        key: query.pop(f"sentinel_{key}")
+        for key in ("username", "password")
+        if f"sentinel_{key}" in query
+    }
+    userinfo, nodes = _nodes(
+        parts.netloc, _SENTINEL_PORT if topology == "sentinel" else _REDIS_PORT, url
+    )
+    # redis-py reads credentials and typed options (socket_timeout=0.5, ...) from a
+    # one-server URL: have it read ours.
+    one_server = urlunsplit(
+        (base, f"{userinfo}@localhost" if userinfo else "localhost", "", urlencode(query), "")
+    )
+    options: dict[str, Any] = parse_url(one_server)  # type: ignore[no-untyped-call]
+    for key in ("host", "port", "connection_class", "db"):
+        options.pop(key, None)
+    options.setdefault("socket_timeout", socket_timeout)
+    options.setdefault("socket_connect_timeout", connect_timeout)
+    if base == "rediss":
+        options["ssl"] = True
+    hosts = ",".join(f"{host}:{port}" for host, port in nodes)
+    path = [unquote(segment) for segment in parts.path.split("/") if segment]
+
+    # The primary, each cluster node and each sentinel is a redis.Redis with these
+    # options (a sentinel with some of them).
+    _check_options(url, lambda: redis.Redis(**options))
+    if topology == "cluster":
+        if path not in ([], ["0"]):
+            raise ValueError(f"Redis Cluster has only database 0, not {parts.path!r} in {url!r}")
+
+        def cluster() -> RedisClient:
+            return RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in nodes],  # type: ignore[no-untyped-call]
+                retry=_no_retries(),
+                # A cluster missing a primary still serves the other slots' breakers.
+                require_full_coverage=False,
+                **options,
+            )
+
+        return cluster, f"cluster {hosts}"
+
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(
+            f"a Sentinel storage URL is redis+sentinel://host:port[,host:port...]"
+            f"/service_name[/db], not {url!r}"
+        )
+    service, db = path[0], int(path[1]) if len(path) == 2 else 0
+    sentinel_kwargs = {
+        key: value
+        for key, value in options.items()
+        if key.startswith(("socket_", "ssl")) and key != "socket_keepalive_options"
+    }
+    sentinel_kwargs.update(sentinel_auth, retry=_no_retries())
+    sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(service, db=db, retry=_no_retries(), **options)  # type: ignore[no-untyped-call]
+    return (lambda: client), f"sentinel {service}@{hosts}/{db}"
+
+
 @dataclass(frozen=True)
 class _Keys:
     failures: str
@@ -279,12 +507,15 @@ class RedisStorage:
     """Fleet-wide breaker state in Redis, for every worker of every host.
 
     Args:
-        client_or_url: A ``redis://``, ``rediss://`` or ``unix://`` URL, or a
-            ready ``redis.Redis`` client.  A client is used as given: give it
-            short socket timeouts and no retries, or a slow Redis will slow the
-            calls that reach it.
+        client_or_url: A URL (see :meth:`from_url` for the forms: one server,
+            Sentinel or Cluster), or a ready ``redis.Redis`` (also one from
+            ``Sentinel.master_for``) or ``redis.cluster.RedisCluster`` client.
+            A client is used as given: give it short socket timeouts and no
+            retries, or a slow Redis will slow the calls that reach it (a
+            :class:`RedisClientWarning` says so).
         prefix: First part of every key, so several applications can share one
-            Redis database.
+            Redis database; without ``{`` or ``}`` (they would choose the keys'
+            Redis Cluster slot).
         sync_interval: Longest time (seconds) a breaker acts on its local view
             before reloading the shared state: the delay within which a trip by
             one process reaches the others, and within which a process's calls
@@ -300,7 +531,8 @@ class RedisStorage:
 
     Raises:
         ValueError: for a timeout, interval or TTL that is negative, zero (where
-            zero makes no sense), infinite or NaN, or an empty prefix.
+            zero makes no sense), infinite or NaN, an empty prefix or one with
+            a brace, or a URL of no known form.
 
     Example::
 
@@ -329,7 +561,7 @@ class RedisStorage:
 
     def __init__(
         self,
-        client_or_url: redis.Redis | str,
+        client_or_url: RedisClient | str,
         *,
         prefix: str = "gennet:cb",
         sync_interval: float = 0.5,
@@ -340,8 +572,8 @@ class RedisStorage:
         max_retry_backoff: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError(f"prefix must be a non-empty string, not {prefix!r}")
+        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix must be a non-empty string without braces, not {prefix!r}")
         self.prefix = prefix
         self.sync_interval = _check_positive("sync_interval", sync_interval, allow_zero=True)
         socket_timeout = _check_positive("socket_timeout", socket_timeout)
@@ -357,25 +589,26 @@ class RedisStorage:
         self._clock = clock
 
         self._owns_client = isinstance(client_or_url, str)
+        self._client: RedisClient | None
         if isinstance(client_or_url, str):
-            self.client: redis.Redis = redis.Redis.from_url(
-                client_or_url,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=connect_timeout,
-                # A breaker storage must answer fast or not at all: one attempt,
-                # then the outage backoff below decides when to try again.
-                retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
+            self._build_client, self._where = _client_from_url(
+                client_or_url, socket_timeout=socket_timeout, connect_timeout=connect_timeout
             )
+            # A cluster client connects as it is built: that waits for the first
+            # command, where a cluster that is down is an outage like any other.
+            self._client = None
         else:
-            self.client = client_or_url
+            _warn_if_risky(client_or_url)
+            self._client = client_or_url
+            self._where = _describe_client(client_or_url)
+        self._client_lock = threading.Lock()
 
-        self._load = self.client.register_script(_LOAD)
-        self._record_failure = self.client.register_script(_RECORD_FAILURE)
-        self._set_open = self.client.register_script(_SET_OPEN)
-        self._acquire_trial = self.client.register_script(_ACQUIRE_TRIAL)
-        self._sync_window = self.client.register_script(_SYNC_WINDOW)
-        self._set_closed = self.client.register_script(_SET_CLOSED)
+        self._load = _Script(self, _LOAD)
+        self._record_failure = _Script(self, _RECORD_FAILURE)
+        self._set_open = _Script(self, _SET_OPEN)
+        self._acquire_trial = _Script(self, _ACQUIRE_TRIAL)
+        self._sync_window = _Script(self, _SYNC_WINDOW)
+        self._set_closed = _Script(self, _SET_CLOSED)
 
         self._keys_cache: dict[str, _Keys] = {}
         self._token_prefix = uuid.uuid4().hex
@@ -393,16 +626,35 @@ class RedisStorage:
         ``health_check_interval``, ...) goes to redis-py.
 
         Args:
-            url: ``redis://[[user]:password@]host[:port][/db][?option=value...]``,
-                ``rediss://...`` or ``unix://path``.
+            url: One of
+
+                - ``redis://[[user]:password@]host[:port][/db][?option=value...]``,
+                  ``rediss://...`` (TLS) or ``unix://path``: one server;
+                - ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]
+                  /service_name[/db][?...]`` (``rediss+sentinel`` for TLS): the
+                  primary that the sentinels at these addresses (port 26379 by
+                  default) name ``service_name``, followed through failovers.
+                  The user and password are the primary's; ``sentinel_username``
+                  and ``sentinel_password`` in the query authenticate to the
+                  sentinels;
+                - ``redis+cluster://[[user]:password@]host[:port][,host[:port]...][?...]``
+                  (``rediss+cluster`` for TLS): a Redis Cluster, found from
+                  any of these nodes.
+
+                Every client built from a URL makes one attempt per command
+                (no retries, its sentinel connections neither) with the
+                storage's short timeouts unless the query sets redis-py's.
             **options: Keyword arguments of :class:`RedisStorage`.
 
         Raises:
-            ValueError: for an option value that is not a valid number.
+            ValueError: for an option value that is not a valid number, or a URL
+                of none of these forms.
 
         Example::
 
             storage = RedisStorage.from_url("redis://cache:6379/0?prefix=orders")
+            storage = RedisStorage.from_url("redis+sentinel://s1,s2,s3/breakers?prefix=orders")
+            storage = RedisStorage.from_url("redis+cluster://node1:6379,node2:6379")
         """
         parts = urlsplit(url)
         redis_query: list[tuple[str, str]] = []
@@ -575,17 +827,39 @@ class RedisStorage:
         """False from a failed command until Redis answers again."""
         return self._unavailable_since is None
 
+    @property
+    def client(self) -> RedisClient:
+        """The redis-py client; one built from a cluster URL is built (and connects) here.
+
+        Raises:
+            redis.exceptions.RedisClusterException: A cluster client reached none
+                of its nodes (the storage counts it as Redis unavailable).
+        """
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._build_client()
+                client = self._client
+        return client
+
     def close(self) -> None:
-        """Close the connections of a client this storage created from a URL."""
-        if self._owns_client:
-            self.client.close()
+        """Close the connections of a client this storage created from a URL.
+
+        For a Sentinel URL, the connections to the sentinels too.
+        """
+        client = self._client
+        if not self._owns_client or client is None:
+            return
+        client.close()
+        pool = getattr(client, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):
+            for sentinel in pool.sentinel_manager.sentinels:
+                sentinel.close()
 
     def __repr__(self) -> str:
-        kwargs = self.client.get_connection_kwargs()
-        # redis-py leaves the port out of a URL that has none: it is then the default.
-        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port') or 6379}"
         return (
-            f"{type(self).__name__}({where}/{kwargs.get('db', 0)}, prefix={self.prefix!r}, "
+            f"{type(self).__name__}({self._where}, prefix={self.prefix!r}, "
             f"sync_interval={self.sync_interval!r})"
         )
 
@@ -598,7 +872,7 @@ class RedisStorage:
     def _keys(self, name: str) -> _Keys:
         keys = self._keys_cache.get(name)
         if keys is None:
-            base = f"{self.prefix}:{{{name}}}:"
+            base = f"{self.prefix}:{{{_hash_tag(name)}}}:"
             keys = _Keys(
                 failures=base + "failures",
                 open=base + "open",
@@ -689,6 +963,12 @@ class RedisStorage:
         # The parent's leases are not the child's to give back, and a lock held
         # by a parent thread at fork time would never be released in the child.
         self._init_process_state()
+        self._client_lock = threading.Lock()
+        if self._owns_client and isinstance(self._client, RedisCluster):
+            # A cluster client's topology locks may have been held by a parent
+            # thread: the child builds a client of its own at its first command.
+            # The parent's is dropped, not closed (that would shut its sockets).
+            self._client = None
 
     def _run(self, command: Callable[[], _T], *, urgent: bool = False) -> _T | None:
         """Run one Redis command; ``None`` (and the outage bookkeeping) on failure.
@@ -758,3 +1038,27 @@ class RedisStorage:
             self._retry_at = 0.0
             outage = self._clock() - since
         logger.info("Redis breaker storage %r available again after %.1f s", self, outage)
+
+
+class _Script:
+    """One of the Lua scripts, run by its SHA, or by its source where it is missing.
+
+    redis-py's own ``Script`` reloads a missing script with ``SCRIPT LOAD``, which
+    a cluster client sends to every primary: with one of them down, and on a
+    replica just promoted (scripts are not replicated), that fails for every
+    breaker.  ``EVAL`` goes to the one node that owns the keys and caches the
+    script there: one extra round trip after a restart, failover or
+    ``SCRIPT FLUSH``, instead of two.
+    """
+
+    def __init__(self, storage: RedisStorage, source: str) -> None:
+        self._storage = storage
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def __call__(self, keys: Sequence[str], args: Sequence[int | str] = ()) -> Any:
+        client = self._storage.client
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)

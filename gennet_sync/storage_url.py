@@ -8,11 +8,29 @@ from __future__ import annotations
 
 from gennet_sync.storage import BreakerStorage, MemoryStorage
 
-__all__ = ["storage_from_url"]
+__all__ = ["REDIS_URL_SCHEMES", "storage_from_url"]
+
+#: Schemes of the URLs that name a :class:`~gennet_sync.redis_storage.RedisStorage`:
+#: one server, Redis Sentinel or Redis Cluster, each also over TLS.
+REDIS_URL_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
 
 
 def storage_from_url(url: str | None) -> BreakerStorage:
-    """The storage a URL names: ``None``/``""``/``"memory://"`` or ``redis://host:port/db``.
+    """The storage a URL names: ``None``/``""``/``"memory://"``, or Redis.
+
+    Redis URLs are ``redis://host:port/db`` for one server,
+    ``redis+sentinel://host:port[,host:port...]/service_name[/db]`` for the
+    primary a Redis Sentinel names and ``redis+cluster://host:port[,host:port...]``
+    for a Redis Cluster (``rediss`` for TLS); see
+    :meth:`~gennet_sync.redis_storage.RedisStorage.from_url`.
 
     Example::
 
@@ -24,9 +42,12 @@ def storage_from_url(url: str | None) -> BreakerStorage:
     """
     if not url or url.startswith("memory:"):
         return MemoryStorage()
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.lower().startswith(REDIS_URL_SCHEMES):
         # Imported here so the default path needs no redis-py.
         from gennet_sync.redis_storage import RedisStorage  # noqa: PLC0415
 
         return RedisStorage.from_url(url)
-    raise ValueError(f"GENNET_BREAKER_STORAGE must be memory:// or a redis:// URL, not {url!r}")
+    raise ValueError(
+        "GENNET_BREAKER_STORAGE must be memory://, a redis:// URL, redis+sentinel:// "
+        f"or redis+cluster://, not {url!r}"
+    )

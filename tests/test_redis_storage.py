@@ -726,6 +726,7 @@ def acl_client(server: RedisServer, user: str) -> redis.Redis:
         username=user,
         password="secret",
         socket_timeout=0.5,
+        socket_connect_timeout=0.5,
         retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
     )
 
@@ -1027,7 +1028,8 @@ def healthy_until_rejected_worker(
     start: BarrierType,
     results: multiprocessing.Queue[dict[str, Any]],
 ) -> None:
-    """Calls a service that fails every other call, until the breaker rejects one."""
+    """Calls a service that fails every other call, until the breaker rejects one;
+    ``slowest`` is the longest a call took."""
     breaker = registry_breaker(storage_url, name, failure_threshold=100, recovery_timeout=60)
     outcomes: dict[str, Any] = {
         "attempts": 0,
@@ -1035,12 +1037,14 @@ def healthy_until_rejected_worker(
         "failed": 0,
         "rejected_at": None,
         "unexpected": [],
+        "slowest": 0.0,
     }
     start.wait()
     deadline = time.monotonic() + duration
     while time.monotonic() < deadline:
         outcomes["attempts"] += 1
         fail = outcomes["attempts"] % 2 == 0
+        started = time.monotonic()
         try:
             breaker.call(flaky_service_call, fail)
         except CircuitBreakerError:
@@ -1052,6 +1056,7 @@ def healthy_until_rejected_worker(
             outcomes["unexpected"].append(repr(exc))
         else:
             outcomes["returned"] += 1
+        outcomes["slowest"] = max(outcomes["slowest"], time.monotonic() - started)
         time.sleep(0.002)
     results.put(outcomes)
 
