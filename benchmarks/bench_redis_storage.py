@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pybreaker
@@ -37,6 +39,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from examples.launcher import RedisProcess
 from gennet_sync.circuit_breaker import CircuitBreaker, CircuitBreakerError
 from gennet_sync.redis_storage import RedisStorage
 
@@ -256,9 +259,10 @@ def redis_url(given: str | None) -> Iterator[str]:
     if given:
         yield given
         return
-    from tests.redis_server import RedisServer
-
-    with RedisServer() as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-redis-") as log_dir,
+        RedisProcess(Path(log_dir)) as server,
+    ):
         yield server.url
 
 
