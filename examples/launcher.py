@@ -159,7 +159,7 @@ class ManagedProcess:
     def kill(self, timeout: float = 10.0) -> None:
         """Kill the process group at once (SIGKILL): what a crash looks like to clients.
 
-        The log file stays open for a :meth:`start` on the same port; idempotent.
+        Idempotent; :meth:`start` brings it back with the same command (same port).
         """
         process = self._process
         if process is None:

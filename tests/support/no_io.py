@@ -1,15 +1,17 @@
 """Forbid real network and process I/O where a test claims to need none.
 
 Unit tests run with :func:`forbid_real_io` active (``tests/unit/conftest.py``):
-a socket that connects or binds, or a child process started through
-:mod:`subprocess` or :func:`os.fork`, raises :class:`RealIOError` and fails the
-test, even when the code under test swallows the exception.  A unit test that
-secretly needs a server thus fails instead of passing slowly or flakily.
+a socket that connects or binds, a name lookup, or a child process started
+through :mod:`subprocess`, :mod:`multiprocessing` or :mod:`os` raises
+:class:`RealIOError` and fails the test, even when the code under test
+swallows the exception.  A unit test that secretly needs a server thus fails
+instead of passing slowly or flakily.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.util
 import os
 import socket
 import subprocess
@@ -51,9 +53,18 @@ def forbid_real_io() -> Iterator[list[str]]:
         (socket.socket, "connect", refuse("socket.connect")),
         (socket.socket, "connect_ex", refuse("socket.connect_ex")),
         (socket.socket, "bind", refuse("socket.bind")),
+        # A name lookup may ask a DNS server: network I/O as well.
+        (socket, "getaddrinfo", refuse("socket.getaddrinfo")),
+        # Every subprocess function goes through Popen; multiprocessing's spawn
+        # and forkserver start methods through spawnv_passfds, its fork method
+        # through os.fork.
         (subprocess.Popen, "_execute_child", refuse("subprocess.Popen")),
+        (multiprocessing.util, "spawnv_passfds", refuse("multiprocessing spawn")),
         (os, "fork", refuse("os.fork")),
+        (os, "forkpty", refuse("os.forkpty")),
         (os, "posix_spawn", refuse("os.posix_spawn")),
+        (os, "posix_spawnp", refuse("os.posix_spawnp")),
+        (os, "system", refuse("os.system")),
     ]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     try:

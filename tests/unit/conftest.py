@@ -1,11 +1,11 @@
-"""Unit tests: no sockets, no child processes.
+"""Unit tests: no sockets, no name lookups, no child processes.
 
-Every unit test runs with real I/O forbidden (:func:`tests.support.no_io.forbid_real_io`),
-from the setup of its fixtures to their teardown: a socket that connects or
-binds, or a child process, fails the test, even when the code under test
-catches the error.  A test that needs a real server belongs in
-``tests/integration/``.  Sockets of any family are refused: nothing here needs
-even an ``AF_UNIX`` one.
+Every unit test runs with real I/O forbidden
+(:func:`tests.support.no_io.forbid_real_io`), from the setup of its fixtures to
+their teardown: a socket that connects or binds, a name lookup, or a child
+process fails the test, even when the code under test catches the error.  A
+test that needs a real server belongs in ``tests/integration/``.  Sockets of
+any family are refused: no unit test needs even an ``AF_UNIX`` one.
 """
 
 from __future__ import annotations
