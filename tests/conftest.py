@@ -15,7 +15,7 @@ import pytest
 
 from gennet_sync.circuit_breaker import clear_circuit_breakers
 from tests.support.clock import FakeClock
-from tests.support.redis import RedisServer, started_redis_server
+from tests.support.redis_server import RedisServer, started_redis_server
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from gennet_sync.circuit_breaker import (
 from gennet_sync.redis_storage import RedisStorage
 from tests.support.breakers import ok, rejected
 from tests.support.clock import FakeClock
-from tests.support.redis import RedisServer
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")
 

@@ -25,7 +25,7 @@ from gennet_sync import (
 )
 from gennet_sync.exceptions import MAX_FIELD_ERRORS
 from tests.support.error_app import make_app
-from tests.support.redis import RedisServer
+from tests.support.redis_server import RedisServer
 from tests.support.servers import serve_app
 
 

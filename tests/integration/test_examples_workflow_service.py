@@ -18,7 +18,7 @@ from examples.qualitative_service import create_app as create_qualitative_app
 from examples.workflow_service import EXTENSION_KEY, create_app
 from gennet_sync.redis_storage import RedisStorage
 from tests.support.clock import FakeClock
-from tests.support.redis import RedisServer
+from tests.support.redis_server import RedisServer
 from tests.support.servers import serve_app
 
 OSCILLATOR = {"nodes": {"a": "!b", "b": "a"}}

@@ -30,7 +30,7 @@ from flask import Flask, request
 
 from examples.launcher import ServiceProcess
 from gennet_sync.circuit_breaker import TRIAL_LEASE_MARGIN
-from tests.support.redis import RedisServer, started_redis_server
+from tests.support.redis_server import RedisServer, started_redis_server
 from tests.support.servers import serve_app
 
 pytestmark = pytest.mark.integration

@@ -38,7 +38,7 @@ from gennet_sync.storage import (
 )
 from gennet_sync.storage_url import storage_from_url
 from tests.support.clock import FakeClock
-from tests.support.redis import RedisServer
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
