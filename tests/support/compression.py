@@ -17,10 +17,12 @@ from gennet_sync.compression import REQUEST_CONTENT_ENCODING_KEY
 __all__ = ["BODY", "PAYLOAD", "RAW_BODY", "decode", "make_app"]
 
 
+#: A JSON answer large enough to be compressed.
 PAYLOAD = {"nodes": [{"id": f"gene-{i}", "weight": i * 0.5} for i in range(400)]}
 
 
 def decode(data: bytes, coding: str) -> bytes:
+    """``data`` decoded from content coding ``coding`` (gzip, deflate, br or zstd)."""
     if coding == "gzip":
         return zlib.decompress(data, 31)
     if coding == "deflate":
@@ -33,6 +35,8 @@ def decode(data: bytes, coding: str) -> bytes:
 
 
 def make_app(**options: Any) -> Flask:
+    """An app with :class:`~gennet_sync.Compression` (``options``) and routes that answer
+    large, small and streamed bodies, echo a request body and count its bytes."""
     app = Flask(__name__)
     setup_error_handlers(app)
     Compression(app, **options)
@@ -75,6 +79,7 @@ def make_app(**options: Any) -> Flask:
     return app
 
 
+#: A request body, and its JSON bytes.
 BODY = {"formula": "AG(p)", "genes": list(range(300))}
 
 

@@ -21,11 +21,15 @@ __all__ = ["NetworkSchema", "make_app"]
 
 
 class NetworkSchema(marshmallow.Schema):
+    """A body with two required fields: what a 422 is about."""
+
     name = marshmallow.fields.String(required=True)
     nodes = marshmallow.fields.List(marshmallow.fields.String(), required=True)
 
 
 def make_app(**config: Any) -> Flask:
+    """An app with the error handlers (``config`` on top of a 1 KiB body limit) and one
+    route per kind of error: ours, werkzeug's, marshmallow's and a crash."""
     app = Flask("under_test")
     app.config.update({"MAX_CONTENT_LENGTH": 1024, **config})
     setup_error_handlers(app)

@@ -11,17 +11,22 @@ __all__ = ["NetworkSchema", "PageSchema", "make_versioned_app"]
 
 
 class NetworkSchema(Schema):
+    """A network as the API documents it."""
+
     id = fields.String(dump_only=True)
     name = fields.String(required=True)
     description = fields.String(allow_none=True)
 
 
 class PageSchema(Schema):
+    """Paging query parameters."""
+
     page = fields.Integer(load_default=1)
     per_page = fields.Integer(load_default=20)
 
 
 def make_versioned_app() -> Flask:
+    """An app with two API versions documented by :class:`~gennet_sync.OpenAPI`."""
     app = Flask(__name__)
     setup_error_handlers(app)
     api = VersionedAPI(app)
