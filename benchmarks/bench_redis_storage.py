@@ -44,7 +44,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
-from examples.launcher import RedisClusterProcesses, RedisSentinelProcesses
+from examples.launcher import RedisClusterProcesses, RedisProcess, RedisSentinelProcesses
 from gennet_sync.circuit_breaker import CircuitBreaker, CircuitBreakerError
 from gennet_sync.redis_storage import RedisClient, RedisStorage
 
@@ -335,9 +335,10 @@ def redis_url(given: str | None) -> Iterator[str]:
     if given:
         yield given
         return
-    from tests.redis_server import RedisServer
-
-    with RedisServer() as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-redis-") as log_dir,
+        RedisProcess(Path(log_dir)) as server,
+    ):
         yield server.url
 
 

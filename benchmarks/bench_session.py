@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,10 +41,9 @@ import requests
 from flask import Flask, Response, jsonify
 from requests.adapters import BaseAdapter
 
+from examples.launcher import ServiceProcess
 from gennet_sync import ServiceSession
 from gennet_sync.circuit_breaker import clear_circuit_breakers
-
-ROOT = Path(__file__).resolve().parent.parent
 
 Get = Callable[[str], requests.Response]
 
@@ -66,60 +63,22 @@ def create_app() -> Flask:
 @contextmanager
 def gunicorn_server(threads: int) -> Iterator[str]:
     """Run ``create_app`` under gunicorn on a free port; yield its URL; stop it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "error.log"
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--bind",
-                "127.0.0.1:0",
-                "--workers",
-                "1",
-                "--worker-class",
-                "gthread",
-                "--threads",
-                str(threads),
-                "--keep-alive",
-                "60",
-                "--error-logfile",
-                str(log),
-                "benchmarks.bench_session:create_app()",
-            ],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            url = _wait_for_url(process, log)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
-def _wait_for_url(process: subprocess.Popen[bytes], log: Path) -> str:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        text = log.read_text() if log.exists() else ""
-        found = re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", text)
-        if found:
-            url = found.group(1)
-            try:
-                requests.get(f"{url}/networks/abc123", timeout=10).close()
-                return url
-            except requests.RequestException:  # the worker is still importing the app
-                pass
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{text}")
-        time.sleep(0.05)
-    raise RuntimeError("gunicorn did not start in 30 s")
+    # gunicorn's own defaults plus a gthread worker and a long keep-alive, not the
+    # examples' settings file: no worker recycling during a measurement.
+    with (
+        tempfile.TemporaryDirectory() as log_dir,
+        ServiceProcess(
+            "bench_session",
+            "benchmarks.bench_session:create_app()",
+            Path(log_dir),
+            workers=1,
+            threads=threads,
+            config=None,
+            options=["--worker-class", "gthread", "--keep-alive", "60"],
+            health_path=None,
+        ) as service,
+    ):
+        yield service.base_url
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Start and stop real servers for the demo and the tests: gunicorn and redis-server.
+"""Start and stop real servers for the demo, the tests and the benchmarks: gunicorn
+and redis-server.  This is the one place that spawns them.
 
 Every process is started in a session (process group) of its own, so stopping
 it stops its children too (a gunicorn master and its workers), and its output
@@ -147,6 +148,8 @@ class ManagedProcess:
         process = self._process
         if process is not None:
             self._signal_group(signal.SIGINT if quick else signal.SIGTERM)
+            # A paused (SIGSTOP) group only acts on the signal once it runs again.
+            self._signal_group(signal.SIGCONT)
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -156,6 +159,36 @@ class ManagedProcess:
             self._signal_group(signal.SIGKILL)
             self._process = None
         self._close_log()
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """Kill the process group at once (SIGKILL): what a crash looks like to clients.
+
+        Idempotent; :meth:`start` brings it back with the same command (same port).
+        """
+        process = self._process
+        if process is None:
+            return
+        self._signal_group(signal.SIGKILL)
+        process.wait(timeout)
+        self._process = None
+
+    def pause(self) -> None:
+        """Freeze the process group (SIGSTOP): connections are accepted, never answered."""
+        self._signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused process group run again (SIGCONT)."""
+        self._signal_group(signal.SIGCONT)
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Kill the process and start it again (same command, same port); wait until ready.
+
+        Raises:
+            StartupError: It did not become ready within ``timeout`` seconds.
+        """
+        self.kill()
+        self.start()
+        self.wait_ready(timeout)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         if self._process is None:
@@ -215,6 +248,12 @@ class ServiceProcess(ManagedProcess):
         workers: gunicorn worker processes.
         threads: Threads per (gthread) worker.
         env: Extra environment variables for the service.
+        config: gunicorn settings file; None runs gunicorn with its own defaults
+            (a sync worker, no preloading) plus ``options``.
+        options: More gunicorn command-line options, e.g.
+            ``["--worker-class", "gthread", "--keep-alive", "30"]``.
+        health_path: Path whose 200 means ready; None: any HTTP answer (for an
+            app without a health endpoint).
     """
 
     def __init__(
@@ -227,15 +266,19 @@ class ServiceProcess(ManagedProcess):
         workers: int = 2,
         threads: int = 4,
         env: Mapping[str, str] | None = None,
+        config: Path | None = GUNICORN_CONFIG,
+        options: Sequence[str] = (),
+        health_path: str | None = "/health",
     ) -> None:
         self.port = port or free_port()
         self.workers = workers
+        self.health_path = health_path
+        settings = [] if config is None else ["--config", str(config)]
         command = [
             sys.executable,
             "-m",
             "gunicorn",
-            "--config",
-            str(GUNICORN_CONFIG),
+            *settings,
             "--bind",
             f"127.0.0.1:{self.port}",
             "--workers",
@@ -244,6 +287,7 @@ class ServiceProcess(ManagedProcess):
             str(threads),
             "--name",
             name,
+            *options,
             app,
         ]
         service_env = {"GENNET_SERVICE_NAME": name, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -258,12 +302,14 @@ class ServiceProcess(ManagedProcess):
         try:
             # A fresh connection each time: a kept-alive one could hide a restart.
             response = requests.get(
-                f"{self.base_url}/health", timeout=1.0, headers={"Connection": "close"}
+                f"{self.base_url}{self.health_path or '/'}",
+                timeout=1.0,
+                headers={"Connection": "close"},
             )
         except requests.RequestException:
             return False
         with response:
-            return response.status_code == 200
+            return self.health_path is None or response.status_code == 200
 
 
 class RedisProcess(ManagedProcess):
@@ -274,18 +320,36 @@ class RedisProcess(ManagedProcess):
         with RedisProcess(log_dir) as redis_server:
             os.environ["GENNET_BREAKER_STORAGE"] = redis_server.url
 
+    It can be killed, paused (SIGSTOP: a Redis that accepts connections but
+    never answers), resumed and restarted empty on the same port
+    (:meth:`~ManagedProcess.kill`, :meth:`~ManagedProcess.pause`,
+    :meth:`~ManagedProcess.resume`, :meth:`~ManagedProcess.restart`).
+
     Args:
-        log_dir: Where the log file goes.
-        port: Port to bind; a free one by default.
+        log_dir: Where the log file goes; also redis-server's working directory.
+        port: Port to bind; a free one by default (kept across restarts).
+        args: More redis-server options, e.g. ``["--maxmemory", "1mb"]``.
+        name: Name for messages and the log file.
 
     Raises:
-        StartupError: When ``redis-server`` is not installed.
+        StartupError: When ``redis-server`` is not installed (the ``REDIS_SERVER``
+            environment variable may name the binary).
     """
 
-    def __init__(self, log_dir: Path, *, port: int | None = None) -> None:
-        executable = shutil.which("redis-server")
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        name: str = "redis",
+    ) -> None:
+        executable = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
         if executable is None:
-            raise StartupError("redis-server is not installed")
+            raise StartupError(
+                "redis-server is not installed (apt-get install redis-server, "
+                "or set REDIS_SERVER=/path/to/redis-server)"
+            )
         self.port = port or free_port()
         command = [
             executable,
@@ -297,10 +361,13 @@ class RedisProcess(ManagedProcess):
             "",
             "--appendonly",
             "no",
+            "--dir",
+            str(log_dir),
             "--daemonize",
             "no",
+            *args,
         ]
-        super().__init__("redis", command, log_dir)
+        super().__init__(name, command, log_dir)
 
     @property
     def url(self) -> str:
@@ -396,21 +463,9 @@ class RedisNodeProcess(RedisProcess):
             *extra,
         ]
 
-    def pause(self) -> None:
-        """SIGSTOP the server: it accepts connections and never answers (a hung host)."""
-        self._signal_group(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT a paused server."""
-        self._signal_group(signal.SIGCONT)
-
-    def kill(self) -> None:
-        """SIGKILL the server at once: what a crashed host looks like to its clients."""
-        self._signal_group(signal.SIGCONT)  # a paused server must die too
-        self._signal_group(signal.SIGKILL)
-        if self._process is not None:
-            self._process.wait(10)
-            self._process = None
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the server at once (paused or not): what a crashed host looks like."""
+        super().kill(timeout)
         self._close_log()
 
 

@@ -1,61 +1,39 @@
-"""Shared fixtures.  Fixtures that need a real binary (redis-server, gunicorn,
-chromium) fail, never skip, when it is missing."""
+"""Fixtures shared by every kind of test.
+
+Helper classes live in :mod:`tests.support`; ``unit/`` and ``integration/``
+add their own rules in their ``conftest.py``.
+Fixtures that need a real binary (redis-server, gunicorn, chromium) fail, never
+skip, when it is missing.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import threading
+import zlib
 from collections.abc import Iterator
 
 import pytest
-from flask import Flask
-from werkzeug.serving import make_server
 
-from tests.redis_server import RedisServer
-
-
-def require_binary(name: str) -> str:
-    """Path of executable ``name``; fails the test with a clear message when missing."""
-    path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(
-            f"{name} is required by this test but is not installed "
-            f"(.ci/run installs it; locally: apt-get install {name})"
-        )
-    return path
+from gennet_sync.circuit_breaker import clear_circuit_breakers
+from tests.support.clock import FakeClock
+from tests.support.redis_server import RedisServer, started_redis_server
 
 
-@contextlib.contextmanager
-def serve_app(app: Flask, port: int = 0) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 in a thread; yields its base URL.
+@pytest.fixture
+def clock() -> FakeClock:
+    """A :class:`~tests.support.clock.FakeClock` at 1000.0, moved by hand."""
+    return FakeClock()
 
-    ``port`` 0 takes a free one; a given port lets a test bring a service back.
+
+@pytest.fixture
+def fresh_breaker_registry() -> Iterator[None]:
+    """The process-wide breaker registry empty before and after the test.
+
+    A module uses it for all its tests with
+    ``pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")``.
     """
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def _started_redis_server() -> RedisServer:
-    # A free port can be taken between choosing and binding it: try a few.
-    for attempt in range(3):
-        server = RedisServer()
-        try:
-            server.start()
-        except RuntimeError:
-            server.stop()
-            if attempt == 2:
-                raise
-        else:
-            return server
-    raise AssertionError("unreachable")
+    clear_circuit_breakers()
+    yield
+    clear_circuit_breakers()
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +43,7 @@ def redis_server() -> Iterator[RedisServer]:
     Tests sharing it use their own key prefix and must leave it running; a test
     that kills or pauses Redis uses ``disposable_redis_server`` instead.
     """
-    server = _started_redis_server()
+    server = started_redis_server()
     try:
         yield server
     finally:
@@ -75,21 +53,30 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def disposable_redis_server() -> Iterator[RedisServer]:
     """A redis-server of this test's own, free to kill, pause and restart."""
-    server = _started_redis_server()
+    server = started_redis_server()
     try:
         yield server
     finally:
         server.stop()
 
 
-class FakeClock:
-    """A monotonic clock the test moves by hand (inject it as ``clock=``)."""
+@pytest.fixture(scope="session")
+def gzip_bomb() -> bytes:
+    """About 1 MB of gzip that inflates to 1 GiB of zeros, made without holding 1 GiB.
 
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+    A full flush resets the compressor's history, so every further MiB of zeros
+    compresses to the same bytes: compress two, repeat the second, and write the
+    gzip trailer (CRC-32 and size of the whole GiB) by hand.  A valid stream in
+    a quarter of a second instead of compressing 1 GiB (5-8 s).
+    """
+    mib = 1024 * 1024
+    zeros = bytes(mib)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    first = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    block = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    last_block = compressor.flush()[:-8]  # the final empty block, without the trailer
+    crc = 0
+    for _ in range(1024):
+        crc = zlib.crc32(zeros, crc)
+    trailer = crc.to_bytes(4, "little") + (1024 * mib % 2**32).to_bytes(4, "little")
+    return first + block * 1023 + last_block + trailer
