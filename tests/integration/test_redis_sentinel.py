@@ -251,7 +251,7 @@ def test_callers_of_gunicorn_workers_get_only_200s_through_a_sentinel_failover(
     with serve_app(downstream.app) as downstream_url:
         gateway = ServiceProcess(
             "sentinel-gateway",
-            "tests.fault_gateway:create_app()",
+            "tests.support.fault_gateway:create_app()",
             tmp_path,
             workers=2,
             env={
