@@ -11,6 +11,7 @@ import copy
 import http.server
 import json
 import pickle
+import random
 import threading
 import time
 import weakref
@@ -22,6 +23,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from urllib3.util import retry as urllib3_retry
 from urllib3.util.retry import Retry
 
 from gennet_sync import http_client
@@ -132,9 +134,11 @@ def _envelope(type_name: str, metadata: dict[str, Any]) -> bytes:
 # =========================================================================== 1. watchdog
 
 
-def _wait_until_expired(session_call: Any) -> None:
+def _wait_until_expired() -> None:
     """Block until the watchdog has passed the deadline of the call in progress."""
-    deadline = session_call.deadline
+    call = http_client._call_in_progress.get()
+    assert call is not None and call.deadline is not None
+    deadline = call.deadline
     limit = time.monotonic() + 10
     while not deadline.expired and time.monotonic() < limit:
         time.sleep(0.01)
@@ -172,7 +176,7 @@ def test_a_deadline_never_cuts_a_connection_another_call_took_from_the_pool(meth
             assert response.content == b"ok"  # read: the connection is back in the pool
             victim_thread.start()
             assert arrived.wait(10)  # the victim's request went out on that connection
-            _wait_until_expired(http_client._call_in_progress.get())
+            _wait_until_expired()
 
         first = session.request("GET", "/fast", hooks={"response": hook}, total_timeout=0.3)
         release.set()
@@ -181,6 +185,35 @@ def test_a_deadline_never_cuts_a_connection_another_call_took_from_the_pool(meth
     assert outcome == {"status": 200}
     assert server.hits["/slow"] == 1
     assert server.connections == 1  # the victim did go out on the released connection
+
+
+def test_a_retry_sleeps_the_very_wait_it_checked_against_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A jittered backoff drawn once for the check and again for the sleep could pass
+    the check and sleep past the call's limit (its connection already back in the
+    pool, where the watchdog could no longer be trusted to leave it alone)."""
+    draws = iter([0.01, 0.99])  # the jitter of a first and of any second draw
+    monkeypatch.setattr(random, "random", lambda: next(draws))  # urllib3 draws from it
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)  # nothing really sleeps
+    failed = urllib3_retry.RequestHistory("GET", "/x", None, 503, None)
+    retry = make_retry(2, backoff_factor=0, backoff_jitter=10, backoff_max=20)
+    retry = retry.new(history=(failed, failed))  # the second retry: jitter applies
+    session = ServiceSession(base_url="http://svc.test")
+    call = http_client._Call(
+        session,
+        "http://svc.test/x",
+        http_client._NO_PERMIT,
+        http_client._Deadline(5.0),
+        replayable=True,
+    )
+    token = http_client._call_in_progress.set(call)
+    try:
+        retry.sleep()
+    finally:
+        http_client._call_in_progress.reset(token)
+    assert slept == [pytest.approx(0.1)]
 
 
 # =========================================================================== 2. hooks
@@ -261,6 +294,12 @@ def test_a_huge_integer_retry_after_in_an_envelope_is_ignored_not_raised() -> No
         assert error.metadata["retry_after"] == int("9" * 400)  # the downstream's, kept
 
 
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(children, max_size=3) | st.dictionaries(
+        st.text(max_size=5), children, max_size=3
+    )
+
+
 _JSON = st.recursive(
     st.none()
     | st.booleans()
@@ -268,9 +307,7 @@ _JSON = st.recursive(
     | st.integers(min_value=10**300, max_value=10**4000)  # past float, within json's digits
     | st.floats(allow_nan=False)
     | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
-    ),
+    _containers,
     max_leaves=8,
 )
 _KEYS = st.sampled_from(
