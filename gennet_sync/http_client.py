@@ -33,6 +33,7 @@ redirect, is a success); that host's answers are never counted against it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import email.utils
 import enum
 import functools
@@ -88,9 +89,11 @@ from gennet_sync.exceptions import (
     UnauthorizedError,
     ValidationError,
     make_envelope,
+    retry_after_seconds,
 )
 
 if TYPE_CHECKING:
+    from urllib3._base_connection import BaseHTTPConnection
     from urllib3.connectionpool import ConnectionPool
     from urllib3.response import BaseHTTPResponse
 
@@ -232,11 +235,17 @@ class _Call:
         self.redirected = False
 
 
-#: The call in progress in this context; its redirect hops to the same host reuse
-#: its breaker permit instead of asking for another.
+#: The call in progress in this context: its deadline and whether its body can be
+#: sent again, for the connections and retries below it.
 _call_in_progress: ContextVar[_Call | None] = ContextVar(
     "gennet_sync_call_in_progress", default=None
 )
+
+#: The call whose redirects requests is following (set only while
+#: ``resolve_redirects`` prepares and sends one hop): that send is the hop, which
+#: reuses the call's permit.  A call a hook makes is never a hop, even on the same
+#: session: it is a call of its own, with its own permit and error mapping.
+_redirect_of: ContextVar[_Call | None] = ContextVar("gennet_sync_redirect_of", default=None)
 
 
 class _Default(enum.Enum):
@@ -278,11 +287,15 @@ def _retry_after_seconds(value: str | None, now: float | None = None) -> float |
 class ServiceRetry(Retry):
     """urllib3's ``Retry`` made safe for a synchronous worker.
 
-    Two differences from ``Retry``:
+    Three differences from ``Retry``:
 
     - a ``Retry-After`` longer than ``retry_after_max`` is not waited for at all:
       the retries end and the response comes back at once, ``Retry-After`` intact,
       for the caller to pass on (a shorter one is slept, as usual);
+    - only the statuses in ``status_forcelist`` are retried: a 413 or 429 (or a
+      503 left out of the list) carrying ``Retry-After`` is not, unlike with
+      ``Retry``, whose ``RETRY_AFTER_STATUS_CODES`` would retry it at each call of
+      every worker behind an overloaded service;
     - a read timeout is never retried: the server got the request and is slow,
       and trying again would multiply the time the worker waits.  A connection
       dropped mid-exchange is still retried (``read`` counts those), for
@@ -303,20 +316,28 @@ class ServiceRetry(Retry):
         session = ServiceSession(base_url="http://grn:8000", retries=retry)
     """
 
+    #: No status is retried for carrying ``Retry-After``; ``status_forcelist`` decides.
+    RETRY_AFTER_STATUS_CODES: frozenset[int] = frozenset()
+
     def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
         seconds = _retry_after_seconds(response.headers.get("Retry-After"))
         return None if seconds is None else min(seconds, self.retry_after_max)
 
     def sleep(self, response: BaseHTTPResponse | None = None) -> None:
+        # As urllib3 waits (Retry-After when there is one, else the backoff), but
+        # the wait checked against the call's deadline is the one slept: a jittered
+        # backoff drawn twice could pass the check and then sleep past the limit.
+        wait = None
+        if response is not None and self.respect_retry_after_header:
+            wait = self.get_retry_after(response)
+        if not wait:
+            wait = self.get_backoff_time()
         call = _call_in_progress.get()
         deadline = None if call is None else call.deadline
-        if deadline is not None:
-            wait = self.get_retry_after(response) if response is not None else None
-            if wait is None or not self.respect_retry_after_header:
-                wait = self.get_backoff_time()
-            if wait >= deadline.remaining():
-                raise _TotalTimeoutExceeded(deadline)
-        super().sleep(response)
+        if deadline is not None and wait >= deadline.remaining():
+            raise _TotalTimeoutExceeded(deadline)
+        if wait > 0:
+            time.sleep(wait)
 
     def increment(
         self,
@@ -343,6 +364,37 @@ class ServiceRetry(Retry):
         return retry
 
 
+def _as_service_retry(retries: int | Retry) -> Retry:
+    """The retry policy a session mounts for its ``retries`` argument.
+
+    A plain urllib3 ``Retry`` becomes a :class:`ServiceRetry` with every setting it
+    has (``total``, ``status_forcelist``, ``allowed_methods``, the backoff...):
+    otherwise its waits would ignore the call's total time limit, and a
+    ``Retry-After`` of hours (urllib3's own cap is six) would block the worker.
+    Its ``retry_after_max`` becomes ours unless it set one of its own.  A subclass
+    of ``Retry`` is the caller's own policy and is mounted as it is.
+    """
+    if not isinstance(retries, Retry):
+        return make_retry(retries)
+    if type(retries) is not Retry:
+        return retries
+    converted = copy.copy(retries)  # the caller's object stays as it was
+    converted.__class__ = ServiceRetry
+    if converted.retry_after_max == Retry.DEFAULT_RETRY_AFTER_MAX:
+        converted.retry_after_max = DEFAULT_RETRY_AFTER_MAX
+    return converted
+
+
+def _small_body(headers: Mapping[str, str]) -> bool:
+    """Whether a response's ``Content-Length`` says its body is at most :data:`MAX_ERROR_BODY`.
+
+    Such a body is cheap to read to the end, which keeps its connection for the
+    next call; a larger one, or one of unknown length, is dropped with it.
+    """
+    length = headers.get("Content-Length", "")
+    return length.isascii() and length.isdigit() and int(length) <= MAX_ERROR_BODY
+
+
 def _drop_if_large(response: BaseHTTPResponse) -> None:
     """Close a response about to be retried unless its body is small.
 
@@ -350,8 +402,7 @@ def _drop_if_large(response: BaseHTTPResponse) -> None:
     with a gigabyte body would be read into memory.  Closing drops the connection
     instead, and leaves urllib3 nothing to read.
     """
-    length = response.headers.get("Content-Length", "")
-    if not (length.isascii() and length.isdigit() and int(length) <= MAX_ERROR_BODY):
+    if not _small_body(response.headers):
         response.close()
 
 
@@ -561,8 +612,10 @@ def _fill_from_metadata(error: GenNetException, metadata: Mapping[str, Any]) -> 
         service = metadata.get("service")
         error.service = service if isinstance(service, str) else None
     if isinstance(error, (ServiceUnavailableError, RateLimitError)):
-        retry_after = metadata.get("retry_after")
-        if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
+        # Whatever the downstream put there (a 400-digit number, a string), as the
+        # constructors would take it; further away than a year is no wait it means.
+        retry_after = retry_after_seconds(metadata.get("retry_after"))
+        if retry_after is not None and retry_after <= _RETRY_AFTER_NONSENSE:
             error.retry_after = float(retry_after)
         else:
             error.retry_after = None
@@ -601,6 +654,24 @@ def _error_body(response: requests.Response) -> bytes | None:
     except requests.RequestException:
         return None
     return b"".join(chunks)
+
+
+def _release(response: requests.Response) -> None:
+    """Free the connection of a response nobody will read further.
+
+    A body read to its end already gave its connection back to the pool.  The
+    rest of a small body (its ``Content-Length`` within :data:`MAX_ERROR_BODY`) is
+    read and dropped so the connection goes back too, instead of a new TCP (and
+    TLS) connection for the next call; the rest of a large body, or of one of
+    unknown length, is not worth reading: the connection is closed with it.
+    """
+    # urllib3's drain reads raw bytes, never decoded (a small gzip bomb costs its
+    # wire size), and swallows a failure to read: that only costs the connection.
+    drain = getattr(response.raw, "drain_conn", None)
+    consumed = getattr(response, "_content_consumed", True)
+    if not consumed and drain is not None and _small_body(response.headers):
+        drain()
+    response.close()
 
 
 def _parse_envelope(response: requests.Response) -> tuple[str, str, str, dict[str, Any]] | None:
@@ -1000,14 +1071,14 @@ _NO_PERMIT: Final = _NoPermit()
 
 
 class _Deadline:
-    """A call's total time limit, and the connection its current attempt uses."""
+    """A call's total time limit, and the connection its current attempt has checked out."""
 
     __slots__ = ("at", "connection", "expired", "finished", "seconds")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.at = time.monotonic() + seconds
-        self.connection: HTTPConnection | None = None
+        self.connection: _WatchedHTTPConnection | None = None
         self.expired = False
         self.finished = False
 
@@ -1043,18 +1114,36 @@ class _Watchdog:
             elif self._heap[0][2] is deadline:  # earlier than what the thread waits for
                 self._lock.notify()
 
-    def attach(self, deadline: _Deadline, connection: HTTPConnection) -> bool:
+    def attach(self, deadline: _Deadline, connection: _WatchedHTTPConnection) -> bool:
         """Make ``connection`` the one to cut at the deadline; ``False`` once it has passed."""
         with self._lock:
             if deadline.expired:
                 return False
+            _unlink(deadline)
+            if connection.deadline is not None:  # never released through its pool
+                _unlink(connection.deadline)
             deadline.connection = connection
+            connection.deadline = deadline
             return True
+
+    def detach(self, connection: _WatchedHTTPConnection) -> None:
+        """``connection`` goes back to its pool: no deadline may cut it from now on.
+
+        Another thread can take it from the pool at once, for a call of its own; the
+        call that used it may still run (a hook, a redirect, a retry's wait).
+        """
+        # Only the thread holding the connection links it, so seeing None here is
+        # final; a link seen is rechecked under the lock (the watchdog may cut it).
+        if connection.deadline is None:
+            return
+        with self._lock:
+            if connection.deadline is not None:
+                _unlink(connection.deadline)
 
     def finish(self, deadline: _Deadline) -> None:
         with self._lock:
             deadline.finished = True
-            deadline.connection = None
+            _unlink(deadline)
             self._finished_in_heap += 1
             # Finished calls are left in the heap until their time comes; a busy
             # process would keep thousands, so they are swept out now and then.
@@ -1082,7 +1171,7 @@ class _Watchdog:
                 deadline.expired = True
                 if deadline.connection is not None:
                     _cut(deadline.connection)
-                    deadline.connection = None
+                    _unlink(deadline)
 
     def _after_fork(self) -> None:
         # The thread does not exist in a child; a new one starts with its first call.
@@ -1090,6 +1179,15 @@ class _Watchdog:
         self._heap = []
         self._finished_in_heap = 0
         self._thread = None
+
+
+def _unlink(deadline: _Deadline) -> None:
+    """Part ``deadline`` from its connection, both ways (the watchdog's lock held)."""
+    connection = deadline.connection
+    if connection is not None:
+        deadline.connection = None
+        if connection.deadline is deadline:
+            connection.deadline = None
 
 
 def _cut(connection: HTTPConnection) -> None:
@@ -1117,7 +1215,13 @@ def _capped(timeout: TimeoutValue, limit: float) -> TimeoutValue:
 
 
 class _WatchedHTTPConnection(HTTPConnection):
-    """An HTTP connection that tells the call in progress it carries its request."""
+    """An HTTP connection that tells the call in progress it carries its request.
+
+    It stays linked to that call's deadline until its pool takes it back.
+    """
+
+    #: The deadline of the call that has it checked out (the watchdog's lock guards it).
+    deadline: _Deadline | None = None
 
     def request(
         self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any
@@ -1135,7 +1239,7 @@ class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
     made before the request, is watched too)."""
 
 
-def _attach_to_call(connection: HTTPConnection) -> None:
+def _attach_to_call(connection: _WatchedHTTPConnection) -> None:
     call = _call_in_progress.get()
     deadline = None if call is None else call.deadline
     if deadline is not None and not _WATCHDOG.attach(deadline, connection):
@@ -1145,11 +1249,17 @@ def _attach_to_call(connection: HTTPConnection) -> None:
 class _WatchedHTTPConnectionPool(HTTPConnectionPool):
     ConnectionCls = _WatchedHTTPConnection
 
+    def _put_conn(self, conn: BaseHTTPConnection | None) -> None:
+        # Before the pool has it: from then on another thread's call may use it.
+        if isinstance(conn, _WatchedHTTPConnection):
+            _WATCHDOG.detach(conn)
+        super()._put_conn(conn)
+
     def __str__(self) -> str:  # error messages name the pool as urllib3 does
         return f"HTTPConnectionPool(host={self.host!r}, port={self.port!r})"
 
 
-class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+class _WatchedHTTPSConnectionPool(_WatchedHTTPConnectionPool, HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
     def __str__(self) -> str:
@@ -1330,8 +1440,9 @@ class ServiceSession(requests.Session):
             default :data:`DEFAULT_TOTAL_TIMEOUT` when the session names a service
             (``service_name`` or ``base_url``), else ``None`` (no limit, as
             requests).  ``request(..., total_timeout=)`` sets it for one call.
-        retries: Retries per call (see :func:`make_retry`), or a urllib3 ``Retry``
-            to mount as it is; 0: none.
+        retries: Retries per call (see :func:`make_retry`), or a urllib3 ``Retry``,
+            mounted as a :class:`ServiceRetry` with the same settings (a subclass
+            of ``Retry`` is mounted as it is); 0: none.
         raise_errors: Raise error responses as ``GenNetException`` (see
             :func:`raise_for_error`) and connection failures and timeouts as
             ``ServiceUnavailableError``.  ``False``: behave like requests.
@@ -1436,7 +1547,7 @@ class ServiceSession(requests.Session):
         self.request_id_header = request_id_header
         self.compress_requests = compress_requests
         self.compress_min_size = compress_min_size
-        self.retry: Retry = retries if isinstance(retries, Retry) else make_retry(retries)
+        self.retry: Retry = _as_service_retry(retries)
         self.pool_connections = pool_connections
         self.pool_maxsize = pool_maxsize
 
@@ -1450,21 +1561,30 @@ class ServiceSession(requests.Session):
         self._breaker: CircuitBreaker | None = None
         self._breaker_per_host = False
         self._own_breaker = circuit_breaker is not None
-        if circuit_breaker is not None:
-            self._breaker = circuit_breaker
-        elif use_circuit_breaker:
-            name = service_name or (host_port(base_url) if base_url else None)
-            if name is None:
-                self._breaker_per_host = True
-            else:
-                with _host_breakers_lock:  # not while an eviction removes it
-                    self._breaker = get_circuit_breaker(name, **self._breaker_settings)
-
         self.headers["User-Agent"] = _user_agent(caller or os.environ.get("GENNET_SERVICE_NAME"))
         self.headers["Accept-Encoding"] = ACCEPT_ENCODING
         for prefix in ("https://", "http://"):
             self.mount(prefix, self._make_adapter())
-        _live_sessions.add(self)
+
+        name = None
+        if circuit_breaker is not None:
+            self._breaker = circuit_breaker
+        elif use_circuit_breaker:
+            name = service_name or (host_port(base_url) if base_url else None)
+            self._breaker_per_host = name is None
+        self._join_live_sessions(name)
+
+    def _join_live_sessions(self, breaker_name: str | None) -> None:
+        """Take the registry's breaker named ``breaker_name`` (if any) and become a live session.
+
+        Both under the lock evictions take: an eviction in between would not see
+        this session use the breaker, and would remove it from the registry (the
+        next session for the service would get another breaker than this one's).
+        """
+        with _host_breakers_lock:
+            if breaker_name is not None:
+                self._breaker = get_circuit_breaker(breaker_name, **self._breaker_settings)
+            _live_sessions.add(self)
 
     def __getstate__(self) -> dict[str, Any]:
         state = {name: getattr(self, name, None) for name in self.__attrs__}
@@ -1485,10 +1605,7 @@ class ServiceSession(requests.Session):
             setattr(self, attribute, value)
         self._per_host_breakers = OrderedDict()
         self._environ_proxies_by_host = {}
-        if name is not None:
-            with _host_breakers_lock:
-                self._breaker = get_circuit_breaker(name, **self._breaker_settings)
-        _live_sessions.add(self)
+        self._join_live_sessions(name)
 
     def _make_adapter(self) -> HTTPAdapter:
         return _ServiceAdapter(
@@ -1612,6 +1729,25 @@ class ServiceSession(requests.Session):
             # which would describe a body that is no longer there.
             prepared_request.headers.pop("Content-Encoding", None)
 
+    def resolve_redirects(
+        self, resp: requests.Response, req: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> Iterator[Any]:
+        """requests' redirect loop, each of its sends marked as a hop of the call."""
+        hops = super().resolve_redirects(resp, req, *args, **kwargs)
+        call = _call_in_progress.get()
+        if call is None or call.session is not self:  # called by hand, outside a call
+            yield from hops
+            return
+        while True:
+            token = _redirect_of.set(call)
+            try:
+                hop = next(hops)
+            except StopIteration:
+                return
+            finally:
+                _redirect_of.reset(token)
+            yield hop
+
     def request(
         self,
         method: str | bytes,
@@ -1669,9 +1805,14 @@ class ServiceSession(requests.Session):
         if self.compress_requests:
             self._compress_body(request)
         url = request.url or ""
-        call = _call_in_progress.get()
+        call = _redirect_of.get()
         if call is not None and call.session is self:
-            return self._send_redirect_hop(call, url, request, kwargs)
+            # The hop's own hooks may call this session: those are calls of their own.
+            hop_token = _redirect_of.set(None)
+            try:
+                return self._send_redirect_hop(call, url, request, kwargs)
+            finally:
+                _redirect_of.reset(hop_token)
         breaker = self.breaker_for(url)
         total = _call_total_timeout.get()
         if total is _DEFAULT:
@@ -1707,9 +1848,8 @@ class ServiceSession(requests.Session):
             if self.raise_errors and response.status_code >= 400:
                 service = self._service_label(call, breaker, response.url or url)
                 mapped = error_from_response(response, service=service)
-                # The caller never sees this response: free its connection now;
-                # the unread rest of a large body goes with it.
-                response.close()
+                # The caller never sees this response: free its connection now.
+                _release(response)
                 if mapped is not None:
                     raise mapped
             return response
