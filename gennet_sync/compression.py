@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
 
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 from werkzeug.wsgi import LimitedStream
 
@@ -693,7 +693,7 @@ class _RequestDecodingMiddleware:
         environ.pop("CONTENT_LENGTH", None)  # the decoded length is not known in advance
 
 
-def _raise_request_decoding_error() -> None:
+def _raise_request_decoding_error(request: Request) -> None:
     error = request.environ.get(_ENVIRON_ERROR)
     if error is not None:
         raise error
@@ -791,15 +791,18 @@ class Compression:
             app.wsgi_app = _RequestDecodingMiddleware(  # type: ignore[method-assign]
                 app.wsgi_app, app, self.settings
             )
-            app.before_request(_raise_request_decoding_error)
+            state.add_request_steps(app, before=_raise_request_decoding_error)
         if self.settings.compress_responses:
-            app.after_request(self.compress_response)
+            state.add_request_steps(app, after=self._compress)
 
     def compress_response(self, response: Response) -> Response:
         """Compress ``response`` for the current request when it should be.
 
-        Registered as an ``after_request`` hook by :meth:`init_app`.
+        :meth:`init_app` runs it on every response, as an ``after_request`` hook would.
         """
+        return self._compress(request, response)
+
+    def _compress(self, request: Request, response: Response) -> Response:
         if not _is_compressible(response.mimetype or "", self.settings.mimetypes):
             return response
         headers = _header_values(response)

@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import Token
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Flask, Response, current_app, g, has_request_context, jsonify, request
 from flask.wrappers import Request
@@ -32,6 +32,7 @@ from marshmallow import ValidationError as MarshmallowValidationError
 from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.exceptions import InternalServerError as WerkzeugInternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.local import LocalProxy
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream, get_path_info
 
@@ -211,6 +212,12 @@ class _SafeJSONRequest(Request):
         raise BadRequest(f"Failed to decode JSON object: {e}") from e
 
 
+#: A feature's work before the view: raise to answer with an error instead.
+BeforeStep = Callable[[Request], None]
+#: A feature's work on the response, as an ``after_request`` hook does it.
+AfterStep = Callable[[Request, Response], Response]
+
+
 @dataclass
 class AppState:
     """Per-app state of gennet_sync, kept in ``app.extensions["gennet_sync"]``.
@@ -223,6 +230,56 @@ class AppState:
 
     extension: GenNet
     features: dict[str, Any] = field(default_factory=dict)
+    _before_steps: list[BeforeStep] = field(default_factory=list, init=False, repr=False)
+    _after_steps: list[AfterStep] = field(default_factory=list, init=False, repr=False)
+
+    def add_request_steps(
+        self, app: Flask, before: BeforeStep | None = None, after: AfterStep | None = None
+    ) -> None:
+        """Run ``before`` ahead of every view and ``after`` on every response of ``app``.
+
+        The features share one ``before_request`` and one ``after_request`` hook
+        instead of a pair each: Flask pays ``ensure_sync`` for every hook on every
+        request, and each hook its own lookups of ``request``.  The steps run as
+        their hooks would: ``before`` steps in the order they were added, ``after``
+        steps in reverse (the last feature set up touches the response first).
+
+        Args:
+            app: The app this state belongs to.
+            before: Called with the request before the view.
+            after: Called with the request and the response; returns the response.
+        """
+        if before is not None:
+            if not self._before_steps:
+                app.before_request(_before_hook(self._before_steps))
+            self._before_steps.append(before)
+        if after is not None:
+            if not self._after_steps:
+                app.after_request(_after_hook(self._after_steps))
+            self._after_steps.insert(0, after)
+
+
+# flask types ``request`` as the Request it stands for; it is the proxy.
+_request_proxy = cast("LocalProxy[Request]", request)
+
+
+def _before_hook(steps: list[BeforeStep]) -> Callable[[], None]:
+    def run_before_steps() -> None:
+        current = _request_proxy._get_current_object()  # one context lookup for all steps
+        for step in steps:
+            step(current)
+
+    return run_before_steps
+
+
+def _after_hook(steps: list[AfterStep]) -> Callable[[Response], Response]:
+    def run_after_steps(response: Response) -> Response:
+        current = _request_proxy._get_current_object()
+        for step in steps:
+            response = step(current, response)
+        return response
+
+    return run_after_steps
 
 
 def app_state(app: Flask) -> AppState:
@@ -512,13 +569,26 @@ def _unexpected_exception_response(error: Exception) -> Response:
 
 
 def _bind_request_id() -> None:
-    header = current_app.config["GENNET_REQUEST_ID_HEADER"]
-    incoming = request.headers.get(header)
-    request_id = incoming if is_valid_request_id(incoming) else new_request_id()
+    environ = request.environ
+    request_id = environ.get(_ENVIRON_REQUEST_ID)
+    if request_id is None:  # a request context made without _WSGIBoundary (test_request_context)
+        header = current_app.config["GENNET_REQUEST_ID_HEADER"]
+        request_id = _incoming_or_new_request_id(environ, _environ_key(header))
+        environ[_ENVIRON_REQUEST_ID] = request_id
     g.gennet_request_id = request_id
-    request.environ[_ENVIRON_REQUEST_ID] = request_id  # for _WSGIBoundary
     # No token kept: _WSGIBoundary restores what was bound before the request.
     set_request_id(request_id)
+
+
+def _environ_key(header: str) -> str:
+    """Where the WSGI environ keeps request header ``header`` (as werkzeug reads it)."""
+    key = header.upper().replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"
+
+
+def _incoming_or_new_request_id(environ: WSGIEnvironment, key: str) -> str:
+    incoming: str | None = environ.get(key)
+    return incoming if incoming is not None and is_valid_request_id(incoming) else new_request_id()
 
 
 def _restore_request_id(token: Token[str | None]) -> None:
@@ -556,22 +626,33 @@ class _WSGIBoundary:
     def __init__(self, wsgi_app: WSGIApplication, app: Flask) -> None:
         self.wsgi_app = wsgi_app
         self.app = app
+        self._header = ""
+        self._header_key = ""
+        self._header_lowered = ""
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         header = self.app.config["GENNET_REQUEST_ID_HEADER"]
-        lowered = header.lower()
+        if header != self._header:  # read once per setting, not per request
+            self._header_key = _environ_key(header)
+            self._header_lowered = header.lower()
+            self._header = header
+        lowered = self._header_lowered
+        # Bound here, before Flask: the ID is known to every hook, handler and
+        # teardown function, and the before_request hook only copies it to g.  An
+        # app mounted inside another one keeps the ID its host bound.
+        request_id = environ.get(_ENVIRON_REQUEST_ID)
+        if request_id is None:
+            request_id = _incoming_or_new_request_id(environ, self._header_key)
+            environ[_ENVIRON_REQUEST_ID] = request_id
 
         def start_with_request_id(
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
         ) -> Callable[[bytes], object]:
-            request_id = environ.get(_ENVIRON_REQUEST_ID)
-            if request_id is None:  # Flask answered before any request hook ran
-                request_id = environ[_ENVIRON_REQUEST_ID] = new_request_id()
             headers = [pair for pair in headers if pair[0].lower() != lowered]
             headers.append((header, request_id))
             return start_response(status, headers, exc_info)
 
-        token = set_request_id(None)
+        token = set_request_id(request_id)
         try:
             return self.wsgi_app(environ, start_with_request_id)
         except Exception as error:
