@@ -14,7 +14,6 @@ It also gives every response an ``X-Request-ID`` and keeps that ID in
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import logging
@@ -22,7 +21,6 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextvars import Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -38,14 +36,15 @@ from werkzeug.wsgi import LimitedStream, get_path_info
 
 from gennet_sync.circuit_breaker import registry
 from gennet_sync.context import (
+    _VALID_REQUEST_ID,
     REQUEST_ID_HEADER,
     RequestIdFilter,
     is_valid_request_id,
     new_request_id,
-    reset_request_id,
     set_request_id,
     set_request_id_fallback,
 )
+from gennet_sync.context import _request_id as _request_id_var
 from gennet_sync.exceptions import (
     MAX_FIELD_ERRORS,
     MAX_METADATA_DEPTH,
@@ -259,8 +258,9 @@ class AppState:
             self._after_steps.insert(0, after)
 
 
-# flask types ``request`` as the Request it stands for; it is the proxy.
+# flask types ``request`` and ``g`` as the objects they stand for; they are proxies.
 _request_proxy = cast("LocalProxy[Request]", request)
+_g_proxy = cast("LocalProxy[Any]", g)
 
 
 def _before_hook(steps: list[BeforeStep]) -> Callable[[], None]:
@@ -569,15 +569,19 @@ def _unexpected_exception_response(error: Exception) -> Response:
 
 
 def _bind_request_id() -> None:
-    environ = request.environ
+    # The proxies' objects, each looked up once (as attribute access on a proxy,
+    # every use is a lookup): this hook runs on every request.
+    environ = _request_proxy._get_current_object().environ
     request_id = environ.get(_ENVIRON_REQUEST_ID)
     if request_id is None:  # a request context made without _WSGIBoundary (test_request_context)
         header = current_app.config["GENNET_REQUEST_ID_HEADER"]
         request_id = _incoming_or_new_request_id(environ, _environ_key(header))
         environ[_ENVIRON_REQUEST_ID] = request_id
-    g.gennet_request_id = request_id
-    # No token kept: _WSGIBoundary restores what was bound before the request.
-    set_request_id(request_id)
+    _g_proxy._get_current_object().gennet_request_id = request_id
+    # No token kept: _WSGIBoundary restores what was bound before the request
+    # (and has bound this ID already, unless there is no boundary around it).
+    if _request_id_var.get() is not request_id:
+        set_request_id(request_id)
 
 
 def _environ_key(header: str) -> str:
@@ -589,13 +593,6 @@ def _environ_key(header: str) -> str:
 def _incoming_or_new_request_id(environ: WSGIEnvironment, key: str) -> str:
     incoming: str | None = environ.get(key)
     return incoming if incoming is not None and is_valid_request_id(incoming) else new_request_id()
-
-
-def _restore_request_id(token: Token[str | None]) -> None:
-    # A token made in another context cannot be reset here; the next request on
-    # this thread binds its own ID anyway.
-    with contextlib.suppress(ValueError, RuntimeError):
-        reset_request_id(token)
 
 
 def _request_id_from_flask() -> str | None:
@@ -631,6 +628,8 @@ class _WSGIBoundary:
         self._header_lowered = ""
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        # Every request passes here: calls are counted (each costs about as much
+        # as the work of a line), hence the inlined helpers.
         header = self.app.config["GENNET_REQUEST_ID_HEADER"]
         if header != self._header:  # read once per setting, not per request
             self._header_key = _environ_key(header)
@@ -640,9 +639,13 @@ class _WSGIBoundary:
         # Bound here, before Flask: the ID is known to every hook, handler and
         # teardown function, and the before_request hook only copies it to g.  An
         # app mounted inside another one keeps the ID its host bound.
-        request_id = environ.get(_ENVIRON_REQUEST_ID)
+        request_id: str | None = environ.get(_ENVIRON_REQUEST_ID)
         if request_id is None:
-            request_id = _incoming_or_new_request_id(environ, self._header_key)
+            incoming: str | None = environ.get(self._header_key)
+            if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming) is not None:
+                request_id = incoming
+            else:
+                request_id = new_request_id()
             environ[_ENVIRON_REQUEST_ID] = request_id
 
         def start_with_request_id(
@@ -652,15 +655,20 @@ class _WSGIBoundary:
             headers.append((header, request_id))
             return start_response(status, headers, exc_info)
 
-        token = set_request_id(request_id)
+        token = _request_id_var.set(request_id)
         try:
             return self.wsgi_app(environ, start_with_request_id)
         except Exception as error:
             return self._crash_response(environ, error, start_with_request_id)
         finally:
             # A streamed body still finds the ID through the request context that
-            # stream_with_context pushes (see _request_id_from_flask).
-            _restore_request_id(token)
+            # stream_with_context pushes (see _request_id_from_flask).  A token made
+            # in another context cannot be reset here; the next request on this
+            # thread binds its own ID anyway.
+            try:  # noqa: SIM105 (contextlib.suppress costs about 0.4 us a request)
+                _request_id_var.reset(token)
+            except (ValueError, RuntimeError):
+                pass
 
     def _crash_response(
         self, environ: WSGIEnvironment, error: Exception, start_response: StartResponse

@@ -424,15 +424,20 @@ class VersionedAPI:
                 response.headers["Vary"] = (
                     f"{vary}, {API_VERSION_HEADER}" if vary else API_VERSION_HEADER
                 )
-        version = self.version_for_path(request.path)
+        # version_for_path, inlined: this runs on every response.
+        path = request.path
+        prefix = self.prefix + "/"
+        if not path.startswith(prefix):
+            return response
+        version = self._versions.get(path[len(prefix) :].split("/", 1)[0])
         if version is None:
             return response
-        for name, value in self._headers_for(version, request.script_root):
+        for name, value in self._headers_for(version, request.root_path):
             if name == "Link":
                 # Links the view set (on one line or several) stay, ours go last.
                 response.headers["Link"] = ", ".join([*response.headers.getlist("Link"), value])
             else:
-                response.headers[name] = value
+                response.headers.set(name, value)
         return response
 
     def _headers_for(self, version: APIVersion, script_root: str) -> tuple[tuple[str, str], ...]:
