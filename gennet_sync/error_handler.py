@@ -636,6 +636,7 @@ class _WSGIBoundary:
             self._header_lowered = header.lower()
             self._header = header
         lowered = self._header_lowered
+        length = len(lowered)
         # Bound here, before Flask: the ID is known to every hook, handler and
         # teardown function, and the before_request hook only copies it to g.  An
         # app mounted inside another one keeps the ID its host bound.
@@ -651,9 +652,12 @@ class _WSGIBoundary:
         def start_with_request_id(
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
         ) -> Callable[[bytes], object]:
-            headers = [pair for pair in headers if pair[0].lower() != lowered]
-            headers.append((header, request_id))
-            return start_response(status, headers, exc_info)
+            for name, _ in headers:
+                # Lengths first: most names are not ours, and lower() is a call.
+                if len(name) == length and name.lower() == lowered:  # the view set one
+                    headers = [pair for pair in headers if pair[0].lower() != lowered]
+                    break
+            return start_response(status, [*headers, (header, request_id)], exc_info)
 
         token = _request_id_var.set(request_id)
         try:
