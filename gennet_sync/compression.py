@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
 
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 from werkzeug.http import parse_set_header
 from werkzeug.wsgi import LimitedStream
@@ -232,6 +232,7 @@ def _negotiate(accept_encoding: str, available: tuple[str, ...]) -> str | None:
 # parsed each time so they cannot crowd the cache.
 _CACHED_HEADER_LENGTH = 200
 _negotiate_cached = functools.lru_cache(maxsize=256)(_negotiate)
+_CACHED_DECISIONS = 256
 
 
 # --------------------------------------------------------------------------- compressors
@@ -696,7 +697,7 @@ class _RequestDecodingMiddleware:
         environ.pop("CONTENT_LENGTH", None)  # the decoded length is not known in advance
 
 
-def _raise_request_decoding_error() -> None:
+def _raise_request_decoding_error(request: Request) -> None:
     error = request.environ.get(_ENVIRON_ERROR)
     if error is not None:
         raise error
@@ -709,23 +710,35 @@ def _is_compressible(mimetype: str, extra: frozenset[str]) -> bool:
     return mimetype in extra or mimetype.startswith("text/") or mimetype.endswith(("+json", "+xml"))
 
 
-def _header_values(response: Response) -> dict[str, str]:
-    """``{lowercase name: value}``, a header sent several times joined with ``", "``.
+def _header_values(response: Response) -> tuple[dict[str, str], str]:
+    """``{lowercase name: value}`` (repeats joined with ``", "``) and the response's mimetype.
 
     One pass over the few headers a response has: werkzeug builds an exception
     for each lookup of a missing header, and most of those this hook reads are
     missing.  Joining repeated headers is how HTTP combines list values (a
     ``no-transform`` or a ``Vary`` token in a second header line counts too).
+    The mimetype is read from the first ``Content-Type``, as ``response.mimetype``
+    reads it.
     """
     values: dict[str, str] = {}
-    for name, value in response.headers.items():
+    content_type = ""
+    for name, value in list(response.headers):
         key = name.lower()
-        values[key] = f"{values[key]}, {value}" if key in values else value
-    return values
+        if key in values:
+            values[key] = f"{values[key]}, {value}"
+        else:
+            values[key] = value
+            if key == "content-type":
+                content_type = value
+    return values, content_type.partition(";")[0].strip()
 
 
-def _add_vary(response: Response, vary: str) -> None:
+def _add_vary(response: Response, vary: str | None) -> None:
     """Add ``Accept-Encoding`` to ``Vary`` (whose current value is ``vary``) unless covered."""
+    if vary is None:
+        # Nothing to replace: skip the scan for an existing header that setting does.
+        response.headers.add("Vary", "Accept-Encoding")
+        return
     tokens = {token.strip().lower() for token in vary.split(",")}
     if "*" in tokens or "accept-encoding" in tokens:
         return
@@ -773,6 +786,7 @@ class Compression:
         self.settings = settings if settings is not None else CompressionSettings(**options)
         available = set(available_encodings())
         self._algorithms = tuple(a for a in self.settings.algorithms if a in available)
+        self._decisions: dict[str | None, tuple[str | None, bool]] = {}
         if app is not None:
             self.init_app(app)
 
@@ -794,41 +808,67 @@ class Compression:
             app.wsgi_app = _RequestDecodingMiddleware(  # type: ignore[method-assign]
                 app.wsgi_app, app, self.settings
             )
-            app.before_request(_raise_request_decoding_error)
+            state.add_request_steps(app, before=_raise_request_decoding_error)
         if self.settings.compress_responses:
-            app.after_request(self.compress_response)
+            state.add_request_steps(app, after=self._compress)
 
     def compress_response(self, response: Response) -> Response:
         """Compress ``response`` for the current request when it should be.
 
-        Registered as an ``after_request`` hook by :meth:`init_app`.
+        :meth:`init_app` runs it on every response, as an ``after_request`` hook would.
         """
-        if not _is_compressible(response.mimetype or "", self.settings.mimetypes):
+        return self._compress(request, response)
+
+    def _negotiate(self, accept_encoding: str | None) -> tuple[str | None, bool]:
+        """The coding for ``accept_encoding`` and whether it allows an uncompressed answer.
+
+        Remembered per header value (clients send a handful), as
+        :func:`negotiate_encoding` would answer both questions.
+        """
+        decision = self._decisions.get(accept_encoding)
+        if decision is None:
+            decision = (
+                negotiate_encoding(accept_encoding, self._algorithms),
+                negotiate_encoding(accept_encoding, ()) is not None,
+            )
+            if accept_encoding is None or len(accept_encoding) <= _CACHED_HEADER_LENGTH:
+                if len(self._decisions) >= _CACHED_DECISIONS:
+                    self._decisions.clear()  # odd values must not pile up
+                self._decisions[accept_encoding] = decision
+        return decision
+
+    def _compress(self, request: Request, response: Response) -> Response:
+        headers, mimetype = _header_values(response)
+        if not _is_compressible(mimetype, self.settings.mimetypes):
             return response
-        headers = _header_values(response)
         status = response.status_code
         if status < 200 or status in (204, 206, 304) or "content-range" in headers:
             return response
         encoding = headers.get("content-encoding", "").strip().lower()
         if encoding and encoding != "identity":
             return response  # already encoded by the view: never compress twice
-        _add_vary(response, headers.get("vary", ""))
+        _add_vary(response, headers.get("vary"))
         if "no-transform" in headers.get("cache-control", "").lower():
             return response
-        accept_encoding = request.headers.get("Accept-Encoding")
-        coding = negotiate_encoding(accept_encoding, self._algorithms)
+        # As request.headers reads it, without building the headers object.
+        accept_encoding = request.environ.get("HTTP_ACCEPT_ENCODING")
+        coding, identity_allowed = self._negotiate(accept_encoding)
         if coding is None or coding == "identity":
             # None: nothing the client accepts is available; RFC 9110 allows
             # answering without a coding rather than failing a request that ran.
             return response
-        streamed = response.is_streamed
-        data = b"" if streamed else response.get_data()
+        chunks = response.response
+        if type(chunks) is list and len(chunks) == 1 and type(chunks[0]) is bytes:
+            streamed, data = False, chunks[0]  # what get_data() joins (a view's body)
+        else:
+            streamed = response.is_streamed
+            data = b"" if streamed else response.get_data()
         size = response.content_length if streamed else len(data)
         if (
             size is not None
             and size < self.settings.min_size
             # Small, but sent compressed anyway when the client forbids identity.
-            and negotiate_encoding(accept_encoding, ()) is not None
+            and identity_allowed
         ):
             return response
         level = self.settings.level(coding)

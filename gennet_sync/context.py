@@ -8,8 +8,8 @@ works for sync, gthread and gevent workers alike.  No Flask, no requests here.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 
@@ -68,8 +68,15 @@ def is_valid_request_id(value: str | None) -> bool:
 
 
 def new_request_id() -> str:
-    """A fresh random request ID (32 hex digits)."""
-    return uuid.uuid4().hex
+    """A fresh random request ID: a version 4 UUID as 32 hex digits (``uuid4().hex``).
+
+    Built from the random bytes directly: ``uuid.uuid4()`` spends most of its
+    2 us per call validating what it is given, on every request without an ID.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 class RequestIdFilter(logging.Filter):

@@ -35,7 +35,7 @@ from datetime import UTC, date, datetime, time
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Request, Response, jsonify
 from flask.sansio.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.http import http_date
@@ -302,8 +302,9 @@ class VersionedAPI:
         if existing is not None:
             raise RuntimeError("this app already has a VersionedAPI; use that one")
         state.features[_FEATURE] = self
-        app.before_request(self._reject_unknown_version)
-        app.after_request(self._add_version_headers)
+        state.add_request_steps(
+            app, before=self._reject_unknown_version, after=self._add_version_headers
+        )
         if self.header_routing:
             app.wsgi_app = _HeaderRoutingMiddleware(app.wsgi_app, app, self)  # type: ignore[method-assign]
         if self.index:
@@ -387,7 +388,7 @@ class VersionedAPI:
     def _register(self, app: Flask, version: APIVersion) -> None:
         app.register_blueprint(version.blueprint, url_prefix=version.url_prefix, name=version.name)
 
-    def _reject_unknown_version(self) -> None:
+    def _reject_unknown_version(self, request: Request) -> None:
         # Routing already failed (no rule matched): if the path names a version that
         # does not exist, say so and list the real ones instead of a bare 404.
         if not isinstance(request.routing_exception, NotFound):
@@ -416,22 +417,27 @@ class VersionedAPI:
             metadata={"supported_versions": self.supported_versions},
         )
 
-    def _add_version_headers(self, response: Response) -> Response:
+    def _add_version_headers(self, request: Request, response: Response) -> Response:
         if request.environ.get(_ENVIRON_VERSIONABLE):
             vary = ", ".join(response.headers.getlist("Vary"))
             if API_VERSION_HEADER.lower() not in vary.lower():
                 response.headers["Vary"] = (
                     f"{vary}, {API_VERSION_HEADER}" if vary else API_VERSION_HEADER
                 )
-        version = self.version_for_path(request.path)
+        # version_for_path, inlined: this runs on every response.
+        path = request.path
+        prefix = self.prefix + "/"
+        if not path.startswith(prefix):
+            return response
+        version = self._versions.get(path[len(prefix) :].split("/", 1)[0])
         if version is None:
             return response
-        for name, value in self._headers_for(version, request.script_root):
+        for name, value in self._headers_for(version, request.root_path):
             if name == "Link":
                 # Links the view set (on one line or several) stay, ours go last.
                 response.headers["Link"] = ", ".join([*response.headers.getlist("Link"), value])
             else:
-                response.headers[name] = value
+                response.headers.set(name, value)
         return response
 
     def _headers_for(self, version: APIVersion, script_root: str) -> tuple[tuple[str, str], ...]:

@@ -1,0 +1,538 @@
+"""What the performance work must not change, checked from the outside.
+
+The breaker's refusal is built lazily (its message, metadata and headers are set
+when first read), the request ID is bound in the WSGI boundary, and versioning
+and compression share one ``before_request`` and one ``after_request`` hook.
+These tests pin what a user sees: the refusal reads, pickles and renders as an
+error built by its constructor; every response carries the same headers, in the
+same order, as before; the request ID is known wherever a request's code runs.
+They pass against the code from before those changes too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import json
+import math
+import pickle
+import re
+import threading
+import uuid
+import zlib
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+import pytest
+from flask import Flask, Response, g, stream_with_context
+from marshmallow import ValidationError as MarshmallowValidationError
+
+from gennet_sync import (
+    CircuitBreaker,
+    CircuitBreakerError,
+    CircuitState,
+    Compression,
+    OpenAPI,
+    VersionedAPI,
+    setup_error_handlers,
+)
+from gennet_sync.context import current_request_id, new_request_id
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refused_by(breaker: CircuitBreaker, *, through_acquire: bool = False) -> CircuitBreakerError:
+    with pytest.raises(CircuitBreakerError) as caught:
+        if through_acquire:
+            breaker.acquire()
+        else:
+            breaker.call(lambda: None)
+    return caught.value
+
+
+def open_breaker(recovery_timeout: float = 30.0) -> tuple[CircuitBreaker, FakeClock]:
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        failure_threshold=1, recovery_timeout=recovery_timeout, name="grn", clock=clock
+    )
+    with pytest.raises(OSError):
+        breaker.call(_fail)
+    return breaker, clock
+
+
+def _fail() -> None:
+    raise OSError("down")
+
+
+#: Every attribute a user can read of a refusal.
+READ = (
+    "headers",
+    "service",
+    "retry_after",
+    "state",
+    "status_code",
+    "code",
+    "message",
+    "metadata",
+    "args",
+)
+
+
+def readings(error: CircuitBreakerError) -> tuple[Any, ...]:
+    """What a user reads of ``error``: its type, attributes, envelope and text."""
+    attributes = tuple(getattr(error, name) for name in READ)
+    return (type(error), error.to_dict(), str(error), repr(error), *attributes)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("through_acquire", [False, True], ids=["call", "acquire"])
+@pytest.mark.parametrize("elapsed", [0.0, 12.3456789, 29.9999])
+def test_a_refusal_reads_as_the_error_its_constructor_builds(
+    through_acquire: bool, elapsed: float
+) -> None:
+    breaker, clock = open_breaker()
+    clock.now += elapsed
+    refusal = refused_by(breaker, through_acquire=through_acquire)
+    built = CircuitBreakerError(
+        "Circuit breaker 'grn' is open; call not attempted",
+        service="grn",
+        retry_after=30.0 - elapsed,
+        state=CircuitState.OPEN,
+    )
+    assert readings(refusal) == readings(built)
+    assert refusal.retry_after == round(30.0 - elapsed, 3)
+    assert refusal.headers == {"Retry-After": str(math.ceil(round(30.0 - elapsed, 3)))}
+    assert vars(refusal) == vars(built)
+
+
+@pytest.mark.parametrize("through_acquire", [False, True], ids=["call", "acquire"])
+def test_a_refusal_of_a_breaker_forced_open_has_no_retry_after(through_acquire: bool) -> None:
+    breaker = CircuitBreaker(name="forced")
+    breaker.open()
+    refusal = refused_by(breaker, through_acquire=through_acquire)
+    assert refusal.retry_after is None
+    assert refusal.headers == {}
+    assert refusal.to_dict()["error"]["metadata"] == {"service": "forced", "state": "open"}
+    built = CircuitBreakerError(refusal.message, service="forced", retry_after=None)
+    assert readings(refusal) == readings(built)
+
+
+def pickled(error: CircuitBreakerError) -> CircuitBreakerError:
+    twin: CircuitBreakerError = pickle.loads(pickle.dumps(error))
+    return twin
+
+
+def test_a_refusal_pickled_or_copied_before_anything_was_read_is_the_same_error() -> None:
+    breaker, clock = open_breaker()
+    clock.now += 10.5
+    for make_twin in (pickled, copy.copy, copy.deepcopy):
+        refusal = refused_by(breaker)  # fresh: nothing read yet
+        twin = make_twin(refusal)
+        assert readings(twin) == readings(refusal)
+        assert vars(twin) == vars(refusal)
+        assert twin.retry_after == 19.5
+
+
+def read_at_once(error: CircuitBreakerError, threads: int) -> list[tuple[Any, ...]]:
+    """What ``threads`` threads read of ``error``, all starting together."""
+    seen: list[tuple[Any, ...]] = []
+    start = threading.Barrier(threads)
+
+    def read() -> None:
+        start.wait()
+        seen.append((error.metadata, error.retry_after, error.headers))
+
+    workers = [threading.Thread(target=read) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=10)
+    return seen
+
+
+def test_a_refusal_read_from_many_threads_at_once_reads_the_same_everywhere() -> None:
+    breaker, clock = open_breaker()
+    clock.now += 1.25
+    for _ in range(20):
+        seen = read_at_once(refused_by(breaker), 4)
+        assert len(seen) == 4
+        assert all(reading == seen[0] for reading in seen)
+        assert seen[0][1] == 28.75
+
+
+def test_every_refusal_is_counted_and_a_call_after_the_timeout_is_a_trial() -> None:
+    breaker, clock = open_breaker(recovery_timeout=5.0)
+    for _ in range(3):
+        refused_by(breaker)
+    refused_by(breaker, through_acquire=True)
+    assert breaker.metrics().rejections == 4
+    clock.now += 5.0
+    assert breaker.call(lambda: "trial") == "trial"
+    assert breaker.state is CircuitState.CLOSED
+
+
+def test_a_refusal_a_view_lets_through_renders_the_503_envelope_of_a_built_error() -> None:
+    breaker, clock = open_breaker()
+    clock.now += 0.4
+    app = Flask(__name__)
+    setup_error_handlers(app)
+
+    @app.get("/lazy")
+    def lazy() -> str:
+        breaker.call(lambda: None)
+        return "unreachable"
+
+    @app.get("/built")
+    def built() -> str:
+        raise CircuitBreakerError(
+            "Circuit breaker 'grn' is open; call not attempted",
+            service="grn",
+            retry_after=29.6,
+        )
+
+    client = app.test_client()
+    lazy_response = client.get("/lazy", headers={"X-Request-ID": "r1"})
+    built_response = client.get("/built", headers={"X-Request-ID": "r1"})
+    assert lazy_response.status_code == built_response.status_code == 503
+    assert lazy_response.get_json() == built_response.get_json()
+    assert lazy_response.get_json()["error"]["metadata"] == {
+        "service": "grn",
+        "retry_after": 29.6,
+        "state": "open",
+    }
+    assert lazy_response.headers.to_wsgi_list() == built_response.headers.to_wsgi_list()
+    assert lazy_response.headers["Retry-After"] == "30"
+
+
+# --------------------------------------------------------------------------- request IDs
+
+
+def test_new_request_ids_are_random_version_4_uuids_in_hex() -> None:
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for value in ids:
+        assert re.fullmatch(r"[0-9a-f]{32}", value)
+        parsed = uuid.UUID(hex=value)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
+def make_traced_app() -> tuple[Flask, dict[str, Any]]:
+    """An app that notes the request ID wherever a request's code runs."""
+    app = Flask(__name__)
+    seen: dict[str, Any] = {}
+
+    @app.before_request
+    def registered_before_the_extension() -> None:
+        seen["early hook"] = current_request_id()
+
+    setup_error_handlers(app)
+
+    @app.url_value_preprocessor
+    def preprocessor(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        seen["url preprocessor"] = current_request_id()
+
+    @app.before_request
+    def later_hook() -> None:
+        seen["late hook"] = current_request_id()
+
+    @app.after_request
+    def after(response: Response) -> Response:
+        seen["after hook"] = current_request_id()
+        return response
+
+    @app.teardown_request
+    def teardown(error: BaseException | None) -> None:
+        seen["teardown"] = current_request_id()
+
+    @app.get("/view")
+    def view() -> dict[str, Any]:
+        seen["view"] = current_request_id()
+        seen["g"] = g.gennet_request_id
+        return {}
+
+    @app.get("/crash")
+    def crash() -> str:
+        raise RuntimeError("boom")
+
+    @app.errorhandler(KeyError)
+    def key_error(error: KeyError) -> tuple[str, int]:
+        seen["error handler"] = current_request_id()
+        return "missing", 404
+
+    @app.get("/key")
+    def key() -> str:
+        raise KeyError("k")
+
+    @app.get("/stream")
+    def stream() -> Response:
+        def body() -> Iterator[str]:
+            yield "a"
+            seen["stream"] = current_request_id()
+            yield "b"
+
+        return Response(stream_with_context(body()))
+
+    return app, seen
+
+
+@pytest.mark.parametrize("incoming", [None, "gateway-7.a_b"])
+def test_the_request_id_is_the_same_wherever_the_request_runs(incoming: str | None) -> None:
+    app, seen = make_traced_app()
+    headers = {"X-Request-ID": incoming} if incoming else {}
+    response = app.test_client().get("/view", headers=headers)
+    request_id = response.headers["X-Request-ID"]
+    if incoming:
+        assert request_id == incoming
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    # Bound before any hook now; before, by the extension's own before_request
+    # hook, so code that ran earlier saw no ID.  Never another one.
+    assert seen.pop("early hook") in (None, request_id)
+    assert seen.pop("url preprocessor") in (None, request_id)
+    assert seen == {
+        "late hook": request_id,
+        "view": request_id,
+        "g": request_id,
+        "after hook": request_id,
+        "teardown": request_id,
+    }
+    assert current_request_id() is None  # unbound once the request is over
+
+
+def test_the_request_id_reaches_error_handlers_and_streamed_bodies() -> None:
+    app, seen = make_traced_app()
+    client = app.test_client()
+    response = client.get("/key", headers={"X-Request-ID": "err-1"})
+    assert response.status_code == 404
+    assert seen["error handler"] == "err-1"
+    response = client.get("/stream", headers={"X-Request-ID": "stream-1"})
+    assert response.get_data() == b"ab"
+    assert response.headers["X-Request-ID"] == "stream-1"
+    assert seen["stream"] == "stream-1"
+    response = client.get("/crash", headers={"X-Request-ID": "crash-1"})
+    assert response.status_code == 500
+    assert response.headers["X-Request-ID"] == "crash-1"
+
+
+def test_an_invalid_incoming_request_id_is_replaced_everywhere_alike() -> None:
+    app, seen = make_traced_app()
+    response = app.test_client().get("/view", headers={"X-Request-ID": "bad id\x7f"})
+    request_id = response.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    assert seen["view"] == seen["g"] == seen["teardown"] == request_id
+
+
+def test_the_request_id_header_setting_is_read_per_request() -> None:
+    app, seen = make_traced_app()
+    client = app.test_client()
+    assert client.get("/view", headers={"X-Request-ID": "one"}).headers["X-Request-ID"] == "one"
+    app.config["GENNET_REQUEST_ID_HEADER"] = "X-Correlation-ID"
+    response = client.get("/view", headers={"X-Correlation-ID": "two", "X-Request-ID": "one"})
+    assert response.headers["X-Correlation-ID"] == "two"
+    assert seen["view"] == "two"
+
+
+# --------------------------------------------------------------------------- headers
+
+
+BIG = {"nodes": [{"id": f"gene-{i}", "weight": i / 7} for i in range(200)]}
+
+
+def make_full_stack() -> Flask:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    api = VersionedAPI(app, header_routing=True)
+    v1 = api.version("v1", deprecated=date(2025, 1, 1), sunset=date(2027, 1, 1))
+    v2 = api.version("v2")
+    Compression(app)
+    OpenAPI(app, title="equivalence")
+
+    @app.after_request
+    def user_hook(response: Response) -> Response:
+        response.headers["X-User-Hook"] = "1"
+        return response
+
+    for blueprint in (v1, v2):
+
+        @blueprint.get("/item")
+        def item() -> dict[str, Any]:
+            return {"id": 42}
+
+        @blueprint.get("/big")
+        def big() -> dict[str, Any]:
+            return BIG
+
+        @blueprint.get("/linked")
+        def linked() -> Response:
+            response = Response("{}", mimetype="application/json")
+            response.headers["Link"] = '</docs>; rel="help"'
+            response.headers["Vary"] = "Cookie"
+            return response
+
+        @blueprint.get("/invalid")
+        def invalid() -> dict[str, Any]:
+            raise MarshmallowValidationError({"name": ["Missing data for required field."]})
+
+    return app
+
+
+def wire_headers(response: Any) -> list[tuple[str, str]]:
+    return [
+        (name, "<now>" if name == "Date" else value)
+        for name, value in response.headers.to_wsgi_list()
+    ]
+
+
+DEPRECATED = [
+    ("API-Version", "v1"),
+    ("Deprecation", "@1735689600"),
+    ("Sunset", "Fri, 01 Jan 2027 00:00:00 GMT"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "request_headers", "expected"),
+    [
+        (
+            "/api/v1/item",
+            {"Accept-Encoding": "gzip, br"},
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", "10"),
+                ("X-User-Hook", "1"),
+                ("Vary", "Accept-Encoding"),
+                *DEPRECATED,
+                ("Link", '</api>; rel="deprecation", </api/v2>; rel="successor-version"'),
+                ("X-Request-ID", "rid"),
+            ],
+        ),
+        (
+            "/api/v2/item",
+            {},
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", "10"),
+                ("X-User-Hook", "1"),
+                ("Vary", "Accept-Encoding"),
+                ("API-Version", "v2"),
+                ("X-Request-ID", "rid"),
+            ],
+        ),
+        (
+            "/item",
+            {"API-Version": "v2", "Accept-Encoding": "identity;q=0, gzip"},
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", "30"),
+                ("X-User-Hook", "1"),
+                ("Vary", "Accept-Encoding, API-Version"),
+                ("Content-Encoding", "gzip"),
+                ("Date", "<now>"),  # make_conditional's, for the compressed ETag
+                ("API-Version", "v2"),
+                ("X-Request-ID", "rid"),
+            ],
+        ),
+        (
+            "/api/v1/linked",
+            {"Accept-Encoding": "zstd"},
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", "2"),
+                (
+                    "Link",
+                    '</docs>; rel="help", </api>; rel="deprecation", '
+                    '</api/v2>; rel="successor-version"',
+                ),
+                ("Vary", "Cookie, Accept-Encoding"),
+                ("X-User-Hook", "1"),
+                *DEPRECATED,
+                ("X-Request-ID", "rid"),
+            ],
+        ),
+        (
+            "/api/v2/invalid",
+            {"Accept-Encoding": "gzip"},
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", "209"),
+                ("X-User-Hook", "1"),
+                ("Vary", "Accept-Encoding"),
+                ("API-Version", "v2"),
+                ("X-Request-ID", "rid"),
+            ],
+        ),
+        (
+            "/api/v9/item",
+            {},
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", "196"),
+                ("X-User-Hook", "1"),
+                ("Vary", "Accept-Encoding"),
+                ("X-Request-ID", "rid"),
+            ],
+        ),
+    ],
+    ids=["deprecated", "current", "header-routed", "view-headers", "422", "unknown-version"],
+)
+def test_responses_of_the_full_stack_carry_the_same_headers_in_the_same_order(
+    path: str, request_headers: dict[str, str], expected: list[tuple[str, str]]
+) -> None:
+    client = make_full_stack().test_client()
+    response = client.get(path, headers={**request_headers, "X-Request-ID": "rid"})
+    assert wire_headers(response) == expected
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "coding"),
+    [
+        (None, None),
+        ("gzip", "gzip"),
+        ("gzip;q=0.5, br", "br"),
+        ("gzip;q=0, *", "zstd"),
+        ("*, zstd;q=0", "br"),
+        ("identity;q=0, gzip;q=0", None),
+        ("deflate", "deflate"),
+        ("x-gzip", "gzip"),
+        ("gzip; q=0.5, deflate; q=0.4", "gzip"),
+    ],
+)
+def test_a_big_response_is_negotiated_as_before_whatever_came_before_it(
+    accept_encoding: str | None, coding: str | None
+) -> None:
+    client = make_full_stack().test_client()
+    # The same header value twice, and another one between: a remembered
+    # negotiation must answer as a fresh one.
+    for value in (accept_encoding, "gzip", accept_encoding):
+        headers = {} if value is None else {"Accept-Encoding": value}
+        response = client.get("/api/v2/big", headers=headers)
+    assert response.status_code == 200
+    assert response.headers.get("Content-Encoding") == coding
+    assert response.headers["Vary"] == "Accept-Encoding"
+    assert json.loads(decoded(response.get_data(), coding)) == BIG
+
+
+def decoded(data: bytes, coding: str | None) -> bytes:
+    if coding is None:
+        return data
+    if coding == "gzip":
+        return zlib.decompress(data, 31)
+    if coding == "deflate":
+        return zlib.decompress(data)
+    if coding == "br":
+        return bytes(importlib.import_module("brotli").decompress(data))
+    for name in ("compression.zstd", "backports.zstd"):
+        with contextlib.suppress(ImportError):
+            return bytes(importlib.import_module(name).decompress(data))
+    raise AssertionError(f"no decoder for {coding}")
