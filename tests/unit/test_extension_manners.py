@@ -62,10 +62,14 @@ def test_the_envelope_set_up_twice_is_one_extension_with_its_handlers_once() -> 
     app = Flask(__name__)
     Compression(app)  # sets up the envelope first
     first = app_state(app).extension
+    hooks = list(app.before_request_funcs[None]), list(app.after_request_funcs[None])
+    handlers = dict(app.error_handler_spec[None][None])
     assert setup_error_handlers(app) is first
     GenNet(app)
     assert app_state(app).extension is first
-    assert len(app.before_request_funcs[None]) == 2  # request ID, decoding errors
+    # Nothing registered twice: not a hook, not a handler.
+    assert (app.before_request_funcs[None], app.after_request_funcs[None]) == hooks
+    assert app.error_handler_spec[None][None] == handlers
 
     @app.get("/boom")
     def boom() -> str:
