@@ -139,6 +139,8 @@ class _Unpacked(Generic[_T]):
         return value
 
     def __set__(self, instance: CircuitBreakerError, value: _T) -> None:
+        # Unpack first: a later read of another attribute must not overwrite this one.
+        instance._unpack()
         instance.__dict__[self._name] = value
 
 
@@ -221,26 +223,33 @@ class CircuitBreakerError(ServiceUnavailableError):
         return error
 
     def _unpack(self) -> None:
-        """Set the attributes a refusal left unset (by :meth:`_refusal`); once."""
-        unread = self.__dict__.pop("_unread", None)
+        """Set the attributes a refusal left unset (by :meth:`_refusal`).
+
+        Safe from several threads at once: each sets the same values, and none
+        replaces a value already set; ``_unread`` goes only once all are set.
+        """
+        values = self.__dict__
+        unread = values.get("_unread")
         if unread is None:
             return
         service, retry_after, state = unread
-        values = self.__dict__
-        values["message"] = self.args[0]
-        values["service"] = service
-        values["state"] = state
+        metadata: dict[str, Any]
         if retry_after is None or retry_after == math.inf:  # forced open: no time known
             retry_after = None
-            values["metadata"] = {"service": service, "state": _STATE_VALUES[state]}
+            metadata = {"service": service, "state": _STATE_VALUES[state]}
         else:
             retry_after = round(retry_after if retry_after > 0.0 else 0.0, 3)
-            values["metadata"] = {
+            metadata = {
                 "service": service,
                 "retry_after": retry_after,
                 "state": _STATE_VALUES[state],
             }
-        values["retry_after"] = retry_after
+        values.setdefault("message", self.args[0])
+        values.setdefault("service", service)
+        values.setdefault("state", state)
+        values.setdefault("metadata", metadata)
+        values.setdefault("retry_after", retry_after)
+        values.pop("_unread", None)
 
 
 _refusal: Final = CircuitBreakerError._refusal

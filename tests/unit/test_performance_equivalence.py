@@ -18,6 +18,7 @@ import json
 import math
 import pickle
 import re
+import sys
 import threading
 import uuid
 import zlib
@@ -536,3 +537,54 @@ def decoded(data: bytes, coding: str | None) -> bytes:
         with contextlib.suppress(ImportError):
             return bytes(importlib.import_module(name).decompress(data))
     raise AssertionError(f"no decoder for {coding}")
+
+
+def test_values_set_on_a_refusal_before_it_is_read_are_kept() -> None:
+    breaker = CircuitBreaker(name="payments")
+    breaker.open()
+    try:
+        breaker.call(lambda: None)
+    except CircuitBreakerError as caught:
+        refusal = caught
+    refusal.metadata = {"tenant": "t1"}
+    refusal.retry_after = 5
+    # Reading another field builds the rest; what the handler set stays.
+    assert refusal.message == "Circuit breaker 'payments' is open; call not attempted"
+    assert refusal.metadata == {"tenant": "t1"}
+    assert refusal.retry_after == 5
+    assert refusal.headers == {"Retry-After": "5"}
+
+
+def test_a_refusal_read_by_several_threads_at_once_reads_whole_in_each() -> None:
+    breaker = CircuitBreaker(name="payments", failure_threshold=1, recovery_timeout=30)
+    breaker.open()
+    errors: list[str] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # makes the window between two readers easy to hit
+    try:
+        for _ in range(300):
+            try:
+                breaker.call(lambda: None)
+            except CircuitBreakerError as caught:
+                refusal = caught
+            barrier = threading.Barrier(3)
+
+            def read(
+                error: CircuitBreakerError = refusal, start: threading.Barrier = barrier
+            ) -> None:
+                start.wait()
+                try:
+                    assert error.metadata["service"] == "payments"
+                    assert error.state is CircuitState.OPEN
+                    assert error.retry_after is None
+                except (AttributeError, AssertionError, KeyError) as failure:
+                    errors.append(repr(failure))
+
+            threads = [threading.Thread(target=read) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
