@@ -445,6 +445,8 @@ def _client_from_url(
         (base, f"{userinfo}@localhost" if userinfo else "localhost", "", urlencode(query), "")
     )
     options: dict[str, Any] = parse_url(one_server)  # type: ignore[no-untyped-call]
+    # ?db=N as redis-py reads it; checked against the path's db below.
+    query_db: int | None = options.pop("db", None) if "db" in query else None
     for key in ("host", "port", "connection_class", "db"):
         options.pop(key, None)
     options.setdefault("socket_timeout", socket_timeout)
@@ -458,8 +460,8 @@ def _client_from_url(
     # options (a sentinel with some of them).
     _check_options(url, lambda: redis.Redis(**options))
     if topology == "cluster":
-        if path not in ([], ["0"]):
-            raise ValueError(f"Redis Cluster has only database 0, not {parts.path!r} in {url!r}")
+        if path not in ([], ["0"]) or query_db not in (None, 0):
+            raise ValueError(f"Redis Cluster has only database 0, not another in {url!r}")
 
         def cluster() -> RedisClient:
             return RedisCluster(
@@ -472,12 +474,16 @@ def _client_from_url(
 
         return cluster, f"cluster {hosts}"
 
-    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+    if not path or len(path) > 2 or (len(path) == 2 and not _is_db_number(path[1])):
         raise ValueError(
             f"a Sentinel storage URL is redis+sentinel://host:port[,host:port...]"
             f"/service_name[/db], not {url!r}"
         )
-    service, db = path[0], int(path[1]) if len(path) == 2 else 0
+    service = path[0]
+    path_db = int(path[1]) if len(path) == 2 else None
+    if path_db is not None and query_db is not None and path_db != query_db:
+        raise ValueError(f"two databases ({path_db} and ?db={query_db}) in {url!r}")
+    db = path_db if path_db is not None else query_db or 0
     sentinel_kwargs = {
         key: value
         for key, value in options.items()
@@ -487,6 +493,10 @@ def _client_from_url(
     sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
     client = sentinel.master_for(service, db=db, retry=_no_retries(), **options)  # type: ignore[no-untyped-call]
     return (lambda: client), f"sentinel {service}@{hosts}/{db}"
+
+
+def _is_db_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 @dataclass(frozen=True)

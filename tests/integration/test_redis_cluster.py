@@ -120,6 +120,7 @@ def test_a_cluster_that_cannot_be_reached_is_an_outage_not_an_error(
     "url",
     [
         "redis+cluster://10.0.0.1:7000/1",
+        "redis+cluster://10.0.0.1:7000?db=1",
         "redis+cluster://10.0.0.1:7000/0/1",
         "redis+cluster://10.0.0.1:port",
         "redis+cluster://10.0.0.1:7000,,10.0.0.2:7000",

@@ -125,11 +125,27 @@ def test_a_rediss_sentinel_url_uses_tls_to_the_primary_and_the_sentinels() -> No
         "redis+sentinel://10.0.0.1:port/orders",
         "redis+sentinel://10.0.0.1:5000,/orders",
         "redis+sentry://10.0.0.1:5000/orders",
+        "redis+sentinel://10.0.0.1:5000/orders/\u00b2",  # a digit, but not a number
+        "redis+sentinel://10.0.0.1:5000/orders/2?db=3",  # two databases
     ],
 )
 def test_a_malformed_sentinel_url_is_a_value_error(url: str) -> None:
     with pytest.raises(ValueError):
         storage_from_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://10.0.0.1:5000/orders?db=3",
+        "redis+sentinel://10.0.0.1:5000/orders/3?db=3",
+    ],
+)
+def test_a_database_in_the_query_is_used_as_redis_py_reads_it(url: str) -> None:
+    storage = storage_from_url(url)
+    assert isinstance(storage, RedisStorage)
+    client, _ = sentinel_client_of(storage)
+    assert client.get_connection_kwargs()["db"] == 3
 
 
 def test_a_plain_client_handed_in_with_redis_py_defaults_gets_a_warning() -> None:
