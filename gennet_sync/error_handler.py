@@ -694,15 +694,15 @@ class _WSGIBoundary:
         length = len(lowered)
         # Bound here, before Flask: the ID is known to every hook, handler and
         # teardown function, and the before_request hook only copies it to g.  An
-        # app mounted inside another one keeps the ID its host bound.
-        request_id: str | None = environ.get(_ENVIRON_REQUEST_ID)
-        if request_id is None:
-            incoming: str | None = environ.get(self._header_key)
-            if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming) is not None:
-                request_id = incoming
-            else:
-                request_id = new_request_id()
-            environ[_ENVIRON_REQUEST_ID] = request_id
+        # app mounted inside another one takes a valid ID from its own header,
+        # else keeps the one its host bound.
+        incoming: str | None = environ.get(self._header_key)
+        request_id: str | None
+        if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming) is not None:
+            request_id = incoming
+        else:
+            request_id = environ.get(_ENVIRON_REQUEST_ID) or new_request_id()
+        environ[_ENVIRON_REQUEST_ID] = request_id
 
         def start_with_request_id(
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None

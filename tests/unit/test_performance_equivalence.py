@@ -588,3 +588,29 @@ def test_a_refusal_read_by_several_threads_at_once_reads_whole_in_each() -> None
     finally:
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+def test_a_mounted_app_takes_the_request_id_from_its_own_header() -> None:
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from werkzeug.test import Client
+
+    outer, inner = Flask("outer"), Flask("inner")
+    inner.config["GENNET_REQUEST_ID_HEADER"] = "X-Correlation-ID"
+    setup_error_handlers(inner)
+    seen: list[str | None] = []
+
+    @inner.get("/view")
+    def view() -> str:
+        seen.append(current_request_id())
+        return "ok"
+
+    # The host's boundary wraps the dispatcher: every request passes it first.
+    outer.wsgi_app = DispatcherMiddleware(outer.wsgi_app, {"/inner": inner})  # type: ignore[method-assign]
+    setup_error_handlers(outer)
+    response = Client(outer).get("/inner/view", headers={"X-Correlation-ID": "corr-123"})
+    assert seen == ["corr-123"]
+    assert response.headers["X-Correlation-ID"] == "corr-123"
+    # Without its own header, the mounted app keeps the ID its host bound.
+    response = Client(outer).get("/inner/view", headers={"X-Request-ID": "host-456"})
+    assert seen[-1] == "host-456"
+    assert response.headers["X-Request-ID"] == "host-456"
