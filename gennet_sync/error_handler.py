@@ -20,7 +20,7 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -231,6 +231,8 @@ class AppState:
     features: dict[str, Any] = field(default_factory=dict)
     _before_steps: list[BeforeStep] = field(default_factory=list, init=False, repr=False)
     _after_steps: list[AfterStep] = field(default_factory=list, init=False, repr=False)
+    _before_hook: Callable[[], None] | None = field(default=None, init=False, repr=False)
+    _after_hook: Callable[[Response], Response] | None = field(default=None, init=False, repr=False)
 
     def add_request_steps(
         self, app: Flask, before: BeforeStep | None = None, after: AfterStep | None = None
@@ -241,7 +243,10 @@ class AppState:
         instead of a pair each: Flask pays ``ensure_sync`` for every hook on every
         request, and each hook its own lookups of ``request``.  The steps run as
         their hooks would: ``before`` steps in the order they were added, ``after``
-        steps in reverse (the last feature set up touches the response first).
+        steps in reverse (the last feature set up touches the response first).  A
+        step joins the shared hook only while that hook is still the last one
+        registered; after a hook of the app's own, it gets a new shared hook, so
+        the app's hooks run between the features' steps exactly as before.
 
         Args:
             app: The app this state belongs to.
@@ -249,13 +254,24 @@ class AppState:
             after: Called with the request and the response; returns the response.
         """
         if before is not None:
-            if not self._before_steps:
-                app.before_request(_before_hook(self._before_steps))
+            last_before = _last(app.before_request_funcs.get(None))
+            if self._before_hook is None or last_before is not self._before_hook:
+                self._before_steps = []
+                self._before_hook = _before_hook(self._before_steps)
+                app.before_request(self._before_hook)
             self._before_steps.append(before)
         if after is not None:
-            if not self._after_steps:
-                app.after_request(_after_hook(self._after_steps))
+            last_after = _last(app.after_request_funcs.get(None))
+            if self._after_hook is None or last_after is not self._after_hook:
+                self._after_steps = []
+                self._after_hook = _after_hook(self._after_steps)
+                app.after_request(self._after_hook)
             self._after_steps.insert(0, after)
+
+
+def _last(hooks: Sequence[object] | None) -> object:
+    """The hook registered last, if any."""
+    return hooks[-1] if hooks else None
 
 
 # flask types ``request`` and ``g`` as the objects they stand for; they are proxies.

@@ -614,3 +614,32 @@ def test_a_mounted_app_takes_the_request_id_from_its_own_header() -> None:
     response = Client(outer).get("/inner/view", headers={"X-Request-ID": "host-456"})
     assert seen[-1] == "host-456"
     assert response.headers["X-Request-ID"] == "host-456"
+
+
+def test_an_app_hook_between_two_features_runs_between_their_steps() -> None:
+    # VersionedAPI, then the app's own after_request hook, then Compression: as with
+    # a hook per feature, compression touches the response first and the app's hook
+    # sees (and sets its ETag over) the compressed body.
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    api = VersionedAPI(app)
+    v1 = api.version("v1")
+
+    @v1.get("/items")
+    def items() -> dict[str, list[str]]:
+        return {"items": ["x" * 50] * 40}
+
+    seen: list[tuple[str | None, int]] = []
+
+    @app.after_request
+    def etag_over_the_bytes_sent(response: Response) -> Response:
+        seen.append((response.headers.get("Content-Encoding"), len(response.get_data())))
+        response.set_etag("app-etag")
+        return response
+
+    Compression(app)
+    response = app.test_client().get("/api/v1/items", headers={"Accept-Encoding": "gzip"})
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert seen == [("gzip", len(response.get_data()))]
+    assert response.headers["ETag"] == '"app-etag"'  # not suffixed: set after compression
+    assert response.headers["API-Version"] == "v1"  # versioning ran last, as its hook would
