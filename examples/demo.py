@@ -44,7 +44,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
-from examples.launcher import ManagedProcess, RedisProcess, ServiceProcess
+from examples.launcher import ManagedProcess, ProcessGroup, RedisProcess, ServiceProcess
 
 __all__ = ["Deployment", "StoryFailed", "Timeline", "main", "rules_from_network", "run_story"]
 
@@ -175,7 +175,7 @@ def describe_path(path: list[dict[str, bool]], loop_start: int | None) -> str:
 
 
 @dataclass
-class Deployment:
+class Deployment(ProcessGroup):
     """The three services and, when installed, a redis-server; started and stopped together.
 
     Example::
@@ -276,17 +276,6 @@ class Deployment:
         for process in reversed(self.processes):
             with contextlib.suppress(Exception):
                 process.stop(quick=True)
-
-    def __enter__(self) -> Deployment:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
 
 def _store_network(deployment: Deployment, client: Client, timeline: Timeline) -> dict[str, Any]:

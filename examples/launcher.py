@@ -13,6 +13,7 @@ Only 127.0.0.1 is used; ports are free ones the OS hands out.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import shutil
@@ -32,6 +33,7 @@ __all__ = [
     "EXAMPLES_DIR",
     "GUNICORN_CONFIG",
     "ManagedProcess",
+    "ProcessGroup",
     "RedisClusterProcesses",
     "RedisNodeProcess",
     "RedisProcess",
@@ -469,7 +471,39 @@ class RedisNodeProcess(RedisProcess):
         self._close_log()
 
 
-class RedisClusterProcesses:
+class ProcessGroup(abc.ABC):
+    """Several processes started and stopped together, as a context manager.
+
+    ``with`` starts them all and stops every one on the way out; when starting
+    fails halfway, those already started are stopped before the error propagates.
+    """
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start every process and wait until the group is ready."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop every process (idempotent; never raises for one that is gone)."""
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisClusterProcesses(ProcessGroup):
     """A Redis Cluster on 127.0.0.1: ``primaries`` nodes, each with ``replicas``.
 
     Built with ``redis-cli --cluster create``; ready when every node reports
@@ -619,24 +653,8 @@ class RedisClusterProcesses:
         for node in self.nodes:
             node.stop(quick=True)
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class RedisSentinelProcesses:
+class RedisSentinelProcesses(ProcessGroup):
     """A Redis primary, its replica and ``sentinels`` sentinels on 127.0.0.1.
 
     The sentinels (``redis-server --sentinel``, what Debian's redis-sentinel
@@ -813,22 +831,6 @@ class RedisSentinelProcesses:
         """Stop every process (idempotent)."""
         for process in self.processes:
             process.stop(quick=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _flags(replica: Any) -> str:
