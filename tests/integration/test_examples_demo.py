@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import subprocess
@@ -12,23 +11,8 @@ import time
 import pytest
 
 from tests.support import PROJECT_ROOT
+from tests.support.demo import ports_started, run_demo
 from tests.support.servers import require_binary
-
-
-def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "examples.demo", *args],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-
-
-def ports_started(output: str) -> list[int]:
-    line = next(line for line in output.splitlines() if "started grn on" in line)
-    return [int(port) for port in re.findall(r" on :(\d+)", line)]
 
 
 def nothing_listens_on(port: int) -> bool:

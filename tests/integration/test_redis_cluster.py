@@ -30,14 +30,14 @@ from examples.launcher import RedisClusterProcesses
 from gennet_sync.redis_storage import RedisClientWarning, RedisStorage
 from gennet_sync.storage import CircuitState
 from gennet_sync.storage_url import storage_from_url
-from tests.integration.test_examples_demo import ports_started, run_demo
-from tests.integration.test_redis_storage import closed_port
 from tests.support.clock import FakeClock
+from tests.support.demo import ports_started, run_demo
 from tests.support.redis_fleet import (
     assert_a_dead_service_gets_threshold_plus_processes_calls,
     failover_run,
     started,
 )
+from tests.support.redis_workers import closed_port
 
 pytestmark = pytest.mark.integration
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import pytest
 import redis
 import requests
-from flask import Flask, request
 
 from examples.launcher import ServiceProcess
 from gennet_sync.circuit_breaker import TRIAL_LEASE_MARGIN
+from tests.support.fault_gateway import Downstream
 from tests.support.redis_server import RedisServer, started_redis_server
 from tests.support.servers import serve_app
 
@@ -53,38 +53,6 @@ FLOW_BOUND = 5.0
 #: Consecutive 200s that count as "calls flow again".
 FLOWING = 20
 BREAKER = "fault-downstream"
-
-
-class Downstream:
-    """The service behind the gateway: answers 200 or 503, or holds one call until told."""
-
-    def __init__(self) -> None:
-        self.failing = False
-        self.holding = False
-        self.held = threading.Event()
-        self.release = threading.Event()
-        self.held_pid = 0
-        self._lock = threading.Lock()
-        self.app = Flask("fault-downstream")
-        self.app.add_url_rule("/work", view_func=self.work)
-
-    def work(self) -> tuple[dict[str, object] | str, int]:
-        with self._lock:
-            hold = self.holding and not self.held.is_set()
-            if hold:
-                self.held_pid = int(request.headers["X-Worker-Pid"])
-                self.held.set()
-        if hold:
-            self.release.wait(timeout=60)
-        if self.failing:
-            envelope = {"code": "SERVICE_UNAVAILABLE", "type": "ServiceUnavailableError"}
-            return {"error": {**envelope, "message": "down"}}, 503
-        return "ok", 200
-
-    def reset(self) -> None:
-        self.failing = self.holding = False
-        self.held.clear()
-        self.release.clear()
 
 
 @dataclass

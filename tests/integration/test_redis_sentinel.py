@@ -25,8 +25,7 @@ from examples.launcher import RedisSentinelProcesses, ServiceProcess
 from gennet_sync.redis_storage import RedisClientWarning, RedisStorage
 from gennet_sync.storage import CircuitState
 from gennet_sync.storage_url import storage_from_url
-from tests.integration.test_redis_faults import Downstream
-from tests.integration.test_redis_storage import closed_port
+from tests.support.fault_gateway import Downstream
 from tests.support.redis_fleet import (
     SHARING_BOUND,
     SLOWEST_CALL_BOUND,
@@ -36,6 +35,7 @@ from tests.support.redis_fleet import (
     started,
     with_worker_options,
 )
+from tests.support.redis_workers import closed_port
 from tests.support.servers import serve_app
 
 pytestmark = pytest.mark.integration

@@ -5,15 +5,17 @@ breaker shared through ``GENNET_BREAKER_STORAGE``.  ``GET /relay`` calls
 ``FAULT_DOWNSTREAM_URL`` + ``/work`` through a ``ServiceSession`` (threshold 1,
 open 1 s, timeout ``(1, FAULT_READ_TIMEOUT)`` and a total limit of their sum, no
 retries, errors raised): the caller gets the downstream's answer, or the error
-envelope (a 503 while the breaker refuses), never anything else.  The worker's PID rides along in
-``X-Worker-Pid`` so a test can kill the very worker a call is running in.
+envelope (a 503 while the breaker refuses), never anything else.  The worker's PID
+rides along in ``X-Worker-Pid`` so a test can kill the very worker a call is running
+in.  :class:`Downstream` is the service behind it, served by the test process.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 
-from flask import Flask
+from flask import Flask, request
 
 from gennet_sync import ServiceSession, setup_error_handlers
 
@@ -47,3 +49,35 @@ def create_app() -> Flask:
         return {"status": "ok"}
 
     return app
+
+
+class Downstream:
+    """The service behind the gateway: answers 200 or 503, or holds one call until told."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.holding = False
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.held_pid = 0
+        self._lock = threading.Lock()
+        self.app = Flask("fault-downstream")
+        self.app.add_url_rule("/work", view_func=self.work)
+
+    def work(self) -> tuple[dict[str, object] | str, int]:
+        with self._lock:
+            hold = self.holding and not self.held.is_set()
+            if hold:
+                self.held_pid = int(request.headers["X-Worker-Pid"])
+                self.held.set()
+        if hold:
+            self.release.wait(timeout=60)
+        if self.failing:
+            envelope = {"code": "SERVICE_UNAVAILABLE", "type": "ServiceUnavailableError"}
+            return {"error": {**envelope, "message": "down"}}, 503
+        return "ok", 200
+
+    def reset(self) -> None:
+        self.failing = self.holding = False
+        self.held.clear()
+        self.release.clear()

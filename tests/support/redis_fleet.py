@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 from examples.launcher import StartupError
 from gennet_sync.redis_storage import RedisStorage
 from gennet_sync.storage import CircuitState
-from tests.integration.test_redis_storage import (
+from tests.support.redis_workers import (
     closed_port,
     dead_service_worker,
     healthy_until_rejected_worker,
