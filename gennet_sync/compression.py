@@ -710,35 +710,8 @@ def _is_compressible(mimetype: str, extra: frozenset[str]) -> bool:
     return mimetype in extra or mimetype.startswith("text/") or mimetype.endswith(("+json", "+xml"))
 
 
-def _header_values(response: Response) -> tuple[dict[str, str], str]:
-    """``{lowercase name: value}`` (repeats joined with ``", "``) and the response's mimetype.
-
-    One pass over the few headers a response has: werkzeug builds an exception
-    for each lookup of a missing header, and most of those this hook reads are
-    missing.  Joining repeated headers is how HTTP combines list values (a
-    ``no-transform`` or a ``Vary`` token in a second header line counts too).
-    The mimetype is read from the first ``Content-Type``, as ``response.mimetype``
-    reads it.
-    """
-    values: dict[str, str] = {}
-    content_type = ""
-    for name, value in list(response.headers):
-        key = name.lower()
-        if key in values:
-            values[key] = f"{values[key]}, {value}"
-        else:
-            values[key] = value
-            if key == "content-type":
-                content_type = value
-    return values, content_type.partition(";")[0].strip()
-
-
-def _add_vary(response: Response, vary: str | None) -> None:
+def _add_vary(response: Response, vary: str) -> None:
     """Add ``Accept-Encoding`` to ``Vary`` (whose current value is ``vary``) unless covered."""
-    if vary is None:
-        # Nothing to replace: skip the scan for an existing header that setting does.
-        response.headers.add("Vary", "Accept-Encoding")
-        return
     tokens = {token.strip().lower() for token in vary.split(",")}
     if "*" in tokens or "accept-encoding" in tokens:
         return
@@ -838,21 +811,50 @@ class Compression:
         return decision
 
     def _compress(self, request: Request, response: Response) -> Response:
-        headers, mimetype = _header_values(response)
+        # One pass over the few headers a response has, for the five this step reads
+        # (werkzeug builds a KeyError for each lookup of a missing header, and most
+        # are missing).  Repeated headers are joined with ", ", as HTTP combines list
+        # values (a "no-transform" or a Vary token in a second line counts too); the
+        # mimetype is the first Content-Type's, as ``response.mimetype`` reads it.
+        # This runs on every response: inlined, each call costs as much as a line.
+        content_type = vary = encoding = cache_control = None
+        ranged = False
+        for name, value in response.headers:
+            key = name.lower()
+            if key == "content-length":  # on almost every response, and not needed
+                continue
+            if key == "content-type":
+                if content_type is None:
+                    content_type = value
+            elif key == "vary":
+                vary = value if vary is None else f"{vary}, {value}"
+            elif key == "content-encoding":
+                encoding = value if encoding is None else f"{encoding}, {value}"
+            elif key == "cache-control":
+                cache_control = value if cache_control is None else f"{cache_control}, {value}"
+            elif key == "content-range":
+                ranged = True
+        mimetype = content_type.partition(";")[0].strip() if content_type is not None else ""
         if not _is_compressible(mimetype, self.settings.mimetypes):
             return response
         status = response.status_code
-        if status < 200 or status in (204, 206, 304) or "content-range" in headers:
+        if status < 200 or status in (204, 206, 304) or ranged:
             return response
-        encoding = headers.get("content-encoding", "").strip().lower()
-        if encoding and encoding != "identity":
-            return response  # already encoded by the view: never compress twice
-        _add_vary(response, headers.get("vary"))
-        if "no-transform" in headers.get("cache-control", "").lower():
+        if encoding is not None:
+            encoding = encoding.strip().lower()
+            if encoding and encoding != "identity":
+                return response  # already encoded by the view: never compress twice
+        if vary is None:
+            # Nothing to replace: skip the scan for an existing header that setting does.
+            response.headers.add("Vary", "Accept-Encoding")
+        else:
+            _add_vary(response, vary)
+        if cache_control is not None and "no-transform" in cache_control.lower():
             return response
         # As request.headers reads it, without building the headers object.
         accept_encoding = request.environ.get("HTTP_ACCEPT_ENCODING")
-        coding, identity_allowed = self._negotiate(accept_encoding)
+        decision = self._decisions.get(accept_encoding)  # _negotiate's cache, inlined
+        coding, identity_allowed = decision or self._negotiate(accept_encoding)
         if coding is None or coding == "identity":
             # None: nothing the client accepts is available; RFC 9110 allows
             # answering without a coding rather than failing a request that ran.

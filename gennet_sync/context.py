@@ -8,10 +8,10 @@ works for sync, gthread and gevent workers alike.  No Flask, no requests here.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Callable
 from contextvars import ContextVar, Token
+from random import getrandbits
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -68,15 +68,23 @@ def is_valid_request_id(value: str | None) -> bool:
 
 
 def new_request_id() -> str:
-    """A fresh random request ID: a version 4 UUID as 32 hex digits (``uuid4().hex``).
+    """A fresh random request ID: a version 4 UUID as 32 hex digits (as ``uuid4().hex``).
 
-    Built from the random bytes directly: ``uuid.uuid4()`` spends most of its
-    2 us per call validating what it is given, on every request without an ID.
+    The bits come from :func:`random.getrandbits`, as OpenTelemetry's trace IDs
+    do: a request ID correlates log lines, it guards nothing (any client may send
+    its own), so it needs to be unique, not unpredictable.  ``random`` is seeded
+    from ``os.urandom`` and reseeded in every forked process, so gunicorn workers
+    draw different IDs.  This runs for every request that comes without an ID:
+    ``uuid.uuid4()`` costs about 2 us, ``os.urandom`` alone a system call
+    (0.5 us); this about 0.3 us.
     """
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    return raw.hex()
+    return (getrandbits(128) & _UUID4_KEEP | _UUID4_SET).to_bytes(16, "big").hex()
+
+
+# Version 4 (the high nibble of byte 6) and the RFC 4122 variant (the top two
+# bits of byte 8), in the 128-bit big-endian number the hex digits spell.
+_UUID4_KEEP = ((1 << 128) - 1) & ~(0xF << 76 | 0x3 << 62)
+_UUID4_SET = 0x4 << 76 | 0x2 << 62
 
 
 class RequestIdFilter(logging.Filter):

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from flask import Flask, Response, current_app, g, has_request_context, jsonify, request
+from flask import Flask, Response, current_app, has_request_context, jsonify, request
 from flask.wrappers import Request
 from marshmallow import ValidationError as MarshmallowValidationError
 from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestEntityTooLarge
@@ -41,7 +41,6 @@ from gennet_sync.context import (
     RequestIdFilter,
     is_valid_request_id,
     new_request_id,
-    set_request_id,
     set_request_id_fallback,
 )
 from gennet_sync.context import _request_id as _request_id_var
@@ -274,9 +273,8 @@ def _last(hooks: Sequence[object] | None) -> object:
     return hooks[-1] if hooks else None
 
 
-# flask types ``request`` and ``g`` as the objects they stand for; they are proxies.
+# flask types ``request`` as the object it stands for; it is a proxy.
 _request_proxy = cast("LocalProxy[Request]", request)
-_g_proxy = cast("LocalProxy[Any]", g)
 
 
 def _before_hook(steps: list[BeforeStep]) -> Callable[[], None]:
@@ -368,7 +366,13 @@ class GenNet:
                 _log_flask_exception, app
             )
         app.wsgi_app = _WSGIBoundary(app.wsgi_app, app)  # type: ignore[method-assign]
-        app.before_request(_bind_request_id)
+        # The request ID is read from the request's environ where it is needed; no
+        # before_request hook copies it to ``g`` (Flask's per-hook cost, on every
+        # request).  ``g.gennet_request_id`` still reads it, for code written for it.
+        if not issubclass(app.app_ctx_globals_class, _RequestIdGlobals):
+            app.app_ctx_globals_class = type(  # type: ignore[assignment]
+                "GenNetGlobals", (_RequestIdGlobals, app.app_ctx_globals_class), {}
+            )
 
 
 def setup_error_handlers(app: Flask) -> GenNet:
@@ -487,15 +491,8 @@ def _crash_metadata(app: Flask, error: BaseException) -> dict[str, Any]:
 
 
 def _request_id() -> str:
-    """The current request's ID, bound now if the request failed before ``before_request``."""
-    request_id = g.get("gennet_request_id")
-    if request_id is None:
-        # An earlier before_request hook (or a blueprint's url_value_preprocessor)
-        # raised, so ours never ran: the error still gets an ID, in its log and response.
-        _bind_request_id()
-        request_id = g.gennet_request_id
-    assert isinstance(request_id, str)
-    return request_id
+    """The current request's ID (see :func:`_environ_request_id`)."""
+    return _environ_request_id(_request_proxy._get_current_object().environ)
 
 
 def _log_extra() -> dict[str, Any]:
@@ -639,20 +636,19 @@ def _unexpected_exception_response(error: Exception) -> Response:
     )
 
 
-def _bind_request_id() -> None:
-    # The proxies' objects, each looked up once (as attribute access on a proxy,
-    # every use is a lookup): this hook runs on every request.
-    environ = _request_proxy._get_current_object().environ
-    request_id = environ.get(_ENVIRON_REQUEST_ID)
-    if request_id is None:  # a request context made without _WSGIBoundary (test_request_context)
+def _environ_request_id(environ: WSGIEnvironment) -> str:
+    """The ID :class:`_WSGIBoundary` bound to the request with this ``environ``.
+
+    A request context made without the boundary (``app.test_request_context()``)
+    gets one on first use, from its request-ID header or new, kept in the environ
+    so every later reader sees the same ID.
+    """
+    request_id: str | None = environ.get(_ENVIRON_REQUEST_ID)
+    if request_id is None:
         header = current_app.config["GENNET_REQUEST_ID_HEADER"]
         request_id = _incoming_or_new_request_id(environ, _environ_key(header))
         environ[_ENVIRON_REQUEST_ID] = request_id
-    _g_proxy._get_current_object().gennet_request_id = request_id
-    # No token kept: _WSGIBoundary restores what was bound before the request
-    # (and has bound this ID already, unless there is no boundary around it).
-    if _request_id_var.get() is not request_id:
-        set_request_id(request_id)
+    return request_id
 
 
 def _environ_key(header: str) -> str:
@@ -670,11 +666,27 @@ def _request_id_from_flask() -> str | None:
     """The ID of the request whose context is pushed (a streamed body's generator)."""
     if not has_request_context():
         return None
-    request_id: str | None = g.get("gennet_request_id")
-    return request_id
+    return _request_id()
 
 
 set_request_id_fallback(_request_id_from_flask)
+
+
+class _RequestIdGlobals:
+    """Mixed into the app's ``g`` class: ``g.gennet_request_id`` is the request's ID.
+
+    Read on demand (:func:`~gennet_sync.context.current_request_id` is the
+    documented way); a value the app assigns to it is kept, as on a plain ``g``.
+    """
+
+    @property
+    def gennet_request_id(self) -> str:
+        assigned = self.__dict__.get("gennet_request_id")
+        if assigned is not None:
+            return cast(str, assigned)
+        if not has_request_context():
+            raise AttributeError("gennet_request_id: no request is being handled")
+        return _request_id()
 
 
 class _WSGIBoundary:
@@ -709,7 +721,7 @@ class _WSGIBoundary:
         lowered = self._header_lowered
         length = len(lowered)
         # Bound here, before Flask: the ID is known to every hook, handler and
-        # teardown function, and the before_request hook only copies it to g.  An
+        # teardown function (they read it from the environ or the context).  An
         # app mounted inside another one takes a valid ID from its own header,
         # else keeps the one its host bound.
         incoming: str | None = environ.get(self._header_key)

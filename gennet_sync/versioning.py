@@ -424,15 +424,19 @@ class VersionedAPI:
                 response.headers["Vary"] = (
                     f"{vary}, {API_VERSION_HEADER}" if vary else API_VERSION_HEADER
                 )
-        # version_for_path, inlined: this runs on every response.
+        # version_for_path and _headers_for's cache, inlined: this runs on every response.
         path = request.path
         prefix = self.prefix + "/"
         if not path.startswith(prefix):
             return response
-        version = self._versions.get(path[len(prefix) :].split("/", 1)[0])
+        version = self._versions.get(path[len(prefix) :].partition("/")[0])
         if version is None:
             return response
-        for name, value in self._headers_for(version, request.root_path):
+        script_root = request.root_path
+        headers = self._header_cache.get((version.name, script_root))
+        if headers is None:
+            headers = self._headers_for(version, script_root)
+        for name, value in headers:
             if name == "Link":
                 # Links the view set (on one line or several) stay, ours go last.
                 response.headers["Link"] = ", ".join([*response.headers.getlist("Link"), value])

@@ -252,3 +252,26 @@ def test_rendering_a_422_for_a_million_unknown_keys_costs_what_is_kept() -> None
     assert len(error["metadata"]["fields"]) == MAX_FIELD_ERRORS
     assert error["metadata"]["fields_omitted"] == keys - MAX_FIELD_ERRORS
     assert error["message"].endswith(f"Unknown field. (and {keys - 1} more)")
+
+
+def test_forked_workers_draw_different_request_ids() -> None:
+    # gunicorn forks its workers from one arbiter: IDs drawn after the fork must
+    # differ between the processes (the generator is reseeded in each child).
+    import os
+
+    from gennet_sync.context import new_request_id
+
+    new_request_id()  # the parent has drawn before forking, as an arbiter's app may
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next IDs and leave at once
+        os.close(read_end)
+        os.write(write_end, " ".join(new_request_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write_end)
+    parent_ids = {new_request_id() for _ in range(50)}
+    with os.fdopen(read_end, "rb") as pipe:
+        child_ids = set(pipe.read().decode().split())
+    os.waitpid(pid, 0)
+    assert len(child_ids) == 50
+    assert not parent_ids & child_ids
