@@ -510,3 +510,81 @@ def test_a_call_through_two_apps_is_one_trace(spans: InMemorySpanExporter) -> No
     assert _attributes(client)["gennet.downstream.error.code"] == "NOT_FOUND"
     assert _attributes(outer)["gennet.error.code"] == "NOT_FOUND"
     assert _attributes(inner)["gennet.request_id"] == _attributes(outer)["gennet.request_id"]
+
+
+# -- the SDK per process -----------------------------------------------------------------
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message: str, *args: object) -> None:
+        self.lines.append(message % args)
+
+
+class _Server:
+    def __init__(self) -> None:
+        self.log = _Log()
+
+
+class _Worker:
+    pid = 4242
+
+
+@pytest.fixture
+def unconfigured(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in (
+        "OTEL_SDK_DISABLED",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(gennet_tracing, "_configured", None)
+    reset_trace_globals()
+    yield
+    gennet_tracing.shutdown_tracing()
+    reset_trace_globals()
+
+
+def test_configure_tracing_sets_up_the_sdk_once_with_the_service_and_instance(
+    unconfigured: None,
+) -> None:
+    exporter = InMemorySpanExporter()
+    assert gennet_tracing.configure_tracing("svc", exporter=exporter, instance_id="svc-1")
+    assert not gennet_tracing.configure_tracing("svc", exporter=exporter)  # once per process
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    assert provider.resource.attributes["service.name"] == "svc"
+    assert provider.resource.attributes["service.instance.id"] == "svc-1"
+    with trace.get_tracer("test").start_as_current_span("work"):
+        pass
+    gennet_tracing.shutdown_tracing()  # exports what is queued
+    assert [span.name for span in exporter.get_finished_spans()] == ["work"]
+
+
+def test_configure_tracing_does_nothing_without_an_endpoint_or_when_disabled(
+    unconfigured: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not gennet_tracing.configure_tracing("svc")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert not gennet_tracing.configure_tracing("svc", exporter=InMemorySpanExporter())
+    assert not gennet_tracing.tracing_enabled()
+
+
+def test_the_gunicorn_hook_sets_up_otlp_per_worker_named_by_the_service(
+    unconfigured: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("GENNET_SERVICE_NAME", "workflow-service")
+    server = _Server()
+    gennet_tracing.gunicorn_post_fork(server, _Worker())
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    attributes = provider.resource.attributes
+    assert attributes["service.name"] == "workflow-service"
+    assert "-4242-" in str(attributes["service.instance.id"])
+    assert server.log.lines == ["worker 4242: tracing to http://127.0.0.1:4318"]
+    gennet_tracing.gunicorn_worker_exit(server, _Worker())
+    assert gennet_tracing._configured is None
