@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from examples.launcher import ServiceProcess
-from tests.support.otlp_receiver import OTLPReceiver, ReceivedSpan
+from examples.trace_receiver import OTLPReceiver, ReceivedSpan
 
 OSCILLATOR = {"nodes": {"a": "!b", "b": "a"}}
 VERIFY = "/api/v1/workflows/verify"

@@ -1,7 +1,8 @@
-"""An OTLP/HTTP trace receiver on 127.0.0.1: what a collector would get from a service.
+"""An OTLP/HTTP trace receiver on 127.0.0.1, and a span tree printer, for the demo and tests.
 
-Decodes each ``POST /v1/traces`` (protobuf, gzip or not) with ``opentelemetry-proto``
-and keeps every span with the resource it came from.
+What a collector would get from the example services: each ``POST /v1/traces``
+(protobuf, gzip or not) is decoded with ``opentelemetry-proto`` and every span kept
+with the resource it came from.  Needs ``opentelemetry-proto`` (a test dependency).
 """
 
 from __future__ import annotations
@@ -12,14 +13,29 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Final
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
-__all__ = ["OTLPReceiver", "ReceivedSpan"]
+__all__ = ["OTLPReceiver", "ReceivedSpan", "span_tree"]
+
+#: ``Span.kind`` values of the OTLP protobuf.
+KIND_NAMES: Final = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
+#: ``Status.code`` ERROR in the OTLP protobuf.
+STATUS_ERROR: Final = 2
+#: Attributes the tree shows, in this order, when a span has them.
+SHOWN: Final = (
+    "http.response.status_code",
+    "error.type",
+    "gennet.error.code",
+    "gennet.downstream.error.code",
+    "http.request.resend_count",
+    "gennet.breaker.name",
+    "gennet.breaker.state",
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,13 @@ class ReceivedSpan:
     status_code: int
     attributes: dict[str, Any]
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    start_ns: int = 0
+    end_ns: int = 0
+
+    @property
+    def duration_ms(self) -> float:
+        """How long the span lasted, in milliseconds."""
+        return (self.end_ns - self.start_ns) / 1e6
 
 
 def _value(any_value: Any) -> Any:
@@ -108,6 +131,8 @@ class OTLPReceiver:
                             parent_span_id=span.parent_span_id.hex(),
                             status_code=span.status.code,
                             attributes=_attributes(span.attributes),
+                            start_ns=span.start_time_unix_nano,
+                            end_ns=span.end_time_unix_nano,
                             events=[
                                 (event.name, _attributes(event.attributes)) for event in span.events
                             ],
@@ -145,3 +170,43 @@ class OTLPReceiver:
 
     def __iter__(self) -> Iterator[ReceivedSpan]:
         return iter(self.spans())
+
+
+def span_tree(spans: list[ReceivedSpan], trace_id: str) -> list[str]:
+    """The spans of one trace as indented lines, each child under its parent, by start time.
+
+    Example line: ``workflow SERVER POST /api/v1/workflows/verify 12.3 ms ERROR
+    http.response.status_code=503 error.type=CircuitBreakerError``; events follow
+    their span, marked ``*``.
+    """
+    mine = sorted((span for span in spans if span.trace_id == trace_id), key=lambda s: s.start_ns)
+    ids = {span.span_id for span in mine}
+    children: dict[str, list[ReceivedSpan]] = {}
+    for span in mine:
+        parent = span.parent_span_id if span.parent_span_id in ids else ""
+        children.setdefault(parent, []).append(span)
+    lines: list[str] = []
+
+    def walk(parent: str, depth: int) -> None:
+        for span in children.get(parent, []):
+            indent = "  " * depth
+            shown = " ".join(
+                f"{name}={span.attributes[name]}" for name in SHOWN if name in span.attributes
+            )
+            status = " ERROR" if span.status_code == STATUS_ERROR else ""
+            lines.append(
+                f"{indent}{span.service} {KIND_NAMES.get(span.kind, span.kind)} {span.name} "
+                f"{span.duration_ms:.1f} ms{status} {shown}".rstrip()
+            )
+            for name, attributes in span.events:
+                if name == "exception":
+                    text = (
+                        f"{attributes.get('exception.type')}: {attributes.get('exception.message')}"
+                    )
+                else:
+                    text = " ".join(f"{key}={value}" for key, value in attributes.items())
+                lines.append(f"{indent}  * {name} {text}")
+            walk(span.span_id, depth + 1)
+
+    walk("", 0)
+    return lines
