@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from gennet_sync.breaker_policy import StateChangeEvent
@@ -357,7 +357,9 @@ def _end_client_span(
 ) -> None:
     with contextlib.suppress(Exception):  # a span must never fail the call it describes
         if breaker is not None:
-            span.set_attribute(ATTR_BREAKER_STATE, breaker.state.value)
+            # The state as recorded: the ``state`` property would first refresh it,
+            # which can make a call to a shared storage (Redis) from here.
+            span.set_attribute(ATTR_BREAKER_STATE, breaker._state.value)
         resends = state.retries + max(state.responses - 1, 0)
         if resends:
             span.set_attribute("http.request.resend_count", resends)
@@ -593,7 +595,37 @@ class _EndSpanOnClose:
 
 # -- SDK set-up per process (gunicorn: per worker, after fork) ---------------------------
 
-_configured: SDKTracerProvider | None = None
+_configured: tuple[SDKTracerProvider, _StopOnce] | None = None
+
+#: Longest a process waits, as it exits, for its last spans to be exported.
+SHUTDOWN_TIMEOUT: Final = 2.0
+
+
+class _StopOnce:
+    """An exporter whose ``shutdown`` also cuts short an export being retried.
+
+    The OTLP exporter retries a collector that does not answer for up to its
+    timeout (10 s); a gunicorn worker exiting would wait that long, holding its
+    slot.  :func:`shutdown_tracing` stops the exporter first, then the provider
+    (whose own call to ``shutdown`` is then a no-op instead of a warning).
+    """
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self._exporter = exporter
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def export(self, spans: Any) -> Any:
+        return self._exporter.export(spans)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            stopped, self._stopped = self._stopped, True
+        if not stopped:
+            self._exporter.shutdown()
 
 
 def configure_tracing(
@@ -660,17 +692,30 @@ def configure_tracing(
     if name:
         attributes["service.name"] = name
     provider = SDKProvider(resource=Resource.create(attributes))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    stop_once = _StopOnce(exporter)
+    provider.add_span_processor(BatchSpanProcessor(cast("SpanExporter", stop_once)))
     otel_trace.set_tracer_provider(provider)
-    _configured = provider
+    _configured = (provider, stop_once)
     return True
 
 
-def shutdown_tracing() -> None:
-    """Export the spans still queued and stop the SDK :func:`configure_tracing` set up."""
+def shutdown_tracing(timeout: float = SHUTDOWN_TIMEOUT) -> None:
+    """Export the spans still queued, for at most ``timeout`` seconds, and stop the SDK
+    :func:`configure_tracing` set up (a collector that is down costs no more)."""
     global _configured
-    provider, _configured = _configured, None
-    if provider is not None:
+    configured, _configured = _configured, None
+    if configured is not None:
+        provider, exporter = configured
+        # The SDK's flush runs the export in this thread, retries included: the
+        # timer stops the exporter, which ends them, once the time is up.
+        deadline = threading.Timer(timeout, exporter.shutdown)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            provider.force_flush(int(timeout * 1000))
+        finally:
+            deadline.cancel()
+        exporter.shutdown()
         provider.shutdown()
 
 

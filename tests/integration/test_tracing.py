@@ -8,13 +8,14 @@ their spans to a receiver this test runs on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from examples.launcher import ServiceProcess
+from examples.launcher import ServiceProcess, free_port
 from examples.trace_receiver import OTLPReceiver, ReceivedSpan
 
 OSCILLATOR = {"nodes": {"a": "!b", "b": "a"}}
@@ -194,3 +195,28 @@ def test_a_refused_call_shows_the_breaker_in_the_trace(
         }
     ]
     assert tripping.attributes["http.request.resend_count"] == 2  # the session's retries
+
+
+def test_a_collector_that_is_down_costs_the_requests_nothing(tmp_path: Path) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    service = ServiceProcess(
+        "qualitative-service",
+        "examples.qualitative_service:create_app()",
+        tmp_path,
+        workers=1,
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": nowhere, "OTEL_BSP_SCHEDULE_DELAY": "50"},
+    )
+    with service:
+        for _ in range(20):
+            started = time.monotonic()
+            response = requests.post(
+                f"{service.base_url}/ctl/verify",
+                json={"network": OSCILLATOR, "formula": "a"},
+                timeout=10,
+            )
+            assert response.status_code == 200
+            assert time.monotonic() - started < 5  # generous: the export is not in the way
+        stopping = time.monotonic()
+    # The last export gives up after SHUTDOWN_TIMEOUT (2 s), not after the exporter's
+    # 10 s of retries (which gunicorn's graceful timeout would cut with a SIGKILL).
+    assert time.monotonic() - stopping < 8

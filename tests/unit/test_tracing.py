@@ -588,3 +588,65 @@ def test_the_gunicorn_hook_sets_up_otlp_per_worker_named_by_the_service(
     assert server.log.lines == ["worker 4242: tracing to http://127.0.0.1:4318"]
     gennet_tracing.gunicorn_worker_exit(server, _Worker())
     assert gennet_tracing._configured is None
+
+
+class _StuckExporter(InMemorySpanExporter):
+    """An exporter whose export waits until it is shut down (a collector retried)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = threading.Event()
+
+    def export(self, spans: Any) -> Any:
+        self.stopped.wait(30)
+        return super().export(spans)
+
+    def shutdown(self) -> None:
+        self.stopped.set()
+        super().shutdown()
+
+
+def test_shutdown_gives_up_on_an_export_that_does_not_end(unconfigured: None) -> None:
+    exporter = _StuckExporter()
+    gennet_tracing.configure_tracing("svc", exporter=exporter)
+    with trace.get_tracer("test").start_as_current_span("work"):
+        pass
+    stopping = threading.Thread(target=gennet_tracing.shutdown_tracing, args=(0.05,))
+    stopping.start()
+    stopping.join(10)  # the stuck export alone would take 30 s
+    assert not stopping.is_alive()
+    assert exporter.stopped.is_set()
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    ["garbage", "00-" + "0" * 32 + "-" + "0" * 16 + "-01", "00-" + "a" * 10_000, "\x00\x7f"],
+)
+def test_a_hostile_traceparent_starts_a_new_trace(
+    spans: InMemorySpanExporter, traceparent: str
+) -> None:
+    response = _app().test_client().get("/ok", headers={"traceparent": traceparent})
+    assert response.status_code == 200
+    span = _only(spans, SpanKind.SERVER)
+    assert span.parent is None
+    assert span.context.trace_id != 0
+
+
+@responses.activate
+def test_the_callers_hooks_and_prepared_request_are_left_as_they_were(
+    spans: InMemorySpanExporter,
+) -> None:
+    responses.get(f"{DOWNSTREAM}/x", json={})
+    seen: list[int] = []
+    session = _session()
+    prepared = session.prepare_request(
+        requests.Request(
+            "GET", "/x", hooks={"response": [lambda r, **_: seen.append(r.status_code)]}
+        )
+    )
+    hooks = prepared.hooks
+    for _ in range(2):  # a prepared request sent twice gathers nothing
+        session.send(prepared)
+    assert seen == [200, 200]
+    assert prepared.hooks is hooks and len(hooks["response"]) == 1
+    assert len(_of_kind(spans, SpanKind.CLIENT)) == 2
