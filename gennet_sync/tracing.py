@@ -32,10 +32,18 @@ try:
     from opentelemetry import context as otel_context
     from opentelemetry import propagate
     from opentelemetry import trace as otel_trace
-    from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY
     from opentelemetry.trace import SpanKind, Status, StatusCode
 except ImportError:  # the [otel] extra is not installed: every hook is a no-op
     otel_trace = None  # type: ignore[assignment]
+
+#: The context key the requests and urllib3 instrumentations check before making a
+#: span (a private name of opentelemetry-api, which they import too); should it go,
+#: they are no longer kept out of a call, and tracing still works.
+_SUPPRESS_HTTP_INSTRUMENTATION: Any = (
+    None
+    if otel_trace is None
+    else getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", None)
+)
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
@@ -326,7 +334,8 @@ def _traced_client_call(
     context = otel_trace.set_span_in_context(span)
     # This span is the HTTP client span: the requests/urllib3 instrumentations,
     # when installed, would add one per send (and per redirect hop) below it.
-    context = otel_context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, context)
+    if _SUPPRESS_HTTP_INSTRUMENTATION is not None:
+        context = otel_context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION, True, context)
     token = otel_context.attach(context)
     state = _ClientCall()
     state_token = _client_call_state.set(state)

@@ -650,3 +650,17 @@ def test_the_callers_hooks_and_prepared_request_are_left_as_they_were(
     assert seen == [200, 200]
     assert prepared.hooks is hooks and len(hooks["response"]) == 1
     assert len(_of_kind(spans, SpanKind.CLIENT)) == 2
+
+
+@responses.activate
+def test_without_opentelemetry_installed_every_hook_is_a_no_op(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gennet_tracing, "otel_trace", None)  # as when the import failed
+    responses.get(f"{DOWNSTREAM}/x", json={})
+    _session().get("/x")
+    assert _app().test_client().get("/missing").status_code == 404
+    assert not gennet_tracing.tracing_enabled()
+    assert gennet_tracing.current_trace_ids() is None
+    assert "traceparent" not in responses.calls[0].request.headers
+    assert not spans.get_finished_spans()
