@@ -664,7 +664,8 @@ def configure_tracing(
         instance_id: ``service.instance.id``; a random UUID by default.
 
     Returns:
-        True when this call set the SDK up; False when it did nothing.
+        True when this call set the SDK up; False when it did nothing (also when
+        a tracer provider is already set, which is logged).
     """
     global _configured  # noqa: PLW0603 - one provider per process
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -675,6 +676,11 @@ def configure_tracing(
     if exporter is None and not endpoint:
         return False
     if _configured is not None or otel_trace is None:
+        return False
+    if _provider_now() is not None:
+        # Set by the application, or inherited from a gunicorn master that set it
+        # up before forking: the API allows one provider per process.
+        _logger.warning("tracing: a tracer provider is already set; configure_tracing() left it")
         return False
     try:
         from opentelemetry.sdk.resources import Resource  # noqa: PLC0415

@@ -664,3 +664,13 @@ def test_without_opentelemetry_installed_every_hook_is_a_no_op(
     assert gennet_tracing.current_trace_ids() is None
     assert "traceparent" not in responses.calls[0].request.headers
     assert not spans.get_finished_spans()
+
+
+def test_configure_tracing_leaves_a_provider_set_before_it(
+    unconfigured: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    theirs = TracerProvider()
+    trace.set_tracer_provider(theirs)
+    assert not gennet_tracing.configure_tracing("svc", exporter=InMemorySpanExporter())
+    assert trace.get_tracer_provider() is theirs
+    assert "already set" in caplog.text
