@@ -54,6 +54,7 @@ class ReceivedSpan:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     start_ns: int = 0
     end_ns: int = 0
+    pid: int = 0
 
     @property
     def duration_ms(self) -> float:
@@ -133,6 +134,7 @@ class OTLPReceiver:
                             attributes=_attributes(span.attributes),
                             start_ns=span.start_time_unix_nano,
                             end_ns=span.end_time_unix_nano,
+                            pid=int(resource.get("process.pid", 0)),
                             events=[
                                 (event.name, _attributes(event.attributes)) for event in span.events
                             ],
