@@ -312,17 +312,6 @@ def client_call(
     provider = _provider_now()
     if provider is None:
         return send(request, url, breaker, kwargs)
-    return _traced_client_call(provider, send, request, url, breaker, kwargs)
-
-
-def _traced_client_call(
-    provider: TracerProvider,
-    send: Callable[[Any, str, CircuitBreaker | None, dict[str, Any]], _Result],
-    request: Any,
-    url: str,
-    breaker: CircuitBreaker | None,
-    kwargs: dict[str, Any],
-) -> _Result:
     method = _method(request.method)
     attributes = {"http.request.method": method, **_url_attributes(url)}
     if method == "_OTHER":
