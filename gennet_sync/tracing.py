@@ -11,6 +11,7 @@ requests sides call in with what they know.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -261,8 +262,8 @@ def _url_attributes(url: str) -> dict[str, Any]:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError:
-        return {"url.full": url}
+    except ValueError:  # the call fails on it anyway; its text may hold a password
+        return {}
     attributes: dict[str, Any] = {}
     netloc = parts.netloc
     if "@" in netloc:  # the semantic conventions say: never the password
@@ -284,8 +285,6 @@ def _envelope_code(response: Any) -> str | None:
         return None
     if "json" not in response.headers.get("Content-Type", "").lower():
         return None
-    import json  # noqa: PLC0415 (only for error answers while tracing)
-
     try:
         data = json.loads(content)
     except (ValueError, RecursionError):
@@ -325,12 +324,12 @@ def client_call(
     # when installed, would add one per send (and per redirect hop) below it.
     if _SUPPRESS_HTTP_INSTRUMENTATION is not None:
         context = otel_context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION, True, context)
-    token = otel_context.attach(context)
-    state = _ClientCall()
-    state_token = _client_call_state.set(state)
     propagate.inject(request.headers, context=context)
+    state = _ClientCall()
     hooks = request.hooks
     request.hooks = {**hooks, "response": [*hooks.get("response", ()), state.on_response]}
+    token = otel_context.attach(context)
+    state_token = _client_call_state.set(state)
     try:
         result = send(request, url, breaker, kwargs)
     except BaseException as error:

@@ -674,3 +674,8 @@ def test_configure_tracing_leaves_a_provider_set_before_it(
     assert not gennet_tracing.configure_tracing("svc", exporter=InMemorySpanExporter())
     assert trace.get_tracer_provider() is theirs
     assert "already set" in caplog.text
+
+
+def test_a_url_that_does_not_parse_leaves_no_password_on_the_span() -> None:
+    attributes = gennet_tracing._url_attributes("http://user:secret@host:99999999/x")
+    assert "secret" not in str(attributes)
