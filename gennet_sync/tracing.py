@@ -568,6 +568,28 @@ def _traced_server_call(
         raise
     finally:
         otel_context.detach(token)
+    return _end_span_on_close(body, span, environ.get("wsgi.file_wrapper"))
+
+
+def _end_span_on_close(body: Iterable[bytes], span: Span, file_wrapper: object) -> Iterable[bytes]:
+    """``body``, whose ``close()`` (the server calls it once it is sent) ends ``span``.
+
+    A server's own file wrapper (``send_file``) is kept as it is, its ``close``
+    replaced on the instance, so that gunicorn still sends it with ``sendfile()``.
+    """
+    if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
+        close_file = getattr(body, "close", None)
+
+        def close() -> None:
+            try:
+                if close_file is not None:
+                    close_file()
+            finally:
+                span.end()
+
+        with contextlib.suppress(AttributeError):  # a wrapper with __slots__: wrapped below
+            body.close = close  # type: ignore[attr-defined]
+            return body
     return _EndSpanOnClose(body, span)
 
 

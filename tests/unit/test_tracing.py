@@ -3,6 +3,7 @@ their attributes, breaker transitions as events, and nothing at all without an S
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -679,3 +680,37 @@ def test_configure_tracing_leaves_a_provider_set_before_it(
 def test_a_url_that_does_not_parse_leaves_no_password_on_the_span() -> None:
     attributes = gennet_tracing._url_attributes("http://user:secret@host:99999999/x")
     assert "secret" not in str(attributes)
+
+
+class _ServerFileWrapper:
+    """A server's wsgi.file_wrapper, as gunicorn's: ``close`` set on the instance."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        self.file = file
+        self.close = file.close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter([self.file.read()])
+
+
+def test_a_file_response_keeps_the_servers_file_wrapper_and_ends_its_span_on_close(
+    spans: InMemorySpanExporter,
+) -> None:
+    file = io.BytesIO(b"x")
+    body = _ServerFileWrapper(file)
+
+    def app(environ: dict[str, Any], start_response: Any) -> _ServerFileWrapper:
+        start_response("200 OK", [])
+        return body
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/file",
+        "wsgi.file_wrapper": _ServerFileWrapper,
+    }
+    result = gennet_tracing.server_call(app, environ, lambda *args: None, "id", object())
+    assert result is body  # the server can still sendfile() it
+    assert not spans.get_finished_spans()
+    body.close()
+    assert file.closed
+    assert _only(spans, SpanKind.SERVER).name == "GET"
