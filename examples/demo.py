@@ -20,6 +20,13 @@ then tells a story, printing a timeline with each call's latency:
 4. restart it: after the breaker's timeout a trial call goes through and the
    breaker closes.
 
+``--trace`` runs the services with OpenTelemetry on, exporting OTLP/HTTP to a
+receiver inside the demo, and prints the traces of the last failed call (the one
+that opened the breaker) and of the first refused one as indented span trees in
+the timeline (needs the test
+dependencies: ``opentelemetry-sdk``, ``opentelemetry-exporter-otlp-proto-http``,
+``opentelemetry-proto``; ``./dev demo --trace`` installs them).
+
 Everything it started is stopped at the end, also on Ctrl-C or failure.  The
 exit status is 0 only if every step happened as told (statuses, error types
 and breaker states are checked, not just printed).
@@ -39,12 +46,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
 from examples.launcher import ManagedProcess, ProcessGroup, RedisProcess, ServiceProcess
+
+if TYPE_CHECKING:
+    from examples.trace_receiver import OTLPReceiver, ReceivedSpan
 
 __all__ = ["Deployment", "StoryFailed", "Timeline", "main", "rules_from_network", "run_story"]
 
@@ -192,6 +202,7 @@ class Deployment(ProcessGroup):
     breaker_threshold: int = 3
     breaker_timeout: float = 2.0
     redis_url: str | None = None
+    trace_endpoint: str | None = None
     redis: RedisProcess | None = None
     grn: ServiceProcess = field(init=False)
     qualitative: ServiceProcess = field(init=False)
@@ -200,20 +211,29 @@ class Deployment(ProcessGroup):
     def __post_init__(self) -> None:
         if self.use_redis and self.redis_url is None:
             self.redis = RedisProcess(self.workdir)
+        # Each worker sets the SDK up after its fork (examples/gunicorn.conf.py).
+        tracing: dict[str, str] = {}
+        if self.trace_endpoint is not None:
+            tracing = {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": self.trace_endpoint,
+                "OTEL_BSP_SCHEDULE_DELAY": "100",  # exported within a tenth of a second
+            }
         self.grn = ServiceProcess(
             "grn",
             "examples.grn_service:create_app()",
             self.workdir,
             workers=WORKERS,
-            env={"GRN_DATABASE": str(self.workdir / "grn.sqlite3")},
+            env={"GRN_DATABASE": str(self.workdir / "grn.sqlite3"), **tracing},
         )
         self.qualitative = ServiceProcess(
             "qualitative",
             "examples.qualitative_service:create_app()",
             self.workdir,
             workers=WORKERS,
+            env=tracing,
         )
         workflow_env = {
+            **tracing,
             "QUALITATIVE_URL": self.qualitative.base_url,
             "QUALITATIVE_SERVICE_NAME": BREAKER_NAME,
             "CIRCUIT_BREAKER_THRESHOLD": str(self.breaker_threshold),
@@ -398,12 +418,47 @@ def _describe_503(reply: Reply) -> str:
     )
 
 
+def _show_trace(
+    timeline: Timeline, receiver: OTLPReceiver | None, title: str, reply: Reply | None
+) -> None:
+    """Print the trace of the call ``reply`` answered as an indented span tree."""
+    if receiver is None or reply is None:
+        return
+    from examples.trace_receiver import span_tree
+
+    request_id = reply.headers.get("X-Request-ID")
+
+    def root_of(spans: list[ReceivedSpan]) -> ReceivedSpan | None:
+        for span in spans:
+            if span.parent_span_id == "" and span.attributes.get("gennet.request_id") == request_id:
+                return span
+        return None
+
+    try:
+        root = root_of(receiver.wait_for(lambda spans: root_of(spans) is not None, timeout=10))
+    except AssertionError:
+        root = None
+    timeline.expect(root is not None, f"the trace of {title} was exported")
+    assert root is not None
+    # The workflow's client span may come in a later export than its server span.
+    with contextlib.suppress(AssertionError):  # printed as far as it has arrived
+        receiver.wait_for(
+            lambda spans: sum(span.trace_id == root.trace_id for span in spans) >= 2,
+            timeout=2,
+        )
+    timeline.event(f"trace of {title} (trace ID {root.trace_id}):")
+    for line in span_tree(receiver.spans(), root.trace_id):
+        timeline.out.write(f"             {line}\n")
+    timeline.out.flush()
+
+
 def _stop_qualitative(
     deployment: Deployment,
     client: Client,
     timeline: Timeline,
     request: dict[str, Any],
     shared: bool,
+    receiver: OTLPReceiver | None = None,
 ) -> float:
     """Returns when (monotonic) every breaker that opened will let a trial through."""
     timeline.step("Stop the qualitative service and watch the breaker open")
@@ -418,6 +473,8 @@ def _stop_qualitative(
     open_in_a_row = 0
     trial_deadline = 0.0
     wanted_open = 2 * WORKERS
+    last_failed: Reply | None = None
+    first_refused: Reply | None = None
     for _ in range(threshold * WORKERS + wanted_open + 10):
         reply = client.call("POST", verify_url, json=request)
         timeline.event(
@@ -428,12 +485,14 @@ def _stop_qualitative(
             "with the qualitative service down, every answer is a 503 with Retry-After",
         )
         if reply.error.get("type") == "CircuitBreakerError":
+            first_refused = first_refused or reply
             open_in_a_row += 1
             retry_after = float(reply.error["metadata"].get("retry_after") or 0)
             trial_deadline = max(trial_deadline, reply.received_at + retry_after)
             if open_in_a_row >= wanted_open:
                 break
         else:
+            last_failed = reply
             failed_calls += 1
             open_in_a_row = 0
             # Every worker whose breaker opened did so by this failure at the latest;
@@ -453,6 +512,9 @@ def _stop_qualitative(
         f"breaker open after {failed_calls} failed calls reached the dead service ({how})"
     )
     timeline.expect(failed_calls <= limit, f"no more than {limit} calls reach the dead service")
+    # The last call to fail opened a breaker (its span carries the transition).
+    _show_trace(timeline, receiver, "the last failed call", last_failed)
+    _show_trace(timeline, receiver, "the first refused call", first_refused)
     views = _breaker_views(deployment, client)
     _show_views(timeline, "breaker per workflow worker", views)
     if shared:
@@ -518,8 +580,10 @@ def _restart_qualitative(
         )
 
 
-def run_story(deployment: Deployment, timeline: Timeline) -> None:
-    """Tell the story against a running deployment.
+def run_story(
+    deployment: Deployment, timeline: Timeline, receiver: OTLPReceiver | None = None
+) -> None:
+    """Tell the story against a running deployment; with ``receiver``, show traces.
 
     Raises:
         StoryFailed: A step did not happen as told.
@@ -529,7 +593,7 @@ def run_story(deployment: Deployment, timeline: Timeline) -> None:
     try:
         network = _store_network(deployment, client, timeline)
         request = _verify_formulas(deployment, client, timeline, network)
-        deadline = _stop_qualitative(deployment, client, timeline, request, shared)
+        deadline = _stop_qualitative(deployment, client, timeline, request, shared, receiver)
         _restart_qualitative(deployment, client, timeline, request, deadline)
     finally:
         client.close()
@@ -560,6 +624,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--recovery-timeout", type=float, default=2.0, help="seconds the breaker stays open (2)"
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="run the services with OpenTelemetry and print the failing calls' span trees",
+    )
     options = parser.parse_args(argv)
     # SIGTERM (a CI timeout, `kill`) cleans up like Ctrl-C does.  Ctrl-C is
     # installed explicitly: a shell that starts the demo in the background hands
@@ -589,14 +658,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print("breaker storage: in-memory per worker process (redis-server is not installed)")
 
-    with tempfile.TemporaryDirectory(prefix="gennet-demo-") as workdir:
+    with contextlib.ExitStack() as stack:
+        receiver = _trace_receiver(parser, stack) if options.trace else None
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="gennet-demo-"))
         deployment = Deployment(
-            Path(workdir), use_redis, options.threshold, options.recovery_timeout, redis_url
+            Path(workdir),
+            use_redis,
+            options.threshold,
+            options.recovery_timeout,
+            redis_url,
+            trace_endpoint=None if receiver is None else receiver.endpoint,
         )
         try:
             with deployment:
                 timeline.event(f"started {deployment.describe()}")
-                run_story(deployment, timeline)
+                run_story(deployment, timeline, receiver)
         except StoryFailed as failure:
             print(f"\nSTORY FAILED: expected that {failure}", file=sys.stderr)
             _print_logs(deployment.processes)
@@ -613,6 +689,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"in {time.monotonic() - timeline.started:.1f} s; every process stopped."
     )
     return 0
+
+
+def _trace_receiver(parser: argparse.ArgumentParser, stack: contextlib.ExitStack) -> OTLPReceiver:
+    """A running OTLP receiver for ``--trace``; a usage error when its packages are missing."""
+    try:
+        import opentelemetry.exporter.otlp.proto.http
+        import opentelemetry.sdk  # noqa: F401
+
+        from examples.trace_receiver import OTLPReceiver
+    except ImportError as error:
+        parser.error(
+            f"--trace needs opentelemetry-sdk, opentelemetry-exporter-otlp-proto-http and "
+            f"opentelemetry-proto ({error}); ./dev demo --trace installs them"
+        )
+    receiver = stack.enter_context(OTLPReceiver())
+    print(f"tracing: OTLP/HTTP to a receiver in this demo at {receiver.endpoint}")
+    return receiver
 
 
 def _with_demo_options(url: str) -> str:

@@ -22,6 +22,13 @@ Why these values, for services built with gennet_sync:
 - ``max_requests`` with jitter recycles workers gradually, bounding slow leaks.
 - Breaker state is per worker process unless ``GENNET_BREAKER_STORAGE`` names a
   Redis server (``redis://host:6379/0``): then all workers on all hosts share it.
+- Logs are JSON lines (``GENNET_LOG_FORMAT=text`` for text), each with the
+  service (``GENNET_SERVICE_NAME``, else gunicorn's ``--name``), the request ID,
+  the trace and span IDs, the level and the message: ``gennet_sync.log_config``.
+- Tracing: when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (and the OpenTelemetry SDK
+  and OTLP/HTTP exporter are installed), each worker sets the SDK up after it is
+  forked, never the master, and exports its spans before it exits
+  (``gennet_sync.tracing.gunicorn_post_fork``).
 """
 
 # ruff: noqa: N999  (gunicorn.conf.py is the name gunicorn looks for by default)
@@ -33,6 +40,9 @@ import sys
 import traceback
 from typing import Any
 
+from gennet_sync.log_config import logging_config
+from gennet_sync.tracing import gunicorn_post_fork, gunicorn_worker_exit
+
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
@@ -42,6 +52,17 @@ def _env_int(name: str, default: int) -> int:
 def _env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     return default if not value else value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _service_from_command_line() -> str | None:
+    """gunicorn's ``--name`` / ``-n``: the service in log lines when nothing else names it."""
+    arguments = sys.argv
+    for index, argument in enumerate(arguments):
+        if argument in ("--name", "-n") and index + 1 < len(arguments):
+            return arguments[index + 1]
+        if argument.startswith("--name="):
+            return argument.partition("=")[2]
+    return None
 
 
 # -- server socket
@@ -73,6 +94,11 @@ accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 errorlog = os.environ.get("GUNICORN_ERRORLOG", "-")
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+logconfig_dict = logging_config(
+    os.environ.get("GENNET_SERVICE_NAME") or _service_from_command_line(),
+    level=loglevel.upper(),
+    json_lines=os.environ.get("GENNET_LOG_FORMAT", "json").strip().lower() != "text",
+)
 
 
 # -- hooks
@@ -86,8 +112,14 @@ def when_ready(server: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """A worker was forked from the (preloaded) master."""
+    """A worker was forked from the (preloaded) master: tracing starts here, per worker."""
     server.log.info("worker %s forked", worker.pid)
+    gunicorn_post_fork(server, worker)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """A worker is exiting: its last spans are exported first."""
+    gunicorn_worker_exit(server, worker)
 
 
 def worker_abort(worker: Any) -> None:

@@ -34,6 +34,7 @@ from werkzeug.local import LocalProxy
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream, get_path_info
 
+from gennet_sync import tracing as _tracing
 from gennet_sync.circuit_breaker import registry
 from gennet_sync.context import (
     _VALID_REQUEST_ID,
@@ -99,6 +100,7 @@ def error_response(
     """
     response = jsonify(make_envelope(code, type_, message, metadata))
     response.status_code = status
+    _tracing.record_envelope(status, code, type_)
     if headers:
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         for name, value in pairs:
@@ -744,7 +746,9 @@ class _WSGIBoundary:
 
         token = _request_id_var.set(request_id)
         try:
-            return self.wsgi_app(environ, start_with_request_id)
+            return _tracing.server_call(
+                self.wsgi_app, environ, start_with_request_id, request_id, self.app
+            )
         except Exception as error:
             return self._crash_response(environ, error, start_with_request_id)
         finally:

@@ -70,6 +70,7 @@ from urllib3.util import make_headers, parse_url
 from urllib3.util.retry import Retry
 from werkzeug.http import HTTP_STATUS_CODES
 
+from gennet_sync import tracing as _tracing
 from gennet_sync.circuit_breaker import (
     CircuitBreaker,
     CircuitBreakerError,
@@ -359,6 +360,7 @@ class ServiceRetry(Retry):
                 )
                 raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
         retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        _tracing.count_resend()
         if response is not None:
             _drop_if_large(response)
         return retry
@@ -1814,6 +1816,16 @@ class ServiceSession(requests.Session):
             finally:
                 _redirect_of.reset(hop_token)
         breaker = self.breaker_for(url)
+        return _tracing.client_call(self._send_call, request, url, breaker, kwargs)
+
+    def _send_call(
+        self,
+        request: requests.PreparedRequest,
+        url: str,
+        breaker: CircuitBreaker | None,
+        kwargs: dict[str, Any],
+    ) -> requests.Response:
+        """One logical call through ``breaker``: what :meth:`send` does once it is not a hop."""
         total = _call_total_timeout.get()
         if total is _DEFAULT:
             total = self.total_timeout

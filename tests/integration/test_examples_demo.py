@@ -45,12 +45,25 @@ def test_demo_with_redis_tells_the_whole_story_and_cleans_up() -> None:
 
 
 @pytest.mark.integration
-def test_demo_without_redis_says_breakers_are_per_worker() -> None:
-    result = run_demo("--no-redis")
+def test_demo_without_redis_says_breakers_are_per_worker_and_traces_the_failing_calls() -> None:
+    result = run_demo("--no-redis", "--trace")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "breaker storage: in-memory per worker process (--no-redis)" in result.stdout
     assert "each worker counts its own" in result.stdout
     assert "Story complete" in result.stdout
+    # --trace: the span trees, the client span indented under the server span
+    lines = result.stdout.splitlines()
+    start = lines.index(next(line for line in lines if "trace of the last failed call" in line))
+    server, *_, client = [line for line in lines[start + 1 : start + 4] if " workflow " in line]
+    assert "SERVER POST /api/v1/workflows/verify" in server
+    assert "CLIENT POST" in client
+    assert len(client) - len(client.lstrip()) > len(server) - len(server.lstrip())
+    assert "http.request.resend_count=2" in client
+    assert "gennet.breaker.transition_reason=failure_threshold" in result.stdout
+    refused = lines.index(next(line for line in lines if "trace of the first refused call" in line))
+    assert "error.type=CircuitBreakerError gennet.breaker.name=qualitative-service" in (
+        "\n".join(lines[refused : refused + 6])
+    )
     ports = ports_started(result.stdout)
     assert len(ports) == 3
     assert all(nothing_listens_on(port) for port in ports)
