@@ -26,22 +26,26 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from types import TracebackType
 from typing import Any, Final, Generic, TypeVar, Unpack, overload
 
 from gennet_sync.breaker_policy import (
+    TRANSITION_HISTORY,
     BreakerConfig,
     BreakerMetrics,
     BreakerMode,
     BreakerOptions,
+    BreakerStatus,
     ExponentialOpenDuration,
     FixedOpenDuration,
     Outcome,
     StateChangeEvent,
     StateListener,
     TransitionReason,
+    TransitionRecord,
     make_window,
     rate_trip_reason,
 )
@@ -361,11 +365,17 @@ class _StateMachine:
     # lock is released.
 
     def __init__(
-        self, config: BreakerConfig, name: str, clock: Clock, fleet: FleetSync | None
+        self,
+        config: BreakerConfig,
+        name: str,
+        clock: Clock,
+        fleet: FleetSync | None,
+        wall_clock: Clock = time.time,
     ) -> None:
         self.config: Final[BreakerConfig] = config
         self.name: Final[str] = name
         self._clock = clock
+        self._wall_clock = wall_clock
         self._fleet = fleet
         self._failure_threshold = config.failure_threshold or 0
         self._slow_call_duration = config.slow_call_duration
@@ -388,6 +398,8 @@ class _StateMachine:
         self._trials = 0
         self._trial_successes = 0
         self._events: list[StateChangeEvent] = []
+        # The last state changes for status(); appended on a transition only.
+        self._history: deque[TransitionRecord] = deque(maxlen=TRANSITION_HISTORY)
         # Cumulative counters.
         self._successes = self._failures = self._ignored = 0
         self._rejections = self._slow_calls = 0
@@ -580,6 +592,7 @@ class _StateMachine:
             self._fleet.restart_window()
         if old is not new:
             self._events.append(StateChangeEvent(self.name, old, new, now, reason))
+            self._history.append(TransitionRecord(old, new, reason, self._wall_clock()))
 
     def _window_totals(self, now: float) -> WindowTotals:
         """What the rate policies judge: the fleet's window when known, else this process's."""
@@ -657,6 +670,7 @@ class CircuitBreaker(_StateMachine):
         name: Its name (in errors, events and the shared storage); generated
             when omitted.
         clock: Monotonic clock in seconds; inject a fake one in tests.
+        wall_clock: Wall clock for the times :meth:`status` reports (``time.time``).
         storage: Where state is shared; ``None`` or a :class:`MemoryStorage`
             keeps it in this process and costs nothing.  With a storage that
             aggregates windows (``RedisStorage``), a time window's failure and
@@ -675,6 +689,7 @@ class CircuitBreaker(_StateMachine):
         name: str | None = None,
         *,
         clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
         storage: BreakerStorage | None = None,
         listeners: Iterable[StateListener] = (),
         **options: Unpack[BreakerOptions],
@@ -687,8 +702,12 @@ class CircuitBreaker(_StateMachine):
         name = name if name is not None else f"breaker-{next(_anonymous_ids)}"
         self._storage: BreakerStorage = storage if storage is not None else MemoryStorage()
         # Everything that talks to a shared storage; None keeps the breaker in this process.
-        fleet = FleetSync(name, self._storage, config) if self._storage.shared else None
-        super().__init__(config, name, clock, fleet)
+        fleet = (
+            FleetSync(name, self._storage, config, wall_clock=wall_clock)
+            if self._storage.shared
+            else None
+        )
+        super().__init__(config, name, clock, fleet, wall_clock)
         self._listeners: tuple[StateListener, ...] = tuple(listeners)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -1021,6 +1040,40 @@ class CircuitBreaker(_StateMachine):
         self._run_actions(actions, None)
         self._finish(events)
         return snapshot
+
+    def status(self) -> BreakerStatus:
+        """What an operator wants to see: counters, countdown, the fleet's view, history.
+
+        Taken under the lock like :meth:`metrics`; the storage is not asked (its
+        last answer is reported), so reading it costs no round trip.
+
+        Example::
+
+            status = breaker.status()
+            for change in status.transitions:
+                print(change.new_state, change.reason, change.at)
+        """
+        with self._lock:
+            snapshot = self._snapshot(self._clock())
+            wall = self._wall_clock()
+            history = tuple(self._history)
+            events, actions = self._take_events(), self._take_actions()
+        self._run_actions(actions, None)
+        self._finish(events)
+        retry_after = snapshot.retry_after
+        retry_at = (
+            wall + retry_after if snapshot.state is _OPEN and retry_after is not None else None
+        )
+        fleet = self._fleet
+        answer = None if fleet is None else fleet.last_answer
+        return BreakerStatus(
+            metrics=snapshot,
+            retry_at=retry_at,
+            fleet_state=None if answer is None else answer[0],
+            fleet_checked_at=None if answer is None else answer[1],
+            storage_up=None if fleet is None else fleet.storage_up,
+            transitions=history,
+        )
 
     # -- outside the lock: listeners and the shared storage -----------------------------
 
