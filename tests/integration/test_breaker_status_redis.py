@@ -1,16 +1,21 @@
 """CircuitBreaker.status() with a real redis-server: the fleet's state as another
 process decided it, and Redis killed (``storage_up`` False, the last answer kept)
-then back."""
+then back; the readiness probe and the console with Redis up, hung and killed."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
+from typing import Any
 
 import pytest
+from flask import Flask
 
 from gennet_sync.circuit_breaker import CircuitBreaker, CircuitBreakerError, CircuitState
+from gennet_sync.console import BreakerConsole
+from gennet_sync.health import Health
 from gennet_sync.redis_storage import RedisStorage
 from tests.support.breakers import ok, trip
 from tests.support.redis_server import RedisServer
@@ -64,3 +69,55 @@ def test_status_shows_the_fleets_state_and_a_killed_redis(
     finally:
         ours.close()
         theirs.close()
+
+
+def make_app(breaker: CircuitBreaker) -> Flask:
+    app = Flask(__name__)
+    app.config["GENNET_HEALTH_TIMEOUT"] = 0.5
+    Health(app, breakers=[breaker])
+    BreakerConsole(app, breakers=[breaker])
+    return app
+
+
+def test_the_probe_and_the_console_with_redis_up_killed_and_hung(
+    disposable_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.CRITICAL, logger="gennet_sync")
+    storage = RedisStorage(
+        disposable_redis_server.url, prefix=f"probe:{uuid.uuid4().hex[:8]}", sync_interval=0.0
+    )
+    try:
+        breaker = CircuitBreaker(2, 30.0, name="grn", storage=storage)
+        breaker.call(ok)
+        client = make_app(breaker).test_client()
+
+        def storage_check() -> dict[str, Any]:
+            response = client.get("/health/ready")
+            assert response.status_code == 200  # a storage problem never fails readiness
+            body = json.loads(response.data)
+            entry: dict[str, Any] = body["checks"]["breakerStorage:responseTime"][0]
+            return entry
+
+        assert storage_check()["status"] == "pass"
+        console = client.get("/gennet/breakers").json
+        assert console is not None
+        assert console["breakers"][0]["fleet_state"] == "closed"
+        assert console["breakers"][0]["storage_up"] is True
+
+        disposable_redis_server.pause()  # hung: connections open, nothing answers
+        started = time.monotonic()
+        entry = storage_check()
+        assert time.monotonic() - started < 10  # does not hang
+        assert entry["status"] == "warn"
+        disposable_redis_server.resume()
+
+        disposable_redis_server.kill()
+        entry = storage_check()
+        assert entry["status"] == "warn"
+        assert "unavailable" in entry.get("output", "") or "no answer" in entry.get("output", "")
+        breaker.call(ok)
+        console = client.get("/gennet/breakers").json
+        assert console is not None
+        assert console["breakers"][0]["storage_up"] is False
+    finally:
+        storage.close()
