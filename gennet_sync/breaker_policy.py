@@ -218,7 +218,8 @@ class BreakerStatus:
     Attributes:
         metrics: The counters and rates, as :meth:`CircuitBreaker.metrics` gives them.
         retry_at: When the next trial call is let through; ``None`` unless OPEN
-            (and ``None`` when forced open: it stays OPEN until ``reset()``).
+            (and ``None`` when forced open, here or by another process through
+            the shared storage: it stays OPEN until ``reset()``).
         fleet_state: The state the shared storage last reported; ``None``
             without a shared storage or before its first answer.
         fleet_checked_at: When that answer came (``None`` with ``fleet_state``).

@@ -1064,6 +1064,10 @@ class CircuitBreaker(_StateMachine):
         retry_at = (
             wall + retry_after if snapshot.state is _OPEN and retry_after is not None else None
         )
+        if retry_after is not None and retry_after > FORCED_OPEN_SHARED_SECONDS / 2:
+            # Forced open by another process: the storage holds it open "for a year",
+            # until a reset; no trial is coming.
+            retry_at = None
         fleet = self._fleet
         answer = None if fleet is None else fleet.last_answer
         return BreakerStatus(

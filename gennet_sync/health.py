@@ -329,6 +329,8 @@ class Health:
     def is_critical(self, breaker_name: str) -> bool:
         """Whether an OPEN ``breaker_name`` fails readiness (in the app being served)."""
         configured = current_app.config.get("GENNET_HEALTH_CRITICAL_BREAKERS") or ()
+        if isinstance(configured, str):  # from an environment variable: "a,b"
+            configured = [name.strip() for name in configured.split(",")]
         return breaker_name in self._critical or breaker_name in configured
 
     # -- views --------------------------------------------------------------------

@@ -14,9 +14,11 @@ import pytest
 from gennet_sync.breaker_policy import TRANSITION_HISTORY, BreakerStatus, TransitionRecord
 from gennet_sync.circuit_breaker import (
     CircuitBreaker,
+    CircuitBreakerError,
     CircuitState,
     TransitionReason,
 )
+from gennet_sync.fleet import FORCED_OPEN_SHARED_SECONDS
 from gennet_sync.storage import SharedState
 from tests.support.breakers import ok, trip
 from tests.support.clock import FakeClock
@@ -244,3 +246,17 @@ def test_a_storage_with_available_is_believed(make: Callable[..., CircuitBreaker
     storage.breaker = breaker
     breaker.call(ok)  # answered, but the storage says it is down since
     assert breaker.status().storage_up is False
+
+
+def test_a_breaker_forced_open_by_another_process_has_no_retry_at(
+    make: Callable[..., CircuitBreaker],
+) -> None:
+    storage = RecordingStorage(sync_interval=0.0)
+    breaker = make(name="svc", storage=storage)
+    storage.breaker = breaker
+    storage.state = SharedState(OPEN, open_remaining=FORCED_OPEN_SHARED_SECONDS - 5)
+    with pytest.raises(CircuitBreakerError):
+        breaker.call(ok)
+    status = breaker.status()
+    assert (status.metrics.state, status.fleet_state) == (OPEN, OPEN)
+    assert status.retry_at is None

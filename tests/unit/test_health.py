@@ -95,11 +95,15 @@ def test_a_critical_open_breaker_fails_with_503(clock: FakeClock) -> None:
     assert body["checks"]["grn:circuitBreaker"][0]["status"] == "pass"
 
 
-def test_critical_breakers_can_come_from_the_config(clock: FakeClock) -> None:
+@pytest.mark.parametrize("setting", [["db"], "payments, db", "db"])
+def test_critical_breakers_can_come_from_the_config(clock: FakeClock, setting: object) -> None:
     app, _ = make_app()
-    app.config["GENNET_HEALTH_CRITICAL_BREAKERS"] = ["db"]
+    app.config["GENNET_HEALTH_CRITICAL_BREAKERS"] = setting
     trip(get_circuit_breaker("db", failure_threshold=1, clock=clock))
-    assert ready(app)[0].status_code == 503
+    trip(get_circuit_breaker("d", failure_threshold=1, clock=clock))
+    _, body = ready(app)
+    assert body["checks"]["db:circuitBreaker"][0]["status"] == "fail"
+    assert body["checks"]["d:circuitBreaker"][0]["status"] == "warn"  # not a substring match
 
 
 def test_a_half_open_critical_breaker_only_warns(clock: FakeClock) -> None:
