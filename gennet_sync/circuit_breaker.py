@@ -1041,6 +1041,30 @@ class CircuitBreaker(_StateMachine):
         self._finish(events)
         return snapshot
 
+    def sync(self) -> bool:
+        """Ask the shared storage for the fleet's state now, if a sync is due.
+
+        Calls sync by themselves; an idle breaker does not, so a view of it (a
+        console, a health probe) calls this first to show what the fleet decided.
+        At most one round trip per ``sync_interval``; nothing without a shared storage.
+
+        Returns:
+            True when the storage was asked.
+
+        Example::
+
+            breaker.sync()
+            print(breaker.status().fleet_state)
+        """
+        fleet = self._fleet
+        if fleet is None:
+            return False
+        now = self._clock()
+        if not fleet.claim_sync(now):
+            return False
+        self._sync(fleet, now)
+        return True
+
     def status(self) -> BreakerStatus:
         """What an operator wants to see: counters, countdown, the fleet's view, history.
 

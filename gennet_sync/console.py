@@ -18,6 +18,7 @@ import functools
 import hashlib
 import importlib.resources
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -202,10 +203,12 @@ class BreakerConsole:
         """The console's JSON body: every breaker, and the actions this console allows."""
         views = []
         for breaker in breakers_of(self._breakers):
-            status = breaker.status()
-            views.append(breaker_view(status, time.time()))
+            breaker.sync()  # an idle breaker shows what the fleet decided meanwhile
+            views.append(breaker_view(breaker.status(), time.time()))
         return {
             "generated_at": time.time(),
+            # Under gunicorn each worker answers for itself: say which one did.
+            "pid": os.getpid(),
             "actions": sorted(ACTIONS) if self.auth is not None else [],
             "breakers": views,
         }

@@ -346,7 +346,7 @@ class Health:
                 storages[id(storage)] = (storage, breaker.name)
         critical = {breaker.name: self.is_critical(breaker.name) for breaker in breakers}
         tasks: dict[str, tuple[Callable[[], object], float]] = {
-            "breakers": (lambda: [breaker.status() for breaker in breakers], timeout)
+            "breakers": (functools.partial(_statuses, breakers), timeout)
         }
         for key, (storage, name) in storages.items():
             tasks[f"storage:{key}"] = (_probe(storage, name), timeout)
@@ -411,6 +411,14 @@ def _check_timeout(value: object, name: str) -> None:
         or value <= 0
     ):
         raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
+
+
+def _statuses(breakers: Iterable[CircuitBreaker]) -> list[BreakerStatus]:
+    statuses = []
+    for breaker in breakers:
+        breaker.sync()  # an idle breaker reports what the fleet decided meanwhile
+        statuses.append(breaker.status())
+    return statuses
 
 
 def _in_app_context(app: Flask, check: Callable[[], object]) -> object:

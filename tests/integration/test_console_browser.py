@@ -113,6 +113,7 @@ def test_the_page_renders_every_breaker_with_the_jsons_numbers() -> None:
         )
     assert screenshot.stat().st_size > 10_000
     assert 'data-loaded="true"' in dom, dom[-3000:]
+    assert f"process {data['pid']}" in dom
     assert "<script>alert" not in dom.split("<main", 1)[1]  # shown as text, never as markup
     page = Cards()
     page.feed(dom)

@@ -260,3 +260,21 @@ def test_a_breaker_forced_open_by_another_process_has_no_retry_at(
     status = breaker.status()
     assert (status.metrics.state, status.fleet_state) == (OPEN, OPEN)
     assert status.retry_at is None
+
+
+def test_sync_asks_the_storage_once_per_interval_and_never_without_one(
+    make: Callable[..., CircuitBreaker], clocks: Clocks
+) -> None:
+    assert make().sync() is False
+    storage = RecordingStorage(sync_interval=5.0)
+    breaker = make(name="svc", storage=storage)
+    storage.breaker = breaker
+    storage.state = SharedState(OPEN, open_remaining=12.0)
+    assert breaker.sync() is True
+    assert breaker.sync() is False
+    assert [call[0] for call in storage.calls] == ["load"]
+    status = breaker.status()
+    assert (status.metrics.state, status.fleet_state) == (OPEN, OPEN)
+    assert status.retry_at == EPOCH + 12
+    clocks.advance(5)
+    assert breaker.sync() is True

@@ -6,6 +6,7 @@ auth callback and cannot be sent by a cross-site form.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -59,6 +60,7 @@ def test_the_json_shows_every_breaker_with_counts_state_and_history(clock: FakeC
     trip(grn)
     body = get_json(app)
     assert body["actions"] == []
+    assert body["pid"] == os.getpid()
     assert [b["name"] for b in body["breakers"]] == ["ctl", "grn"]
     view = body["breakers"][1]
     assert view["state"] == "open"

@@ -134,7 +134,7 @@ def test_breakers_given_explicitly_replace_the_registry(clock: FakeClock) -> Non
 
 
 def test_a_shared_storage_is_probed_once_and_reported_with_its_time(clock: FakeClock) -> None:
-    storage = RecordingStorage()
+    storage = RecordingStorage(sync_interval=60.0)
     storage.checks_lock = False  # type: ignore[misc]
     breakers = [CircuitBreaker(name=name, clock=clock, storage=storage) for name in "ab"]
     app, _ = make_app(breakers=breakers)
@@ -144,7 +144,22 @@ def test_a_shared_storage_is_probed_once_and_reported_with_its_time(clock: FakeC
     assert entry["componentType"] == "datastore"
     assert entry["observedUnit"] == "ms"
     assert entry["status"] == "pass"
-    assert [call[0] for call in storage.calls] == ["load"]
+    assert sorted(call[1] for call in storage.calls) == ["a", "a", "b"]  # 2 syncs, 1 probe
+    storage.calls.clear()
+    ready(app)
+    assert len(storage.calls) == 1  # the probe; the breakers synced less than 60 s ago
+
+
+def test_an_idle_breaker_reports_what_the_fleet_decided(clock: FakeClock) -> None:
+    storage = RecordingStorage(sync_interval=1.0)
+    storage.checks_lock = False  # type: ignore[misc]
+    breaker = CircuitBreaker(name="a", clock=clock, storage=storage)
+    app, _ = make_app(breakers=[breaker])
+    assert ready(app)[1]["checks"]["a:circuitBreaker"][0]["observedValue"] == "closed"
+    storage.state = SharedState(CircuitState.OPEN, open_remaining=20.0)  # another worker
+    clock.advance(1)
+    (entry,) = ready(app)[1]["checks"]["a:circuitBreaker"]
+    assert (entry["observedValue"], entry["fleetState"]) == ("open", "open")
 
 
 def test_a_storage_that_is_down_warns_without_failing_readiness(clock: FakeClock) -> None:
