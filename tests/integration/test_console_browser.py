@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 
 from gennet_sync import GenNet
-from gennet_sync.circuit_breaker import get_circuit_breaker
+from gennet_sync.circuit_breaker import CircuitBreaker, get_circuit_breaker
 from gennet_sync.console import BreakerConsole
 from tests.support.breakers import ok, trip
 from tests.support.browser import ARTEFACTS, run_chromium
@@ -140,3 +140,16 @@ def test_the_page_renders_every_breaker_with_the_jsons_numbers() -> None:
     assert list(page.cards).index("a-healthy") > list(page.cards).index("grn-store")
     assert dom.count('data-action="force_open"') == len(data["breakers"])
     assert page.cards["<script>alert(1)</script>"]["state"] == "forced open"
+
+
+def test_the_page_says_when_it_cannot_refresh() -> None:
+    def broken() -> list[CircuitBreaker]:
+        raise RuntimeError("registry unreachable")
+
+    app = Flask(__name__)
+    GenNet(app)
+    BreakerConsole(app, breakers=broken)
+    with serve_app(app) as base_url:
+        dom = run_chromium(f"{base_url}/gennet/breakers", "--dump-dom", virtual_time_ms=3000)
+    assert "Cannot refresh: 500 INTERNAL_SERVER_ERROR" in dom, dom[-2000:]
+    assert 'data-loaded="true"' not in dom
