@@ -110,45 +110,66 @@ class _Reading:
     elapsed: float = 0.0
 
 
+class _Run:
+    """One task in flight: every probe that wants its result waits on the same run."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started  # monotonic
+        self.reading = _Reading()
+        self.finished = threading.Event()
+        self.waiters = 0  # probes that joined this run after it started
+
+
 class _BoundedRunner:
     """Runs each task in a daemon thread and stops waiting at its timeout.
 
-    Python cannot stop a hung thread: a task still running from an earlier probe
-    is not started again (its key reports how long it has been stuck), so a hung
-    dependency holds one thread per check, not one per probe.
+    A task already running (started by a concurrent probe) is not started again:
+    the probe waits on that run, up to its own timeout, and takes its result.  It
+    is reported stuck only when it has not finished by then.  Python cannot stop
+    a hung thread, so a hung dependency holds one thread per check, not one per
+    probe.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._running: dict[str, float] = {}  # key -> when its task started (monotonic)
+        self._running: dict[str, _Run] = {}
 
     def run(
         self, tasks: Mapping[str, tuple[Callable[[], object], float]]
     ) -> dict[str, _Reading | float]:
         """Run ``{key: (task, timeout)}`` at once; a float is when a stuck task started."""
-        started: dict[str, tuple[threading.Thread, _Reading, float]] = {}
-        results: dict[str, _Reading | float] = {}
+        waiting: dict[str, tuple[_Run, float]] = {}
         now = time.monotonic()
         for key, (task, timeout) in tasks.items():
             with self._lock:
-                since = self._running.get(key)
-                if since is None:
-                    self._running[key] = now
-            if since is not None:
-                results[key] = since
-                continue
-            reading = _Reading()
-            thread = threading.Thread(
-                target=self._work, args=(key, task, reading), name=f"health:{key}", daemon=True
-            )
-            thread.start()
-            started[key] = (thread, reading, now + timeout)
-        for key, (thread, reading, deadline) in started.items():
-            thread.join(max(0.0, deadline - time.monotonic()))
-            results[key] = reading if reading.done else now
+                current = self._running.get(key)
+                if current is None:
+                    current = self._running[key] = _Run(now)
+                    fresh = True
+                else:
+                    current.waiters += 1
+                    fresh = False
+            if fresh:
+                threading.Thread(
+                    target=self._work, args=(key, task, current), name=f"health:{key}", daemon=True
+                ).start()
+            waiting[key] = (current, now + timeout)
+        results: dict[str, _Reading | float] = {}
+        for key, (current, deadline) in waiting.items():
+            if current.finished.wait(max(0.0, deadline - time.monotonic())):
+                results[key] = current.reading
+            else:
+                results[key] = current.started
         return results
 
-    def _work(self, key: str, task: Callable[[], object], reading: _Reading) -> None:
+    def waiters(self, key: str) -> int:
+        """How many probes joined the run of ``key`` in flight (0 when none runs)."""
+        with self._lock:
+            current = self._running.get(key)
+            return 0 if current is None else current.waiters
+
+    def _work(self, key: str, task: Callable[[], object], current: _Run) -> None:
+        reading = current.reading
         began = time.monotonic()
         try:
             reading.value = task()
@@ -158,7 +179,9 @@ class _BoundedRunner:
             reading.elapsed = time.monotonic() - began
             reading.done = True
             with self._lock:
-                self._running.pop(key, None)
+                if self._running.get(key) is current:
+                    del self._running[key]
+            current.finished.set()
 
 
 def breakers_of(source: BreakerSource) -> list[CircuitBreaker]:
@@ -368,11 +391,14 @@ class Health:
                 name = status.metrics.name
                 add(f"{name}:circuitBreaker", _breaker_check(status, critical[name], at))
         else:
+            if isinstance(statuses, _Reading):
+                _logger.error("reading the breakers' states raised", exc_info=statuses.error)
+            # Unknown state: a critical breaker may be OPEN, so it fails; others warn.
             for breaker in breakers:
-                add(
-                    f"{breaker.name}:circuitBreaker",
-                    _unanswered(breaker.name, "component", statuses, timeout, at, "warn"),
-                )
+                verdict: HealthStatus = "fail" if critical[breaker.name] else "warn"
+                entry = _unanswered(breaker.name, "component", statuses, timeout, at, verdict)
+                entry["critical"] = critical[breaker.name]
+                add(f"{breaker.name}:circuitBreaker", entry)
         for key, (storage, _name) in storages.items():
             add(
                 "breakerStorage:responseTime",

@@ -39,6 +39,30 @@ def ready(app: Flask) -> tuple[TestResponse, dict[str, Any]]:
     return response, json.loads(response.data)
 
 
+def concurrent_probes(
+    app: Flask, health: Health, key: str, entered: threading.Event, go: threading.Event
+) -> list[int]:
+    """Two probes at once: the second arrives while the first one's task ``key`` runs."""
+    codes: dict[int, int] = {}
+
+    def probe(index: int) -> None:
+        codes[index] = app.test_client().get("/health/ready").status_code
+
+    first = threading.Thread(target=probe, args=(0,))
+    first.start()
+    assert entered.wait(10)
+    second = threading.Thread(target=probe, args=(1,))
+    second.start()
+    deadline = time.monotonic() + 10
+    while health._runner.waiters(key) < 1 and second.is_alive():
+        assert time.monotonic() < deadline, "the second probe never joined the run"
+        time.sleep(0.001)
+    go.set()
+    first.join(10)
+    second.join(10)
+    return [codes[0], codes[1]]
+
+
 @pytest.fixture
 def release() -> Iterator[threading.Event]:
     event = threading.Event()
@@ -197,6 +221,46 @@ def test_a_hung_storage_is_a_warning_after_the_timeout(
     assert "no answer in 0.05 s" in entry["output"]
 
 
+def test_a_critical_breaker_whose_state_cannot_be_read_fails(
+    clock: FakeClock, release: threading.Event
+) -> None:
+    class Hung(RecordingStorage):
+        checks_lock = False
+
+        def load(self, name: str) -> SharedState | None:
+            release.wait(30)
+            return SharedState(CircuitState.OPEN)
+
+    storage = Hung()
+    breakers = [CircuitBreaker(name=name, clock=clock, storage=storage) for name in "ab"]
+    app, _ = make_app(breakers=breakers, critical_breakers={"a"})
+    app.config["GENNET_HEALTH_TIMEOUT"] = 0.05
+    response, body = ready(app)
+    assert response.status_code == 503  # "a" may be OPEN: not known is not good
+    (critical,) = body["checks"]["a:circuitBreaker"]
+    assert (critical["status"], critical["critical"]) == ("fail", True)
+    assert "no answer in 0.05 s" in critical["output"]
+    (other,) = body["checks"]["b:circuitBreaker"]
+    assert (other["status"], other["critical"]) == ("warn", False)
+
+
+def test_a_concurrent_probe_reads_a_critical_breaker_being_read(clock: FakeClock) -> None:
+    entered, go = threading.Event(), threading.Event()
+
+    class Slow(RecordingStorage):
+        checks_lock = False
+
+        def load(self, name: str) -> SharedState | None:
+            entered.set()
+            go.wait(30)
+            return SharedState(CircuitState.OPEN, open_remaining=600.0)
+
+    breaker = CircuitBreaker(name="payments", clock=clock, storage=Slow())
+    app, health = make_app(breakers=[breaker], critical_breakers={"payments"})
+    statuses = concurrent_probes(app, health, "breakers", entered, go)
+    assert statuses == [503, 503]  # the second probe waited for the read in flight
+
+
 # -- the app's checks --------------------------------------------------------------------------
 
 
@@ -280,6 +344,21 @@ def test_a_hung_check_fails_at_its_timeout_and_is_not_started_again(
     while ready(app)[0].status_code != 200:
         assert time.monotonic() < deadline, "the check never ran again"
     assert len(started) == 2
+
+
+def test_a_concurrent_probe_waits_for_the_check_in_flight() -> None:
+    app, health = make_app()
+    entered, go = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def database() -> None:  # healthy, and slower than the gap between two probes
+        calls.append(1)
+        entered.set()
+        go.wait(30)
+
+    health.add_check("database", database, timeout=30)
+    assert concurrent_probes(app, health, "app:0", entered, go) == [200, 200]
+    assert len(calls) == 1  # both probes took the one run's result
 
 
 def test_a_check_runs_in_the_app_context() -> None:
