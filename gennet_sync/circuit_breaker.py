@@ -1281,6 +1281,7 @@ def circuit_breaker(
         )
         guarded = breaker(func)
         guarded.circuit_breaker = breaker  # type: ignore[attr-defined]
+        registry.track(breaker)  # the console and the readiness probe show it
         return guarded
 
     return decorate
@@ -1309,6 +1310,9 @@ class CircuitBreakerRegistry:
         self._configs: dict[str, dict[str, Any]] = {}
         self._default_storage: BreakerStorage | None = None
         self._storages: dict[str, BreakerStorage] = {}
+        # Breakers built outside the registry that operators' views show; held
+        # weakly, so a breaker nothing else uses is not kept alive by being shown.
+        self._tracked: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 
     def register_config(self, config_name: str, **config: Any) -> None:
         """Name a set of settings that :meth:`get` can start from (``config=``).
@@ -1434,14 +1438,45 @@ class CircuitBreakerRegistry:
         with self._lock:
             return [self._breakers[name] for name in sorted(self._breakers)]
 
+    def track(self, breaker: CircuitBreaker) -> None:
+        """Show ``breaker``, built outside the registry, in :meth:`observable`.
+
+        ``@circuit_breaker`` tracks the breakers it builds; call this for a
+        ``CircuitBreaker(...)`` of your own.  The breaker is held weakly: once
+        nothing else uses it, it drops out.  It is not registered: :meth:`get`
+        does not return it.
+
+        Example::
+
+            breaker = CircuitBreaker(name="grn")
+            registry.track(breaker)  # in the breaker console and /health/ready
+        """
+        with self._lock:
+            self._tracked.add(breaker)
+
+    def observable(self) -> list[CircuitBreaker]:
+        """Every breaker operators' views show by default, sorted by name.
+
+        The registered breakers (:func:`get_circuit_breaker`, every
+        ``ServiceSession``'s) and the tracked ones still alive (every
+        ``@circuit_breaker``'s, see :meth:`track`).  The breaker console and the
+        readiness probe show these unless given their own.
+        """
+        with self._lock:
+            found = {id(breaker): breaker for breaker in self._breakers.values()}
+            for breaker in list(self._tracked):
+                found.setdefault(id(breaker), breaker)
+        return sorted(found.values(), key=lambda breaker: breaker.name)
+
     def metrics(self) -> dict[str, BreakerMetrics]:
         """A metrics snapshot of every registered breaker, by name."""
         return {breaker.name: breaker.metrics() for breaker in self.all()}
 
     def clear(self) -> None:
-        """Forget every breaker, named config and default storage (for tests)."""
+        """Forget every breaker (registered or tracked), named config and default storage."""
         with self._lock:
             self._breakers.clear()
+            self._tracked.clear()
             self._configs.clear()
             self._default_storage = None
 

@@ -144,7 +144,8 @@ class BreakerConsole:
     Args:
         app: The app, or ``None`` to call :meth:`init_app` later.
         breakers: Which breakers to show (see :data:`~gennet_sync.health.BreakerSource`);
-            the process registry's by default.
+            by default the process registry's and every ``@circuit_breaker``'s
+            still in use.
         auth: Allows the POST actions (:data:`ConsoleAuth`); ``None`` turns them off.
         view_auth: Guards the GET views too, when given.
         path: Where the console is served; ``GENNET_CONSOLE_PATH`` overrides it.

@@ -50,7 +50,8 @@ HEALTH_MEDIA_TYPE: Final = "application/health+json"
 HealthStatus: TypeAlias = Literal["pass", "warn", "fail"]
 
 #: Which breakers a probe or the console shows: the breakers themselves, or a
-#: callable returning them (read at each request); ``None``: the process registry's.
+#: callable returning them (read at each request); ``None``: the process registry's
+#: breakers and every ``@circuit_breaker``'s (``registry.observable()``).
 BreakerSource: TypeAlias = Iterable[CircuitBreaker] | Callable[[], Iterable[CircuitBreaker]] | None
 
 _FEATURE = "health"
@@ -187,7 +188,7 @@ class _BoundedRunner:
 def breakers_of(source: BreakerSource) -> list[CircuitBreaker]:
     """The breakers ``source`` names, each once, sorted by name (see :data:`BreakerSource`)."""
     if source is None:
-        found: Iterable[CircuitBreaker] = registry.all()
+        found: Iterable[CircuitBreaker] = registry.observable()
     elif callable(source):
         found = source()
     else:
@@ -272,8 +273,9 @@ class Health:
 
     Args:
         app: The app, or ``None`` to call :meth:`init_app` later.
-        breakers: Which breakers to report (:data:`BreakerSource`); the process
-            registry's by default (every ``ServiceSession``'s breaker is there).
+        breakers: Which breakers to report (:data:`BreakerSource`); by default
+            the process registry's (every ``ServiceSession``'s breaker is there)
+            and every ``@circuit_breaker``'s still in use.
         critical_breakers: Names of breakers whose OPEN state fails readiness;
             also ``GENNET_HEALTH_CRITICAL_BREAKERS`` (a list of names).
         live_path: Path of the liveness probe.

@@ -15,7 +15,12 @@ from werkzeug.test import TestResponse
 
 from gennet_sync import GenNet, OpenAPI
 from gennet_sync.breaker_policy import BreakerMode
-from gennet_sync.circuit_breaker import CircuitBreaker, CircuitState, get_circuit_breaker
+from gennet_sync.circuit_breaker import (
+    CircuitBreaker,
+    CircuitState,
+    circuit_breaker,
+    get_circuit_breaker,
+)
 from gennet_sync.console import ACTIONS, BreakerConsole, ConsoleAuth
 from tests.support.breakers import ok, trip
 from tests.support.clock import FakeClock
@@ -274,6 +279,20 @@ def test_breakers_outside_the_registry_can_be_shown(clock: FakeClock) -> None:
     assert [b["name"] for b in get_json(app)["breakers"]] == ["own"]
     assert post(app, "own", {"action": "force_open"}).status_code == 200
     assert own.mode is BreakerMode.FORCED_OPEN
+
+
+def test_a_decorated_function_s_breaker_is_shown_and_acted_on(clock: FakeClock) -> None:
+    @circuit_breaker(failure_threshold=1, name="payments", clock=clock)
+    def pay() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        pay()
+    app = make_app(auth=token_auth)
+    (view,) = get_json(app)["breakers"]
+    assert (view["name"], view["state"]) == ("payments", "open")
+    assert post(app, "payments", {"action": "reset"}, **{"X-Ops-Token": TOKEN}).status_code == 200
+    assert pay.circuit_breaker.state is CircuitState.CLOSED  # type: ignore[attr-defined]
 
 
 def test_the_console_is_not_in_the_openapi_document() -> None:

@@ -16,7 +16,7 @@ from flask import Flask, current_app
 from werkzeug.test import TestResponse
 
 from gennet_sync import CircuitBreaker, GenNet, OpenAPI
-from gennet_sync.circuit_breaker import get_circuit_breaker
+from gennet_sync.circuit_breaker import circuit_breaker, get_circuit_breaker
 from gennet_sync.health import HEALTH_MEDIA_TYPE, CheckResult, Health
 from gennet_sync.storage import CircuitState, SharedState
 from tests.support.breakers import trip
@@ -155,6 +155,19 @@ def test_breakers_given_explicitly_replace_the_registry(clock: FakeClock) -> Non
 
 
 # -- the shared storage ----------------------------------------------------------------------
+
+
+def test_a_decorated_function_s_critical_open_breaker_fails_readiness(clock: FakeClock) -> None:
+    @circuit_breaker(failure_threshold=1, name="payments", clock=clock)
+    def pay() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        pay()
+    app, _ = make_app(critical_breakers={"payments"})
+    response, body = ready(app)
+    assert response.status_code == 503
+    assert body["checks"]["payments:circuitBreaker"][0]["status"] == "fail"
 
 
 def test_a_shared_storage_is_probed_once_and_reported_with_its_time(clock: FakeClock) -> None:
