@@ -39,7 +39,14 @@ from gennet_sync.exceptions import (
 from gennet_sync.health import BreakerSource, breakers_of
 from gennet_sync.openapi import doc
 
-__all__ = ["ACTIONS", "BreakerConsole", "ConsoleAuth", "breaker_view"]
+__all__ = [
+    "ACTIONS",
+    "FLEET_ACTIONS",
+    "BreakerConsole",
+    "ConsoleAuth",
+    "action_scope",
+    "breaker_view",
+]
 
 #: Decides whether a request may use the console: ``True`` allows it, ``False``
 #: is a 403 (known, not allowed), ``None`` a 401 (not authenticated).  It may
@@ -55,6 +62,11 @@ ACTIONS: Final[Mapping[str, Callable[[CircuitBreaker], None]]] = {
     "disable": CircuitBreaker.disable,
     "metrics_only": CircuitBreaker.metrics_only,
 }
+
+#: The actions a shared storage carries to every process (``breaker.open()`` and
+#: ``reset()`` write the fleet's state).  The others change a breaker's mode,
+#: which the storage does not hold: they act on the process that got the POST.
+FLEET_ACTIONS: Final = frozenset({"force_open", "close", "reset"})
 
 _FEATURE = "console"
 _PAGE = "console.html"
@@ -77,6 +89,19 @@ def _page() -> tuple[bytes, str]:
         "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
     )
     return page, policy
+
+
+def action_scope(action: str, breaker: CircuitBreaker) -> str:
+    """``"fleet"`` when ``action`` on ``breaker`` reaches every process, else ``"process"``.
+
+    Under gunicorn each worker has its own breaker: an action reaches the other
+    workers only through a shared storage, and only for :data:`FLEET_ACTIONS`.
+
+    Example::
+
+        action_scope("disable", breaker)  # "process": other workers keep their mode
+    """
+    return "fleet" if action in FLEET_ACTIONS and breaker.storage.shared else "process"
 
 
 def breaker_view(status: BreakerStatus, now: float) -> dict[str, Any]:
@@ -127,7 +152,9 @@ class BreakerConsole:
     "breakers": [...]}``, see :func:`breaker_view`), or the HTML page when the
     client prefers ``text/html``.  ``POST <path>/<name>`` with
     ``Content-Type: application/json`` and ``{"action": "force_open" | "close" |
-    "disable" | "metrics_only" | "reset"}`` acts on that breaker: only with an
+    "disable" | "metrics_only" | "reset"}`` acts on that breaker (in this process;
+    in every process with a shared storage for :data:`FLEET_ACTIONS`; the answer's
+    ``scope`` and ``pid`` say which): only with an
     ``auth`` callback that allows the request (else a 403 envelope), and never
     from an HTML form (a body that is not JSON is a 415).  The routes are left
     out of the OpenAPI document; errors are envelopes.
@@ -246,7 +273,10 @@ class BreakerConsole:
             raise NotFoundError("Circuit breaker", name)
         current_app.logger.warning("breaker console: %s on %r", action, name)
         ACTIONS[action](breaker)
-        return _json_response(breaker_view(breaker.status(), time.time()))
+        body = breaker_view(breaker.status(), time.time())
+        # Under gunicorn the POST reached one worker: say which, and how far it went.
+        body.update(action=action, scope=action_scope(action, breaker), pid=os.getpid())
+        return _json_response(body)
 
 
 def _console() -> BreakerConsole:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -121,3 +122,39 @@ def test_the_probe_and_the_console_with_redis_up_killed_and_hung(
         assert console["breakers"][0]["storage_up"] is False
     finally:
         storage.close()
+
+
+def test_console_actions_say_which_reach_the_other_workers(redis_server: RedisServer) -> None:
+    # Two breakers on one Redis are two gunicorn workers; the POST reaches one.
+    prefix = f"scope:{uuid.uuid4().hex[:8]}"
+    ours = RedisStorage(redis_server.url, prefix=prefix, sync_interval=0.0)
+    theirs = RedisStorage(redis_server.url, prefix=prefix, sync_interval=0.0)
+    try:
+        here = CircuitBreaker(1, 300.0, name="grn", storage=ours)
+        there = CircuitBreaker(1, 300.0, name="grn", storage=theirs)
+        app = Flask(__name__)
+        BreakerConsole(app, breakers=[here], auth=lambda request: True)
+        client = app.test_client()
+
+        answer = client.post("/gennet/breakers/grn", json={"action": "force_open"}).get_json()
+        assert (answer["scope"], answer["pid"]) == ("fleet", os.getpid())
+        with pytest.raises(CircuitBreakerError):
+            there.call(ok)  # the other worker follows
+
+        answer = client.post("/gennet/breakers/grn", json={"action": "disable"}).get_json()
+        assert (answer["mode"], answer["scope"], answer["pid"]) == (
+            "disabled",
+            "process",
+            os.getpid(),
+        )
+        here.call(ok)  # disabled here...
+        with pytest.raises(CircuitBreakerError):
+            there.call(ok)  # ...and not there, as the answer says
+        assert there.mode.value == "normal"
+
+        answer = client.post("/gennet/breakers/grn", json={"action": "reset"}).get_json()
+        assert answer["scope"] == "fleet"
+        there.call(ok)  # the fleet closed
+    finally:
+        ours.close()
+        theirs.close()

@@ -140,6 +140,8 @@ def test_the_page_renders_every_breaker_with_the_jsons_numbers() -> None:
     assert list(page.cards).index("a-healthy") > list(page.cards).index("grn-store")
     assert dom.count('data-action="force_open"') == len(data["breakers"])
     assert page.cards["<script>alert(1)</script>"]["state"] == "forced open"
+    for card in page.cards.values():  # no shared storage: an action reaches this worker only
+        assert f"act on process {data['pid']} only" in card["action-scope"]
 
 
 def test_the_page_says_when_it_cannot_refresh() -> None:

@@ -24,6 +24,7 @@ from gennet_sync.circuit_breaker import (
 from gennet_sync.console import ACTIONS, BreakerConsole, ConsoleAuth
 from tests.support.breakers import ok, trip
 from tests.support.clock import FakeClock
+from tests.support.storages import RecordingStorage
 
 pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")
 
@@ -201,7 +202,34 @@ def test_each_action_acts_and_answers_the_breaker(
     assert (breaker.state, breaker.mode) == (state, mode)
     assert response.json is not None
     assert (response.json["state"], response.json["mode"]) == (state.value, mode.value)
+    # No shared storage: whatever the action, other worker processes keep their own breaker.
+    assert (response.json["action"], response.json["scope"]) == (action, "process")
+    assert response.json["pid"] == os.getpid()
     assert get_json(app)["actions"] == sorted(ACTIONS)
+
+
+@pytest.mark.parametrize(
+    ("action", "scope"),
+    [
+        ("force_open", "fleet"),
+        ("close", "fleet"),
+        ("reset", "fleet"),
+        ("disable", "process"),
+        ("metrics_only", "process"),
+    ],
+)
+def test_with_a_shared_storage_a_mode_action_says_it_reached_this_process_only(
+    clock: FakeClock, action: str, scope: str
+) -> None:
+    storage = RecordingStorage()
+    storage.checks_lock = False  # type: ignore[misc]
+    breaker = CircuitBreaker(name="grn", clock=clock, storage=storage)
+    app = make_app(breakers=[breaker], auth=token_auth)
+    response = post(app, "grn", {"action": action}, **{"X-Ops-Token": TOKEN})
+    assert response.json is not None
+    assert (response.json["scope"], response.json["pid"]) == (scope, os.getpid())
+    writes = {call[0] for call in storage.calls} - {"load"}
+    assert bool(writes) == (scope == "fleet")  # "fleet" is what the storage was told
 
 
 def test_a_form_post_is_refused_so_no_other_site_can_act(clock: FakeClock) -> None:
