@@ -260,7 +260,7 @@ class BreakerConsole:
             raise RequestEntityTooLarge(
                 f"An action body has a Content-Length of at most {_MAX_ACTION_BODY} bytes"
             )
-        body = request.get_json(silent=True)
+        body = request.get_json()  # malformed JSON: the library's own 400, as for any view
         action = body.get("action") if isinstance(body, dict) else None
         if not isinstance(action, str) or action not in ACTIONS:
             raise ValidationError(

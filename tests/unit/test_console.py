@@ -258,7 +258,6 @@ def test_a_form_post_is_refused_so_no_other_site_can_act(clock: FakeClock) -> No
         "{}",
         '"force_open"',
         "null",
-        '{"action": ',
         '{"action": "__class__"}',
     ],
 )
@@ -272,6 +271,20 @@ def test_a_bad_action_is_a_422_envelope(clock: FakeClock, body: str) -> None:
     assert response.status_code == 422
     assert response.json is not None
     assert response.json["error"]["metadata"]["field"] == "action"
+
+
+@pytest.mark.parametrize("body", [b'{"action": ', b"{'action': 'reset'}", b'{"action": "\xff"}'])
+def test_malformed_json_is_a_400_as_everywhere_else(clock: FakeClock, body: bytes) -> None:
+    app = make_app(auth=lambda request: True)
+    breaker = get_circuit_breaker("grn", failure_threshold=1, clock=clock)
+    trip(breaker)
+    response = app.test_client().post(
+        "/gennet/breakers/grn", data=body, content_type="application/json"
+    )
+    assert breaker.state is CircuitState.OPEN  # nothing done
+    assert response.status_code == 400, response.data
+    assert response.json is not None
+    assert response.json["error"]["code"] == "BAD_REQUEST"
 
 
 def test_an_unknown_breaker_is_a_404_and_a_name_with_a_slash_is_found(clock: FakeClock) -> None:
