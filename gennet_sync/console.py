@@ -174,7 +174,8 @@ class BreakerConsole:
             by default the process registry's and every ``@circuit_breaker``'s
             still in use.
         auth: Allows the POST actions (:data:`ConsoleAuth`); ``None`` turns them off.
-        view_auth: Guards the GET views too, when given.
+        view_auth: Guards the GET views too, when given; without it anyone who
+            can reach the app reads the console (a warning is logged at start-up).
         path: Where the console is served; ``GENNET_CONSOLE_PATH`` overrides it.
     """
 
@@ -201,6 +202,14 @@ class BreakerConsole:
         path = str(app.config.get("GENNET_CONSOLE_PATH") or self.path).rstrip("/")
         if not path.startswith("/"):
             raise ValueError(f"GENNET_CONSOLE_PATH must start with '/', not {path!r}")
+        if self.view_auth is None:
+            # Open reading is the default (like /health/ready, which shows the same
+            # names); say so where a production deployment will notice it.
+            app.logger.warning(
+                "breaker console: GET %s shows every breaker's name, state and counts to "
+                "anyone who can reach the app; pass view_auth= to restrict it",
+                path,
+            )
         app.add_url_rule(path, "gennet_console", _console_view)
         app.add_url_rule(
             f"{path}/<path:name>", "gennet_console_action", _action_view, methods=["POST"]

@@ -140,6 +140,17 @@ def test_the_path_comes_from_the_config() -> None:
     assert app.test_client().get("/gennet/breakers").status_code == 404
 
 
+def test_an_open_console_is_logged_at_start_up(caplog: pytest.LogCaptureFixture) -> None:
+    make_app()
+    assert any(
+        record.levelname == "WARNING" and "view_auth" in record.getMessage()
+        for record in caplog.records
+    )
+    caplog.clear()
+    make_app(view_auth=token_auth)
+    assert not [record for record in caplog.records if "view_auth" in record.getMessage()]
+
+
 def test_view_auth_guards_the_json_and_the_page() -> None:
     app = make_app(view_auth=token_auth)
     client = app.test_client()
