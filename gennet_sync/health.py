@@ -125,8 +125,8 @@ class _BoundedRunner:
     """Runs each task in a daemon thread and stops waiting at its timeout.
 
     A task already running (started by a concurrent probe) is not started again:
-    the probe waits on that run, up to its own timeout, and takes its result.  It
-    is reported stuck only when it has not finished by then.  Python cannot stop
+    the probe waits on that run and takes its result.  The run is reported stuck
+    once it has run for its timeout without finishing.  Python cannot stop
     a hung thread, so a hung dependency holds one thread per check, not one per
     probe.
     """
@@ -154,7 +154,9 @@ class _BoundedRunner:
                 threading.Thread(
                     target=self._work, args=(key, task, current), name=f"health:{key}", daemon=True
                 ).start()
-            waiting[key] = (current, now + timeout)
+            # Stuck once it has run for its timeout: a probe joining a run that is
+            # already past it answers at once instead of waiting a timeout more.
+            waiting[key] = (current, current.started + timeout)
         results: dict[str, _Reading | float] = {}
         for key, (current, deadline) in waiting.items():
             if current.finished.wait(max(0.0, deadline - time.monotonic())):
