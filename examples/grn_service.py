@@ -69,6 +69,8 @@ from gennet_sync import (
     doc,
     setup_error_handlers,
 )
+from gennet_sync.console import BreakerConsole
+from gennet_sync.health import Health
 
 __all__ = [
     "MAX_EDGES",
@@ -573,4 +575,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/health", "health", health, methods=["GET"])
     app.teardown_appcontext(_close_store)
     OpenAPI(app, title="GRN service", version="2.0.0")
+    Health(app)
+    BreakerConsole(app)
     return app

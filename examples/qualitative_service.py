@@ -52,6 +52,8 @@ from examples.boolnet import (
 )
 from examples.ctl import TEMPORAL_OPERATORS, CheckResult, Trace, check
 from gennet_sync import ValidationError, setup_error_handlers
+from gennet_sync.console import BreakerConsole
+from gennet_sync.health import Health
 
 __all__ = ["NetworkSchema", "StrictBoolean", "VerifyRequestSchema", "create_app", "result_to_json"]
 
@@ -228,4 +230,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     setup_error_handlers(app)
     app.add_url_rule("/ctl/verify", view_func=verify, methods=["POST"])
     app.add_url_rule("/health", view_func=health, methods=["GET"])
+    Health(app)
+    BreakerConsole(app)
     return app

@@ -46,6 +46,8 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import BadGateway
 
 from gennet_sync import ServiceSession, ServiceUnavailableError, setup_error_handlers
+from gennet_sync.console import BreakerConsole
+from gennet_sync.health import Health
 
 __all__ = ["DEFAULTS", "EXTENSION_KEY", "create_app", "qualitative_session"]
 
@@ -178,4 +180,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/api/v1/workflows/verify", "verify", verify, methods=["POST"])
     app.add_url_rule("/api/v1/workflows/breaker", "breaker", breaker, methods=["GET"])
     app.add_url_rule("/health", "health", health, methods=["GET"])
+    Health(app)
+    BreakerConsole(app)
     return app

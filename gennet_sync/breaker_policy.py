@@ -11,22 +11,25 @@ import enum
 import math
 import random
 from dataclasses import dataclass, field, fields
-from typing import Literal, Protocol, TypedDict
+from typing import Final, Literal, Protocol, TypedDict
 
 from gennet_sync.storage import CircuitState, WindowTotals
 from gennet_sync.typing import ExceptionPredicate, OpenDurationPolicy, RandomSource, ResultPredicate
 
 __all__ = [
+    "TRANSITION_HISTORY",
     "BreakerConfig",
     "BreakerMetrics",
     "BreakerMode",
     "BreakerOptions",
+    "BreakerStatus",
     "ExponentialOpenDuration",
     "FixedOpenDuration",
     "Outcome",
     "StateChangeEvent",
     "StateListener",
     "TransitionReason",
+    "TransitionRecord",
 ]
 
 
@@ -180,6 +183,67 @@ class BreakerMetrics:
     window_calls: int
     opened_at: float | None
     retry_after: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    """One state change in a breaker's history (see :class:`BreakerStatus`).
+
+    Attributes:
+        old_state: The state before the change.
+        new_state: The state after it.
+        reason: Why it changed.
+        at: Wall-clock time (``time.time()``) when the breaker processed the
+            change: unlike :attr:`StateChangeEvent.at`, comparable across processes.
+
+    Example::
+
+        for change in breaker.status().transitions:
+            print(f"{change.old_state} -> {change.new_state} ({change.reason}) at {change.at}")
+    """
+
+    old_state: CircuitState
+    new_state: CircuitState
+    reason: TransitionReason
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStatus:
+    """What an operator wants to see of one breaker: its counters, its countdown, its fleet.
+
+    Every time is wall-clock (``time.time()``), so a status read in one process
+    can be shown or compared in another.
+
+    Attributes:
+        metrics: The counters and rates, as :meth:`CircuitBreaker.metrics` gives them.
+        retry_at: When the next trial call is let through; ``None`` unless OPEN
+            (and ``None`` when forced open, here or by another process through
+            the shared storage: it stays OPEN until ``reset()``).
+        fleet_state: The state the shared storage last reported; ``None``
+            without a shared storage or before its first answer.
+        fleet_checked_at: When that answer came (``None`` with ``fleet_state``).
+        storage_up: ``None`` without a shared storage; else whether the storage
+            answered last time it was asked (``RedisStorage.available``).
+        transitions: The last :data:`TRANSITION_HISTORY` state changes, oldest first.
+
+    Example::
+
+        status = breaker.status()
+        if status.retry_at is not None:
+            print(f"{status.metrics.name}: next trial in {status.retry_at - time.time():.0f} s")
+    """
+
+    metrics: BreakerMetrics
+    retry_at: float | None
+    fleet_state: CircuitState | None
+    fleet_checked_at: float | None
+    storage_up: bool | None
+    transitions: tuple[TransitionRecord, ...]
+
+
+#: How many state changes :attr:`BreakerStatus.transitions` keeps.
+TRANSITION_HISTORY: Final = 20
 
 
 @dataclass(frozen=True)

@@ -26,22 +26,26 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from types import TracebackType
 from typing import Any, Final, Generic, TypeVar, Unpack, overload
 
 from gennet_sync.breaker_policy import (
+    TRANSITION_HISTORY,
     BreakerConfig,
     BreakerMetrics,
     BreakerMode,
     BreakerOptions,
+    BreakerStatus,
     ExponentialOpenDuration,
     FixedOpenDuration,
     Outcome,
     StateChangeEvent,
     StateListener,
     TransitionReason,
+    TransitionRecord,
     make_window,
     rate_trip_reason,
 )
@@ -361,11 +365,17 @@ class _StateMachine:
     # lock is released.
 
     def __init__(
-        self, config: BreakerConfig, name: str, clock: Clock, fleet: FleetSync | None
+        self,
+        config: BreakerConfig,
+        name: str,
+        clock: Clock,
+        fleet: FleetSync | None,
+        wall_clock: Clock = time.time,
     ) -> None:
         self.config: Final[BreakerConfig] = config
         self.name: Final[str] = name
         self._clock = clock
+        self._wall_clock = wall_clock
         self._fleet = fleet
         self._failure_threshold = config.failure_threshold or 0
         self._slow_call_duration = config.slow_call_duration
@@ -388,6 +398,8 @@ class _StateMachine:
         self._trials = 0
         self._trial_successes = 0
         self._events: list[StateChangeEvent] = []
+        # The last state changes for status(); appended on a transition only.
+        self._history: deque[TransitionRecord] = deque(maxlen=TRANSITION_HISTORY)
         # Cumulative counters.
         self._successes = self._failures = self._ignored = 0
         self._rejections = self._slow_calls = 0
@@ -580,6 +592,7 @@ class _StateMachine:
             self._fleet.restart_window()
         if old is not new:
             self._events.append(StateChangeEvent(self.name, old, new, now, reason))
+            self._history.append(TransitionRecord(old, new, reason, self._wall_clock()))
 
     def _window_totals(self, now: float) -> WindowTotals:
         """What the rate policies judge: the fleet's window when known, else this process's."""
@@ -657,6 +670,7 @@ class CircuitBreaker(_StateMachine):
         name: Its name (in errors, events and the shared storage); generated
             when omitted.
         clock: Monotonic clock in seconds; inject a fake one in tests.
+        wall_clock: Wall clock for the times :meth:`status` reports (``time.time``).
         storage: Where state is shared; ``None`` or a :class:`MemoryStorage`
             keeps it in this process and costs nothing.  With a storage that
             aggregates windows (``RedisStorage``), a time window's failure and
@@ -675,6 +689,7 @@ class CircuitBreaker(_StateMachine):
         name: str | None = None,
         *,
         clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
         storage: BreakerStorage | None = None,
         listeners: Iterable[StateListener] = (),
         **options: Unpack[BreakerOptions],
@@ -687,8 +702,12 @@ class CircuitBreaker(_StateMachine):
         name = name if name is not None else f"breaker-{next(_anonymous_ids)}"
         self._storage: BreakerStorage = storage if storage is not None else MemoryStorage()
         # Everything that talks to a shared storage; None keeps the breaker in this process.
-        fleet = FleetSync(name, self._storage, config) if self._storage.shared else None
-        super().__init__(config, name, clock, fleet)
+        fleet = (
+            FleetSync(name, self._storage, config, wall_clock=wall_clock)
+            if self._storage.shared
+            else None
+        )
+        super().__init__(config, name, clock, fleet, wall_clock)
         self._listeners: tuple[StateListener, ...] = tuple(listeners)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -1022,6 +1041,68 @@ class CircuitBreaker(_StateMachine):
         self._finish(events)
         return snapshot
 
+    def sync(self) -> bool:
+        """Ask the shared storage for the fleet's state now, if a sync is due.
+
+        Calls sync by themselves; an idle breaker does not, so a view of it (a
+        console, a health probe) calls this first to show what the fleet decided.
+        At most one round trip per ``sync_interval``; nothing without a shared storage.
+
+        Returns:
+            True when the storage was asked.
+
+        Example::
+
+            breaker.sync()
+            print(breaker.status().fleet_state)
+        """
+        fleet = self._fleet
+        if fleet is None:
+            return False
+        now = self._clock()
+        if not fleet.claim_sync(now):
+            return False
+        self._sync(fleet, now)
+        return True
+
+    def status(self) -> BreakerStatus:
+        """What an operator wants to see: counters, countdown, the fleet's view, history.
+
+        Taken under the lock like :meth:`metrics`; the storage is not asked (its
+        last answer is reported), so reading it costs no round trip.
+
+        Example::
+
+            status = breaker.status()
+            for change in status.transitions:
+                print(change.new_state, change.reason, change.at)
+        """
+        with self._lock:
+            snapshot = self._snapshot(self._clock())
+            wall = self._wall_clock()
+            history = tuple(self._history)
+            events, actions = self._take_events(), self._take_actions()
+        self._run_actions(actions, None)
+        self._finish(events)
+        retry_after = snapshot.retry_after
+        retry_at = (
+            wall + retry_after if snapshot.state is _OPEN and retry_after is not None else None
+        )
+        if retry_after is not None and retry_after > FORCED_OPEN_SHARED_SECONDS / 2:
+            # Forced open by another process: the storage holds it open "for a year",
+            # until a reset; no trial is coming.
+            retry_at = None
+        fleet = self._fleet
+        answer = None if fleet is None else fleet.last_answer
+        return BreakerStatus(
+            metrics=snapshot,
+            retry_at=retry_at,
+            fleet_state=None if answer is None else answer[0],
+            fleet_checked_at=None if answer is None else answer[1],
+            storage_up=None if fleet is None else fleet.storage_up,
+            transitions=history,
+        )
+
     # -- outside the lock: listeners and the shared storage -----------------------------
 
     def _take_events(self) -> list[StateChangeEvent]:
@@ -1200,6 +1281,7 @@ def circuit_breaker(
         )
         guarded = breaker(func)
         guarded.circuit_breaker = breaker  # type: ignore[attr-defined]
+        registry.track(breaker)  # the console and the readiness probe show it
         return guarded
 
     return decorate
@@ -1228,6 +1310,9 @@ class CircuitBreakerRegistry:
         self._configs: dict[str, dict[str, Any]] = {}
         self._default_storage: BreakerStorage | None = None
         self._storages: dict[str, BreakerStorage] = {}
+        # Breakers built outside the registry that operators' views show; held
+        # weakly, so a breaker nothing else uses is not kept alive by being shown.
+        self._tracked: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 
     def register_config(self, config_name: str, **config: Any) -> None:
         """Name a set of settings that :meth:`get` can start from (``config=``).
@@ -1353,14 +1438,45 @@ class CircuitBreakerRegistry:
         with self._lock:
             return [self._breakers[name] for name in sorted(self._breakers)]
 
+    def track(self, breaker: CircuitBreaker) -> None:
+        """Show ``breaker``, built outside the registry, in :meth:`observable`.
+
+        ``@circuit_breaker`` tracks the breakers it builds; call this for a
+        ``CircuitBreaker(...)`` of your own.  The breaker is held weakly: once
+        nothing else uses it, it drops out.  It is not registered: :meth:`get`
+        does not return it.
+
+        Example::
+
+            breaker = CircuitBreaker(name="grn")
+            registry.track(breaker)  # in the breaker console and /health/ready
+        """
+        with self._lock:
+            self._tracked.add(breaker)
+
+    def observable(self) -> list[CircuitBreaker]:
+        """Every breaker operators' views show by default, sorted by name.
+
+        The registered breakers (:func:`get_circuit_breaker`, every
+        ``ServiceSession``'s) and the tracked ones still alive (every
+        ``@circuit_breaker``'s, see :meth:`track`).  The breaker console and the
+        readiness probe show these unless given their own.
+        """
+        with self._lock:
+            found = {id(breaker): breaker for breaker in self._breakers.values()}
+            for breaker in list(self._tracked):
+                found.setdefault(id(breaker), breaker)
+        return sorted(found.values(), key=lambda breaker: breaker.name)
+
     def metrics(self) -> dict[str, BreakerMetrics]:
         """A metrics snapshot of every registered breaker, by name."""
         return {breaker.name: breaker.metrics() for breaker in self.all()}
 
     def clear(self) -> None:
-        """Forget every breaker, named config and default storage (for tests)."""
+        """Forget every breaker (registered or tracked), named config and default storage."""
         with self._lock:
             self._breakers.clear()
+            self._tracked.clear()
             self._configs.clear()
             self._default_storage = None
 

@@ -235,6 +235,21 @@ class AppState:
     _before_hook: Callable[[], None] | None = field(default=None, init=False, repr=False)
     _after_hook: Callable[[Response], Response] | None = field(default=None, init=False, repr=False)
 
+    def claim_feature(self, name: str, extension: object) -> bool:
+        """Register ``extension`` as the app's ``name`` feature; False if it already is.
+
+        Raises:
+            RuntimeError: Another instance holds the feature (its settings would
+                be ignored).
+        """
+        existing = self.features.get(name)
+        if existing is extension:
+            return False
+        if existing is not None:
+            raise RuntimeError(f"this app already has a {type(extension).__name__}; use that one")
+        self.features[name] = extension
+        return True
+
     def add_request_steps(
         self, app: Flask, before: BeforeStep | None = None, after: AfterStep | None = None
     ) -> None:

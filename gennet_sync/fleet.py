@@ -14,11 +14,13 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeAlias, TypeVar, assert_never
 
 from gennet_sync.breaker_policy import BreakerConfig
-from gennet_sync.storage import BreakerStorage, SharedState, WindowTotals
+from gennet_sync.storage import BreakerStorage, CircuitState, SharedState, WindowTotals
+from gennet_sync.typing import Clock
 
 __all__ = [
     "FORCED_OPEN_SHARED_SECONDS",
@@ -90,9 +92,17 @@ class FleetSync:
         name: The breaker's name: its key in the storage.
         storage: A shared storage (``storage.shared`` is true).
         config: The breaker's settings.
+        wall_clock: Wall clock stamping the storage's answers (:attr:`last_answer`).
     """
 
-    def __init__(self, name: str, storage: BreakerStorage, config: BreakerConfig) -> None:
+    def __init__(
+        self,
+        name: str,
+        storage: BreakerStorage,
+        config: BreakerConfig,
+        *,
+        wall_clock: Clock = time.time,
+    ) -> None:
         self.name: Final = name
         self.storage: Final = storage
         self._config = config
@@ -121,6 +131,18 @@ class FleetSync:
         # The fleet's CLOSED period (WindowTotals.closings) the unsynced outcomes
         # belong to; None right after a transition of our own (not known yet).
         self._closings: int | None = None
+        self._wall_clock = wall_clock
+        #: The state the storage last reported and when (wall clock); ``None``
+        #: before its first answer.  One tuple, replaced whole: read without a lock.
+        self.last_answer: tuple[CircuitState, float] | None = None
+        #: Whether the storage answered the last call that expects an answer.
+        self.answered = True
+
+    @property
+    def storage_up(self) -> bool:
+        """Whether the storage answers: its own ``available`` when it has one."""
+        available = getattr(self.storage, "available", None)
+        return available if isinstance(available, bool) else self.answered
 
     def sync_due(self, now: float) -> bool:
         """True when the breaker's view is older than ``sync_interval``."""
@@ -230,10 +252,12 @@ class FleetSync:
         storage = self.storage
         for action, seconds in actions:
             if action is FleetAction.RECORD_FAILURE:
-                shared = self._ask(
-                    storage.record_failure,
-                    failure_threshold=self._failure_threshold,
-                    open_for=seconds,
+                shared = self._noted(
+                    self._ask(
+                        storage.record_failure,
+                        failure_threshold=self._failure_threshold,
+                        open_for=seconds,
+                    )
                 )
                 if counted is not None:
                     counted(shared)
@@ -248,19 +272,21 @@ class FleetSync:
 
     def load(self) -> SharedState | None:
         """The fleet's state, or ``None`` when unavailable."""
-        return self._ask(self.storage.load)
+        return self._noted(self._ask(self.storage.load))
 
     def sync_window(self, unsynced: tuple[WindowTotals, int | None]) -> SharedState | None:
         """Push what :meth:`take_unsynced` took; the fleet's state with its totals."""
         assert self._sync_window is not None
         outcomes, closings = unsynced
-        return self._ask(
-            self._sync_window,
-            calls=outcomes.calls,
-            failures=outcomes.failures,
-            slow_calls=outcomes.slow_calls,
-            window_seconds=self._config.window_size,
-            closings=closings,
+        return self._noted(
+            self._ask(
+                self._sync_window,
+                calls=outcomes.calls,
+                failures=outcomes.failures,
+                slow_calls=outcomes.slow_calls,
+                window_seconds=self._config.window_size,
+                closings=closings,
+            )
         )
 
     def acquire_trial(self, trial_lease: float | None) -> bool | None:
@@ -293,6 +319,15 @@ class FleetSync:
         # Past max_half_open_wait the breaker gives up on the trial (and reopens
         # the fleet, which drops every lease): a longer lease would change nothing.
         return lease if wait is None else min(lease, wait)
+
+    def _noted(self, shared: SharedState | None) -> SharedState | None:
+        """Keep what a storage answered for :attr:`last_answer` (a round trip's cost only)."""
+        if shared is None:
+            self.answered = False
+        else:
+            self.answered = True
+            self.last_answer = (shared.state, self._wall_clock())
+        return shared
 
     def _ask(self, method: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | None:
         try:

@@ -5,6 +5,7 @@ shared storage through recording fakes (the fleet window included)."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ from gennet_sync.circuit_breaker import (
     remove_circuit_breaker,
     set_default_storage,
 )
+from gennet_sync.circuit_breaker import registry as process_registry
 from gennet_sync.exceptions import ServiceUnavailableError
 from gennet_sync.redis_storage import RedisStorage
 from gennet_sync.storage import MemoryStorage, WindowTotals
@@ -913,6 +915,32 @@ def test_the_registry_lists_every_breaker_with_its_metrics() -> None:
     assert metrics["b"].successes == 1
     clear_circuit_breakers()
     assert all_circuit_breakers() == []
+
+
+def test_operators_views_see_decorated_and_tracked_breakers_while_they_live() -> None:
+    registry = CircuitBreakerRegistry()
+    registered = registry.get("b-registered")
+    mine = CircuitBreaker(name="a-mine")
+    registry.track(mine)
+    registry.track(registered)  # tracking a registered one shows it once
+    assert registry.observable() == [mine, registered]
+    assert registry.all() == [registered]  # tracked is not registered
+    del mine
+    gc.collect()
+    assert registry.observable() == [registered]  # held weakly: nothing kept alive
+    registry.clear()
+    assert registry.observable() == []
+
+
+def test_a_decorated_function_s_breaker_is_in_the_process_s_observable_breakers() -> None:
+    @circuit_breaker(name="payments")
+    def pay() -> None: ...
+
+    assert [breaker.name for breaker in process_registry.observable()] == ["payments"]
+    assert all_circuit_breakers() == []  # get_circuit_breaker("payments") would make another
+    del pay
+    gc.collect()
+    assert process_registry.observable() == []
 
 
 def test_the_registry_removes_one_breaker_by_name() -> None:

@@ -18,13 +18,17 @@ from gennet_sync import (
     setup_error_handlers,
 )
 from gennet_sync.circuit_breaker import get_circuit_breaker, registry
+from gennet_sync.console import BreakerConsole
 from gennet_sync.error_handler import app_state
+from gennet_sync.health import Health
 
 pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")
 
 Extension = Callable[[], object]
 EXTENSIONS_WITH_SETTINGS: dict[str, Extension] = {
+    "BreakerConsole": BreakerConsole,
     "Compression": Compression,
+    "Health": Health,
     "OpenAPI": OpenAPI,
     "VersionedAPI": VersionedAPI,
 }
