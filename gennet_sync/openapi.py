@@ -43,6 +43,7 @@ import importlib
 import json
 import logging
 import re
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -622,12 +623,13 @@ class OpenAPI:
         if isinstance(state, dict) and state.get("extension") is self:
             cache: dict[Any, Any] = state["cache"]
             return cache
-        # Not set up on this app (spec() called directly): cache on the side.
-        return self._side_caches.setdefault(id(app), {})
+        # Not set up on this app (spec() called directly): cache on the side,
+        # for as long as the app lives.
+        return self._side_caches.setdefault(app, {})
 
     @functools.cached_property
-    def _side_caches(self) -> dict[int, dict[Any, Any]]:
-        return {}
+    def _side_caches(self) -> weakref.WeakKeyDictionary[Flask, dict[Any, Any]]:
+        return weakref.WeakKeyDictionary()
 
     def _versions(self, app: Flask) -> Mapping[str, Any]:
         versioning = app_state(app).features.get("versioning")

@@ -24,11 +24,9 @@ for the schemathesis check.
 
 from __future__ import annotations
 
-import gzip
 import importlib
 import json
-import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -38,6 +36,7 @@ from flask.testing import FlaskClient
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
+from gennet_sync.compression import _decoding_errors, _new_decoder
 from gennet_sync.error_handler import app_state
 from gennet_sync.openapi import OpenAPI, _openapi_path
 
@@ -117,25 +116,38 @@ def _resolve(document: Mapping[str, Any], value: Any) -> Any:
     return value
 
 
-def _envelope(body: bytes, content_encoding: str | None = None) -> _Envelope | None:
-    """The code and type of an error envelope, or ``None`` for any other body.
+#: The most an error body is decoded to: an envelope is a few kilobytes at most.
+_MAX_DECODED_BODY = 16 * 1024 * 1024
 
-    A gzip or deflate body is decoded first, unless a client (requests) has
-    decoded it already and left the header.
+
+def _decoded(body: bytes, content_encoding: str | None) -> bytes:
+    """``body`` decoded with the response's content coding, as Compression wrote it.
+
+    A client that decoded the body already (requests) leaves the header on it:
+    a body that does not decode is taken as it is.
     """
     coding = (content_encoding or "identity").strip().lower()
-    if coding in ("gzip", "x-gzip"):
-        body = _maybe(lambda: gzip.decompress(body), body)
-    elif coding == "deflate":
-        body = _maybe(lambda: zlib.decompress(body), body)
-        body = _maybe(lambda: zlib.decompress(body, -zlib.MAX_WBITS), body)
-    elif coding not in ("identity", "") and body[:1] not in (b"{", b" ", b"\n"):
+    if coding in ("identity", ""):
+        return body
+    try:
+        decoder = _new_decoder("gzip" if coding == "x-gzip" else coding)
+    except ValueError:
+        if body[:1] in (b"{", b"[", b" ", b"\n"):
+            return body
         raise UndocumentedErrorCode(
             f"cannot read an error body sent with Content-Encoding: {content_encoding}; "
-            "send Accept-Encoding: identity (or gzip) in the test"
-        )
+            "install the compression extra, or send Accept-Encoding: identity in the test"
+        ) from None
     try:
-        data = json.loads(body)
+        return decoder.decompress(body, _MAX_DECODED_BODY)
+    except _decoding_errors():
+        return body
+
+
+def _envelope(body: bytes, content_encoding: str | None = None) -> _Envelope | None:
+    """The code and type of an error envelope, or ``None`` for any other body."""
+    try:
+        data = json.loads(_decoded(body, content_encoding))
     except ValueError:
         return None
     if not isinstance(data, dict) or set(data) != {"error"}:
@@ -145,13 +157,6 @@ def _envelope(body: bytes, content_encoding: str | None = None) -> _Envelope | N
         return None
     kind = error.get("type")
     return _Envelope(error["code"], kind if isinstance(kind, str) else "")
-
-
-def _maybe(decode: Callable[[], bytes], fallback: bytes) -> bytes:
-    try:
-        return decode()
-    except (OSError, EOFError, zlib.error):
-        return fallback
 
 
 def error_contract_violation(

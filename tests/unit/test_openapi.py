@@ -9,20 +9,13 @@ from typing import Any
 import pytest
 from flask import Blueprint, Flask
 from openapi_spec_validator import validate
-from werkzeug.test import TestResponse
 
 from gennet_sync import NotFoundError, OpenAPI, VersionedAPI, doc, setup_error_handlers
 from gennet_sync.error_handler import app_state
 from gennet_sync.openapi import _swagger_ui_dir
-from tests.support.openapi_app import NetworkSchema, PageSchema, make_versioned_app
+from tests.support.openapi_app import NetworkSchema, PageSchema, json_of, make_versioned_app
 
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
-
-
-def json_of(response: TestResponse) -> dict[str, Any]:
-    data = response.get_json()
-    assert isinstance(data, dict), response.data
-    return data
 
 
 def make_app() -> Flask:

@@ -1,0 +1,229 @@
+"""gennet_sync.testing: the check that no response carries an undocumented error code.
+
+Each form of the check (one response, a checking test client, the schemathesis
+check) is shown failing on an app that returns a code on purpose without
+declaring it, and passing what the document does say.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from flask import Flask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import Case
+from schemathesis.checks import CHECKS
+from schemathesis.core.result import Ok
+from schemathesis.errors import FailureGroup
+
+from gennet_sync import (
+    Compression,
+    ConflictError,
+    GenNetException,
+    NotFoundError,
+    OpenAPI,
+    doc,
+    setup_error_handlers,
+)
+from gennet_sync.compression import compress_bytes
+from gennet_sync.testing import (
+    UndocumentedErrorCode,
+    assert_documented_error,
+    documented_error_codes,
+    documented_errors_client,
+    error_contract_violation,
+    register_schemathesis_check,
+    undocumented_error_codes,
+)
+
+
+class NetworkGoneError(GenNetException):
+    """The network was deleted."""
+
+    status_code = 404
+    code = "NETWORK_GONE"
+
+
+def make_app() -> Flask:
+    """Views that answer documented errors, and two that do not on purpose."""
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    Compression(app, min_size=10)
+
+    @app.get("/networks/<network_id>")
+    @doc(errors=[NotFoundError])
+    def get_network(network_id: str) -> str:
+        if network_id == "gone":  # 404 is documented, this code is not
+            raise NetworkGoneError(metadata={"id": network_id, "padding": "x" * 500})
+        raise NotFoundError("Network", network_id)
+
+    @app.post("/networks")
+    @doc()
+    def create_network() -> tuple[str, int]:
+        raise ConflictError("taken")  # 409 is documented nowhere
+
+    @app.get("/plain-404")
+    @doc()
+    def plain() -> tuple[str, int]:
+        return "not an envelope", 404
+
+    @app.get("/hidden")
+    @doc(hidden=True)
+    def hidden() -> str:
+        raise ConflictError("hidden views are not checked")
+
+    OpenAPI(app)
+    return app
+
+
+def test_documented_codes_are_read_from_the_document() -> None:
+    app = make_app()
+    document = app.test_client().get("/openapi.json").get_json()
+    assert documented_error_codes(document, "GET", "/networks/{network_id}") == {
+        "404": frozenset({"NOT_FOUND"}),
+        "500": frozenset({"INTERNAL_SERVER_ERROR"}),
+    }
+    assert documented_error_codes(document, "delete", "/networks/{network_id}") is None
+    assert documented_error_codes(document, "get", "/nowhere") is None
+    # A response without codes (a hand-written one) lets any code through.
+    document["paths"]["/networks"]["post"]["responses"]["409"] = {"$ref": "#/x/y"}
+    document["x"] = {"y": {"description": "conflict"}}
+    assert documented_error_codes(document, "post", "/networks")["409"] is None  # type: ignore[index]
+
+
+def test_a_deliberately_undocumented_code_fails_the_check() -> None:
+    app = make_app()
+    client = app.test_client()
+    gone = client.get("/networks/gone")
+    assert gone.status_code == 404
+    with pytest.raises(UndocumentedErrorCode, match=r"'NETWORK_GONE'.*documented: \['NOT_FOUND'\]"):
+        assert_documented_error(app, gone)
+    conflict = client.post("/networks")
+    with pytest.raises(UndocumentedErrorCode, match=r"409 with code 'CONFLICT'.*a status"):
+        assert_documented_error(app, conflict)
+
+
+def test_documented_answers_and_what_no_operation_serves_pass() -> None:
+    app = make_app()
+    client = app.test_client()
+    for response in (
+        client.get("/networks/abc"),  # documented 404
+        client.get("/plain-404"),  # not an envelope
+        client.get("/hidden"),  # not in the document
+        client.get("/nowhere"),  # no operation
+        client.delete("/networks/abc"),  # 405: no operation
+        client.head("/networks/gone"),  # no body to read
+        client.get("/openapi.json"),
+    ):
+        assert_documented_error(app, response)
+
+
+def gone_json() -> bytes:
+    return json.dumps(NetworkGoneError().to_dict()).encode()
+
+
+def test_a_compressed_envelope_is_read_before_it_is_checked() -> None:
+    app = make_app()
+    gone = app.test_client().get("/networks/gone", headers={"Accept-Encoding": "gzip"})
+    assert gone.headers["Content-Encoding"] == "gzip"
+    with pytest.raises(UndocumentedErrorCode, match="NETWORK_GONE"):
+        assert_documented_error(app, gone)
+    document = app.test_client().get("/openapi.json").get_json()
+    body = gzip.compress(json.dumps(NetworkGoneError().to_dict()).encode())
+    path = "/networks/{network_id}"
+    assert error_contract_violation(document, "GET", path, 404, body, "gzip")
+    for coding in ("br", "zstd", "deflate"):
+        encoded = compress_bytes(json.dumps(NetworkGoneError().to_dict()).encode(), coding)
+        assert error_contract_violation(document, "GET", path, 404, encoded, coding)
+    # A body a client has decoded already, its header left on: read as it is.
+    assert error_contract_violation(document, "GET", path, 404, body[:0] + gone_json(), "br")
+    with pytest.raises(UndocumentedErrorCode, match="Content-Encoding: compress"):
+        error_contract_violation(document, "GET", path, 404, b"\x1f\x9d", "compress")
+
+
+def test_the_checking_client_fails_the_request_that_breaks_the_contract() -> None:
+    client = documented_errors_client(make_app())
+    assert client.get("/networks/abc").status_code == 404
+    with pytest.raises(UndocumentedErrorCode, match="NETWORK_GONE"):
+        client.get("/networks/gone")
+
+
+def test_a_requests_response_from_a_served_app_is_checked_too() -> None:
+    app = make_app()
+    response = requests.Response()
+    response.status_code = 409
+    response._content = json.dumps(ConflictError("taken").to_dict()).encode()
+    response.headers["Content-Type"] = "application/json"
+    response.request = requests.Request("POST", "http://127.0.0.1:5000/networks").prepare()
+    with pytest.raises(UndocumentedErrorCode, match="POST /networks answered 409"):
+        assert_documented_error(app, response)
+    response.request = requests.Request("POST", "http://127.0.0.1:5000/elsewhere").prepare()
+    assert_documented_error(app, response)
+
+
+def test_an_app_without_openapi_is_a_clear_error() -> None:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    with pytest.raises(RuntimeError, match="no OpenAPI"):
+        assert_documented_error(app, app.test_client().get("/"))
+
+
+# ------------------------------------------------------------------ schemathesis
+
+
+@pytest.fixture(scope="module")
+def cases() -> st.SearchStrategy[Case[Any]]:
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", make_app())
+    strategies: list[st.SearchStrategy[Case[Any]]] = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
+        strategies.append(result.ok().as_strategy())
+    return st.one_of(strategies)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(data=st.data())
+def test_schemathesis_check_fails_exactly_on_the_undocumented_codes(
+    cases: st.SearchStrategy[Case[Any]], data: st.DataObject
+) -> None:
+    case = data.draw(cases)
+    response = case.call()
+    undocumented = response.status_code == 409 or b"NETWORK_GONE" in response.content
+    if undocumented:
+        with pytest.raises(FailureGroup) as failure:
+            case.validate_response(response, checks=[undocumented_error_codes])
+        message = failure_text(failure.value)
+        assert "NETWORK_GONE" in message or "'CONFLICT'" in message, message
+        assert "Declare the error on the view" in message
+    else:
+        case.validate_response(response, checks=[undocumented_error_codes])
+
+
+def failure_text(group: FailureGroup) -> str:
+    return "\n".join(str(failure) for failure in group.exceptions)
+
+
+def test_schemathesis_finds_the_undocumented_code_by_itself() -> None:
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", make_app())
+    operation = schema["/networks/{network_id}"]["GET"]
+    case = operation.Case(path_parameters={"network_id": "gone"})
+    with pytest.raises(FailureGroup) as failure:
+        case.call_and_validate(checks=[undocumented_error_codes])
+    assert "'NETWORK_GONE'" in failure_text(failure.value)
+    fine = operation.Case(path_parameters={"network_id": "abc"})
+    fine.call_and_validate(checks=[undocumented_error_codes])
+
+
+def test_register_schemathesis_check_adds_it_to_every_run() -> None:
+    try:
+        registered = register_schemathesis_check()
+        assert registered is undocumented_error_codes
+        assert "undocumented_error_codes" in CHECKS.get_all_names()
+    finally:
+        CHECKS.unregister("undocumented_error_codes")
