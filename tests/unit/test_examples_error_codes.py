@@ -17,35 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemathesis import Case, GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.core.result import Ok
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis import Case
 
 from examples.grn_service import NetworkStore
 from examples.grn_service import create_app as create_grn_app
 from examples.qualitative_service import create_app as create_qualitative_app
-from gennet_sync.testing import documented_errors_client, undocumented_error_codes
+from gennet_sync.testing import documented_errors_client
+from tests.support.api_cases import CASE_CHECKS, operation_cases
 
-CHECKS = [undocumented_error_codes, not_a_server_error, response_schema_conformance]
 TOGGLE = {
     "name": "toggle",
     "nodes": ["x", "y"],
     "edges": [{"source": "x", "target": "y", "sign": -1}],
 }
-
-
-def all_cases(app: Flask) -> st.SearchStrategy[Case[Any]]:
-    schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
-    strategies: list[st.SearchStrategy[Case[Any]]] = []
-    for result in schema.get_all_operations():
-        assert isinstance(result, Ok), result
-        strategies.extend(result.ok().as_strategy(mode) for mode in GenerationMode)
-    return st.one_of(strategies)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +56,7 @@ def test_schemathesis_finds_no_undocumented_code_in_the_grn_service(
     # its schema check (gennet_sync's check does: tests/unit/test_testing.py).
     response = case.call(headers={"Accept-Encoding": "identity"})
     statuses[response.status_code] += 1
-    case.validate_response(response, checks=CHECKS)
+    case.validate_response(response, checks=CASE_CHECKS)
 
 
 _STRATEGIES: dict[int, st.SearchStrategy[Case[Any]]] = {}
@@ -78,7 +65,7 @@ _STRATEGIES: dict[int, st.SearchStrategy[Case[Any]]] = {}
 def cases_of(app: Flask) -> st.SearchStrategy[Case[Any]]:
     # Built once per app, not per example: loading the document would dominate the run.
     if id(app) not in _STRATEGIES:
-        _STRATEGIES[id(app)] = all_cases(app)
+        _STRATEGIES[id(app)] = operation_cases(app)
     return _STRATEGIES[id(app)]
 
 
@@ -101,7 +88,7 @@ def test_schemathesis_finds_no_undocumented_code_in_the_qualitative_service(
 ) -> None:
     case = data.draw(cases_of(qualitative_app))
     response = case.call()
-    case.validate_response(response, checks=CHECKS)
+    case.validate_response(response, checks=CASE_CHECKS)
 
 
 def test_the_grn_services_known_errors_are_documented(tmp_path: Path) -> None:

@@ -17,9 +17,8 @@ import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemathesis import Case
+from schemathesis import Case, GenerationMode
 from schemathesis.checks import CHECKS
-from schemathesis.core.result import Ok
 from schemathesis.errors import FailureGroup
 
 from gennet_sync import (
@@ -41,6 +40,7 @@ from gennet_sync.testing import (
     register_schemathesis_check,
     undocumented_error_codes,
 )
+from tests.support.api_cases import operation_cases
 
 
 class NetworkGoneError(GenNetException):
@@ -179,12 +179,7 @@ def test_an_app_without_openapi_is_a_clear_error() -> None:
 
 @pytest.fixture(scope="module")
 def cases() -> st.SearchStrategy[Case[Any]]:
-    schema = schemathesis.openapi.from_wsgi("/openapi.json", make_app())
-    strategies: list[st.SearchStrategy[Case[Any]]] = []
-    for result in schema.get_all_operations():
-        assert isinstance(result, Ok), result
-        strategies.append(result.ok().as_strategy())
-    return st.one_of(strategies)
+    return operation_cases(make_app(), [GenerationMode.POSITIVE])
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
