@@ -15,12 +15,13 @@ catalogue is first asked for, and cached with it.
 
 from __future__ import annotations
 
-import html
+import functools
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
 from flask import Flask
 from werkzeug.exceptions import (
     BadRequest,
@@ -479,10 +480,17 @@ class ErrorCatalogue:
             docs_url: The Swagger UI page to link to (each operation links to its entry).
             json_url: The JSON form of the catalogue, linked from the page.
         """
-        return "".join(_html_page(self.title, self._sorted(), docs_url, json_url))
+        return _html_page(self.title, self._sorted(), docs_url, json_url)
 
 
-_PAGE_STYLE = """
+# Rendered with Jinja (Flask's own template engine), autoescaping every value: codes,
+# descriptions and titles come from the app's classes and settings, not from us.
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{{ title }} — error codes</title>
+<style>
 body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:64rem;padding:1rem 1.5rem;
 color:#1b1f23}
 h1{font-size:1.6rem}h2{font-size:1.15rem;margin:0}
@@ -496,82 +504,95 @@ border-radius:4px;padding:0 .3rem;text-align:center;margin-right:.5rem}
 code,pre{font-family:ui-monospace,monospace;font-size:13px}
 pre{background:#f6f8fa;padding:.6rem;overflow:auto}
 .muted{color:#57606a}
+</style>
+</head>
+<body>
+<h1>{{ title }}: error codes</h1>
+<nav>
+{%- if docs_url %}<a href="{{ docs_url }}">API docs</a>{% endif -%}
+{%- if json_url %}<a href="{{ json_url }}">This catalogue as JSON</a>{% endif -%}
+</nav>
+<p>Every error answer is the JSON envelope
+<code>{"error": {"code", "type", "message", "metadata"}}</code>.
+Clients should branch on <code>code</code>.</p>
+<table id="summary"><tr><th>status</th><th>code</th><th>description</th></tr>
+{% for row in rows -%}
+<tr><td>{{ row.entry.status }}</td><td><a href="#{{ row.anchor }}"><code>{{ row.entry.code }}</code>
+</a></td><td>{{ row.entry.description }}</td></tr>
+{% endfor -%}
+</table>
+{% for row in rows -%}
+<section id="{{ row.anchor }}" class="error">
+<h2><span class="status{{ ' s5' if row.entry.status >= 500 }}">{{ row.entry.status }}</span>
+<code class="code">{{ row.entry.code }}</code></h2>
+<p>{{ row.entry.description }}</p>
+<p class="muted">type: {{ row.entry.types | join(", ") }}
+{%- if row.entry.retry_after %}; may carry Retry-After{% endif %}</p>
+{% if row.fields -%}
+<table><tr><th>metadata key</th><th>type</th><th>always</th><th>meaning</th></tr>
+{% for field in row.fields -%}
+<tr><td><code>{{ field.name }}</code></td><td>{{ field.type }}</td>
+<td>{{ "yes" if field.required else "no" }}</td><td>{{ field.description }}</td></tr>
+{% endfor -%}
+</table>
+{% endif -%}
+<pre>{{ row.example }}</pre>
+{% if row.any_request %}<p>Any request may get it.</p>
+{% endif -%}
+{% if row.operations -%}
+<ul class="operations">
+{% for op in row.operations -%}
+<li>{% if op.link %}<a href="{{ op.link }}"><code>{{ op.label }}</code></a>
+{%- else %}<code>{{ op.label }}</code>{% endif %}</li>
+{% endfor -%}
+</ul>
+{% elif not row.any_request -%}
+<p class="muted">Declared by no operation.</p>
+{% endif -%}
+</section>
+{% endfor -%}
+</body>
+</html>
 """
 
 
-def _html_page(
-    title: str, rows: Sequence[_Row], docs_url: str | None, json_url: str | None
-) -> Iterator[str]:
-    esc = html.escape
-    yield (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{esc(title)} — error codes</title>\n"
-        f"<style>{_PAGE_STYLE}</style>\n</head>\n<body>\n"
-    )
-    yield f"<h1>{esc(title)}: error codes</h1>\n<nav>"
-    if docs_url:
-        yield f'<a href="{esc(docs_url)}">API docs</a>'
-    if json_url:
-        yield f'<a href="{esc(json_url)}">This catalogue as JSON</a>'
-    yield (
-        "</nav>\n<p>Every error answer is the JSON envelope "
-        "<code>{&quot;error&quot;: {&quot;code&quot;, &quot;type&quot;, &quot;message&quot;, "
-        "&quot;metadata&quot;}}</code>. Clients should branch on <code>code</code>.</p>\n"
-    )
-    yield '<table id="summary"><tr><th>status</th><th>code</th><th>description</th></tr>\n'
+@functools.cache
+def _page_template() -> jinja2.Template:
+    return jinja2.Environment(autoescape=True, keep_trailing_newline=True).from_string(_PAGE)
+
+
+def _html_page(title: str, rows: Sequence[_Row], docs_url: str | None, json_url: str | None) -> str:
+    view = []
     for row in rows:
         entry = row.entry
-        anchor = esc(_anchor(entry))
-        yield (
-            f'<tr><td>{entry.status}</td><td><a href="#{anchor}"><code>{esc(entry.code)}</code>'
-            f"</a></td><td>{esc(entry.description)}</td></tr>\n"
-        )
-    yield "</table>\n"
-    for row in rows:
-        yield from _html_entry(row, docs_url)
-    yield "</body>\n</html>\n"
-
-
-def _anchor(entry: ErrorEntry) -> str:
-    return f"{entry.code}-{entry.status}"
-
-
-def _html_entry(row: _Row, docs_url: str | None) -> Iterator[str]:
-    esc = html.escape
-    entry = row.entry
-    server = " s5" if entry.status >= 500 else ""
-    yield (
-        f'<section id="{esc(_anchor(entry))}" class="error">\n'
-        f'<h2><span class="status{server}">{entry.status}</span>'
-        f'<code class="code">{esc(entry.code)}</code></h2>\n'
-        f"<p>{esc(entry.description)}</p>\n"
-        f'<p class="muted">type: {esc(", ".join(entry.types))}'
-        f"{'; may carry Retry-After' if entry.retry_after else ''}</p>\n"
-    )
-    if entry.metadata:
-        yield "<table><tr><th>metadata key</th><th>type</th><th>always</th><th>meaning</th></tr>\n"
+        fields = []
         for name, spec in entry.metadata.items():
             kind = field_schema(spec).get("type", "any")
-            kind_text = " | ".join(kind) if isinstance(kind, list) else str(kind)
-            always = "yes" if spec.required else "no"
-            yield (
-                f"<tr><td><code>{esc(name)}</code></td><td>{esc(kind_text)}</td>"
-                f"<td>{always}</td><td>{esc(spec.description)}</td></tr>\n"
+            fields.append(
+                {
+                    "name": name,
+                    "type": " | ".join(kind) if isinstance(kind, list) else str(kind),
+                    "required": spec.required,
+                    "description": spec.description,
+                }
             )
-        yield "</table>\n"
-    yield f"<pre>{esc(json.dumps(entry.example, indent=2, ensure_ascii=False))}</pre>\n"
-    if row.any_request:
-        yield "<p>Any request may get it.</p>\n"
-    if row.operations:
-        yield '<ul class="operations">\n'
-        for op in row.operations:
-            label = f"{op.method} {op.path}"
-            if docs_url:
-                link = f"{docs_url}#/{op.tag or 'default'}/{op.operation_id}"
-                yield f'<li><a href="{esc(link)}"><code>{esc(label)}</code></a></li>\n'
-            else:
-                yield f"<li><code>{esc(label)}</code></li>\n"
-        yield "</ul>\n"
-    elif not row.any_request:
-        yield '<p class="muted">Declared by no operation.</p>\n'
-    yield "</section>\n"
+        operations = [
+            {
+                "label": f"{op.method} {op.path}",
+                "link": f"{docs_url}#/{op.tag or 'default'}/{op.operation_id}"
+                if docs_url
+                else None,
+            }
+            for op in row.operations
+        ]
+        view.append(
+            {
+                "entry": entry,
+                "anchor": f"{entry.code}-{entry.status}",
+                "fields": fields,
+                "example": json.dumps(entry.example, indent=2, ensure_ascii=False),
+                "any_request": row.any_request,
+                "operations": operations,
+            }
+        )
+    return _page_template().render(title=title, rows=view, docs_url=docs_url, json_url=json_url)
