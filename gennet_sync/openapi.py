@@ -733,7 +733,8 @@ class OpenAPI:
             anywhere.append(_UNKNOWN_VERSION)
         catalogue.add(anywhere, any_request=True)
         for cls in app_error_classes(app):
-            catalogue.add(error_entries(cls))
+            if isinstance(cls.code, str) and 400 <= cls.status_code <= 599:
+                catalogue.add(error_entries(cls))  # not a base class with a 3xx or no code
         return catalogue
 
     @staticmethod
@@ -829,6 +830,10 @@ class OpenAPI:
 
     def _serve_errors(self) -> Response:
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        shadowed = self._app_route_at_errors_url(app)
+        if shadowed is not None:
+            # The app has a route of its own there, added after OpenAPI: it keeps it.
+            return app.make_response(app.ensure_sync(app.view_functions[shadowed])())
         wanted = request.args.get("format")
         if wanted not in (None, "json", "html"):
             raise ValidationError(
@@ -857,6 +862,31 @@ class OpenAPI:
         response.vary.add("Accept")
         return response
 
+    def _app_route_at_errors_url(self, app: Flask) -> str | None:
+        """The endpoint of an app route at ``errors_url`` other than ours, if any."""
+        cache = self._cache(app)
+        key = (_CATALOGUE_KEY, "shadowed")
+        if key not in cache:
+            cache[key] = next(
+                (
+                    rule.endpoint
+                    for rule in app.url_map.iter_rules()
+                    if rule.rule == self.errors_url
+                    and rule.endpoint != "gennet_errors"
+                    and "GET" in (rule.methods or ())
+                ),
+                None,
+            )
+            if cache[key] is not None:
+                logger.warning(
+                    "gennet_sync.openapi: %s is the app's own route (%s): the error catalogue "
+                    "is not served; pass OpenAPI(errors_url=...) to serve it elsewhere",
+                    self.errors_url,
+                    cache[key],
+                )
+        endpoint: str | None = cache[key]
+        return endpoint
+
     def _serve_docs(self) -> Response:
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
         spec_url = f"{request.script_root}{self.spec_url}"
@@ -872,7 +902,11 @@ class OpenAPI:
         # Escape "</" so no value can close the <script> element early.
         config_js = json.dumps(config).replace("</", "<\\/")
         errors_link = ""
-        if self.errors_url is not None and "gennet_errors" in app.view_functions:
+        if (
+            self.errors_url is not None
+            and "gennet_errors" in app.view_functions
+            and self._app_route_at_errors_url(app) is None
+        ):
             href = html.escape(f"{request.script_root}{self.errors_url}")
             errors_link = _ERRORS_LINK.format(href=href)
         page = _DOCS_PAGE.format(

@@ -65,6 +65,12 @@ class NeverDeclaredError(GenNetException):
     code = "TEAPOT"
 
 
+class RedirectingBase(GenNetException):
+    """An app's base class that is no error of its own: left out of the catalogue."""
+
+    status_code = 303
+
+
 class DatabaseBusyError(ServiceUnavailableError):
     code = "DATABASE_BUSY"
     metadata_fields: ClassVar[dict[str, MetadataField]] = {
@@ -337,6 +343,7 @@ def test_catalogue_lists_every_code_with_its_operations() -> None:
     assert "traceback" in crash["metadata"]
     assert len(crash["operations"]) == 5
     # A subclass defined in the app's package joins without being declared.
+    assert not [entry for entry in catalogue["errors"] if entry["status"] < 400]
     teapot = by_key[(418, "TEAPOT")]
     assert teapot["operations"] == []
     assert teapot["description"] == "Defined by the app, raised by no documented view."
@@ -473,3 +480,24 @@ def test_validation_error_class_and_marshmallow_share_the_422() -> None:
     assert "fields" in schema.metadata
     (merged,) = merge_entries([*error_entries(ValidationError), schema])
     assert set(merged.metadata) == {"field", "errors", "fields", "fields_omitted"}
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_an_apps_own_route_at_errors_keeps_answering(
+    before: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    if before:
+        app.add_url_rule("/errors", "errors", lambda: "the app's own")
+        OpenAPI(app)
+    else:  # OpenAPI set up first: its rule comes first in the URL map
+        OpenAPI(app)
+        app.add_url_rule("/errors", "errors", lambda: "the app's own")
+    client = app.test_client()
+    assert client.get("/errors").text == "the app's own"
+    assert client.get("/errors", headers={"Accept": "text/html"}).text == "the app's own"
+    assert '<a href="/errors">' not in client.get("/docs").text
+    assert "/errors" in document_of(app)["paths"]  # documented as the app's operation
+    if not before:
+        assert "errors_url" in caplog.text
