@@ -572,7 +572,7 @@ class OpenAPI:
                     self._serve_version_spec,
                 )
         if self.errors_url is not None:
-            app.add_url_rule(self.errors_url, "gennet_errors", self._serve_errors)
+            _add_catalogue_rule(app, self.errors_url, self._serve_errors)
         if self.docs_url is not None and _swagger_ui_dir() is not None:
             app.add_url_rule(self.docs_url, "gennet_docs", self._serve_docs)
             app.add_url_rule(
@@ -830,10 +830,6 @@ class OpenAPI:
 
     def _serve_errors(self) -> Response:
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-        shadowed = self._app_route_at_errors_url(app)
-        if shadowed is not None:
-            # The app has a route of its own there, added after OpenAPI: it keeps it.
-            return app.make_response(app.ensure_sync(app.view_functions[shadowed])())
         wanted = request.args.get("format")
         if wanted not in (None, "json", "html"):
             raise ValidationError(
@@ -864,28 +860,10 @@ class OpenAPI:
 
     def _app_route_at_errors_url(self, app: Flask) -> str | None:
         """The endpoint of an app route at ``errors_url`` other than ours, if any."""
-        cache = self._cache(app)
-        key = (_CATALOGUE_KEY, "shadowed")
-        if key not in cache:
-            cache[key] = next(
-                (
-                    rule.endpoint
-                    for rule in app.url_map.iter_rules()
-                    if rule.rule == self.errors_url
-                    and rule.endpoint != "gennet_errors"
-                    and "GET" in (rule.methods or ())
-                ),
-                None,
-            )
-            if cache[key] is not None:
-                logger.warning(
-                    "gennet_sync.openapi: %s is the app's own route (%s): the error catalogue "
-                    "is not served; pass OpenAPI(errors_url=...) to serve it elsewhere",
-                    self.errors_url,
-                    cache[key],
-                )
-        endpoint: str | None = cache[key]
-        return endpoint
+        for rule in app.url_map.iter_rules("gennet_errors"):
+            if isinstance(rule, _CatalogueRuleMixin):
+                return rule.shadowed_by
+        return None
 
     def _serve_docs(self) -> Response:
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -925,6 +903,84 @@ class OpenAPI:
 
 
 _CATALOGUE_KEY = "gennet_error_catalogue"
+
+
+class _CatalogueRuleMixin:
+    """The catalogue's URL rule: it steps aside for a GET route of the app's own at its path.
+
+    Werkzeug tries the rules of one path in the order they were added, so a
+    route the app adds at ``/errors`` after OpenAPI would never be reached.
+    Matching reads ``methods``: once the URL map holds another rule with the
+    same path answering GET, this rule answers no method and werkzeug routes the
+    request to the app's rule, with that rule's blueprint hooks, as if the
+    catalogue were not there.  The decision is made again only when rules are
+    added (Flask forbids that after the first request), so routing costs
+    nothing more.
+    """
+
+    map: Any
+    rule: str
+    endpoint: str
+    _gennet_methods: set[str] | None
+    _gennet_rule_count = -1
+    _gennet_shadowed_by: str | None = None
+
+    @property
+    def methods(self) -> set[str] | None:
+        if self.map is not None and self._shadowed() is not None:
+            return set()
+        return self._gennet_methods
+
+    @methods.setter
+    def methods(self, value: set[str] | None) -> None:
+        self._gennet_methods = value
+
+    @property
+    def shadowed_by(self) -> str | None:
+        """The endpoint of the app's own GET route at this path, if there is one."""
+        return self._shadowed() if self.map is not None else None
+
+    def _shadowed(self) -> str | None:
+        # The map only grows: its size says whether a rule was added since.
+        count = len(self.map._rules)
+        if count != self._gennet_rule_count:
+            self._gennet_rule_count = count
+            found = next(
+                (
+                    other.endpoint
+                    for other in self.map.iter_rules()
+                    if other is not self
+                    and other.rule == self.rule
+                    and "GET" in (other.methods or ("GET",))
+                ),
+                None,
+            )
+            if found is not None and self._gennet_shadowed_by is None:
+                logger.warning(
+                    "gennet_sync.openapi: %s is the app's own route (%s): the error catalogue "
+                    "is not served there; pass OpenAPI(errors_url=...) to serve it elsewhere",
+                    self.rule,
+                    found,
+                )
+            self._gennet_shadowed_by = found
+        return self._gennet_shadowed_by
+
+
+def _add_catalogue_rule(app: Flask, path: str, view: Callable[[], Response]) -> None:
+    """Add the catalogue's route as ``app.add_url_rule`` would, with a rule that steps aside."""
+    base = app.url_rule_class
+    rule_class: type[Rule] = type("CatalogueRule", (_CatalogueRuleMixin, base), {})
+    had_own = "url_rule_class" in vars(app)
+    app.url_rule_class = rule_class
+    try:
+        app.add_url_rule(path, "gennet_errors", view)
+    finally:
+        if had_own:
+            app.url_rule_class = base
+        else:
+            del app.url_rule_class
+
+
 _ERRORS_LINK = (
     '<nav class="gennet-errors" style="font:14px sans-serif;padding:8px 20px">'
     '<a href="{href}">Error codes: every code this API returns</a></nav>\n'

@@ -501,3 +501,44 @@ def test_an_apps_own_route_at_errors_keeps_answering(
     assert "/errors" in document_of(app)["paths"]  # documented as the app's operation
     if not before:
         assert "errors_url" in caplog.text
+
+
+def test_an_apps_own_errors_route_runs_its_blueprints_hooks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A guarded /errors added after OpenAPI: Flask routes to it as to any view,
+    # so the blueprint's before_request still refuses a request without a token.
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    OpenAPI(app)
+    admin = Blueprint("admin", __name__)
+
+    @admin.before_request
+    def need_token() -> None:
+        if request.headers.get("X-Admin") != "secret":
+            raise UnauthorizedError()
+
+    @admin.get("/errors")
+    def error_log() -> dict[str, Any]:
+        return {"secret": ["user 42 failed login"]}
+
+    app.register_blueprint(admin)
+    client = app.test_client()
+    refused = client.get("/errors")
+    assert refused.status_code == 401
+    assert json_of(refused)["error"]["code"] == "UNAUTHORIZED"
+    assert client.get("/errors", headers={"X-Admin": "secret"}).get_json() == {
+        "secret": ["user 42 failed login"]
+    }
+    assert client.head("/errors").status_code == 401
+    assert caplog.text.count("errors_url=") == 1  # warned once
+
+
+def test_an_apps_post_only_errors_route_leaves_get_to_the_catalogue() -> None:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    OpenAPI(app)
+    app.add_url_rule("/errors", "report", lambda: "reported", methods=["POST"])
+    client = app.test_client()
+    assert client.post("/errors").text == "reported"
+    assert "errors" in json_of(client.get("/errors"))
