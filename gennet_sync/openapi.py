@@ -720,7 +720,22 @@ class OpenAPI:
         for path, operations in by_path.items():
             spec.path(path=path, operations=operations)
         document: dict[str, Any] = spec.to_dict()
+        # For checks that read only the document (schemathesis against a service
+        # elsewhere): what a request no operation serves can get, 405 included.
+        anywhere: dict[str, list[str]] = {}
+        for entry in merge_entries(self._any_request_errors(app)):
+            anywhere.setdefault(str(entry.status), []).append(entry.code)
+        document[_ANY_REQUEST_EXTENSION] = anywhere
         return document
+
+    def _any_request_errors(self, app: Flask) -> list[ErrorEntry]:
+        """The errors a request can get whatever its URL and method."""
+        anywhere = [ROUTING_NOT_FOUND, METHOD_NOT_ALLOWED, CRASH]
+        if self._versions(app):
+            anywhere.append(_UNKNOWN_VERSION)
+        if "compression" in app_state(app).features:
+            anywhere.extend(_DECODING_ERRORS)
+        return anywhere
 
     def _build_catalogue(self, app: Flask) -> ErrorCatalogue:
         catalogue = ErrorCatalogue(self.title)
@@ -728,10 +743,7 @@ class OpenAPI:
             tags = op.operation.get("tags") or [None]
             ref = OperationRef(op.method, op.path, op.operation["operationId"], tags[0])
             catalogue.add(op.errors, ref)
-        anywhere = [ROUTING_NOT_FOUND, METHOD_NOT_ALLOWED, CRASH]
-        if self._versions(app):
-            anywhere.append(_UNKNOWN_VERSION)
-        catalogue.add(anywhere, any_request=True)
+        catalogue.add(self._any_request_errors(app), any_request=True)
         for cls in app_error_classes(app):
             if isinstance(cls.code, str) and 400 <= cls.status_code <= 599:
                 catalogue.add(error_entries(cls))  # not a base class with a 3xx or no code
@@ -759,9 +771,8 @@ class OpenAPI:
         docstring = (view.__doc__ or "").strip()
         first_line, _, rest = docstring.partition("\n")
         blueprint = rule.endpoint.rsplit(".", 1)[0] if "." in rule.endpoint else None
-        body_limit = bool(app.config.get("MAX_CONTENT_LENGTH")) or (
-            "compression" in app_state(app).features
-        )
+        decodes = "compression" in app_state(app).features
+        body_limit = bool(app.config.get("MAX_CONTENT_LENGTH")) or decodes
         planned: list[_Operation] = []
         for method in methods:
             operation_id = (
@@ -814,6 +825,9 @@ class OpenAPI:
             if record.calls:
                 errors.extend(SERVICE_CALL_ERRORS)
             errors.extend(STANDARD_STATUSES[500])
+            if decodes:
+                # Compression decodes any request's body, a GET's too, before the view.
+                errors.extend(_DECODING_ERRORS)
             planned.append(
                 _Operation(path, method, operation, merge_entries(errors), dict(record.extra))
             )
@@ -903,6 +917,10 @@ class OpenAPI:
 
 
 _CATALOGUE_KEY = "gennet_error_catalogue"
+#: The document's top-level field listing, per status, the codes any request can get.
+_ANY_REQUEST_EXTENSION = "x-error-codes-any-request"
+#: What Compression answers when it cannot decode a request body.
+_DECODING_ERRORS = (BAD_REQUEST, UNSUPPORTED_MEDIA_TYPE, TOO_LARGE)
 
 
 class _CatalogueRuleMixin:

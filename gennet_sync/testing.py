@@ -37,14 +37,16 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
 from gennet_sync.compression import _decoding_errors, _new_decoder
+from gennet_sync.error_catalogue import CRASH, METHOD_NOT_ALLOWED, ROUTING_NOT_FOUND
 from gennet_sync.error_handler import app_state
-from gennet_sync.openapi import OpenAPI, _openapi_path
+from gennet_sync.openapi import _ANY_REQUEST_EXTENSION, OpenAPI, _openapi_path
 
 if TYPE_CHECKING:
     from werkzeug.test import TestResponse
 
 __all__ = [
     "UndocumentedErrorCode",
+    "any_request_error_codes",
     "assert_documented_error",
     "documented_error_codes",
     "documented_errors_client",
@@ -188,7 +190,42 @@ def error_contract_violation(
     envelope = _envelope(body, content_encoding)
     if envelope is None:
         return None
-    where = f"{method.upper()} {path}"
+    return _violation(f"{method.upper()} {path}", documented, status, envelope)
+
+
+def any_request_error_codes(document: Mapping[str, Any]) -> dict[str, frozenset[str] | None]:
+    """The error statuses, each with its codes, that any request can get.
+
+    A request that no operation serves (a method the URL does not have, an
+    unknown URL) can get these: routing's 404 and 405, a crash's 500, and with
+    Compression the 400, 413 and 415 of a body it cannot decode.
+
+    Args:
+        document: An OpenAPI document; :class:`~gennet_sync.openapi.OpenAPI`
+            lists these under ``x-error-codes-any-request``.  A document without
+            that field gets routing's and a crash's codes.
+
+    Returns:
+        ``{"405": frozenset({"METHOD_NOT_ALLOWED"}), ...}``.
+    """
+    listed = document.get(_ANY_REQUEST_EXTENSION)
+    if not isinstance(listed, Mapping):
+        listed = {
+            str(entry.status): [entry.code]
+            for entry in (ROUTING_NOT_FOUND, METHOD_NOT_ALLOWED, CRASH)
+        }
+    return {
+        str(status).upper(): frozenset(map(str, codes)) if isinstance(codes, list) else None
+        for status, codes in listed.items()
+    }
+
+
+def _violation(
+    where: str,
+    documented: Mapping[str, frozenset[str] | None],
+    status: int,
+    envelope: _Envelope,
+) -> str | None:
     key = str(status)
     for candidate in (key, f"{key[0]}XX", "DEFAULT"):
         if candidate in documented:
@@ -338,19 +375,27 @@ def undocumented_error_codes(ctx: Any, response: Any, case: Any) -> bool | None:
     """
     __tracebackhide__ = True
     operation = case.operation
-    if str(operation.method).upper() == "HEAD":
+    # The method actually sent: schemathesis also probes methods the operation
+    # does not have (TRACE for a GET), and those are not the operation's answers.
+    sent = getattr(getattr(response, "request", None), "method", None)
+    method = str(sent or operation.method).upper()
+    if method == "HEAD":
         return None
     document = operation.schema.raw_schema
     encodings = response.headers.get("content-encoding")
     encoding = encodings[0] if isinstance(encodings, list) and encodings else encodings
-    problem = error_contract_violation(
-        document,
-        str(operation.method),
-        str(operation.path),
-        int(response.status_code),
-        bytes(response.content or b""),
-        encoding if isinstance(encoding, str) else None,
-    )
+    encoding = encoding if isinstance(encoding, str) else None
+    status = int(response.status_code)
+    body = bytes(response.content or b"")
+    if method != str(operation.method).upper():
+        envelope = _envelope(body, encoding) if status >= 400 else None
+        where = f"{method} {operation.path} (a method the operation does not have)"
+        anywhere = any_request_error_codes(document)
+        problem = None if envelope is None else _violation(where, anywhere, status, envelope)
+    else:
+        problem = error_contract_violation(
+            document, method, str(operation.path), status, body, encoding
+        )
     if problem is not None:
         raise UndocumentedErrorCode(problem)
     return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import requests
@@ -41,6 +41,10 @@ from gennet_sync.testing import (
     undocumented_error_codes,
 )
 from tests.support.api_cases import operation_cases
+
+# The documented schemathesis snippets run as a user runs them: a test module
+# of their own, collected by schemathesis's pytest plugin (in this process).
+pytest_plugins = ["pytester"]
 
 
 class NetworkGoneError(GenNetException):
@@ -88,6 +92,10 @@ def test_documented_codes_are_read_from_the_document() -> None:
     assert documented_error_codes(document, "GET", "/networks/{network_id}") == {
         "404": frozenset({"NOT_FOUND"}),
         "500": frozenset({"INTERNAL_SERVER_ERROR"}),
+        # Compression decodes a GET's body too.
+        "400": frozenset({"BAD_REQUEST"}),
+        "413": frozenset({"REQUEST_ENTITY_TOO_LARGE"}),
+        "415": frozenset({"UNSUPPORTED_MEDIA_TYPE"}),
     }
     assert documented_error_codes(document, "delete", "/networks/{network_id}") is None
     assert documented_error_codes(document, "get", "/nowhere") is None
@@ -122,6 +130,23 @@ def test_documented_answers_and_what_no_operation_serves_pass() -> None:
         client.get("/openapi.json"),
     ):
         assert_documented_error(app, response)
+
+
+def test_a_get_body_compression_cannot_decode_is_a_documented_error() -> None:
+    app = make_app()
+    client = documented_errors_client(app)
+    for headers, body in (
+        ({"Content-Encoding": "bogus"}, b"x"),
+        ({"Content-Encoding": "gzip"}, b"\x1f\x8bnot gzip"),
+    ):
+        # documented_errors_client raises if the GET does not document the answer.
+        assert client.get("/networks/abc", data=body, headers=headers).status_code == 400
+    anywhere = app.extensions["gennet_sync"].features["openapi"]["extension"].catalogue(app)
+    decoding = {
+        (row["status"], row["code"]) for row in anywhere.to_dict()["errors"] if row["any_request"]
+    }
+    assert {(400, "BAD_REQUEST"), (413, "REQUEST_ENTITY_TOO_LARGE")} <= decoding
+    assert (415, "UNSUPPORTED_MEDIA_TYPE") in decoding
 
 
 def gone_json() -> bytes:
@@ -213,6 +238,106 @@ def test_schemathesis_finds_the_undocumented_code_by_itself() -> None:
     assert "'NETWORK_GONE'" in failure_text(failure.value)
     fine = operation.Case(path_parameters={"network_id": "abc"})
     fine.call_and_validate(checks=[undocumented_error_codes])
+
+
+_SNIPPET_APP = """
+import schemathesis
+from flask import Flask
+from gennet_sync import ConflictError, NotFoundError, OpenAPI, doc, setup_error_handlers
+
+def create_app(undocumented):
+    app = Flask("svc")
+    setup_error_handlers(app)
+
+    @app.get("/things/<tid>")
+    @doc()
+    def thing(tid):
+        if undocumented:
+            raise ConflictError("409 is documented nowhere")
+        if tid != "1":
+            raise NotFoundError("Thing", tid)
+        return {"id": tid}
+
+    OpenAPI(app, title="svc", version="1")
+    return app
+
+schema = schemathesis.openapi.from_wsgi("/openapi.json", create_app(UNDOCUMENTED))
+"""
+_ADDITIONAL_CHECKS = """
+from gennet_sync.testing import undocumented_error_codes
+
+@schema.parametrize()
+def test_api(case):
+    case.call_and_validate(additional_checks=[undocumented_error_codes])
+"""
+_REGISTERED = """
+@schema.parametrize()
+def test_api(case):
+    case.call_and_validate()
+"""
+_REGISTERING_CONFTEST = """
+from gennet_sync.testing import register_schemathesis_check
+
+register_schemathesis_check()
+"""
+
+
+@pytest.mark.parametrize("way", ["additional_checks", "registered"])
+@pytest.mark.parametrize("undocumented", [False, True])
+def test_the_documented_schemathesis_snippets(
+    pytester: pytest.Pytester, way: str, undocumented: bool
+) -> None:
+    # schemathesis also sends methods an operation does not have (TRACE to a
+    # GET): their 405 is an error any request can get, not the operation's.
+    app = _SNIPPET_APP.replace("UNDOCUMENTED", str(undocumented))
+    if way == "registered":
+        pytester.makeconftest(_REGISTERING_CONFTEST)
+        pytester.makepyfile(test_api=app + _REGISTERED)
+    else:
+        pytester.makepyfile(test_api=app + _ADDITIONAL_CHECKS)
+    try:
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-q")
+    finally:
+        if "undocumented_error_codes" in CHECKS.get_all_names():
+            CHECKS.unregister("undocumented_error_codes")
+    output = result.stdout.str()
+    if undocumented:
+        result.assert_outcomes(failed=1)
+        assert "GET /things/{tid} answered 409 with code 'CONFLICT'" in output
+    else:
+        result.assert_outcomes(passed=1)
+    assert "a method the operation does not have" not in output
+
+
+def test_a_method_the_operation_does_not_have_is_judged_by_the_any_request_codes() -> None:
+    document = {
+        "paths": {"/things": {"get": {"responses": {"200": {"description": "ok"}}}}},
+        "x-error-codes-any-request": {"405": ["METHOD_NOT_ALLOWED"]},
+    }
+
+    class Sent:
+        method = "TRACE"
+
+    class Operation:
+        method = "GET"
+        path = "/things"
+        schema = type("Schema", (), {"raw_schema": document})
+
+    class Answer:
+        request = Sent()
+        headers: ClassVar[dict[str, Any]] = {}
+
+        def __init__(self, status: int, code: str) -> None:
+            self.status_code = status
+            self.content = json.dumps({"error": {"code": code, "type": "X"}}).encode()
+
+    case = type("CaseLike", (), {"operation": Operation()})()
+    assert undocumented_error_codes(None, Answer(405, "METHOD_NOT_ALLOWED"), case) is None
+    with pytest.raises(UndocumentedErrorCode, match=r"TRACE /things .*'CONFLICT'"):
+        undocumented_error_codes(None, Answer(409, "CONFLICT"), case)
+    with pytest.raises(UndocumentedErrorCode, match="GET /things answered 405"):
+        Sent.method = "GET"  # the operation's own method: its documented errors only
+        undocumented_error_codes(None, Answer(405, "METHOD_NOT_ALLOWED"), case)
 
 
 def test_register_schemathesis_check_adds_it_to_every_run() -> None:
