@@ -19,6 +19,7 @@ import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import jinja2
@@ -117,11 +118,30 @@ def _example(code: str, type_: str, message: str, fields: Mapping[str, MetadataF
     return make_envelope(code, type_, message, metadata)
 
 
+def _fallback_text(cls: type[GenNetException]) -> str:
+    """A description for a class that has neither ``description`` nor a docstring.
+
+    Its ``default_message``, unless that comes from a base with another status
+    (``GenNetException``'s "Internal server error" on a 404): then the status's
+    reason phrase ("Not Found").
+    """
+    status = int(cls.status_code)
+    for klass in cls.__mro__:
+        if "default_message" in klass.__dict__:
+            if int(getattr(klass, "status_code", status)) == status:
+                return str(cls.default_message)
+            break
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return str(cls.code)
+
+
 def _gennet_entry(cls: type[GenNetException]) -> ErrorEntry:
     code = str(cls.code)
     own = cls.__dict__.get("description")
     description = (
-        own if isinstance(own, str) and own else _first_line(cls.__doc__) or cls.default_message
+        own if isinstance(own, str) and own else _first_line(cls.__doc__) or _fallback_text(cls)
     )
     fields = _class_metadata(cls)
     return ErrorEntry(

@@ -43,6 +43,7 @@ import importlib
 import json
 import logging
 import re
+import secrets
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ from gennet_sync.exceptions import (
     MAX_METADATA_ITEMS,
     MAX_METADATA_VALUES,
     MAX_STRING_LENGTH,
+    GenNetException,
     MetadataField,
     NotFoundError,
     ValidationError,
@@ -610,12 +612,22 @@ class OpenAPI:
         shows as declared by no operation until one declares it.
 
         Returns:
-            The catalogue; built once and cached.
+            The catalogue; built once and cached, and built again when the
+            app's package has gained (or lost) exception classes since, as
+            when a module defining some is imported after the first request.
         """
         cache = self._cache(app)
-        catalogue = cache.get(_CATALOGUE_KEY)
-        if not isinstance(catalogue, ErrorCatalogue):
-            catalogue = cache[_CATALOGUE_KEY] = self._build_catalogue(app)
+        classes = app_error_classes(app)
+        # Weak references: the cache must not keep a class alive (one made in a
+        # test, say), or it would stay in the catalogue for good.
+        key = tuple(weakref.ref(cls) for cls in classes)
+        cached = cache.get(_CATALOGUE_KEY)
+        if isinstance(cached, tuple) and cached[0] == key:
+            catalogue: ErrorCatalogue = cached[1]
+            return catalogue
+        catalogue = self._build_catalogue(app, classes)
+        cache[_CATALOGUE_KEY] = (key, catalogue)
+        cache.pop(_PAGE_KEY, None)
         return catalogue
 
     def _cache(self, app: Flask) -> dict[Any, Any]:
@@ -737,14 +749,16 @@ class OpenAPI:
             anywhere.extend(_DECODING_ERRORS)
         return anywhere
 
-    def _build_catalogue(self, app: Flask) -> ErrorCatalogue:
+    def _build_catalogue(
+        self, app: Flask, classes: Sequence[type[GenNetException]]
+    ) -> ErrorCatalogue:
         catalogue = ErrorCatalogue(self.title)
         for op in self._plan(app, None):
             tags = op.operation.get("tags") or [None]
             ref = OperationRef(op.method, op.path, op.operation["operationId"], tags[0])
             catalogue.add(op.errors, ref)
         catalogue.add(self._any_request_errors(app), any_request=True)
-        for cls in app_error_classes(app):
+        for cls in classes:
             if isinstance(cls.code, str) and 400 <= cls.status_code <= 599:
                 catalogue.add(error_entries(cls))  # not a base class with a 3xx or no code
         return catalogue
@@ -859,16 +873,20 @@ class OpenAPI:
         if wanted == "json":
             response = jsonify(catalogue.to_dict())
         else:
-            root = request.script_root
+            # One rendering for every mount point: behind ProxyFix(x_prefix=1) the
+            # root comes from a request header, so a page cached per root would
+            # let clients grow the cache without bound.
             cache = self._cache(app)
-            key = (_CATALOGUE_KEY, "html", root)
-            page = cache.get(key)
+            page = cache.get(_PAGE_KEY)
             if not isinstance(page, str):
-                docs = f"{root}{self.docs_url}" if "gennet_docs" in app.view_functions else None
-                page = cache[key] = catalogue.to_html(
-                    docs_url=docs, json_url=f"{root}{self.errors_url}?format=json"
+                docs = (
+                    f"{_ROOT_MARK}{self.docs_url}" if "gennet_docs" in app.view_functions else None
                 )
-            response = Response(page, mimetype="text/html")
+                page = cache[_PAGE_KEY] = catalogue.to_html(
+                    docs_url=docs, json_url=f"{_ROOT_MARK}{self.errors_url}?format=json"
+                )
+            root = html.escape(request.script_root)
+            response = Response(page.replace(_ROOT_MARK, root), mimetype="text/html")
         response.vary.add("Accept")
         return response
 
@@ -917,6 +935,10 @@ class OpenAPI:
 
 
 _CATALOGUE_KEY = "gennet_error_catalogue"
+#: Stands for the request's script root in the cached catalogue page; random, so
+#: no text of the app's can contain it, and unchanged by HTML escaping.
+_ROOT_MARK = f"gennet-script-root-{secrets.token_hex(8)}"
+_PAGE_KEY = (_CATALOGUE_KEY, "html")
 #: The document's top-level field listing, per status, the codes any request can get.
 _ANY_REQUEST_EXTENSION = "x-error-codes-any-request"
 #: What Compression answers when it cannot decode a request body.

@@ -7,6 +7,7 @@ library's classes, an app's own subclasses and what a group of views declares.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from werkzeug.exceptions import BadGateway
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gennet_sync import (
     Compression,
@@ -445,6 +447,7 @@ def test_library_endpoints_stay_out_of_the_document_and_the_catalogue() -> None:
 
 
 def test_nothing_is_built_on_the_request_path() -> None:
+    gc.collect()  # classes earlier tests made, dying mid-test, would change the catalogue
     app = make_app()
     client = app.test_client()
     state = app.extensions["gennet_sync"].features["openapi"]
@@ -542,3 +545,63 @@ def test_an_apps_post_only_errors_route_leaves_get_to_the_catalogue() -> None:
     client = app.test_client()
     assert client.post("/errors").text == "reported"
     assert "errors" in json_of(client.get("/errors"))
+
+
+def test_the_catalogue_page_is_cached_once_whatever_the_mount_point() -> None:
+    # Behind ProxyFix(x_prefix=1) the root is a request header: each client-chosen
+    # prefix must not add a page to the cache.
+    app = make_app()
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_prefix=1)  # type: ignore[method-assign]
+    client = app.test_client()
+    state = app.extensions["gennet_sync"].features["openapi"]
+    client.get("/errors?format=html")
+    entries = len(state["cache"])
+    for number in range(200):
+        prefix = f"/p{number}"
+        page = client.get("/errors?format=html", headers={"X-Forwarded-Prefix": prefix}).text
+        assert f'href="{prefix}/errors?format=json"' in page
+        assert f'href="{prefix}/docs#/' in page
+    assert len(state["cache"]) == entries
+    hostile = client.get("/errors?format=html", headers={"X-Forwarded-Prefix": "/x<script>&'"}).text
+    assert "<script>" not in hostile
+    assert 'href="/x&lt;script&gt;&amp;&#x27;/errors?format=json"' in hostile
+    assert "gennet-script-root-" not in hostile
+    assert 'href="/errors?format=json"' in client.get("/errors?format=html").text
+
+
+def test_a_class_defined_after_the_first_request_joins_the_catalogue() -> None:
+    app = make_app()
+    client = app.test_client()
+    assert "LATE_ARRIVAL" not in client.get("/errors").text
+    assert "LATE_ARRIVAL" not in client.get("/errors?format=html").text
+
+    class LateArrivalError(ConflictError):  # as a module imported later would define it
+        """A module imported after the first request defines it."""
+
+        code = "LATE_ARRIVAL"
+
+    try:
+        assert "LATE_ARRIVAL" in client.get("/errors").text
+        assert "LATE_ARRIVAL" in client.get("/errors?format=html").text
+    finally:
+        del LateArrivalError
+        gc.collect()  # out of GenNetException's subclasses for the next tests
+    assert "LATE_ARRIVAL" not in client.get("/errors").text
+
+
+def test_a_class_without_description_or_docstring_reads_as_its_status() -> None:
+    class ArchivedError(GenNetException):
+        status_code = 410
+        code = "ARCHIVED"
+
+    class StaleLockError(ConflictError):
+        code = "STALE_LOCK"
+
+    try:
+        # GenNetException's "Internal server error" would misdescribe a 410.
+        assert error_entries(ArchivedError)[0].description == "Gone"
+        # A base of the same status still lends its message.
+        assert error_entries(StaleLockError)[0].description == ConflictError.default_message
+    finally:
+        del ArchivedError, StaleLockError
+        gc.collect()
