@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.support.browser import rendered_dom
+from tests.support.browser import rendered_dom, run_chromium
 from tests.support.openapi_app import make_versioned_app
 from tests.support.servers import serve_app
 
@@ -16,7 +16,7 @@ from tests.support.servers import serve_app
 def test_docs_render_operations_in_headless_chromium() -> None:
     app = make_versioned_app()
     with serve_app(app) as base_url:
-        dom = rendered_dom(f"{base_url}/docs")
+        dom = run_chromium(f"{base_url}/docs", "--dump-dom")
     assert "swagger-ui" in dom
     assert "Unable to render this definition" not in dom
     rendered_paths = set(re.findall(r'class="opblock-summary-path[^"]*" data-path="([^"]+)"', dom))
