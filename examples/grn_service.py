@@ -467,7 +467,12 @@ def _decode_cursor(cursor: str) -> int:
         ) from None
 
 
-@doc(body=NetworkCreateSchema, response=NetworkSchema, status=201, errors=(409, 413, 415))
+@doc(
+    body=NetworkCreateSchema,
+    response=NetworkSchema,
+    status=201,
+    errors=[ConflictError, ValidationError, ServiceUnavailableError],
+)
 def create_network() -> tuple[Response, int]:
     """Store a network.
 
@@ -488,13 +493,13 @@ def create_network() -> tuple[Response, int]:
     return jsonify(NetworkSchema().dump(network)), 201
 
 
-@doc(response=NetworkSchema)
+@doc(response=NetworkSchema, errors=[NotFoundError])
 def get_network(network_id: str) -> Response:
     """Fetch one network with its nodes and edges."""
     return jsonify(NetworkSchema().dump(_store().get(network_id)))
 
 
-@doc(status=204)
+@doc(status=204, errors=[NotFoundError, ServiceUnavailableError])
 def delete_network(network_id: str) -> tuple[str, int]:
     """Delete a network."""
     _store().delete(network_id)
@@ -508,7 +513,7 @@ def list_networks_v1() -> Response:
     return jsonify(NetworkSummarySchema(many=True).dump(summaries))
 
 
-@doc(response=NetworkPageSchema, query=PageQuerySchema, errors=(422,))
+@doc(response=NetworkPageSchema, query=PageQuerySchema, errors=[ValidationError])
 def list_networks_v2() -> Response:
     """List networks a page at a time.
 

@@ -51,7 +51,7 @@ from examples.boolnet import (
     UpdateScheme,
 )
 from examples.ctl import TEMPORAL_OPERATORS, CheckResult, Trace, check
-from gennet_sync import ValidationError, setup_error_handlers
+from gennet_sync import OpenAPI, ValidationError, doc, setup_error_handlers
 from gennet_sync.console import BreakerConsole
 from gennet_sync.health import Health
 
@@ -166,8 +166,13 @@ def result_to_json(network: BooleanNetwork, result: CheckResult) -> dict[str, An
     return body
 
 
+@doc(body=VerifyRequestSchema, errors=[ValidationError], tags=["ctl"])
 def verify() -> Response:
-    """``POST /ctl/verify``: model-check a formula on a network."""
+    """Model-check a CTL formula on a Boolean network.
+
+    A formula or rule that does not parse, an unknown node, more than 20 nodes or
+    a check longer than the time limit is a 422 whose metadata says where.
+    """
     data = VerifyRequestSchema().load(request.get_json())
     network = _build_network(data["network"]["nodes"], data["network"]["update"])
     initial = data["initial"] or {}
@@ -191,8 +196,9 @@ def verify() -> Response:
     return jsonify(result_to_json(network, result))
 
 
+@doc(tags=["health"])
 def health() -> Response:
-    """``GET /health``: the service is up."""
+    """Report that the service is up."""
     return jsonify({"status": "ok", "service": SERVICE_NAME})
 
 
@@ -212,7 +218,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             monotonic clock it is measured with.
 
     Returns:
-        The app, with the gennet_sync error envelope on every error.
+        The app, with the gennet_sync error envelope on every error, ``/docs``
+        and ``/errors``.
 
     Raises:
         ValueError: ``CTL_TIME_LIMIT`` is not a number of seconds >= 0.
@@ -232,4 +239,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/health", view_func=health, methods=["GET"])
     Health(app)
     BreakerConsole(app)
+    OpenAPI(app, title="Qualitative service", version="1.0.0")
     return app

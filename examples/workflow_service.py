@@ -45,7 +45,15 @@ from typing import Any, Final
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import BadGateway
 
-from gennet_sync import ServiceSession, ServiceUnavailableError, setup_error_handlers
+from examples.qualitative_service import VerifyRequestSchema
+from gennet_sync import (
+    OpenAPI,
+    ServiceSession,
+    ServiceUnavailableError,
+    ValidationError,
+    doc,
+    setup_error_handlers,
+)
 from gennet_sync.console import BreakerConsole
 from gennet_sync.health import Health
 
@@ -72,8 +80,17 @@ def qualitative_session() -> ServiceSession:
     return session
 
 
+@doc(
+    body=VerifyRequestSchema,
+    calls=[DEFAULTS["QUALITATIVE_SERVICE_NAME"]],
+    # The qualitative service's 422 comes back unchanged; BadGateway is raised below.
+    errors=[ValidationError, BadGateway],
+    tags=["workflows"],
+)
 def verify() -> Response:
-    """``POST /api/v1/workflows/verify``: the qualitative service's verdict.
+    """Verify a CTL formula through the qualitative service.
+
+    Its answer, or its error envelope, comes back unchanged.
 
     Raises:
         BadGateway: The qualitative service answered 2xx with a body that is not JSON.
@@ -106,8 +123,9 @@ def verify() -> Response:
     return jsonify(answer)
 
 
+@doc(tags=["workflows"])
 def breaker() -> Response:
-    """``GET /api/v1/workflows/breaker``: the breaker as this worker process sees it.
+    """Show the qualitative service's breaker as this worker process sees it.
 
     ``state`` is this process's view, which a worker refreshes from a shared
     storage when it next admits a call; ``shared_state`` is what the shared
@@ -132,8 +150,9 @@ def breaker() -> Response:
     )
 
 
+@doc(tags=["health"])
 def health() -> Response:
-    """``GET /health``: this service is up (whatever the state of its downstream)."""
+    """Report that this service is up, whatever the state of its downstream."""
     return jsonify({"status": "ok", "service": "workflow-service"})
 
 
@@ -182,4 +201,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.add_url_rule("/health", "health", health, methods=["GET"])
     Health(app)
     BreakerConsole(app)
+    OpenAPI(app, title="Workflow service", version="1.0.0")
     return app

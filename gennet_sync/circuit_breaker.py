@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from types import TracebackType
-from typing import Any, Final, Generic, TypeVar, Unpack, overload
+from typing import Any, ClassVar, Final, Generic, TypeVar, Unpack, overload
 
 from gennet_sync.breaker_policy import (
     TRANSITION_HISTORY,
@@ -49,7 +49,7 @@ from gennet_sync.breaker_policy import (
     make_window,
     rate_trip_reason,
 )
-from gennet_sync.exceptions import ServiceUnavailableError
+from gennet_sync.exceptions import MetadataField, ServiceUnavailableError
 from gennet_sync.fleet import (
     FORCED_OPEN_SHARED_SECONDS,
     TRIAL_LEASE_MARGIN,
@@ -171,6 +171,12 @@ class CircuitBreakerError(ServiceUnavailableError):
         metadata: Extra envelope metadata.
         code: Overrides the error code.
     """
+
+    # For the error catalogue: what a refusal's envelope says beyond a 503's.
+    description = "The service's circuit breaker refuses calls to a failing dependency"
+    metadata_fields: ClassVar[Mapping[str, MetadataField]] = {
+        "state": MetadataField(str, "The breaker's state: open or half_open", True, "open"),
+    }
 
     def __init__(
         self,

@@ -8,7 +8,10 @@ Every error a gennet_sync service returns has the same shape::
 
 Defaults (``status_code``, ``code``, ``default_message``) are class attributes, and
 the HTTP headers a response must carry come from one hook, :meth:`get_headers`,
-the way werkzeug's ``HTTPException`` does it.  This module imports nothing else from
+the way werkzeug's ``HTTPException`` does it.  So is what the error catalogue and
+the OpenAPI document say about a class: ``description`` (one line) and
+``metadata_fields`` (the keys its ``metadata`` carries, each a
+:class:`MetadataField`).  This module imports nothing else from
 the package, nor Flask, nor requests.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, TypeAlias
@@ -32,6 +36,7 @@ __all__ = [
     "ForbiddenError",
     "GenNetException",
     "InternalServerError",
+    "MetadataField",
     "NotFoundError",
     "RateLimitError",
     "RetryAfter",
@@ -207,17 +212,53 @@ def make_envelope(
     }
 
 
+@dataclass(frozen=True)
+class MetadataField:
+    """One key an error's ``metadata`` carries, as the error catalogue documents it.
+
+    Example::
+
+        class QuotaExceededError(GenNetException):
+            status_code = 429
+            code = "QUOTA_EXCEEDED"
+            description = "The account used up its monthly quota"
+            metadata_fields = {
+                "quota": MetadataField(int, "Requests allowed per month", required=True,
+                                       example=10_000),
+            }
+
+    Attributes:
+        type: The Python type of the value, or a tuple of them (``(int, float)``):
+            ``str``, ``int``, ``float``, ``bool``, ``list``, ``dict``, ``type(None)``,
+            or ``object`` for any JSON value.  The catalogue shows it as JSON Schema.
+        description: What the value means, in one line.
+        required: Every envelope of this class carries the key.
+        example: A value for the example envelope; ``None`` leaves the key out.
+    """
+
+    type: type | tuple[type, ...] = object
+    description: str = ""
+    required: bool = False
+    example: Any = None
+
+
 class GenNetException(Exception):
     """Base of every gennet_sync error; rendered as the JSON envelope.
 
     Subclasses set ``status_code``, ``code`` and ``default_message`` as class
-    attributes and add headers by overriding :meth:`get_headers`.
+    attributes and add headers by overriding :meth:`get_headers`.  For the error
+    catalogue and the OpenAPI document they may also set ``description`` (one
+    line; the first line of the class docstring when unset) and
+    ``metadata_fields`` (added to those of the base classes).
 
     Example::
 
         class PaymentRequiredError(GenNetException):
+            \"\"\"The plan's limit is reached.\"\"\"
+
             status_code = 402
             code = "PAYMENT_REQUIRED"
+            metadata_fields = {"plan": MetadataField(str, "The caller's plan", example="free")}
 
         raise PaymentRequiredError("Plan limit reached", metadata={"plan": "free"})
 
@@ -230,6 +271,11 @@ class GenNetException(Exception):
     status_code: ClassVar[int] = 500
     code: str = "INTERNAL_SERVER_ERROR"
     default_message: ClassVar[str] = "Internal server error"
+    #: One line for the error catalogue; read from the class itself only (a
+    #: subclass without one is described by its docstring's first line).
+    description: ClassVar[str | None] = None
+    #: The keys this class puts in ``metadata``; the catalogue adds the base classes'.
+    metadata_fields: ClassVar[Mapping[str, MetadataField]] = {}
 
     def __init__(
         self,
@@ -346,6 +392,13 @@ class _RetryAfterMixin(GenNetException):
     """Adds ``retry_after`` (seconds) and the ``Retry-After`` header it implies."""
 
     retry_after: float | None = None
+    metadata_fields: ClassVar[Mapping[str, MetadataField]] = {
+        "retry_after": MetadataField(
+            (int, float),
+            "Seconds to wait before trying again; also the Retry-After header, rounded up",
+            example=30,
+        ),
+    }
 
     def get_headers(self) -> dict[str, str]:
         headers = super().get_headers()
@@ -368,6 +421,11 @@ class NotFoundError(GenNetException):
     status_code = 404
     code = "NOT_FOUND"
     default_message = "Resource not found"
+    description = "The resource named in the request does not exist"
+    metadata_fields: ClassVar[Mapping[str, MetadataField]] = {
+        "resource_type": MetadataField(str, "The kind of resource", True, "Network"),
+        "resource_id": MetadataField(object, "The identifier that was asked for", True, "abc123"),
+    }
 
     def __init__(
         self,
@@ -397,6 +455,11 @@ class ValidationError(GenNetException):
     status_code = 422
     code = "VALIDATION_ERROR"
     default_message = "Validation failed"
+    description = "The request is well-formed but its content is invalid"
+    metadata_fields: ClassVar[Mapping[str, MetadataField]] = {
+        "field": MetadataField(str, "The invalid field (dotted for nested ones)", example="name"),
+        "errors": MetadataField(object, "Details of what is invalid"),
+    }
 
     def __init__(
         self,
@@ -423,6 +486,7 @@ class UnauthorizedError(GenNetException):
     status_code = 401
     code = "UNAUTHORIZED"
     default_message = "Authentication required"
+    description = "Authentication is missing or invalid"
 
 
 class ForbiddenError(GenNetException):
@@ -431,6 +495,7 @@ class ForbiddenError(GenNetException):
     status_code = 403
     code = "FORBIDDEN"
     default_message = "Access forbidden"
+    description = "The caller is authenticated but not allowed to do this"
 
 
 class ConflictError(GenNetException):
@@ -439,6 +504,7 @@ class ConflictError(GenNetException):
     status_code = 409
     code = "CONFLICT"
     default_message = "Conflict"
+    description = "The request conflicts with the resource's current state"
 
 
 class ServiceUnavailableError(_RetryAfterMixin):
@@ -456,6 +522,10 @@ class ServiceUnavailableError(_RetryAfterMixin):
     status_code = 503
     code = "SERVICE_UNAVAILABLE"
     default_message = "Service unavailable"
+    description = "A dependency or this service cannot serve now; retry later"
+    metadata_fields: ClassVar[Mapping[str, MetadataField]] = {
+        "service": MetadataField(str, "The service that is unavailable", example="grn-service"),
+    }
 
     def __init__(
         self,
@@ -485,6 +555,7 @@ class RateLimitError(_RetryAfterMixin):
     status_code = 429
     code = "RATE_LIMIT_EXCEEDED"
     default_message = "Rate limit exceeded"
+    description = "The caller sent too many requests; retry later"
 
     def __init__(
         self,
@@ -505,3 +576,4 @@ class InternalServerError(GenNetException):
     status_code = 500
     code = "INTERNAL_SERVER_ERROR"
     default_message = "Internal server error"
+    description = "An unexpected failure in the service"

@@ -6,11 +6,23 @@ its marshmallow plugin (this module writes no schema generator of its own):
 - the error envelope is the ``ErrorEnvelope`` component schema, and each standard
   error is a component response (``NotFound``, ``ValidationError``...) with an
   example envelope;
-- every operation gets the standard errors: 404 where the path has parameters,
-  422 where there is a request body, 429 where marked rate limited (with
-  ``Retry-After``), 500 and 503 everywhere;
+- each operation lists the error codes it can return: those its view declares
+  (``@doc(errors=[NotFoundError, ConflictError])``), those declared on its
+  blueprint, version or app (:func:`declare_errors`), and the standard ones where
+  they apply: 404 where the path has parameters; 400, 413, 415 and 422 where
+  there is a request body; 422 with a query schema; 429 where marked rate
+  limited; 502, 503 and 504 where the view calls another service
+  (``@doc(calls=["grn"])``); 500 everywhere.  Each error status lists its codes
+  (``x-error-codes``), one example envelope per code (``examples``) and, per
+  code, the schema of its ``metadata`` (component schemas ``Error.<CODE>``);
 - views declare their marshmallow schemas with the :func:`doc` decorator; the
   docstring's first line becomes the summary, the rest the description;
+- the error catalogue, every code with its status, description, metadata and
+  the operations that return it, is served at ``/errors`` (JSON, or a page
+  without scripts for a browser) and linked from ``/docs``;
+- views are left out with ``@doc(hidden=True)``, and so is every endpoint whose
+  name starts with ``gennet_`` or ``gennet.`` (the library's own: the document,
+  the docs, metrics, health checks), without any import of this module;
 - with :class:`~gennet_sync.versioning.VersionedAPI`, each version also has its
   own document (``/openapi.json?version=v1`` and ``/api/v1/openapi.json``) and the
   operations of deprecated versions are marked ``deprecated``.
@@ -31,22 +43,47 @@ import importlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+import secrets
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, jsonify, request, send_from_directory
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 from marshmallow import Schema, fields
 from werkzeug.routing import Rule
 
+from gennet_sync.error_catalogue import (
+    BAD_REQUEST,
+    CRASH,
+    METHOD_NOT_ALLOWED,
+    ROUTING_NOT_FOUND,
+    SCHEMA_VALIDATION,
+    SERVICE_CALL_ERRORS,
+    STANDARD_STATUSES,
+    TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
+    ErrorCatalogue,
+    ErrorEntry,
+    ErrorLike,
+    OperationRef,
+    app_error_classes,
+    error_entries,
+    merge_entries,
+    metadata_schema,
+)
 from gennet_sync.error_handler import app_state
 from gennet_sync.exceptions import (
     MAX_FIELD_ERRORS,
     MAX_METADATA_ITEMS,
     MAX_METADATA_VALUES,
     MAX_STRING_LENGTH,
+    GenNetException,
+    MetadataField,
     NotFoundError,
+    ValidationError,
+    make_envelope,
 )
 
 __all__ = [
@@ -54,7 +91,9 @@ __all__ = [
     "ErrorEnvelopeSchema",
     "OpenAPI",
     "OperationDoc",
+    "declare_errors",
     "doc",
+    "is_library_endpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,12 +103,9 @@ SchemaLike = type[Schema] | Schema
 
 _FEATURE = "openapi"
 _DOC_ATTRIBUTE = "_gennet_openapi"
-_OWN_ENDPOINTS = (
-    "gennet_openapi_spec",
-    "gennet_openapi_version_spec",
-    "gennet_docs",
-    "gennet_docs_asset",
-)
+_ERRORS_ATTRIBUTE = "_gennet_openapi_errors"
+#: Library endpoints that are part of the API all the same.
+_DOCUMENTED_LIBRARY_ENDPOINTS = frozenset({"gennet_api_versions"})
 _RULE_VARIABLE = re.compile(
     r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?:\((?P<args>[^)]*)\))?:)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>"
 )
@@ -234,7 +270,8 @@ class OperationDoc:
     summary: str | None = None
     description: str | None = None
     tags: tuple[str, ...] = ()
-    errors: tuple[int, ...] = ()
+    errors: tuple[ErrorLike, ...] = ()
+    calls: tuple[str, ...] = ()
     rate_limited: bool = False
     hidden: bool = False
     content_type: str = "application/json"
@@ -251,7 +288,8 @@ def doc(
     summary: str | None = None,
     description: str | None = None,
     tags: Iterable[str] = (),
-    errors: Iterable[int] = (),
+    errors: Iterable[ErrorLike] = (),
+    calls: Iterable[str] = (),
     rate_limited: bool = False,
     hidden: bool = False,
     content_type: str = "application/json",
@@ -266,7 +304,8 @@ def doc(
     Example::
 
         @app.post("/networks")
-        @doc(body=NetworkSchema, response=NetworkSchema, status=201, rate_limited=True)
+        @doc(body=NetworkSchema, response=NetworkSchema, status=201,
+             errors=[ConflictError], rate_limited=True)
         def create_network():
             \"\"\"Create a network.\"\"\"
             network = NetworkSchema().load(request.get_json())
@@ -281,7 +320,14 @@ def doc(
         summary: Overrides the docstring's first line.
         description: Overrides the rest of the docstring.
         tags: Tags; the blueprint's name when none are given.
-        errors: More documented error statuses (401, 403, 409, 413, 415...).
+        errors: The errors the view can answer with, beyond the standard ones:
+            exception classes (``NotFoundError``, your own ``GenNetException``
+            subclasses, werkzeug's ``BadGateway``...), each documented with its
+            code, or a standard status (401, 403, 404, 409, 413, 415, 422, 429,
+            503) standing for the library's class for it.
+        calls: Names of the services the view calls through ``ServiceSession``:
+            documents 502 ``BAD_GATEWAY``, 503 ``SERVICE_UNAVAILABLE`` (also from
+            an open breaker) and 504 ``GATEWAY_TIMEOUT``.
         rate_limited: Document the 429 response.
         hidden: Leave this view out of the document.
         content_type: Media type of the request and response bodies.
@@ -289,12 +335,16 @@ def doc(
 
     Returns:
         A decorator that records an :class:`OperationDoc` on the view.
+
+    Raises:
+        ValueError: A status with no standard class, or a success ``status``
+            outside 100-399.
+        TypeError: An ``errors`` item that is neither an error class nor a status.
     """
-    unknown = [code for code in errors if code not in _STANDARD_ERRORS]
-    if unknown:
-        raise ValueError(
-            f"errors {unknown} have no standard response; known: {sorted(_STANDARD_ERRORS)}"
-        )
+    errors = tuple(errors)
+    for error in errors:
+        error_entries(error)  # fails here, at import time, not when the document is built
+    calls = (calls,) if isinstance(calls, str) else tuple(calls)
     if not 100 <= status <= 399:
         raise ValueError(f"status {status} is not a success or redirect status")
     record = OperationDoc(
@@ -306,7 +356,8 @@ def doc(
         summary=summary,
         description=description,
         tags=tuple(tags),
-        errors=tuple(errors),
+        errors=errors,
+        calls=calls,
         rate_limited=rate_limited,
         hidden=hidden,
         content_type=content_type,
@@ -318,6 +369,48 @@ def doc(
         return view
 
     return decorate
+
+
+def declare_errors(target: Flask | Blueprint, *errors: ErrorLike) -> None:
+    """Declare errors that every operation of an app, blueprint or API version returns.
+
+    For errors a whole group of views shares: authentication on a blueprint, a
+    lookup in a version's ``url_value_preprocessor``.  They are added to what each
+    view declares with :func:`doc`; a nested blueprint also gets its parents'.
+
+    Example::
+
+        admin = Blueprint("admin", __name__)
+        declare_errors(admin, UnauthorizedError, ForbiddenError)
+
+        v2 = api.version("v2")
+        declare_errors(v2, NotFoundError)
+
+    Args:
+        target: A Flask app, a blueprint, or what ``VersionedAPI.version`` returned.
+        *errors: Exception classes or standard statuses, as for ``doc(errors=...)``.
+
+    Raises:
+        ValueError: A status with no standard class.
+        TypeError: An item that is neither an error class nor a status.
+    """
+    for error in errors:
+        error_entries(error)
+    declared: tuple[ErrorLike, ...] = getattr(target, _ERRORS_ATTRIBUTE, ())
+    setattr(target, _ERRORS_ATTRIBUTE, declared + errors)
+
+
+def is_library_endpoint(endpoint: str) -> bool:
+    """Whether ``endpoint`` is left out of the document as one of the library's own.
+
+    An endpoint named ``gennet_<anything>``, or in a blueprint named ``gennet``
+    (``gennet.metrics``), is operational (the document, the docs, metrics,
+    health checks), not part of the service's API; a module that adds such a
+    route needs no import of this one to keep it out.
+    """
+    if endpoint in _DOCUMENTED_LIBRARY_ENDPOINTS:
+        return False
+    return endpoint.startswith(("gennet_", "gennet."))
 
 
 # --------------------------------------------------------------------------- Swagger UI assets
@@ -356,7 +449,7 @@ _DOCS_PAGE = """<!DOCTYPE html>
 <link rel="icon" type="image/png" href="{assets}/favicon-32x32.png">
 </head>
 <body>
-<div id="swagger-ui"></div>
+{errors_link}<div id="swagger-ui"></div>
 <script src="{assets}/swagger-ui-bundle.js"></script>
 <script src="{assets}/swagger-ui-standalone-preset.js"></script>
 <script>
@@ -406,7 +499,7 @@ class OpenAPI:
     Example::
 
         from marshmallow import Schema, fields
-        from gennet_sync import OpenAPI, doc, setup_error_handlers
+        from gennet_sync import NotFoundError, OpenAPI, doc, setup_error_handlers
 
         class NetworkSchema(Schema):
             id = fields.String(dump_only=True)
@@ -416,12 +509,13 @@ class OpenAPI:
         setup_error_handlers(app)
 
         @app.get("/networks/<network_id>")
-        @doc(response=NetworkSchema)
+        @doc(response=NetworkSchema, errors=[NotFoundError])
         def get_network(network_id):
             \"\"\"Fetch one network.\"\"\"
 
         OpenAPI(app, title="GRN service", version="2.0.0")
-        # GET /openapi.json -> the document; GET /docs -> Swagger UI, offline
+        # GET /openapi.json -> the document; GET /docs -> Swagger UI, offline;
+        # GET /errors -> the error catalogue (JSON, or a page in a browser)
 
     Args:
         app: The app to set up now; or call :meth:`init_app` later.
@@ -432,6 +526,7 @@ class OpenAPI:
         info: More ``info`` fields (``description``, ``contact``...).
         servers: The ``servers`` list.
         openapi_version: The OpenAPI version written (3.1 by default).
+        errors_url: Where the error catalogue is served; ``None`` to not serve it.
     """
 
     def __init__(
@@ -445,6 +540,7 @@ class OpenAPI:
         info: Mapping[str, Any] | None = None,
         servers: list[dict[str, Any]] | None = None,
         openapi_version: str = "3.1.0",
+        errors_url: str | None = "/errors",
     ) -> None:
         if docs_url is not None and spec_url is None:
             raise ValueError("docs_url needs spec_url: the docs page loads the document from it")
@@ -452,6 +548,7 @@ class OpenAPI:
         self.version = version
         self.spec_url = spec_url
         self.docs_url = docs_url.rstrip("/") if docs_url else None
+        self.errors_url = errors_url.rstrip("/") if errors_url else None
         self.info = dict(info or {})
         self.servers = list(servers or [])
         self.openapi_version = openapi_version
@@ -459,7 +556,7 @@ class OpenAPI:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Register the document and docs routes on ``app``."""
+        """Register the document, docs and error catalogue routes on ``app``."""
         state = app_state(app)
         existing = state.features.get(_FEATURE)
         if existing is not None and existing["extension"] is self:
@@ -476,6 +573,8 @@ class OpenAPI:
                     "gennet_openapi_version_spec",
                     self._serve_version_spec,
                 )
+        if self.errors_url is not None:
+            _add_catalogue_rule(app, self.errors_url, self._serve_errors)
         if self.docs_url is not None and _swagger_ui_dir() is not None:
             app.add_url_rule(self.docs_url, "gennet_docs", self._serve_docs)
             app.add_url_rule(
@@ -498,15 +597,82 @@ class OpenAPI:
         Raises:
             NotFoundError: ``api_version`` is not a registered version.
         """
-        state = app_state(app).features.get(_FEATURE)
-        cache: dict[str | None, dict[str, Any]] = state["cache"] if isinstance(state, dict) else {}
+        cache = self._cache(app)
         if api_version not in cache:
             cache[api_version] = self._build(app, api_version)
-        return cache[api_version]
+        document: dict[str, Any] = cache[api_version]
+        return document
+
+    def catalogue(self, app: Flask) -> ErrorCatalogue:
+        """The error catalogue of ``app``: every code, and the operations that return it.
+
+        It holds the codes of every documented operation, the ones any request
+        may get (an unknown URL, a method the URL does not have, a crash), and
+        every ``GenNetException`` subclass defined in the app's package, which
+        shows as declared by no operation until one declares it.
+
+        Returns:
+            The catalogue; built once and cached, and built again when the
+            app's package has gained (or lost) exception classes since, as
+            when a module defining some is imported after the first request.
+        """
+        cache = self._cache(app)
+        classes = app_error_classes(app)
+        # Weak references: the cache must not keep a class alive (one made in a
+        # test, say), or it would stay in the catalogue for good.
+        key = tuple(weakref.ref(cls) for cls in classes)
+        cached = cache.get(_CATALOGUE_KEY)
+        if isinstance(cached, tuple) and cached[0] == key:
+            catalogue: ErrorCatalogue = cached[1]
+            return catalogue
+        catalogue = self._build_catalogue(app, classes)
+        cache[_CATALOGUE_KEY] = (key, catalogue)
+        cache.pop(_PAGE_KEY, None)
+        return catalogue
+
+    def _cache(self, app: Flask) -> dict[Any, Any]:
+        state = app_state(app).features.get(_FEATURE)
+        if isinstance(state, dict) and state.get("extension") is self:
+            cache: dict[Any, Any] = state["cache"]
+            return cache
+        # Not set up on this app (spec() called directly): cache on the side,
+        # for as long as the app lives.
+        return self._side_caches.setdefault(app, {})
+
+    @functools.cached_property
+    def _side_caches(self) -> weakref.WeakKeyDictionary[Flask, dict[Any, Any]]:
+        return weakref.WeakKeyDictionary()
 
     def _versions(self, app: Flask) -> Mapping[str, Any]:
         versioning = app_state(app).features.get("versioning")
         return versioning.versions if versioning is not None else {}
+
+    def _plan(self, app: Flask, selected: Any) -> list[_Operation]:
+        """The operations to document (all, or those under one version's prefix)."""
+        versions = self._versions(app)
+        operation_ids: set[str] = set()
+        planned: list[_Operation] = []
+        for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, r.endpoint)):
+            if (
+                is_library_endpoint(rule.endpoint)
+                or rule.endpoint == "static"
+                or rule.endpoint.endswith(".static")
+            ):
+                continue
+            if selected is not None and not _is_under(rule.rule, selected.url_prefix):
+                continue
+            view = app.view_functions.get(rule.endpoint)
+            if view is None:
+                continue
+            record: OperationDoc = getattr(view, _DOC_ATTRIBUTE, None) or OperationDoc()
+            if record.hidden:
+                continue
+            deprecated = self._is_deprecated(rule, versions)
+            declared = _group_errors(app, rule.endpoint)
+            planned.extend(
+                self._operations(app, rule, view, record, declared, operation_ids, deprecated)
+            )
+        return planned
 
     def _build(self, app: Flask, api_version: str | None) -> dict[str, Any]:
         apispec = importlib.import_module("apispec")
@@ -535,30 +701,67 @@ class OpenAPI:
             "Retry-After",
             {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}},
         )
+        # Kept for documents that refer to them (``extra={"responses": ...}``).
         for status, error in _STANDARD_ERRORS.items():
             spec.components.response(error.component, _error_response(status, error))
-        operation_ids: set[str] = set()
-        for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, r.endpoint)):
-            if (
-                rule.endpoint in _OWN_ENDPOINTS
-                or rule.endpoint == "static"
-                or rule.endpoint.endswith(".static")
-            ):
-                continue
-            if selected is not None and not _is_under(rule.rule, selected.url_prefix):
-                continue
-            view = app.view_functions.get(rule.endpoint)
-            if view is None:
-                continue
-            record: OperationDoc = getattr(view, _DOC_ATTRIBUTE, None) or OperationDoc()
-            if record.hidden:
-                continue
-            deprecated = self._is_deprecated(rule, versions)
-            path, operations = self._operations(rule, view, record, operation_ids, deprecated)
-            if operations:
-                spec.path(path=path, operations=operations)
+        planned = self._plan(app, selected)
+        # One component per (status, code) in this document, with every source of
+        # that code merged: the same code reads the same wherever it is returned.
+        entries = {
+            entry.key: entry
+            for entry in merge_entries(entry for op in planned for entry in op.errors)
+        }
+        names = _component_names(entries)
+        for key, entry in sorted(entries.items()):
+            spec.components.schema(names[key], component=_code_schema(entry))
+            spec.components.example(
+                names[key], {"summary": entry.description, "value": dict(entry.example)}
+            )
+        by_path: dict[str, dict[str, Any]] = {}
+        for op in planned:
+            responses = op.operation["responses"]
+            for status, group in _by_status(op.errors).items():
+                responses[str(status)] = _code_response(
+                    status, [entries[entry.key] for entry in group], names
+                )
+            op.operation["responses"] = dict(
+                sorted(responses.items(), key=lambda item: _status_order(item[0]))
+            )
+            op.operation.update(op.extra)
+            by_path.setdefault(op.path, {})[op.method.lower()] = op.operation
+        for path, operations in by_path.items():
+            spec.path(path=path, operations=operations)
         document: dict[str, Any] = spec.to_dict()
+        # For checks that read only the document (schemathesis against a service
+        # elsewhere): what a request no operation serves can get, 405 included.
+        anywhere: dict[str, list[str]] = {}
+        for entry in merge_entries(self._any_request_errors(app)):
+            anywhere.setdefault(str(entry.status), []).append(entry.code)
+        document[_ANY_REQUEST_EXTENSION] = anywhere
         return document
+
+    def _any_request_errors(self, app: Flask) -> list[ErrorEntry]:
+        """The errors a request can get whatever its URL and method."""
+        anywhere = [ROUTING_NOT_FOUND, METHOD_NOT_ALLOWED, CRASH]
+        if self._versions(app):
+            anywhere.append(_UNKNOWN_VERSION)
+        if "compression" in app_state(app).features:
+            anywhere.extend(_DECODING_ERRORS)
+        return anywhere
+
+    def _build_catalogue(
+        self, app: Flask, classes: Sequence[type[GenNetException]]
+    ) -> ErrorCatalogue:
+        catalogue = ErrorCatalogue(self.title)
+        for op in self._plan(app, None):
+            tags = op.operation.get("tags") or [None]
+            ref = OperationRef(op.method, op.path, op.operation["operationId"], tags[0])
+            catalogue.add(op.errors, ref)
+        catalogue.add(self._any_request_errors(app), any_request=True)
+        for cls in classes:
+            if isinstance(cls.code, str) and 400 <= cls.status_code <= 599:
+                catalogue.add(error_entries(cls))  # not a base class with a 3xx or no code
+        return catalogue
 
     @staticmethod
     def _is_deprecated(rule: Rule, versions: Mapping[str, Any]) -> bool:
@@ -569,18 +772,22 @@ class OpenAPI:
 
     @staticmethod
     def _operations(
+        app: Flask,
         rule: Rule,
         view: Callable[..., Any],
         record: OperationDoc,
+        declared: Sequence[ErrorLike],
         operation_ids: set[str],
         deprecated: bool,
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> list[_Operation]:
         path, path_parameters = _openapi_path(rule.rule)
         methods = sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})
         docstring = (view.__doc__ or "").strip()
         first_line, _, rest = docstring.partition("\n")
         blueprint = rule.endpoint.rsplit(".", 1)[0] if "." in rule.endpoint else None
-        operations: dict[str, Any] = {}
+        decodes = "compression" in app_state(app).features
+        body_limit = bool(app.config.get("MAX_CONTENT_LENGTH")) or decodes
+        planned: list[_Operation] = []
         for method in methods:
             operation_id = (
                 rule.endpoint if len(methods) == 1 else f"{rule.endpoint}_{method.lower()}"
@@ -594,6 +801,9 @@ class OpenAPI:
             if summary:
                 operation["summary"] = summary
             description = record.description or rest.strip()
+            if record.calls:
+                calls = ", ".join(f"`{name}`" for name in record.calls)
+                description = f"{description}\n\nCalls {calls}.".strip()
             if description:
                 operation["description"] = description
             tags = list(record.tags) or ([blueprint] if blueprint else [])
@@ -612,20 +822,30 @@ class OpenAPI:
                     "required": True,
                     "content": {record.content_type: {"schema": record.body}},
                 }
-            responses: dict[str, Any] = {str(record.status): _success_response(record)}
-            error_statuses = set(record.errors) | {500, 503}
+            operation["responses"] = {str(record.status): _success_response(record)}
+            errors: list[ErrorEntry] = []
+            for error in (*record.errors, *declared):
+                errors.extend(error_entries(error))
             if path_parameters:
-                error_statuses.add(404)
+                errors.extend((*error_entries(NotFoundError), ROUTING_NOT_FOUND))
             if has_body:
-                error_statuses.add(422)
+                errors.extend((BAD_REQUEST, UNSUPPORTED_MEDIA_TYPE, SCHEMA_VALIDATION))
+                if body_limit:
+                    errors.append(TOO_LARGE)
+            if record.query is not None:
+                errors.append(SCHEMA_VALIDATION)
             if record.rate_limited:
-                error_statuses.add(429)
-            for status in sorted(error_statuses):
-                responses[str(status)] = _STANDARD_ERRORS[status].component
-            operation["responses"] = responses
-            operation.update(record.extra)
-            operations[method.lower()] = operation
-        return path, operations
+                errors.extend(STANDARD_STATUSES[429])
+            if record.calls:
+                errors.extend(SERVICE_CALL_ERRORS)
+            errors.extend(STANDARD_STATUSES[500])
+            if decodes:
+                # Compression decodes any request's body, a GET's too, before the view.
+                errors.extend(_DECODING_ERRORS)
+            planned.append(
+                _Operation(path, method, operation, merge_entries(errors), dict(record.extra))
+            )
+        return planned
 
     # ------------------------------------------------------------------ serving
 
@@ -635,6 +855,47 @@ class OpenAPI:
 
     def _serve_version_spec(self, version: str) -> Response:
         return jsonify(self.spec(current_app._get_current_object(), version))  # type: ignore[attr-defined]
+
+    def _serve_errors(self) -> Response:
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        wanted = request.args.get("format")
+        if wanted not in (None, "json", "html"):
+            raise ValidationError(
+                "format must be json or html",
+                field="format",
+                metadata={"allowed": ["json", "html"]},
+            )
+        if wanted is None:
+            # A browser asks for text/html first; an API client, */* or JSON.
+            best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+            wanted = "html" if best == "text/html" else "json"
+        catalogue = self.catalogue(app)
+        if wanted == "json":
+            response = jsonify(catalogue.to_dict())
+        else:
+            # One rendering for every mount point: behind ProxyFix(x_prefix=1) the
+            # root comes from a request header, so a page cached per root would
+            # let clients grow the cache without bound.
+            cache = self._cache(app)
+            page = cache.get(_PAGE_KEY)
+            if not isinstance(page, str):
+                docs = (
+                    f"{_ROOT_MARK}{self.docs_url}" if "gennet_docs" in app.view_functions else None
+                )
+                page = cache[_PAGE_KEY] = catalogue.to_html(
+                    docs_url=docs, json_url=f"{_ROOT_MARK}{self.errors_url}?format=json"
+                )
+            root = html.escape(request.script_root)
+            response = Response(page.replace(_ROOT_MARK, root), mimetype="text/html")
+        response.vary.add("Accept")
+        return response
+
+    def _app_route_at_errors_url(self, app: Flask) -> str | None:
+        """The endpoint of an app route at ``errors_url`` other than ours, if any."""
+        for rule in app.url_map.iter_rules("gennet_errors"):
+            if isinstance(rule, _CatalogueRuleMixin):
+                return rule.shadowed_by
+        return None
 
     def _serve_docs(self) -> Response:
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -650,10 +911,19 @@ class OpenAPI:
             config["url"] = spec_url
         # Escape "</" so no value can close the <script> element early.
         config_js = json.dumps(config).replace("</", "<\\/")
+        errors_link = ""
+        if (
+            self.errors_url is not None
+            and "gennet_errors" in app.view_functions
+            and self._app_route_at_errors_url(app) is None
+        ):
+            href = html.escape(f"{request.script_root}{self.errors_url}")
+            errors_link = _ERRORS_LINK.format(href=href)
         page = _DOCS_PAGE.format(
             title=html.escape(self.title),
             assets=html.escape(f"{request.script_root}{self.docs_url}/assets"),
             config=config_js,
+            errors_link=errors_link,
         )
         return Response(page, mimetype="text/html")
 
@@ -662,6 +932,209 @@ class OpenAPI:
         if directory is None or filename not in _SWAGGER_ASSETS:
             raise NotFoundError("Docs asset", filename)
         return send_from_directory(directory, filename, max_age=86400)
+
+
+_CATALOGUE_KEY = "gennet_error_catalogue"
+#: Stands for the request's script root in the cached catalogue page; random, so
+#: no text of the app's can contain it, and unchanged by HTML escaping.
+_ROOT_MARK = f"gennet-script-root-{secrets.token_hex(8)}"
+_PAGE_KEY = (_CATALOGUE_KEY, "html")
+#: The document's top-level field listing, per status, the codes any request can get.
+_ANY_REQUEST_EXTENSION = "x-error-codes-any-request"
+#: What Compression answers when it cannot decode a request body.
+_DECODING_ERRORS = (BAD_REQUEST, UNSUPPORTED_MEDIA_TYPE, TOO_LARGE)
+
+
+class _CatalogueRuleMixin:
+    """The catalogue's URL rule: it steps aside for a GET route of the app's own at its path.
+
+    Werkzeug tries the rules of one path in the order they were added, so a
+    route the app adds at ``/errors`` after OpenAPI would never be reached.
+    Matching reads ``methods``: once the URL map holds another rule with the
+    same path answering GET, this rule answers no method and werkzeug routes the
+    request to the app's rule, with that rule's blueprint hooks, as if the
+    catalogue were not there.  The decision is made again only when rules are
+    added (Flask forbids that after the first request), so routing costs
+    nothing more.
+    """
+
+    map: Any
+    rule: str
+    endpoint: str
+    _gennet_methods: set[str] | None
+    _gennet_rule_count = -1
+    _gennet_shadowed_by: str | None = None
+
+    @property
+    def methods(self) -> set[str] | None:
+        if self.map is not None and self._shadowed() is not None:
+            return set()
+        return self._gennet_methods
+
+    @methods.setter
+    def methods(self, value: set[str] | None) -> None:
+        self._gennet_methods = value
+
+    @property
+    def shadowed_by(self) -> str | None:
+        """The endpoint of the app's own GET route at this path, if there is one."""
+        return self._shadowed() if self.map is not None else None
+
+    def _shadowed(self) -> str | None:
+        # The map only grows: its size says whether a rule was added since.
+        count = len(self.map._rules)
+        if count != self._gennet_rule_count:
+            self._gennet_rule_count = count
+            found = next(
+                (
+                    other.endpoint
+                    for other in self.map.iter_rules()
+                    if other is not self
+                    and other.rule == self.rule
+                    and "GET" in (other.methods or ("GET",))
+                ),
+                None,
+            )
+            if found is not None and self._gennet_shadowed_by is None:
+                logger.warning(
+                    "gennet_sync.openapi: %s is the app's own route (%s): the error catalogue "
+                    "is not served there; pass OpenAPI(errors_url=...) to serve it elsewhere",
+                    self.rule,
+                    found,
+                )
+            self._gennet_shadowed_by = found
+        return self._gennet_shadowed_by
+
+
+def _add_catalogue_rule(app: Flask, path: str, view: Callable[[], Response]) -> None:
+    """Add the catalogue's route as ``app.add_url_rule`` would, with a rule that steps aside."""
+    base = app.url_rule_class
+    rule_class: type[Rule] = type("CatalogueRule", (_CatalogueRuleMixin, base), {})
+    had_own = "url_rule_class" in vars(app)
+    app.url_rule_class = rule_class
+    try:
+        app.add_url_rule(path, "gennet_errors", view)
+    finally:
+        if had_own:
+            app.url_rule_class = base
+        else:
+            del app.url_rule_class
+
+
+_ERRORS_LINK = (
+    '<nav class="gennet-errors" style="font:14px sans-serif;padding:8px 20px">'
+    '<a href="{href}">Error codes: every code this API returns</a></nav>\n'
+)
+_UNKNOWN_VERSION = ErrorEntry(
+    status=404,
+    code="NOT_FOUND",
+    description="The URL names an API version that does not exist",
+    types=("NotFoundError",),
+    metadata={
+        "resource_type": MetadataField(str, "The kind of resource", True, "API version"),
+        "resource_id": MetadataField(object, "The identifier that was asked for", True, "v9"),
+        "supported_versions": MetadataField(list, "The versions served", example=["v1", "v2"]),
+    },
+    example=make_envelope(
+        "NOT_FOUND",
+        "NotFoundError",
+        "API version with id 'v9' not found",
+        {"resource_type": "API version", "resource_id": "v9", "supported_versions": ["v1", "v2"]},
+    ),
+)
+
+
+@dataclass
+class _Operation:
+    """One documented operation, before its error responses are written."""
+
+    path: str
+    method: str
+    operation: dict[str, Any]
+    errors: list[ErrorEntry]
+    extra: dict[str, Any]
+
+
+def _group_errors(app: Flask, endpoint: str) -> list[ErrorLike]:
+    """Errors declared on the app and on each blueprint the endpoint is nested in."""
+    declared: list[ErrorLike] = list(getattr(app, _ERRORS_ATTRIBUTE, ()))
+    parts = endpoint.split(".")[:-1]
+    for depth in range(1, len(parts) + 1):
+        blueprint = app.blueprints.get(".".join(parts[:depth]))
+        if blueprint is not None:
+            declared.extend(getattr(blueprint, _ERRORS_ATTRIBUTE, ()))
+    return declared
+
+
+def _by_status(entries: Iterable[ErrorEntry]) -> dict[int, list[ErrorEntry]]:
+    grouped: dict[int, list[ErrorEntry]] = {}
+    for entry in entries:
+        grouped.setdefault(entry.status, []).append(entry)
+    return grouped
+
+
+def _status_order(status: str) -> tuple[int, str]:
+    return (int(status), status) if status.isdigit() else (1000, status)
+
+
+_COMPONENT_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _component_names(entries: Mapping[tuple[int, str], ErrorEntry]) -> dict[tuple[int, str], str]:
+    """``Error.NOT_FOUND``; with the status too when a code is used at two statuses."""
+    statuses: dict[str, int] = {}
+    for _, code in entries:
+        statuses[code] = statuses.get(code, 0) + 1
+    names: dict[tuple[int, str], str] = {}
+    taken: set[str] = set()
+    for status, code in sorted(entries):
+        base = "Error." + (_COMPONENT_UNSAFE.sub("_", code) or "_")
+        name = base if statuses[code] == 1 else f"{base}.{status}"
+        while name in taken:  # two codes that differ only in unsafe characters
+            name += "_"
+        taken.add(name)
+        names[(status, code)] = name
+    return names
+
+
+def _code_schema(entry: ErrorEntry) -> dict[str, Any]:
+    """The envelope of one code: ``code`` fixed, its ``metadata`` keys described."""
+    return {
+        "description": entry.description,
+        "allOf": [{"$ref": "#/components/schemas/ErrorEnvelope"}],
+        "properties": {
+            "error": {
+                "properties": {
+                    "code": {"const": entry.code},
+                    "metadata": metadata_schema(entry),
+                }
+            }
+        },
+    }
+
+
+def _code_response(
+    status: int, entries: Sequence[ErrorEntry], names: Mapping[tuple[int, str], str]
+) -> dict[str, Any]:
+    """An error status of one operation: its codes, a schema and an example for each."""
+    refs = [{"$ref": f"#/components/schemas/{names[entry.key]}"} for entry in entries]
+    lines = [f"- `{entry.code}`: {entry.description}" for entry in entries]
+    response: dict[str, Any] = {
+        "description": "\n".join(lines),
+        "content": {
+            "application/json": {
+                "schema": refs[0] if len(refs) == 1 else {"oneOf": refs},
+                "examples": {
+                    entry.code: {"$ref": f"#/components/examples/{names[entry.key]}"}
+                    for entry in entries
+                },
+            }
+        },
+        "x-error-codes": [entry.code for entry in entries],
+    }
+    if any(entry.retry_after for entry in entries):
+        response["headers"] = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
+    return response
 
 
 def _error_response(status: int, error: _StandardError) -> dict[str, Any]:

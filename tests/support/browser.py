@@ -49,3 +49,15 @@ def run_chromium(url: str, *options: str, virtual_time_ms: int = 20000) -> str:
         )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
+
+
+# Kept apart from the lines above, which are shared with the console's tests.
+__all__ += ["rendered_dom"]
+
+
+def rendered_dom(url: str) -> str:
+    """The DOM of ``url`` after headless Chromium ran its scripts, offline.
+
+    Fails (never skips) when Chromium is missing or exits with an error.
+    """
+    return run_chromium(url, "--dump-dom")

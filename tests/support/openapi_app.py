@@ -1,13 +1,23 @@
-"""The versioned app with schemas that the OpenAPI tests share."""
+"""The versioned app with schemas, and the helper, that the OpenAPI tests share."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask
 from marshmallow import Schema, fields
+from werkzeug.test import TestResponse
 
 from gennet_sync import OpenAPI, VersionedAPI, doc, setup_error_handlers
 
-__all__ = ["NetworkSchema", "PageSchema", "make_versioned_app"]
+__all__ = ["NetworkSchema", "PageSchema", "json_of", "make_versioned_app"]
+
+
+def json_of(response: TestResponse) -> dict[str, Any]:
+    """The JSON object a test response carries (the document, an envelope, the catalogue)."""
+    data = response.get_json()
+    assert isinstance(data, dict), response.data
+    return data
 
 
 class NetworkSchema(Schema):

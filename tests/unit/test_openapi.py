@@ -9,20 +9,13 @@ from typing import Any
 import pytest
 from flask import Blueprint, Flask
 from openapi_spec_validator import validate
-from werkzeug.test import TestResponse
 
 from gennet_sync import NotFoundError, OpenAPI, VersionedAPI, doc, setup_error_handlers
 from gennet_sync.error_handler import app_state
 from gennet_sync.openapi import _swagger_ui_dir
-from tests.support.openapi_app import NetworkSchema, PageSchema, make_versioned_app
+from tests.support.openapi_app import NetworkSchema, PageSchema, json_of, make_versioned_app
 
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
-
-
-def json_of(response: TestResponse) -> dict[str, Any]:
-    data = response.get_json()
-    assert isinstance(data, dict), response.data
-    return data
 
 
 def make_app() -> Flask:
@@ -98,24 +91,42 @@ def test_error_envelope_is_a_component_matching_real_errors() -> None:
         assert set(example["error"]) == {"code", "type", "message", "metadata"}
 
 
+def codes_of(operation: dict[str, Any]) -> dict[str, list[str]]:
+    """Each error status of an operation with the codes it documents."""
+    return {
+        status: response["x-error-codes"]
+        for status, response in operation["responses"].items()
+        if int(status) >= 400
+    }
+
+
 def test_standard_errors_are_added_where_they_apply() -> None:
     document = json_of(make_app().test_client().get("/openapi.json"))
     seen = 0
     for path, method, operation in operations(document):
-        statuses = set(operation["responses"])
-        assert {"500", "503"} <= statuses, (path, method)
-        assert ("404" in statuses) == ("{" in path), (path, method)
-        assert ("422" in statuses) == (method in ("post", "put", "patch")), (path, method)
+        codes = codes_of(operation)
+        assert codes["500"] == ["INTERNAL_SERVER_ERROR"], (path, method)
+        assert "503" not in codes, (path, method)  # no view here calls a service
+        assert ("404" in codes) == ("{" in path), (path, method)
+        has_body = method in ("post", "put", "patch")
+        for status in ("400", "415"):
+            assert (status in codes) == has_body, (path, method, status)
+        assert "413" not in codes  # no MAX_CONTENT_LENGTH, no Compression: nothing refuses
+        has_query = (path, method) == ("/networks", "get")
+        assert ("422" in codes) == (has_body or has_query), (path, method)
         rate_limited = (path, method) == ("/networks", "post")
-        assert ("429" in statuses) == rate_limited, (path, method)
-        for status in statuses - {"200", "201"}:
-            assert operation["responses"][status]["$ref"].startswith("#/components/responses/")
+        assert ("429" in codes) == rate_limited, (path, method)
         seen += 1
     assert seen >= 4
     get_one = document["paths"]["/networks/{network_id}"]["get"]
-    assert get_one["responses"]["409"] == {"$ref": "#/components/responses/Conflict"}
+    assert codes_of(get_one)["409"] == ["CONFLICT"]
+    assert codes_of(get_one)["404"] == ["NOT_FOUND"]
+    create = document["paths"]["/networks"]["post"]
+    retry_after = {"$ref": "#/components/headers/Retry-After"}
+    assert create["responses"]["429"]["headers"]["Retry-After"] == retry_after
+    assert "headers" not in create["responses"]["422"]
     rate_limited = document["components"]["responses"]["RateLimited"]
-    assert rate_limited["headers"]["Retry-After"] == {"$ref": "#/components/headers/Retry-After"}
+    assert rate_limited["headers"]["Retry-After"] == retry_after
 
 
 def test_doc_decorator_describes_bodies_queries_and_responses() -> None:
@@ -151,7 +162,7 @@ def test_doc_decorator_describes_bodies_queries_and_responses() -> None:
     assert network["properties"]["id"]["readOnly"] is True
     assert "null" in network["properties"]["description"]["type"]
     health = paths["/health"]["get"]
-    assert set(health["responses"]) == {"200", "500", "503"}
+    assert set(health["responses"]) == {"200", "500"}
 
 
 def test_doc_rejects_unknown_errors_and_bad_status() -> None:
