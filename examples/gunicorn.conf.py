@@ -22,6 +22,8 @@ Why these values, for services built with gennet_sync:
 - ``max_requests`` with jitter recycles workers gradually, bounding slow leaks.
 - Breaker state is per worker process unless ``GENNET_BREAKER_STORAGE`` names a
   Redis server (``redis://host:6379/0``): then all workers on all hosts share it.
+- The hooks of ``gennet_sync.gunicorn_conf`` keep ``/metrics`` right across
+  workers: importing it sets ``PROMETHEUS_MULTIPROC_DIR`` before the app loads.
 """
 
 # ruff: noqa: N999  (gunicorn.conf.py is the name gunicorn looks for by default)
@@ -32,6 +34,20 @@ import os
 import sys
 import traceback
 from typing import Any
+
+from gennet_sync import gunicorn_conf
+from gennet_sync.gunicorn_conf import child_exit, on_exit, on_starting, worker_exit
+
+# gunicorn reads hooks as names of this module; these four are gennet_sync's as they are.
+__all__ = [
+    "child_exit",
+    "on_exit",
+    "on_starting",
+    "post_fork",
+    "when_ready",
+    "worker_abort",
+    "worker_exit",
+]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -88,6 +104,7 @@ def when_ready(server: Any) -> None:
 def post_fork(server: Any, worker: Any) -> None:
     """A worker was forked from the (preloaded) master."""
     server.log.info("worker %s forked", worker.pid)
+    gunicorn_conf.post_fork(server, worker)
 
 
 def worker_abort(worker: Any) -> None:

@@ -15,6 +15,7 @@ It also gives every response an ``X-Request-ID`` and keeps that ID in
 from __future__ import annotations
 
 import functools
+import importlib
 import io
 import logging
 import re
@@ -100,6 +101,7 @@ def error_response(
     """
     response = jsonify(make_envelope(code, type_, message, metadata))
     response.status_code = status
+    response.gennet_error_code = code  # type: ignore[attr-defined]  # read by gennet_sync.metrics
     if headers:
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         for name, value in pairs:
@@ -328,6 +330,9 @@ class GenNet:
     :class:`~gennet_sync.context.RequestIdFilter` on ``app.logger``, so Flask's own
     log records carry ``request_id`` too.
 
+    ``GenNet(app, metrics=True)`` also serves Prometheus metrics (the ``prometheus``
+    extra): the same as ``gennet_sync.metrics.Metrics(app)`` with its defaults.
+
     Example::
 
         gennet = GenNet()
@@ -338,7 +343,9 @@ class GenNet:
             return app
     """
 
-    def __init__(self, app: Flask | None = None) -> None:
+    def __init__(self, app: Flask | None = None, *, metrics: bool = False) -> None:
+        # metrics=True: also serve Prometheus metrics (gennet_sync.metrics.Metrics).
+        self._metrics = metrics
         if app is not None:
             self.init_app(app)
 
@@ -352,6 +359,7 @@ class GenNet:
         if EXTENSION_KEY in app.extensions:
             # Already set up, by this or another GenNet: it has no settings of its own,
             # so any instance is the same extension (features set it up on demand).
+            self._init_metrics(app)
             return
         app.extensions[EXTENSION_KEY] = AppState(extension=self)
         # Flask logs the exceptions no handler took ("Exception on /path") itself.
@@ -369,6 +377,13 @@ class GenNet:
             )
         app.wsgi_app = _WSGIBoundary(app.wsgi_app, app)  # type: ignore[method-assign]
         app.before_request(_bind_request_id)
+        self._init_metrics(app)
+
+    def _init_metrics(self, app: Flask) -> None:
+        if self._metrics:
+            # By name: gennet_sync.metrics sits above this module and needs the
+            # optional prometheus extra, which an app without metrics never imports.
+            importlib.import_module("gennet_sync.metrics").setup_metrics(app)
 
 
 def setup_error_handlers(app: Flask) -> GenNet:
