@@ -69,6 +69,7 @@ from gennet_sync import (
     doc,
     setup_error_handlers,
 )
+from gennet_sync.metrics import Metrics
 
 __all__ = [
     "MAX_EDGES",
@@ -564,6 +565,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     NetworkStore.initialise(app.config["DATABASE"], app.config["BUSY_TIMEOUT"])
 
     setup_error_handlers(app)
+    Metrics(app)  # GET /metrics
     Compression(app)
     api = VersionedAPI(app)
     _add_network_routes(

@@ -46,6 +46,7 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import BadGateway
 
 from gennet_sync import ServiceSession, ServiceUnavailableError, setup_error_handlers
+from gennet_sync.metrics import Metrics
 
 __all__ = ["DEFAULTS", "EXTENSION_KEY", "create_app", "qualitative_session"]
 
@@ -164,6 +165,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if config:
         app.config.update(config)
     setup_error_handlers(app)
+    Metrics(app)  # GET /metrics
     session = ServiceSession(
         base_url=_setting(app, "QUALITATIVE_URL"),
         service_name=_setting(app, "QUALITATIVE_SERVICE_NAME"),
