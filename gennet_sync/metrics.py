@@ -76,6 +76,9 @@ _MAX_LABEL_VALUES: Final = 200
 # Breakers exported per process: a breaker made per request must not blow up the series.
 _MAX_BREAKERS: Final = 1000
 _STATES: Final = tuple(CircuitState)
+_STATUS_LABELS: Final = {code: str(code) for code in range(100, 600)}
+# Label children cached per key; cleared past this (keys of a bounded label set).
+_MAX_CACHED_CHILDREN: Final = 4096
 # The module, not the package's circuit_breaker() decorator of the same name.
 _breakers: Final = importlib.import_module("gennet_sync.circuit_breaker")
 
@@ -200,6 +203,7 @@ class _Series:
         self._storage_up: Gauge | None = None
         self._storage_lock = threading.Lock()
         self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._client_children: dict[tuple[str | None, str | None, str], Any] = {}
         self._seen: weakref.WeakKeyDictionary[CircuitBreaker, _Seen] = weakref.WeakKeyDictionary()
         self._flush_lock = threading.Lock()
         self.codes = _LabelCap()
@@ -236,18 +240,19 @@ class _Series:
 
     def observe_call(
         self,
-        service: str,
-        method: str,
+        session: http_client.ServiceSession,
+        request: requests.PreparedRequest,
         seconds: float,
         response: requests.Response | None,
         error: BaseException | None,
     ) -> None:
         downstream_code = None
         if response is not None:
-            status = str(response.status_code)
+            code = response.status_code
+            status = _STATUS_LABELS.get(code) or str(code)
             # Only a body already read: a streamed one is the caller's to read.
-            if response.status_code >= 400 and isinstance(response._content, bytes):
-                mapped = http_client.error_from_response(response, service=service)
+            if code >= 400 and isinstance(response._content, bytes):
+                mapped = http_client.error_from_response(response, service=session.service_name)
                 downstream_code = None if mapped is None else mapped.code
         elif isinstance(error, GenNetException) and not isinstance(
             error, requests.RequestException
@@ -257,10 +262,34 @@ class _Series:
             downstream_code = error.code
         else:
             status = self.error_types(type(error).__name__)
-        self.client_requests.labels(service, method, status).inc()
-        self.client_duration.labels(service, method).observe(seconds)
+        key = (session.service_name or session.base_url or request.url, request.method, status)
+        children = self._client_children.get(key)
+        if children is None:
+            children = self._client_children_for(key)
+        children[0].inc()
+        children[1].observe(seconds)
         if downstream_code is not None:
-            self.client_downstream_errors.labels(service, self.codes(downstream_code)).inc()
+            self.client_downstream_errors.labels(children[2], self.codes(downstream_code)).inc()
+
+    def _client_children_for(self, key: tuple[str | None, str | None, str]) -> Any:
+        target, method, status = key
+        service = self.services(_service_label(target))
+        method = (method or "GET").upper()
+        method = method if method in _METHODS else OTHER
+        children = (
+            self.client_requests.labels(service, method, status),
+            self.client_duration.labels(service, method),
+            service,
+        )
+        if len(self._client_children) >= _MAX_CACHED_CHILDREN:
+            self._client_children.clear()  # per-host sessions to ever new hosts
+        self._client_children[key] = children
+        return children
+
+    def count_retry(self, call: Any) -> None:
+        session = call.session
+        target = session.service_name or session.base_url or call.url
+        self.client_retries.labels(self.services(_service_label(target))).inc()
 
     # -- the breakers: their own counters, copied off the call path ----------------------
 
@@ -359,11 +388,17 @@ _flusher_pid: int | None = None
 _flusher_stop = threading.Event()
 
 
+# The same, as a tuple the per-call observer reads without copying.
+_all_series: tuple[_Series, ...] = ()
+
+
 def _series_for(registry: CollectorRegistry) -> _Series:
+    global _all_series  # noqa: PLW0603
     with _series_lock:
         series = _series.get(id(registry))
         if series is None:
             series = _series[id(registry)] = _Series(registry)
+            _all_series = tuple(_series.values())
         return series
 
 
@@ -372,7 +407,7 @@ def flush() -> None:
 
     Never raises: a metrics failure is logged, the caller carries on.
     """
-    for series in list(_series.values()):
+    for series in _all_series:
         try:
             series.flush_breakers()
         except Exception:
@@ -438,18 +473,17 @@ class _ClientObserver:
         try:
             response: requests.Response = send()
         except Exception as error:
-            self._record(session, request, started, None, error)
+            self._record(session, request, time.perf_counter() - started, None, error)
             raise
-        self._record(session, request, started, response, None)
+        self._record(session, request, time.perf_counter() - started, response, None)
         return response
 
     def retried(self, call: Any) -> None:
         if call is None:
             return
         try:
-            for series in list(_series.values()):
-                service = series.services(_service(call.session, call.url))
-                series.client_retries.labels(service).inc()
+            for series in _all_series:
+                series.count_retry(call)
         except Exception:
             logger.exception("gennet_sync metrics: counting a retry failed")
 
@@ -457,25 +491,24 @@ class _ClientObserver:
         self,
         session: http_client.ServiceSession,
         request: requests.PreparedRequest,
-        started: float,
+        seconds: float,
         response: requests.Response | None,
         error: BaseException | None,
     ) -> None:
-        seconds = time.perf_counter() - started
         try:
-            method = (request.method or "GET").upper()
-            method = method if method in _METHODS else OTHER
-            for series in list(_series.values()):
-                service = series.services(_service(session, request.url or ""))
-                series.observe_call(service, method, seconds, response, error)
+            for series in _all_series:
+                series.observe_call(session, request, seconds, response, error)
         except Exception:
             logger.exception("gennet_sync metrics: counting a call failed")
 
 
-def _service(session: http_client.ServiceSession, url: str) -> str:
-    if session.service_name:
-        return session.service_name
-    return http_client.host_port(session.base_url or url) or "downstream"
+def _service_label(target: str | None) -> str:
+    """A session's service name, else the ``host:port`` of its base URL or the call's URL."""
+    if not target:
+        return "downstream"
+    if "://" not in target:
+        return target
+    return http_client.host_port(target) or "downstream"
 
 
 _OBSERVER: Final = _ClientObserver()

@@ -41,6 +41,7 @@ def _no_observer_left() -> Iterator[None]:
     yield
     http_client.call_observer = None
     metrics._series.clear()
+    metrics._all_series = ()
 
 
 @pytest.fixture
