@@ -19,6 +19,8 @@ then tells a story, printing a timeline with each call's latency:
    immediate refusals once its breaker opens;
 4. restart it: after the breaker's timeout a trial call goes through and the
    breaker closes.
+5. read every service's ``/metrics`` back: the error codes returned and the
+   breaker's transitions, on one screen.
 
 Everything it started is stopped at the end, also on Ctrl-C or failure.  The
 exit status is 0 only if every step happened as told (statuses, error types
@@ -45,6 +47,7 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 
 from examples.launcher import ManagedProcess, ProcessGroup, RedisProcess, ServiceProcess
+from examples.metrics_summary import SETTLE_SECONDS, MetricsSummary
 
 __all__ = ["Deployment", "StoryFailed", "Timeline", "main", "rules_from_network", "run_story"]
 
@@ -531,8 +534,27 @@ def run_story(deployment: Deployment, timeline: Timeline) -> None:
         request = _verify_formulas(deployment, client, timeline, network)
         deadline = _stop_qualitative(deployment, client, timeline, request, shared)
         _restart_qualitative(deployment, client, timeline, request, deadline)
+        _summarize_metrics(deployment, timeline)
     finally:
         client.close()
+
+
+def _summarize_metrics(deployment: Deployment, timeline: Timeline) -> None:
+    timeline.step("What the services' /metrics saw")
+    time.sleep(SETTLE_SECONDS)  # every worker's breaker counts are in the metrics by then
+    services = [deployment.grn, deployment.qualitative, deployment.workflow]
+    summary = MetricsSummary.scrape({service.name: service.base_url for service in services})
+    for line in summary.lines():
+        timeline.out.write(f"  {line}\n")
+    timeline.out.flush()
+    timeline.expect(
+        summary.errors["grn", "CONFLICT", "409"] >= 1
+        and summary.errors["workflow", "SERVICE_UNAVAILABLE", "503"] >= 1,
+        "the metrics count the 409 CONFLICT and the workflow's 503 envelopes",
+    )
+    opened = sum(n for (_, _, _, new), n in summary.transitions.items() if new == "open")
+    closed = sum(n for (_, _, _, new), n in summary.transitions.items() if new == "closed")
+    timeline.expect(opened >= 1 and closed >= 1, "the metrics show the breaker open and close")
 
 
 def _raise_keyboard_interrupt(signum: int, _frame: FrameType | None) -> None:

@@ -34,7 +34,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gennet_sync import http_client
 from gennet_sync.breaker_policy import BreakerStatus, TransitionRecord
-from gennet_sync.circuit_breaker import CircuitBreaker
+from gennet_sync.circuit_breaker import CircuitBreaker, CircuitBreakerError
 from gennet_sync.error_handler import app_state
 from gennet_sync.exceptions import GenNetException, UnauthorizedError
 from gennet_sync.openapi import doc
@@ -261,7 +261,7 @@ class _Series:
             status = str(error.status_code)
             downstream_code = error.code
         else:
-            status = self.error_types(type(error).__name__)
+            status = self.error_types(_error_type(error))
         key = (session.service_name or session.base_url or request.url, request.method, status)
         children = self._client_children.get(key)
         if children is None:
@@ -500,6 +500,22 @@ class _ClientObserver:
                 series.observe_call(session, request, seconds, response, error)
         except Exception:
             logger.exception("gennet_sync metrics: counting a call failed")
+
+
+def _error_type(error: BaseException | None) -> str:
+    """The type of a call's error, the same with and without ``raise_errors``.
+
+    With it, a transport failure is raised as a class that is both ours and the
+    requests exception it replaces (``ServiceUnavailableError`` and
+    ``requests.ConnectionError``): the requests name is used, as without it.  A
+    breaker's refusal is ``CircuitBreakerError`` either way.
+    """
+    if isinstance(error, CircuitBreakerError):
+        return "CircuitBreakerError"
+    if isinstance(error, GenNetException) and isinstance(error, requests.RequestException):
+        theirs = type(error).__bases__[-1]
+        return theirs.__name__
+    return type(error).__name__
 
 
 def _service_label(target: str | None) -> str:

@@ -21,6 +21,7 @@ from gennet_sync import (
     GenNet,
     NotFoundError,
     ServiceSession,
+    ServiceUnavailableError,
     ValidationError,
     http_client,
     metrics,
@@ -411,18 +412,21 @@ def test_client_calls_are_counted_by_service_method_and_status(registry: Collect
     )
     with pytest.raises(NotFoundError):
         strict.get("/missing")
+    with pytest.raises(ServiceUnavailableError):  # and a requests.ConnectionError
+        strict.get("/down")
     samples = scrape(app)
     total = "gennet_client_requests_total"
     assert value(samples, total, service="grn", method="GET", status="200") == 3
     assert value(samples, total, service="grn", method="GET", status="404") == 2
     assert value(samples, total, service="grn", method="GET", status="502") == 1
-    assert value(samples, total, service="grn", method="GET", status="ConnectionError") == 1
+    # The same error type with and without raise_errors.
+    assert value(samples, total, service="grn", method="GET", status="ConnectionError") == 2
     downstream = "gennet_client_downstream_errors_total"
     assert value(samples, downstream, service="grn", code="NETWORK_NOT_FOUND") == 2
     # No envelope: the code raise_errors would raise (a 502 is a ServiceUnavailableError).
     assert value(samples, downstream, service="grn", code="SERVICE_UNAVAILABLE") == 1
     count = "gennet_client_request_duration_seconds_count"
-    assert value(samples, count, service="grn", method="GET") == 7
+    assert value(samples, count, service="grn", method="GET") == 8
 
 
 @responses.activate
