@@ -6,16 +6,17 @@ or import its hooks into yours::
     # gunicorn.conf.py
     from gennet_sync.gunicorn_conf import child_exit, on_exit, on_starting, post_fork, worker_exit
 
-(call them from your own hooks of the same name if you have some).  Importing
-it sets ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory unless already set), so
-prometheus-client, imported later by the app, writes every worker's values
-there; see ``docs/metrics.md``.
+(call them from your own hooks of the same name if you have some).  Read by
+gunicorn, it sets ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory unless already
+set), so prometheus-client, imported later by the app, writes every worker's
+values there; see ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Final
@@ -55,8 +56,15 @@ def metrics_directory() -> Path:
     return path
 
 
-# At import: before the app (and prometheus-client) is loaded, in the arbiter.
-metrics_directory()
+def _loaded_by_gunicorn() -> bool:
+    """Whether gunicorn is reading its settings (so this import is in its arbiter)."""
+    return "gunicorn.arbiter" in sys.modules
+
+
+# At import by gunicorn: before the app (and prometheus-client) is loaded.  Any
+# other import (a test, a tool reading the settings) leaves the environment alone.
+if _loaded_by_gunicorn():
+    metrics_directory()
 
 
 def on_starting(server: Any) -> None:
