@@ -422,12 +422,12 @@ def _flush_loop(stop: threading.Event) -> None:
 def _ensure_flusher() -> None:
     """Start this process's flush thread (a forked worker starts its own)."""
     global _flusher_pid, _flusher_stop  # noqa: PLW0603
-    pid = os.getpid()
-    if _flusher_pid == pid:
+    if _flusher_pid is not None:  # reset in a forked child (_reinit_after_fork)
         return
     with _series_lock:
-        if _flusher_pid == pid:
+        if _flusher_pid is not None:
             return
+        pid = os.getpid()
         _flusher_stop = threading.Event()
         thread = threading.Thread(
             target=_flush_loop, args=(_flusher_stop,), name="gennet-metrics-flush", daemon=True

@@ -13,11 +13,19 @@ import pytest
 from gennet_sync import gunicorn_conf
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The module sets these in os.environ itself: recorded here, so that they are
+    # restored (removed) after each test, whatever it set.
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "GENNET_METRICS_DIR_MADE"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "prometheus"
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(path))
-    monkeypatch.delenv("GENNET_METRICS_DIR_MADE", raising=False)
     return path
 
 
@@ -31,8 +39,6 @@ def test_an_operators_directory_is_made_and_kept(directory: Path) -> None:
 def test_without_one_a_fresh_directory_is_made_and_removed_at_exit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    monkeypatch.delenv("GENNET_METRICS_DIR_MADE", raising=False)
     made = gunicorn_conf.metrics_directory()
     assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(made)
     assert made.is_dir()
@@ -72,7 +78,6 @@ def test_a_dead_workers_live_gauges_go_and_its_counters_stay(directory: Path) ->
 def test_imported_outside_gunicorn_it_leaves_the_environment_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.delitem(sys.modules, "gunicorn.arbiter", raising=False)
     importlib.reload(gunicorn_conf)
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ

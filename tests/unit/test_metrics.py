@@ -11,7 +11,7 @@ import pytest
 import requests
 import responses
 from flask import Flask
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_flask_exporter import PrometheusMetrics
 
@@ -41,8 +41,12 @@ EPOCH = 1_790_000_000.0
 def _no_observer_left() -> Iterator[None]:
     yield
     http_client.call_observer = None
-    metrics._series.clear()
-    metrics._all_series = ()
+    # The tests' own registries go; the default registry's series stay registered
+    # in it (an example app of another test may have made them).
+    for key, series in list(metrics._series.items()):
+        if series.registry is not REGISTRY:
+            del metrics._series[key]
+    metrics._all_series = tuple(metrics._series.values())
 
 
 @pytest.fixture
