@@ -489,3 +489,17 @@ def test_a_session_subclass_overriding_send_runs_it_once(registry: CollectorRegi
 
     Logged(base_url="http://sub.test").get("/x")
     assert sent == ["http://sub.test/x"]
+
+
+def test_a_breaker_made_per_request_cannot_grow_the_series_past_the_cap(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(metrics, "_MAX_BREAKERS", 50)
+    app = make_app(registry)
+    made = [CircuitBreaker(name=f"per-request-{n}") for n in range(80)]
+    for each in made:
+        each.call(lambda: None)
+    samples = scrape(app)
+    names = {s["breaker"] for s in series_of(samples, "gennet_breaker_calls_total")}
+    assert len(names) == 50
+    assert "metrics export the first 50" in caplog.text
