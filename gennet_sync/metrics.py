@@ -110,6 +110,9 @@ class _Seen:
 
     counts: tuple[int, int, int, int, int]
     last_transition: TransitionRecord | None
+    #: The gauges' values last written (state, retry time, fleet state); ``None``
+    #: writes them again (a forked worker writes its own).
+    gauges: tuple[CircuitState, float, CircuitState | None] | None
 
 
 class _Series:
@@ -356,10 +359,13 @@ class _Series:
             self.breaker_transitions.labels(
                 name, record.old_state.value, record.new_state.value
             ).inc()
-        self._seen[breaker] = _Seen(counts, history[-1] if history else last)
+        gauges = (snapshot.state, status.retry_at or 0.0, status.fleet_state)
+        self._seen[breaker] = _Seen(counts, history[-1] if history else last, gauges)
+        if seen is not None and seen.gauges == gauges:
+            return  # an idle breaker: nothing to write
         for state in _STATES:
             self.breaker_state.labels(name, state.value).set(1 if state is snapshot.state else 0)
-        self.breaker_retry_at.labels(name).set(status.retry_at or 0)
+        self.breaker_retry_at.labels(name).set(gauges[1])
         if status.fleet_state is not None:
             for state in _STATES:
                 self.breaker_fleet_state.labels(name, state.value).set(
@@ -450,6 +456,8 @@ def _reinit_after_fork() -> None:
     for series in _series.values():
         series._flush_lock = threading.Lock()
         series._storage_lock = threading.Lock()
+        for seen in series._seen.values():
+            seen.gauges = None  # the parent's gauges are not this worker's
 
 
 if hasattr(os, "register_at_fork"):
