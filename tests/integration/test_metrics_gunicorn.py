@@ -3,6 +3,8 @@ scraped from any worker equal the calls made to all of them."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +154,29 @@ def test_a_restarted_service_starts_from_zero_in_its_own_directory(tmp_path: Pat
         service.restart()
         assert total(scrape(base), "gennet_http_requests_total", route="/ok") == 0
     assert directory.is_dir()  # the operator's directory is kept, only emptied at start
+
+
+def test_a_killed_worker_keeps_what_it_had_copied(tmp_path: Path) -> None:
+    with ServiceProcess(
+        "metrics-kill",
+        "tests.support.metrics_app:create_app()",
+        tmp_path,
+        workers=2,
+        env={"GENNET_METRICS_FLUSH_INTERVAL": str(FLUSH_INTERVAL), "GUNICORN_MAX_REQUESTS": "0"},
+    ) as service:
+        base = service.base_url
+        for _ in range(30):
+            headers = {"Connection": "close"}
+            requests.get(f"{base}/breaker/success", headers=headers, timeout=10)
+        time.sleep(4 * FLUSH_INTERVAL)  # every worker has copied its breaker's counts
+        victim = next(iter(live_workers(service.pid or 0)))
+        os.kill(victim, signal.SIGKILL)  # no worker_exit, no atexit: what it copied stays
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while victim in live_workers(service.pid or 0) or len(live_workers(service.pid or 0)) < 2:
+            assert time.monotonic() < deadline, "gunicorn did not replace the killed worker"
+            time.sleep(0.1)
+        samples = scrape(base)
+        calls = "gennet_breaker_calls_total"
+        assert total(samples, calls, breaker=BREAKER_NAME, outcome="success") == 30
+        states = [labels for (name, labels) in samples if name == "gennet_breaker_state"]
+        assert all(("pid", str(victim)) not in labels for labels in states)
