@@ -22,15 +22,16 @@ from typing import Any, Final
 import requests
 from flask import Flask, Response, request
 from flask.wrappers import Request
-from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-)
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.multiprocess import MultiProcessCollector
+except ImportError as missing:  # the optional extra is not installed
+    raise ImportError(
+        "gennet_sync.metrics (GenNet(app, metrics=True)) needs prometheus-client: "
+        "pip install 'gennet_sync[prometheus]'"
+    ) from missing
 
 from gennet_sync import http_client
 from gennet_sync.breaker_policy import BreakerStatus, TransitionRecord

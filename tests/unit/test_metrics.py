@@ -3,8 +3,10 @@ from ``GET /metrics`` with prometheus-client's own parser."""
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import string
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -503,3 +505,11 @@ def test_a_breaker_made_per_request_cannot_grow_the_series_past_the_cap(
     names = {s["breaker"] for s in series_of(samples, "gennet_breaker_calls_total")}
     assert len(names) == 50
     assert "metrics export the first 50" in caplog.text
+
+
+def test_without_the_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    spec = importlib.util.spec_from_file_location("metrics_without_extra", metrics.__file__)
+    assert spec is not None and spec.loader is not None
+    with pytest.raises(ImportError, match=r"pip install 'gennet_sync\[prometheus\]'"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
