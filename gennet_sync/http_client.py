@@ -257,7 +257,6 @@ class _Default(enum.Enum):
 _DEFAULT: Final = _Default.TOKEN
 
 
-#: A ``total_timeout`` given to :meth:`ServiceSession.request` for the call it makes.
 class CallObserver(Protocol):
     """Told of every :class:`ServiceSession` call and retry (``gennet_sync.metrics``).
 
@@ -278,8 +277,8 @@ class CallObserver(Protocol):
 #: The observer of every call, or ``None``; set by ``gennet_sync.metrics``.
 call_observer: CallObserver | None = None
 
-#: The session whose call the observer is watching in this context: its redirect
-#: hops and own retries are part of that call, not calls of their own.
+#: The session whose call the observer is watching in this context: the redirect
+#: hops of that call come back through send() and are part of it.
 _observed_by: ContextVar[ServiceSession | None] = ContextVar("gennet_sync_observed", default=None)
 
 
@@ -299,6 +298,7 @@ def _observed_send(
         _observed_by.reset(token)
 
 
+#: A ``total_timeout`` given to :meth:`ServiceSession.request` for the call it makes.
 _call_total_timeout: ContextVar[float | _Default | None] = ContextVar(
     "gennet_sync_call_total_timeout", default=_DEFAULT
 )
