@@ -19,6 +19,8 @@ then tells a story, printing a timeline with each call's latency:
    immediate refusals once its breaker opens;
 4. restart it: after the breaker's timeout a trial call goes through and the
    breaker closes.
+5. read every service's ``/metrics`` back: the error codes returned and the
+   breaker's transitions, on one screen.
 
 ``--trace`` runs the services with OpenTelemetry on, exporting OTLP/HTTP to a
 receiver inside the demo, and prints the traces of the last failed call (the one
@@ -52,6 +54,7 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 
 from examples.launcher import ManagedProcess, ProcessGroup, RedisProcess, ServiceProcess
+from examples.metrics_summary import SETTLE_SECONDS, MetricsSummary
 
 if TYPE_CHECKING:
     from examples.trace_receiver import OTLPReceiver, ReceivedSpan
@@ -595,8 +598,27 @@ def run_story(
         request = _verify_formulas(deployment, client, timeline, network)
         deadline = _stop_qualitative(deployment, client, timeline, request, shared, receiver)
         _restart_qualitative(deployment, client, timeline, request, deadline)
+        _summarize_metrics(deployment, timeline)
     finally:
         client.close()
+
+
+def _summarize_metrics(deployment: Deployment, timeline: Timeline) -> None:
+    timeline.step("What the services' /metrics saw")
+    time.sleep(SETTLE_SECONDS)  # every worker's breaker counts are in the metrics by then
+    services = [deployment.grn, deployment.qualitative, deployment.workflow]
+    summary = MetricsSummary.scrape({service.name: service.base_url for service in services})
+    for line in summary.lines():
+        timeline.out.write(f"  {line}\n")
+    timeline.out.flush()
+    timeline.expect(
+        summary.errors["grn", "CONFLICT", "409"] >= 1
+        and summary.errors["workflow", "SERVICE_UNAVAILABLE", "503"] >= 1,
+        "the metrics count the 409 CONFLICT and the workflow's 503 envelopes",
+    )
+    opened = sum(n for (_, _, _, new), n in summary.transitions.items() if new == "open")
+    closed = sum(n for (_, _, _, new), n in summary.transitions.items() if new == "closed")
+    timeline.expect(opened >= 1 and closed >= 1, "the metrics show the breaker open and close")
 
 
 def _raise_keyboard_interrupt(signum: int, _frame: FrameType | None) -> None:

@@ -71,6 +71,7 @@ from gennet_sync import (
 )
 from gennet_sync.console import BreakerConsole
 from gennet_sync.health import Health
+from gennet_sync.metrics import Metrics
 
 __all__ = [
     "MAX_EDGES",
@@ -571,6 +572,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     NetworkStore.initialise(app.config["DATABASE"], app.config["BUSY_TIMEOUT"])
 
     setup_error_handlers(app)
+    Metrics(app)  # GET /metrics
     Compression(app)
     api = VersionedAPI(app)
     _add_network_routes(

@@ -28,7 +28,9 @@ Why these values, for services built with gennet_sync:
 - Tracing: when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (and the OpenTelemetry SDK
   and OTLP/HTTP exporter are installed), each worker sets the SDK up after it is
   forked, never the master, and exports its spans before it exits
-  (``gennet_sync.tracing.gunicorn_post_fork``).
+  (``gennet_sync.gunicorn_conf.post_fork``).
+- The hooks of ``gennet_sync.gunicorn_conf`` keep ``/metrics`` right across
+  workers: importing it sets ``PROMETHEUS_MULTIPROC_DIR`` before the app loads.
 """
 
 # ruff: noqa: N999  (gunicorn.conf.py is the name gunicorn looks for by default)
@@ -40,8 +42,20 @@ import sys
 import traceback
 from typing import Any
 
+from gennet_sync import gunicorn_conf
+from gennet_sync.gunicorn_conf import child_exit, on_exit, on_starting, worker_exit
 from gennet_sync.log_config import logging_config
-from gennet_sync.tracing import gunicorn_post_fork, gunicorn_worker_exit
+
+# gunicorn reads hooks as names of this module; the four imported are gennet_sync's as they are.
+__all__ = [
+    "child_exit",
+    "on_exit",
+    "on_starting",
+    "post_fork",
+    "when_ready",
+    "worker_abort",
+    "worker_exit",
+]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -114,12 +128,7 @@ def when_ready(server: Any) -> None:
 def post_fork(server: Any, worker: Any) -> None:
     """A worker was forked from the (preloaded) master: tracing starts here, per worker."""
     server.log.info("worker %s forked", worker.pid)
-    gunicorn_post_fork(server, worker)
-
-
-def worker_exit(server: Any, worker: Any) -> None:
-    """A worker is exiting: its last spans are exported first."""
-    gunicorn_worker_exit(server, worker)
+    gunicorn_conf.post_fork(server, worker)
 
 
 def worker_abort(worker: Any) -> None:

@@ -1,5 +1,5 @@
-"""Start and stop real servers for the demo, the tests and the benchmarks: gunicorn
-and redis-server.  This is the one place that spawns them.
+"""Start and stop real servers for the demo, the tests and the benchmarks: gunicorn,
+redis-server and prometheus.  This is the one place that spawns them.
 
 Every process is started in a session (process group) of its own, so stopping
 it stops its children too (a gunicorn master and its workers), and its output
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ __all__ = [
     "GUNICORN_CONFIG",
     "ManagedProcess",
     "ProcessGroup",
+    "PrometheusProcess",
     "RedisClusterProcesses",
     "RedisNodeProcess",
     "RedisProcess",
@@ -383,6 +385,82 @@ class RedisProcess(ManagedProcess):
                 return connection.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+
+class PrometheusProcess(ManagedProcess):
+    """A throwaway Prometheus server on 127.0.0.1 scraping the given targets every second.
+
+    Example::
+
+        with PrometheusProcess(log_dir, {"workflow": [workflow.base_url]}) as prometheus:
+            requests.get(f"{prometheus.base_url}/api/v1/query", params={"query": "up"})
+
+    Args:
+        log_dir: Where the log file, its settings file and its database go.
+        jobs: Scrape targets by job name, as base URLs (``http://127.0.0.1:8000``);
+            each is scraped at ``/metrics``.
+        rule_files: Rule files it loads (alerting rules).
+        port: Port to bind; a free one by default.
+
+    Raises:
+        StartupError: When ``prometheus`` is not installed (Debian's ``prometheus``
+            package; the ``PROMETHEUS`` environment variable may name the binary).
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        jobs: Mapping[str, Sequence[str]],
+        *,
+        rule_files: Sequence[Path] = (),
+        port: int | None = None,
+    ) -> None:
+        executable = os.environ.get("PROMETHEUS") or shutil.which("prometheus")
+        if executable is None:
+            raise StartupError(
+                "prometheus is not installed (apt-get install prometheus, "
+                "or set PROMETHEUS=/path/to/prometheus)"
+            )
+        self.port = port or free_port()
+        settings = log_dir / "prometheus.yml"
+        # JSON is YAML: no YAML library needed to write it.
+        settings.write_text(
+            json.dumps(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(path) for path in rule_files],
+                    "scrape_configs": [
+                        {
+                            "job_name": job,
+                            "static_configs": [
+                                {"targets": [url.split("://", 1)[-1] for url in urls]}
+                            ],
+                        }
+                        for job, urls in jobs.items()
+                    ],
+                }
+            )
+        )
+        command = [
+            executable,
+            f"--config.file={settings}",
+            f"--storage.tsdb.path={log_dir / 'prometheus-data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]
+        super().__init__("prometheus", command, log_dir)
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def is_ready(self) -> bool:
+        try:
+            response = requests.get(f"{self.base_url}/-/ready", timeout=1.0)
+        except requests.RequestException:
+            return False
+        with response:
+            return response.status_code == 200
 
 
 def free_cluster_port() -> int:

@@ -54,6 +54,7 @@ from examples.ctl import TEMPORAL_OPERATORS, CheckResult, Trace, check
 from gennet_sync import OpenAPI, ValidationError, doc, setup_error_handlers
 from gennet_sync.console import BreakerConsole
 from gennet_sync.health import Health
+from gennet_sync.metrics import Metrics
 
 __all__ = ["NetworkSchema", "StrictBoolean", "VerifyRequestSchema", "create_app", "result_to_json"]
 
@@ -235,6 +236,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # fails here, at start-up, rather than on every request.
     app.config["CTL_TIME_LIMIT"] = Deadline(None if limit is None else float(limit)).seconds
     setup_error_handlers(app)
+    Metrics(app)  # GET /metrics
     app.add_url_rule("/ctl/verify", view_func=verify, methods=["POST"])
     app.add_url_rule("/health", view_func=health, methods=["GET"])
     Health(app)

@@ -56,6 +56,7 @@ from gennet_sync import (
 )
 from gennet_sync.console import BreakerConsole
 from gennet_sync.health import Health
+from gennet_sync.metrics import Metrics
 
 __all__ = ["DEFAULTS", "EXTENSION_KEY", "create_app", "qualitative_session"]
 
@@ -185,6 +186,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if config:
         app.config.update(config)
     setup_error_handlers(app)
+    Metrics(app)  # GET /metrics
     session = ServiceSession(
         base_url=_setting(app, "QUALITATIVE_URL"),
         service_name=_setting(app, "QUALITATIVE_SERVICE_NAME"),

@@ -15,6 +15,7 @@ It also gives every response an ``X-Request-ID`` and keeps that ID in
 from __future__ import annotations
 
 import functools
+import importlib
 import io
 import logging
 import re
@@ -101,6 +102,7 @@ def error_response(
     response = jsonify(make_envelope(code, type_, message, metadata))
     response.status_code = status
     _tracing.record_envelope(status, code, type_)
+    response.gennet_error_code = code  # type: ignore[attr-defined]  # read by gennet_sync.metrics
     if headers:
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         for name, value in pairs:
@@ -343,6 +345,9 @@ class GenNet:
     :class:`~gennet_sync.context.RequestIdFilter` on ``app.logger``, so Flask's own
     log records carry ``request_id`` too.
 
+    ``GenNet(app, metrics=True)`` also serves Prometheus metrics (the ``prometheus``
+    extra): the same as ``gennet_sync.metrics.Metrics(app)`` with its defaults.
+
     Example::
 
         gennet = GenNet()
@@ -353,7 +358,9 @@ class GenNet:
             return app
     """
 
-    def __init__(self, app: Flask | None = None) -> None:
+    def __init__(self, app: Flask | None = None, *, metrics: bool = False) -> None:
+        # metrics=True: also serve Prometheus metrics (gennet_sync.metrics.Metrics).
+        self._metrics = metrics
         if app is not None:
             self.init_app(app)
 
@@ -367,6 +374,7 @@ class GenNet:
         if EXTENSION_KEY in app.extensions:
             # Already set up, by this or another GenNet: it has no settings of its own,
             # so any instance is the same extension (features set it up on demand).
+            self._init_metrics(app)
             return
         app.extensions[EXTENSION_KEY] = AppState(extension=self)
         # Flask logs the exceptions no handler took ("Exception on /path") itself.
@@ -390,6 +398,13 @@ class GenNet:
             app.app_ctx_globals_class = type(  # type: ignore[assignment]
                 "GenNetGlobals", (_RequestIdGlobals, app.app_ctx_globals_class), {}
             )
+        self._init_metrics(app)
+
+    def _init_metrics(self, app: Flask) -> None:
+        if self._metrics:
+            # By name: gennet_sync.metrics sits above this module and needs the
+            # optional prometheus extra, which an app without metrics never imports.
+            importlib.import_module("gennet_sync.metrics").setup_metrics(app)
 
 
 def setup_error_handlers(app: Flask) -> GenNet:

@@ -55,7 +55,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TypeAlias, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -257,6 +257,48 @@ class _Default(enum.Enum):
 
 _DEFAULT: Final = _Default.TOKEN
 
+
+class CallObserver(Protocol):
+    """Told of every :class:`ServiceSession` call and retry (``gennet_sync.metrics``).
+
+    Set as :data:`call_observer`; ``None`` (the default) costs each call one test.
+    """
+
+    def observe(
+        self, session: ServiceSession, request: requests.PreparedRequest, send: Callable[[], Any]
+    ) -> requests.Response:
+        """Run ``send`` (the whole call) and return its response, noting how it ended."""
+        ...
+
+    def retried(self, call: _Call | None) -> None:
+        """A retry of ``call`` is about to be made."""
+        ...
+
+
+#: The observer of every call, or ``None``; set by ``gennet_sync.metrics``.
+call_observer: CallObserver | None = None
+
+#: The session whose call the observer is watching in this context: the redirect
+#: hops of that call come back through send() and are part of it.
+_observed_by: ContextVar[ServiceSession | None] = ContextVar("gennet_sync_observed", default=None)
+
+
+def _observed_send(
+    observer: CallObserver,
+    session: ServiceSession,
+    request: requests.PreparedRequest,
+    kwargs: dict[str, Any],
+) -> requests.Response:
+    token = _observed_by.set(session)
+    try:
+        # ServiceSession.send itself: a subclass overriding send() must run once, not twice.
+        return observer.observe(
+            session, request, lambda: ServiceSession.send(session, request, **kwargs)
+        )
+    finally:
+        _observed_by.reset(token)
+
+
 #: A ``total_timeout`` given to :meth:`ServiceSession.request` for the call it makes.
 _call_total_timeout: ContextVar[float | _Default | None] = ContextVar(
     "gennet_sync_call_total_timeout", default=_DEFAULT
@@ -361,6 +403,8 @@ class ServiceRetry(Retry):
                 raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
         retry = super().increment(method, url, response, error, _pool, _stacktrace)
         _tracing.count_resend()
+        if call_observer is not None:
+            call_observer.retried(_call_in_progress.get())
         if response is not None:
             _drop_if_large(response)
         return retry
@@ -1798,6 +1842,8 @@ class ServiceSession(requests.Session):
         """
         if isinstance(request, requests.Request):  # as requests refuses it, before any use
             raise ValueError("You can only send PreparedRequests.")
+        if call_observer is not None and _observed_by.get() is not self:  # metrics on
+            return _observed_send(call_observer, self, request, kwargs)
         if "timeout" not in kwargs:  # a direct send(); request() always passes one
             kwargs["timeout"] = self.timeout
         if self.forward_request_id and self.request_id_header not in request.headers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -38,7 +39,11 @@ def test_demo_with_redis_tells_the_whole_story_and_cleans_up() -> None:
     assert "(Redis: open)" in out
     assert "(Redis: closed)" in out
     assert "the half-open trial -> 200" in out
-    assert "Story complete: all 4 steps happened as told" in out
+    # The summary read back from the services' /metrics.
+    assert "What the services' /metrics saw" in out
+    assert re.search(r"grn +CONFLICT +409: 1\n", out), out
+    assert re.search(r"workflow +qualitative-service: closed -> open: [1-9]", out), out
+    assert "Story complete: all 5 steps happened as told" in out
     ports = ports_started(out)
     assert len(ports) == 4  # three services and redis-server
     assert all(nothing_listens_on(port) for port in ports)

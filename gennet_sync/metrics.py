@@ -1,0 +1,654 @@
+"""Prometheus metrics for a gennet_sync service: ``GET /metrics`` and the series behind it.
+
+Needs the ``prometheus`` extra (``prometheus-client``).  The series, how the
+breakers' own counters are exported without a metric update per call, and how
+the totals stay right under gunicorn are described in ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import logging
+import os
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import requests
+from flask import Flask, Response, request
+from flask.wrappers import Request
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.multiprocess import MultiProcessCollector
+except ImportError as missing:  # the optional extra is not installed
+    raise ImportError(
+        "gennet_sync.metrics (GenNet(app, metrics=True)) needs prometheus-client: "
+        "pip install 'gennet_sync[prometheus]'"
+    ) from missing
+
+from gennet_sync import http_client
+from gennet_sync.breaker_policy import BreakerStatus, TransitionRecord
+from gennet_sync.circuit_breaker import CircuitBreaker, CircuitBreakerError
+from gennet_sync.error_handler import app_state
+from gennet_sync.exceptions import GenNetException, UnauthorizedError
+from gennet_sync.openapi import doc
+from gennet_sync.storage import CircuitState
+
+__all__ = [
+    "DEFAULT_FLUSH_INTERVAL",
+    "DEFAULT_METRICS_PATH",
+    "UNMATCHED_ROUTE",
+    "Metrics",
+    "flush",
+    "multiprocess_mode",
+    "setup_metrics",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Where the metrics are served unless ``GENNET_METRICS_PATH`` says otherwise.
+DEFAULT_METRICS_PATH: Final = "/metrics"
+#: Seconds between two copies of the breakers' counters into the metrics
+#: (``GENNET_METRICS_FLUSH_INTERVAL``): the most a scrape of another worker lags.
+DEFAULT_FLUSH_INTERVAL: Final = 1.0
+#: The ``route`` of a request no URL rule matched (a scan of random paths).
+UNMATCHED_ROUTE: Final = "<unmatched>"
+#: A label value past a cap, or not a plausible one (an envelope's code is free text).
+OTHER: Final = "<other>"
+
+_FEATURE = "metrics"
+_ENDPOINT = "gennet_metrics"
+_STARTED = "gennet_sync.metrics_started"
+# Methods an HTTP server sees in practice; anything else (a scanner's invented
+# method) is one label value, so it cannot grow the series.
+_METHODS: Final = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
+)
+_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# Distinct values kept per free-text label (codes, services, error types) per process.
+_MAX_LABEL_VALUES: Final = 200
+# Breakers exported per process: a breaker made per request must not blow up the series.
+_MAX_BREAKERS: Final = 1000
+_STATES: Final = tuple(CircuitState)
+_STATUS_LABELS: Final = {code: str(code) for code in range(100, 600)}
+# Label children cached per key; cleared past this (keys of a bounded label set).
+_MAX_CACHED_CHILDREN: Final = 4096
+# The module, not the package's circuit_breaker() decorator of the same name.
+_breakers: Final = importlib.import_module("gennet_sync.circuit_breaker")
+
+
+def multiprocess_mode() -> bool:
+    """Whether prometheus-client writes to ``PROMETHEUS_MULTIPROC_DIR`` (gunicorn)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class _LabelCap:
+    """Keeps a free-text label's values bounded: past the cap, new values are ``<other>``."""
+
+    def __init__(self, limit: int = _MAX_LABEL_VALUES) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if _CODE.fullmatch(value) is None or len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(value)  # a race adds one value twice at worst: a set
+        return value
+
+
+@dataclass
+class _Seen:
+    """What was last copied of one breaker: its counters and its newest transition."""
+
+    counts: tuple[int, int, int, int, int]
+    last_transition: TransitionRecord | None
+    #: The gauges' values last written (state, retry time, fleet state); ``None``
+    #: writes them again (a forked worker writes its own).
+    gauges: tuple[CircuitState, float, CircuitState | None] | None
+
+
+class _Series:
+    """Every metric of gennet_sync in one registry, and the copy of the breakers' counters."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.http_requests = Counter(
+            "gennet_http_requests",
+            "HTTP requests served, by method, URL rule and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.http_duration = Histogram(
+            "gennet_http_request_duration_seconds",
+            "Time to answer an HTTP request, from the first hook to the response.",
+            ["method", "route"],
+            registry=registry,
+        )
+        self.http_errors = Counter(
+            "gennet_http_errors",
+            "Error envelopes returned, by envelope code.",
+            ["code", "status", "method", "route"],
+            registry=registry,
+        )
+        self.breaker_state = Gauge(
+            "gennet_breaker_state",
+            "1 for the breaker's current state in this process, 0 for the others.",
+            ["breaker", "state"],
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        self.breaker_fleet_state = Gauge(
+            "gennet_breaker_fleet_state",
+            "1 for the state the shared storage last reported for the breaker.",
+            ["breaker", "state"],
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.breaker_calls = Counter(
+            "gennet_breaker_calls",
+            "Calls through the breaker, by outcome (rejected: refused without running).",
+            ["breaker", "outcome"],
+            registry=registry,
+        )
+        self.breaker_slow_calls = Counter(
+            "gennet_breaker_slow_calls",
+            "Calls that took at least the breaker's slow_call_duration.",
+            ["breaker"],
+            registry=registry,
+        )
+        self.breaker_transitions = Counter(
+            "gennet_breaker_transitions",
+            "State changes of the breaker.",
+            ["breaker", "from_state", "to_state"],
+            registry=registry,
+        )
+        self.breaker_retry_at = Gauge(
+            "gennet_breaker_retry_at_seconds",
+            "Wall-clock time (Unix seconds) of the breaker's next trial call; 0 when none.",
+            ["breaker"],
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        self.client_requests = Counter(
+            "gennet_client_requests",
+            "ServiceSession calls, by status (or the error type when no response came).",
+            ["service", "method", "status"],
+            registry=registry,
+        )
+        self.client_duration = Histogram(
+            "gennet_client_request_duration_seconds",
+            "Time a ServiceSession call took, retries included.",
+            ["service", "method"],
+            registry=registry,
+        )
+        self.client_retries = Counter(
+            "gennet_client_retries",
+            "Retries ServiceSession made.",
+            ["service"],
+            registry=registry,
+        )
+        self.client_downstream_errors = Counter(
+            "gennet_client_downstream_errors",
+            "Error responses from downstream services, by the code in their envelope.",
+            ["service", "code"],
+            registry=registry,
+        )
+        # A gauge without labels has a value (0) from its creation: made on the
+        # first shared storage seen, so a service without one shows no outage.
+        self._storage_up: Gauge | None = None
+        self._storage_lock = threading.Lock()
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._client_children: dict[tuple[str | None, str | None, str], Any] = {}
+        self._seen: weakref.WeakKeyDictionary[CircuitBreaker, _Seen] = weakref.WeakKeyDictionary()
+        self._flush_lock = threading.Lock()
+        self.codes = _LabelCap()
+        self.services = _LabelCap()
+        self.error_types = _LabelCap()
+        self._warned_breakers = False
+
+    # -- the Flask side ----------------------------------------------------------------
+
+    def observe_request(self, request: Request, response: Response) -> None:
+        rule = request.url_rule
+        if rule is not None and rule.endpoint == _ENDPOINT:
+            return
+        route = rule.rule if rule is not None else UNMATCHED_ROUTE
+        method = request.method if request.method in _METHODS else OTHER
+        status = response.status_code
+        key = (method, route, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_duration.labels(method, route),
+            )
+            self._http_children[key] = children
+        children[0].inc()
+        started = request.environ.get(_STARTED)
+        if started is not None:
+            children[1].observe(time.perf_counter() - started)
+        code = getattr(response, "gennet_error_code", None)
+        if code is not None:
+            self.http_errors.labels(self.codes(str(code)), str(status), method, route).inc()
+
+    # -- the client side ---------------------------------------------------------------
+
+    def observe_call(
+        self,
+        session: http_client.ServiceSession,
+        request: requests.PreparedRequest,
+        seconds: float,
+        response: requests.Response | None,
+        error: BaseException | None,
+    ) -> None:
+        downstream_code = None
+        if response is not None:
+            code = response.status_code
+            status = _STATUS_LABELS.get(code) or str(code)
+            # Only a body already read: a streamed one is the caller's to read.
+            if code >= 400 and isinstance(response._content, bytes):
+                mapped = http_client.error_from_response(response, service=session.service_name)
+                downstream_code = None if mapped is None else mapped.code
+        elif isinstance(error, GenNetException) and not isinstance(
+            error, requests.RequestException
+        ):
+            # raise_errors: the downstream answered an error, raised as its envelope says.
+            status = str(error.status_code)
+            downstream_code = error.code
+        else:
+            status = self.error_types(_error_type(error))
+        key = (session.service_name or session.base_url or request.url, request.method, status)
+        children = self._client_children.get(key)
+        if children is None:
+            children = self._client_children_for(key)
+        children[0].inc()
+        children[1].observe(seconds)
+        if downstream_code is not None:
+            self.client_downstream_errors.labels(children[2], self.codes(downstream_code)).inc()
+
+    def _client_children_for(self, key: tuple[str | None, str | None, str]) -> Any:
+        target, method, status = key
+        service = self.services(_service_label(target))
+        method = (method or "GET").upper()
+        method = method if method in _METHODS else OTHER
+        children = (
+            self.client_requests.labels(service, method, status),
+            self.client_duration.labels(service, method),
+            service,
+        )
+        if len(self._client_children) >= _MAX_CACHED_CHILDREN:
+            self._client_children.clear()  # per-host sessions to ever new hosts
+        self._client_children[key] = children
+        return children
+
+    def count_retry(self, call: Any) -> None:
+        session = call.session
+        target = session.service_name or session.base_url or call.url
+        self.client_retries.labels(self.services(_service_label(target))).inc()
+
+    # -- the breakers: their own counters, copied off the call path ----------------------
+
+    def flush_breakers(self) -> None:
+        """Copy every breaker's counters and state of this process into the metrics."""
+        with _breakers._live_lock:
+            breakers = list(_breakers._live_breakers)
+        if len(breakers) > _MAX_BREAKERS:
+            if not self._warned_breakers:
+                logger.warning(
+                    "%d circuit breakers in this process; metrics export the first %d",
+                    len(breakers),
+                    _MAX_BREAKERS,
+                )
+                self._warned_breakers = True
+            breakers = breakers[:_MAX_BREAKERS]
+        with self._flush_lock:
+            storage_up: bool | None = None
+            for breaker in breakers:
+                status = breaker.status()
+                self._copy(breaker, status)
+                if status.storage_up is not None:
+                    storage_up = status.storage_up and storage_up is not False
+            if storage_up is not None:
+                self._storage_gauge().set(1 if storage_up else 0)
+
+    def _storage_gauge(self) -> Gauge:
+        with self._storage_lock:
+            if self._storage_up is None:
+                self._storage_up = Gauge(
+                    "gennet_breaker_storage_up",
+                    "1 when the breakers' shared storage answered their last call.",
+                    registry=self.registry,
+                    multiprocess_mode="livemin",
+                )
+            return self._storage_up
+
+    def _copy(self, breaker: CircuitBreaker, status: BreakerStatus) -> None:
+        name = breaker.name
+        snapshot = status.metrics
+        counts = (
+            snapshot.successes,
+            snapshot.failures,
+            snapshot.ignored,
+            snapshot.rejections,
+            snapshot.slow_calls,
+        )
+        seen = self._seen.get(breaker)
+        before = seen.counts if seen is not None else (0, 0, 0, 0, 0)
+        for outcome, now, then in zip(
+            ("success", "failure", "ignored", "rejected"), counts, before, strict=False
+        ):
+            if now > then:
+                self.breaker_calls.labels(name, outcome).inc(now - then)
+            elif seen is None:
+                self.breaker_calls.labels(name, outcome)  # the series exists from 0
+        if counts[4] > before[4]:
+            self.breaker_slow_calls.labels(name).inc(counts[4] - before[4])
+        elif seen is None:
+            self.breaker_slow_calls.labels(name)
+        history = status.transitions
+        last = seen.last_transition if seen is not None else None
+        for record in _after(history, last):
+            self.breaker_transitions.labels(
+                name, record.old_state.value, record.new_state.value
+            ).inc()
+        gauges = (snapshot.state, status.retry_at or 0.0, status.fleet_state)
+        self._seen[breaker] = _Seen(counts, history[-1] if history else last, gauges)
+        if seen is not None and seen.gauges == gauges:
+            return  # an idle breaker: nothing to write
+        for state in _STATES:
+            self.breaker_state.labels(name, state.value).set(1 if state is snapshot.state else 0)
+        self.breaker_retry_at.labels(name).set(gauges[1])
+        if status.fleet_state is not None:
+            for state in _STATES:
+                self.breaker_fleet_state.labels(name, state.value).set(
+                    1 if state is status.fleet_state else 0
+                )
+
+
+def _after(
+    history: tuple[TransitionRecord, ...], last: TransitionRecord | None
+) -> tuple[TransitionRecord, ...]:
+    """The records of ``history`` newer than ``last`` (all of them when it has gone by)."""
+    if last is None:
+        return history
+    for index in range(len(history) - 1, -1, -1):
+        if history[index] == last:
+            return history[index + 1 :]
+    return history
+
+
+# -- process-wide state: one set of series per registry, one flush thread ----------------
+
+_series: dict[int, _Series] = {}
+_series_lock = threading.Lock()
+_flush_interval = DEFAULT_FLUSH_INTERVAL
+_flusher_pid: int | None = None
+_flusher_stop = threading.Event()
+
+
+# The same, as a tuple the per-call observer reads without copying.
+_all_series: tuple[_Series, ...] = ()
+
+
+def _series_for(registry: CollectorRegistry) -> _Series:
+    global _all_series  # noqa: PLW0603
+    with _series_lock:
+        series = _series.get(id(registry))
+        if series is None:
+            series = _series[id(registry)] = _Series(registry)
+            _all_series = tuple(_series.values())
+        return series
+
+
+def flush() -> None:
+    """Copy the breakers' counters into the metrics now (at worker exit, before a scrape).
+
+    Never raises: a metrics failure is logged, the caller carries on.
+    """
+    for series in _all_series:
+        try:
+            series.flush_breakers()
+        except Exception:
+            logger.exception("gennet_sync metrics: copying the breakers' counters failed")
+
+
+def _flush_loop(stop: threading.Event) -> None:
+    while not stop.wait(_flush_interval):
+        flush()
+
+
+def _ensure_flusher() -> None:
+    """Start this process's flush thread (a forked worker starts its own)."""
+    global _flusher_pid, _flusher_stop  # noqa: PLW0603
+    if _flusher_pid is not None:  # reset in a forked child (_reinit_after_fork)
+        return
+    with _series_lock:
+        if _flusher_pid is not None:
+            return
+        pid = os.getpid()
+        _flusher_stop = threading.Event()
+        thread = threading.Thread(
+            target=_flush_loop, args=(_flusher_stop,), name="gennet-metrics-flush", daemon=True
+        )
+        thread.start()
+        _flusher_pid = pid
+
+
+def _stop_flusher() -> None:
+    """Stop the flush thread (for tests); the next request starts it again."""
+    global _flusher_pid  # noqa: PLW0603
+    _flusher_stop.set()
+    _flusher_pid = None
+
+
+def _reinit_after_fork() -> None:
+    global _series_lock, _flusher_pid  # noqa: PLW0603
+    _series_lock = threading.Lock()
+    _flusher_pid = None
+    for series in _series.values():
+        series._flush_lock = threading.Lock()
+        series._storage_lock = threading.Lock()
+        for seen in series._seen.values():
+            seen.gauges = None  # the parent's gauges are not this worker's
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)
+atexit.register(flush)
+
+
+# -- the client observer ------------------------------------------------------------------
+
+
+class _ClientObserver:
+    """Feeds every ServiceSession call and retry to the series of each registry in use."""
+
+    def observe(
+        self,
+        session: http_client.ServiceSession,
+        request: requests.PreparedRequest,
+        send: Callable[[], Any],
+    ) -> requests.Response:
+        started = time.perf_counter()
+        try:
+            response: requests.Response = send()
+        except Exception as error:
+            self._record(session, request, time.perf_counter() - started, None, error)
+            raise
+        self._record(session, request, time.perf_counter() - started, response, None)
+        return response
+
+    def retried(self, call: Any) -> None:
+        if call is None:
+            return
+        try:
+            for series in _all_series:
+                series.count_retry(call)
+        except Exception:
+            logger.exception("gennet_sync metrics: counting a retry failed")
+
+    def _record(
+        self,
+        session: http_client.ServiceSession,
+        request: requests.PreparedRequest,
+        seconds: float,
+        response: requests.Response | None,
+        error: BaseException | None,
+    ) -> None:
+        try:
+            for series in _all_series:
+                series.observe_call(session, request, seconds, response, error)
+        except Exception:
+            logger.exception("gennet_sync metrics: counting a call failed")
+
+
+def _error_type(error: BaseException | None) -> str:
+    """The type of a call's error, the same with and without ``raise_errors``.
+
+    With it, a transport failure is raised as a class that is both ours and the
+    requests exception it replaces (``ServiceUnavailableError`` and
+    ``requests.ConnectionError``): the requests name is used, as without it.  A
+    breaker's refusal is ``CircuitBreakerError`` either way.
+    """
+    if isinstance(error, CircuitBreakerError):
+        return "CircuitBreakerError"
+    if isinstance(error, GenNetException) and isinstance(error, requests.RequestException):
+        theirs = type(error).__bases__[-1]
+        return theirs.__name__
+    return type(error).__name__
+
+
+def _service_label(target: str | None) -> str:
+    """A session's service name, else the ``host:port`` of its base URL or the call's URL."""
+    if not target:
+        return "downstream"
+    if "://" not in target:
+        return target
+    return http_client.host_port(target) or "downstream"
+
+
+_OBSERVER: Final = _ClientObserver()
+
+
+# -- the Flask extension ------------------------------------------------------------------
+
+
+class Metrics:
+    """Serves the Prometheus text format at ``GET /metrics`` and counts every request.
+
+    Settings from ``app.config``: ``GENNET_METRICS_PATH`` (default ``/metrics``)
+    and ``GENNET_METRICS_FLUSH_INTERVAL`` (seconds between two copies of the
+    breakers' counters, default 1).  The metrics endpoint is neither counted nor
+    in the OpenAPI document.  Under gunicorn use ``gennet_sync.gunicorn_conf``,
+    which sets ``PROMETHEUS_MULTIPROC_DIR``: every worker then serves the totals of
+    all of them.
+
+    Example::
+
+        metrics = Metrics(auth=lambda request: request.headers.get("X-Token") == TOKEN)
+
+        def create_app():
+            app = Flask(__name__)
+            metrics.init_app(app)
+            return app
+
+    Args:
+        app: The app, or ``None`` to call :meth:`init_app` later.
+        auth: Called with the request to ``/metrics``; ``False`` answers 401.
+        registry: Where the series are registered; prometheus-client's default
+            registry (so the app's own metrics are served too) unless given.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        auth: Callable[[Request], bool] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.auth = auth
+        self.registry = registry if registry is not None else REGISTRY
+        self._series = _series_for(self.registry)
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Count the requests of ``app`` and serve the metrics on it.
+
+        Raises:
+            RuntimeError: ``app`` already has another ``Metrics``.
+            ValueError: Another view already answers ``GENNET_METRICS_PATH``.
+        """
+        global _flush_interval  # noqa: PLW0603
+        state = app_state(app)
+        existing = state.features.get(_FEATURE)
+        if existing is self:
+            return
+        if existing is not None:
+            raise RuntimeError("this app already has a Metrics; use that one")
+        path = app.config.setdefault("GENNET_METRICS_PATH", DEFAULT_METRICS_PATH)
+        interval = float(
+            app.config.setdefault("GENNET_METRICS_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL)
+        )
+        if not interval > 0:
+            raise ValueError("GENNET_METRICS_FLUSH_INTERVAL must be a positive number of seconds")
+        for rule in app.url_map.iter_rules():
+            if rule.rule == path and "GET" in (rule.methods or ()):
+                raise ValueError(
+                    f"{rule.endpoint!r} already answers GET {path}; set GENNET_METRICS_PATH "
+                    "to another path (or give the other extension another one)"
+                )
+        state.features[_FEATURE] = self
+        _flush_interval = min(_flush_interval, interval)
+
+        @doc(hidden=True)
+        def serve_metrics() -> Response:
+            return self._serve()
+
+        app.add_url_rule(path, _ENDPOINT, serve_metrics, methods=["GET"])
+        state.add_request_steps(app, before=_note_start, after=self._after_request)
+        http_client.call_observer = _OBSERVER
+
+    def _after_request(self, request: Request, response: Response) -> Response:
+        try:
+            _ensure_flusher()
+            self._series.observe_request(request, response)
+        except Exception:
+            logger.exception("gennet_sync metrics: counting a request failed")
+        return response
+
+    def _serve(self) -> Response:
+        if self.auth is not None and not self.auth(request):
+            raise UnauthorizedError("Metrics need authentication")
+        _ensure_flusher()
+        flush()
+        registry = self.registry
+        if multiprocess_mode():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        response = Response(encoder(registry), status=200)
+        response.headers["Content-Type"] = content_type
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+
+def _note_start(request: Request) -> None:
+    request.environ[_STARTED] = time.perf_counter()
+
+
+def setup_metrics(app: Flask) -> Metrics:
+    """The app's :class:`Metrics`, set up with its defaults when it has none yet."""
+    existing = app_state(app).features.get(_FEATURE)
+    if isinstance(existing, Metrics):
+        return existing
+    return Metrics(app)

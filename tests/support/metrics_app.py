@@ -1,0 +1,59 @@
+"""The app the metrics tests run under gunicorn: requests, error envelopes and breaker
+calls whose totals the tests know exactly."""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+from gennet_sync import CircuitBreaker, ConflictError, GenNet
+
+__all__ = ["BREAKER_NAME", "create_app"]
+
+#: The breaker every worker calls through (one per worker process, as breakers are).
+BREAKER_NAME = "metrics-downstream"
+
+
+def create_app() -> Flask:
+    """An app with metrics on: ``/ok``, ``/conflict`` (a 409 envelope), ``/breaker/<outcome>``
+    (a call through the breaker that succeeds or fails) and ``/pid`` (which worker answered)."""
+    app = Flask("metrics_under_test")
+    app.config["GENNET_METRICS_FLUSH_INTERVAL"] = float(
+        os.environ.get("GENNET_METRICS_FLUSH_INTERVAL", "0.5")
+    )
+    GenNet(app, metrics=True)
+    # Never opens: the tests count every call's outcome.
+    breaker = CircuitBreaker(failure_threshold=1_000_000, name=BREAKER_NAME)
+
+    def fail() -> None:
+        raise ConnectionError("downstream refused")
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ok")
+    def ok() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/conflict")
+    def conflict() -> dict[str, bool]:
+        raise ConflictError("already there")
+
+    @app.get("/breaker/<outcome>")
+    def through_breaker(outcome: str) -> dict[str, str]:
+        if outcome == "success":
+            breaker.call(lambda: None)
+            return {"outcome": "success"}
+        try:
+            breaker.call(fail)
+        except ConnectionError:
+            return {"outcome": "failure"}
+        raise AssertionError("unreachable")
+
+    @app.get("/pid")
+    def pid() -> dict[str, int]:
+        return {"pid": os.getpid()}
+
+    return app

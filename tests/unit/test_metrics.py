@@ -1,0 +1,516 @@
+"""gennet_sync.metrics in one process: every series with its exact value, read back
+from ``GET /metrics`` with prometheus-client's own parser."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import string
+import sys
+from collections.abc import Iterator
+
+import pytest
+import requests
+import responses
+from flask import Flask
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_flask_exporter import PrometheusMetrics
+
+from gennet_sync import (
+    CircuitBreaker,
+    CircuitBreakerError,
+    GenNet,
+    NotFoundError,
+    ServiceSession,
+    ServiceUnavailableError,
+    ValidationError,
+    http_client,
+    metrics,
+)
+from gennet_sync.metrics import OTHER, UNMATCHED_ROUTE, Metrics
+from gennet_sync.openapi import OpenAPI
+from tests.support.clock import FakeClock
+
+pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+EPOCH = 1_790_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def _no_observer_left() -> Iterator[None]:
+    yield
+    http_client.call_observer = None
+    # The tests' own registries go; the default registry's series stay registered
+    # in it (an example app of another test may have made them).
+    for key, series in list(metrics._series.items()):
+        if series.registry is not REGISTRY:
+            del metrics._series[key]
+    metrics._all_series = tuple(metrics._series.values())
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+def make_app(registry: CollectorRegistry, **config: object) -> Flask:
+    app = Flask("metrics_app")
+    app.config.update(config)
+    GenNet(app)
+    Metrics(app, registry=registry)
+
+    @app.get("/items/<int:item_id>")
+    def item(item_id: int) -> dict[str, int]:
+        if item_id == 0:
+            raise NotFoundError("item", "0")
+        if item_id == 1:
+            raise ValidationError("bad item 1")
+        return {"id": item_id}
+
+    return app
+
+
+def scrape(app: Flask, path: str = "/metrics") -> Samples:
+    response = app.test_client().get(path)
+    assert response.status_code == 200, response.text
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def series_of(samples: Samples, name: str) -> list[dict[str, str]]:
+    return [dict(labels) for (sample, labels) in samples if sample == name]
+
+
+def test_requests_are_counted_by_method_url_rule_and_status(registry: CollectorRegistry) -> None:
+    app = make_app(registry)
+    client = app.test_client()
+    for _ in range(3):
+        client.get("/items/7")
+    client.get("/items/8")
+    client.post("/items/7")  # 405
+    samples = scrape(app)
+    route = "/items/<int:item_id>"
+    assert (
+        value(samples, "gennet_http_requests_total", method="GET", route=route, status="200") == 4
+    )
+    assert (
+        value(
+            samples,
+            "gennet_http_requests_total",
+            method="POST",
+            route=UNMATCHED_ROUTE,
+            status="405",
+        )
+        == 1
+    )
+    count = "gennet_http_request_duration_seconds_count"
+    assert value(samples, count, method="GET", route=route) == 4
+    seconds = value(samples, "gennet_http_request_duration_seconds_sum", method="GET", route=route)
+    assert seconds is not None and seconds > 0
+
+
+def test_every_error_envelope_is_counted_with_its_code(registry: CollectorRegistry) -> None:
+    app = make_app(registry)
+    client = app.test_client()
+    client.get("/items/0")
+    client.get("/items/0")
+    client.get("/items/1")
+    client.get("/no/such/page")
+    samples = scrape(app)
+    route = "/items/<int:item_id>"
+    errors = "gennet_http_errors_total"
+    assert value(samples, errors, code="NOT_FOUND", status="404", method="GET", route=route) == 2
+    assert (
+        value(samples, errors, code="VALIDATION_ERROR", status="422", method="GET", route=route)
+        == 1
+    )
+    assert (
+        value(samples, errors, code="NOT_FOUND", status="404", method="GET", route=UNMATCHED_ROUTE)
+        == 1
+    )
+    # Successes are not errors.
+    assert not [s for s in series_of(samples, errors) if s["status"] == "200"]
+
+
+def test_the_metrics_endpoint_is_not_counted_and_not_in_openapi(
+    registry: CollectorRegistry,
+) -> None:
+    app = make_app(registry)
+    OpenAPI(app, title="t", version="1")
+    for _ in range(3):
+        scrape(app)
+    samples = scrape(app)
+    routes = {s["route"] for s in series_of(samples, "gennet_http_requests_total")}
+    assert "/metrics" not in routes
+    document = app.test_client().get("/openapi.json").get_json()
+    assert "/metrics" not in document["paths"]
+    assert "/items/{item_id}" in document["paths"]
+
+
+def test_a_scan_of_random_paths_and_methods_adds_no_series(registry: CollectorRegistry) -> None:
+    app = make_app(registry)
+    client = app.test_client()
+    chars = string.ascii_letters + string.digits + "%._-~"
+    rng = random.Random(14)
+    for _ in range(500):
+        path = "/" + "/".join(
+            "".join(rng.choice(chars) for _ in range(rng.randint(1, 12))) for _ in range(3)
+        )
+        method = rng.choice(["GET", "POST", "PROPFIND", "X" + str(rng.randint(0, 10**6))])
+        client.open(path, method=method)
+    samples = scrape(app)
+    requests_series = series_of(samples, "gennet_http_requests_total")
+    assert {s["route"] for s in requests_series} == {UNMATCHED_ROUTE}
+    assert {s["method"] for s in requests_series} <= {"GET", "POST", OTHER}
+    assert len(samples) < 200  # a handful of series, not one per path
+
+
+def test_metrics_path_and_auth_callback(registry: CollectorRegistry) -> None:
+    app = Flask("secured")
+    app.config["GENNET_METRICS_PATH"] = "/internal/metrics"
+    Metrics(app, registry=registry, auth=lambda request: request.headers.get("X-Token") == "s3")
+    client = app.test_client()
+    refused = client.get("/internal/metrics")
+    assert refused.status_code == 401
+    assert refused.get_json()["error"]["code"] == "UNAUTHORIZED"
+    assert client.get("/metrics").status_code == 404
+    allowed = client.get("/internal/metrics", headers={"X-Token": "s3"})
+    assert allowed.status_code == 200
+    assert allowed.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert "gennet_http_requests_total" in allowed.text
+
+
+def test_openmetrics_is_served_to_a_scraper_that_asks_for_it(registry: CollectorRegistry) -> None:
+    app = make_app(registry)
+    app.test_client().get("/items/3")
+    response = app.test_client().get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert response.text.endswith("# EOF\n")
+
+
+def test_genet_metrics_keyword_switches_them_on_once(registry: CollectorRegistry) -> None:
+    app = Flask("keyword")
+    GenNet(app, metrics=True)
+    GenNet(app, metrics=True)  # a second setup changes nothing
+    response = app.test_client().get("/metrics")
+    assert response.status_code == 200
+    assert "gennet_http_requests_total" in response.text
+    plain = Flask("plain")
+    GenNet(plain)
+    assert plain.test_client().get("/metrics").status_code == 404
+
+
+def test_a_second_metrics_instance_on_one_app_is_refused(registry: CollectorRegistry) -> None:
+    app = make_app(registry)
+    with pytest.raises(RuntimeError, match="already has a Metrics"):
+        Metrics(app, registry=registry)
+
+
+def test_a_path_another_view_answers_is_refused(registry: CollectorRegistry) -> None:
+    app = Flask("taken")
+    app.add_url_rule("/metrics", "theirs", lambda: "theirs")
+    with pytest.raises(ValueError, match="GENNET_METRICS_PATH"):
+        Metrics(app, registry=registry)
+
+
+def test_coexists_with_prometheus_flask_exporter(registry: CollectorRegistry) -> None:
+    app = Flask("both")
+    exporter = PrometheusMetrics(app, registry=registry, path="/exporter-metrics")
+    Metrics(app, registry=registry)
+
+    @app.get("/ping")
+    def ping() -> str:
+        return "pong"
+
+    for _ in range(2):
+        app.test_client().get("/ping")
+    ours = scrape(app)
+    theirs = scrape(app, "/exporter-metrics")
+    assert value(ours, "gennet_http_requests_total", method="GET", route="/ping", status="200") == 2
+    assert (
+        value(theirs, "gennet_http_requests_total", method="GET", route="/ping", status="200") == 2
+    )
+    # prometheus_flask_exporter's own series, on both endpoints.
+    duration = "flask_http_request_duration_seconds_count"
+    for samples in (ours, theirs):
+        assert value(samples, duration, method="GET", path="/ping", status="200") == 2
+    assert exporter is not None
+
+
+def test_a_failing_metric_never_breaks_the_request(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(registry)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("metrics backend broken")
+
+    monkeypatch.setattr(metrics._Series, "observe_request", broken)
+    monkeypatch.setattr(metrics._Series, "flush_breakers", broken)
+    response = app.test_client().get("/items/5")
+    assert response.status_code == 200
+    assert response.get_json() == {"id": 5}
+    assert app.test_client().get("/metrics").status_code == 200
+
+
+# -- breakers -----------------------------------------------------------------------------
+
+
+def breaker(
+    clock: FakeClock, wall: FakeClock, name: str = "grn", **options: object
+) -> CircuitBreaker:
+    return CircuitBreaker(name=name, clock=clock, wall_clock=wall, **options)  # type: ignore[arg-type]
+
+
+def fail(target: CircuitBreaker) -> None:
+    with pytest.raises(ZeroDivisionError):
+        target.call(lambda: 1 / 0)
+
+
+def test_breaker_counters_are_exported_as_they_are(
+    registry: CollectorRegistry, clock: FakeClock
+) -> None:
+    app = make_app(registry)
+    wall = FakeClock(EPOCH)
+    grn = breaker(clock, wall, failure_threshold=2, recovery_timeout=30, slow_call_duration=5)
+    for _ in range(3):
+        grn.call(lambda: None)
+    permit = grn.acquire()
+    clock.advance(6)  # a slow success
+    permit.success()
+    grn.acquire().ignore()
+    fail(grn)
+    fail(grn)  # opens
+    for _ in range(4):
+        with pytest.raises(CircuitBreakerError):
+            grn.call(lambda: None)
+    samples = scrape(app)
+    calls = "gennet_breaker_calls_total"
+    assert value(samples, calls, breaker="grn", outcome="success") == 4
+    assert value(samples, calls, breaker="grn", outcome="failure") == 2
+    assert value(samples, calls, breaker="grn", outcome="ignored") == 1
+    assert value(samples, calls, breaker="grn", outcome="rejected") == 4
+    assert value(samples, "gennet_breaker_slow_calls_total", breaker="grn") == 1
+    transitions = "gennet_breaker_transitions_total"
+    assert value(samples, transitions, breaker="grn", from_state="closed", to_state="open") == 1
+    assert value(samples, "gennet_breaker_state", breaker="grn", state="open") == 1
+    assert value(samples, "gennet_breaker_state", breaker="grn", state="closed") == 0
+    assert value(samples, "gennet_breaker_state", breaker="grn", state="half_open") == 0
+    # Scraped again with nothing new: the same totals, not twice them.
+    again = scrape(app)
+    assert value(again, calls, breaker="grn", outcome="success") == 4
+    assert value(again, transitions, breaker="grn", from_state="closed", to_state="open") == 1
+
+
+def test_an_idle_open_breaker_shows_the_wall_clock_time_of_its_next_trial(
+    registry: CollectorRegistry, clock: FakeClock
+) -> None:
+    app = make_app(registry)
+    wall = FakeClock(EPOCH)
+    grn = breaker(clock, wall, failure_threshold=1, recovery_timeout=30)
+    fail(grn)
+    retry_at = "gennet_breaker_retry_at_seconds"
+    assert value(scrape(app), retry_at, breaker="grn") == pytest.approx(EPOCH + 30)
+    clock.advance(20)
+    wall.advance(20)
+    assert value(scrape(app), retry_at, breaker="grn") == pytest.approx(EPOCH + 30)
+    clock.advance(11)
+    wall.advance(11)
+    samples = scrape(app)  # past it: HALF_OPEN, no trial scheduled
+    assert value(samples, retry_at, breaker="grn") == 0
+    assert value(samples, "gennet_breaker_state", breaker="grn", state="half_open") == 1
+    transitions = "gennet_breaker_transitions_total"
+    assert value(samples, transitions, breaker="grn", from_state="open", to_state="half_open") == 1
+
+
+def test_transitions_between_two_copies_are_all_counted(
+    registry: CollectorRegistry, clock: FakeClock
+) -> None:
+    app = make_app(registry)
+    wall = FakeClock(EPOCH)
+    grn = breaker(clock, wall, failure_threshold=1, recovery_timeout=1)
+    for _ in range(5):  # CLOSED -> OPEN -> HALF_OPEN -> CLOSED, five times
+        fail(grn)
+        clock.advance(1)
+        wall.advance(1)
+        grn.call(lambda: None)
+    samples = scrape(app)
+    transitions = "gennet_breaker_transitions_total"
+    for old, new in (("closed", "open"), ("open", "half_open"), ("half_open", "closed")):
+        assert value(samples, transitions, breaker="grn", from_state=old, to_state=new) == 5
+
+
+def test_a_breaker_made_again_with_the_same_name_adds_to_its_totals(
+    registry: CollectorRegistry, clock: FakeClock
+) -> None:
+    app = make_app(registry)
+    wall = FakeClock(EPOCH)
+    first = breaker(clock, wall)
+    first.call(lambda: None)
+    scrape(app)
+    second = breaker(clock, wall)
+    second.call(lambda: None)
+    second.call(lambda: None)
+    samples = scrape(app)
+    assert value(samples, "gennet_breaker_calls_total", breaker="grn", outcome="success") == 3
+    assert first is not second
+
+
+def test_no_storage_gauge_without_a_shared_storage(
+    registry: CollectorRegistry, clock: FakeClock
+) -> None:
+    app = make_app(registry)
+    breaker(clock, FakeClock(EPOCH)).call(lambda: None)
+    samples = scrape(app)
+    assert not series_of(samples, "gennet_breaker_storage_up")
+    assert not series_of(samples, "gennet_breaker_fleet_state")
+
+
+# -- ServiceSession -------------------------------------------------------------------------
+
+
+@responses.activate
+def test_client_calls_are_counted_by_service_method_and_status(registry: CollectorRegistry) -> None:
+    app = make_app(registry)
+    base = "http://grn.test"
+    responses.get(f"{base}/ok", json={"fine": True})
+    responses.get(
+        f"{base}/missing",
+        status=404,
+        json={
+            "error": {
+                "code": "NETWORK_NOT_FOUND",
+                "type": "NotFoundError",
+                "message": "no",
+                "metadata": {},
+            }
+        },
+    )
+    responses.get(f"{base}/html", status=502, body="<html>bad gateway</html>")
+    responses.get(f"{base}/down", body=requests.ConnectionError("refused"))
+    session = ServiceSession(
+        base_url=base, service_name="grn", retries=0, circuit_breaker_threshold=50
+    )
+    for _ in range(3):
+        session.get("/ok")
+    session.get("/missing")
+    session.get("/html")
+    with pytest.raises(requests.ConnectionError):
+        session.get("/down")
+    strict = ServiceSession(
+        base_url=base,
+        service_name="grn",
+        retries=0,
+        raise_errors=True,
+        circuit_breaker_threshold=50,
+    )
+    with pytest.raises(NotFoundError):
+        strict.get("/missing")
+    with pytest.raises(ServiceUnavailableError):  # and a requests.ConnectionError
+        strict.get("/down")
+    samples = scrape(app)
+    total = "gennet_client_requests_total"
+    assert value(samples, total, service="grn", method="GET", status="200") == 3
+    assert value(samples, total, service="grn", method="GET", status="404") == 2
+    assert value(samples, total, service="grn", method="GET", status="502") == 1
+    # The same error type with and without raise_errors.
+    assert value(samples, total, service="grn", method="GET", status="ConnectionError") == 2
+    downstream = "gennet_client_downstream_errors_total"
+    assert value(samples, downstream, service="grn", code="NETWORK_NOT_FOUND") == 2
+    # No envelope: the code raise_errors would raise (a 502 is a ServiceUnavailableError).
+    assert value(samples, downstream, service="grn", code="SERVICE_UNAVAILABLE") == 1
+    count = "gennet_client_request_duration_seconds_count"
+    assert value(samples, count, service="grn", method="GET") == 8
+
+
+@responses.activate
+def test_a_refused_call_is_counted_with_its_error_type(registry: CollectorRegistry) -> None:
+    app = make_app(registry)
+    responses.get("http://qual.test/x", status=503)
+    session = ServiceSession(
+        base_url="http://qual.test", service_name="qual", retries=0, circuit_breaker_threshold=1
+    )
+    session.get("/x")
+    with pytest.raises(CircuitBreakerError):
+        session.get("/x")
+    samples = scrape(app)
+    total = "gennet_client_requests_total"
+    assert value(samples, total, service="qual", method="GET", status="503") == 1
+    assert value(samples, total, service="qual", method="GET", status="CircuitBreakerError") == 1
+    assert value(samples, "gennet_breaker_calls_total", breaker="qual", outcome="rejected") == 1
+
+
+@responses.activate
+def test_hostile_downstream_codes_do_not_grow_the_series(registry: CollectorRegistry) -> None:
+    app = make_app(registry)
+    base = "http://liar.test"
+    session = ServiceSession(
+        base_url=base, service_name="liar", retries=0, use_circuit_breaker=False
+    )
+    for n in range(400):
+        code = f"CODE_{n}" if n % 2 else f"<script>{n}</script>"
+        responses.get(
+            f"{base}/e{n}",
+            status=500,
+            json={"error": {"code": code, "type": "X", "message": "m", "metadata": {}}},
+        )
+        session.get(f"/e{n}")
+    samples = scrape(app)
+    codes = {s["code"] for s in series_of(samples, "gennet_client_downstream_errors_total")}
+    assert OTHER in codes
+    assert len(codes) <= metrics._MAX_LABEL_VALUES + 1
+    assert not any("<script>" in code for code in codes)
+    total = sum(
+        v for (name, _), v in samples.items() if name == "gennet_client_downstream_errors_total"
+    )
+    assert total == 400
+
+
+@responses.activate
+def test_a_session_subclass_overriding_send_runs_it_once(registry: CollectorRegistry) -> None:
+    make_app(registry)
+    responses.get("http://sub.test/x", json={})
+    sent: list[str] = []
+
+    class Logged(ServiceSession):
+        def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:
+            sent.append(request.url or "")
+            return super().send(request, **kwargs)
+
+    Logged(base_url="http://sub.test").get("/x")
+    assert sent == ["http://sub.test/x"]
+
+
+def test_a_breaker_made_per_request_cannot_grow_the_series_past_the_cap(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(metrics, "_MAX_BREAKERS", 50)
+    app = make_app(registry)
+    made = [CircuitBreaker(name=f"per-request-{n}") for n in range(80)]
+    for each in made:
+        each.call(lambda: None)
+    samples = scrape(app)
+    names = {s["breaker"] for s in series_of(samples, "gennet_breaker_calls_total")}
+    # Other tests' breakers still alive may share names: at most 50, never all 80.
+    assert 0 < len(names) <= 50
+    assert "metrics export the first 50" in caplog.text
+
+
+def test_without_the_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    spec = importlib.util.spec_from_file_location("metrics_without_extra", metrics.__file__)
+    assert spec is not None and spec.loader is not None
+    with pytest.raises(ImportError, match=r"pip install 'gennet_sync\[prometheus\]'"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
