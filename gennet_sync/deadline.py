@@ -22,11 +22,13 @@ from gennet_sync.exceptions import DeadlineExceededError
 
 __all__ = [
     "DEADLINE_HEADER",
+    "FORWARD_MARGIN",
     "MAX_BUDGET",
     "bind_request_deadline",
     "check_deadline",
     "deadline_scope",
     "format_budget",
+    "forwarded_budget",
     "parse_budget",
     "time_left",
 ]
@@ -35,6 +37,10 @@ __all__ = [
 DEADLINE_HEADER: Final = "Request-Timeout"
 #: The largest budget believed, in seconds (a day); a larger one is ignored.
 MAX_BUDGET: Final = 86400.0
+#: Seconds taken off the budget a call forwards.  The callee starts its clock
+#: when it starts serving the request, after the request crossed the network and
+#: waited for a worker thread; without the margin each hop would gain that time.
+FORWARD_MARGIN: Final = 0.02
 
 # At most nine digits before the point and nine after: anything longer, signed,
 # in exponent form or not ASCII is not a budget, and is ignored as if absent.
@@ -83,6 +89,11 @@ def format_budget(seconds: float) -> str:
         return "0"
     millis = math.floor(min(seconds, MAX_BUDGET) * 1000)
     return f"{millis // 1000}.{millis % 1000:03d}"
+
+
+def forwarded_budget(seconds: float) -> str:
+    """The ``Request-Timeout`` a call with ``seconds`` left sends: less :data:`FORWARD_MARGIN`."""
+    return format_budget(seconds - FORWARD_MARGIN)
 
 
 def time_left(clock: Callable[[], float] = time.monotonic) -> float | None:

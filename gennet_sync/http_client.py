@@ -79,7 +79,7 @@ from gennet_sync.circuit_breaker import (
 )
 from gennet_sync.circuit_breaker import registry as _registry
 from gennet_sync.context import REQUEST_ID_HEADER, current_request_id
-from gennet_sync.deadline import DEADLINE_HEADER, format_budget, time_left
+from gennet_sync.deadline import DEADLINE_HEADER, forwarded_budget, time_left
 from gennet_sync.exceptions import (
     BulkheadFullError,
     ConflictError,
@@ -370,6 +370,10 @@ class ServiceRetry(Retry):
                 raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
         retry = super().increment(method, url, response, error, _pool, _stacktrace)
         call = _call_in_progress.get()
+        deadline = None if call is None else call.deadline
+        if deadline is not None and deadline.inherited and deadline.too_late_to_retry():
+            late = error if error is not None else ResponseError("too little time left to retry")
+            raise MaxRetryError(_pool, url or "", late)  # type: ignore[arg-type]
         budget = None if call is None else call.session._retry_budget
         if budget is not None and not budget.try_retry():
             # The service's retry budget is spent: this failure is the call's answer.
@@ -1097,7 +1101,16 @@ _NO_PERMIT: Final = _NoPermit()
 class _Deadline:
     """A call's total time limit, and the connection its current attempt has checked out."""
 
-    __slots__ = ("at", "connection", "expired", "finished", "forward", "inherited", "seconds")
+    __slots__ = (
+        "at",
+        "attempt_started",
+        "connection",
+        "expired",
+        "finished",
+        "forward",
+        "inherited",
+        "seconds",
+    )
 
     def __init__(self, seconds: float, *, inherited: bool = False, forward: bool = False) -> None:
         self.seconds = seconds
@@ -1109,9 +1122,15 @@ class _Deadline:
         self.inherited = inherited
         #: Each attempt tells the service the time left (``Request-Timeout``).
         self.forward = forward
+        self.attempt_started = time.monotonic()
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
+
+    def too_late_to_retry(self) -> bool:
+        """Less time is left than the failed attempt took: a retry would fail the same way."""
+        now = time.monotonic()
+        return self.at - now < now - self.attempt_started
 
 
 class _Watchdog:
@@ -1256,8 +1275,13 @@ class _WatchedHTTPConnection(HTTPConnection):
     ) -> None:
         deadline = _attach_to_call(self)
         if deadline is not None and deadline.forward and headers is not None:
-            # Per attempt: a retry tells the service what is left by then.
-            headers[DEADLINE_HEADER] = format_budget(deadline.remaining())
+            # Per attempt: a retry tells the service what is left by then.  With
+            # nothing left to give, the attempt is not sent: its answer could not
+            # come back in time.
+            budget = forwarded_budget(deadline.remaining())
+            if budget == "0":
+                raise _TotalTimeoutExceeded(deadline)
+            headers[DEADLINE_HEADER] = budget
         super().request(method, url, body, headers, **kwargs)
 
     def connect(self) -> None:
@@ -1273,8 +1297,10 @@ class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
 def _attach_to_call(connection: _WatchedHTTPConnection) -> _Deadline | None:
     call = _call_in_progress.get()
     deadline = None if call is None else call.deadline
-    if deadline is not None and not _WATCHDOG.attach(deadline, connection):
-        raise _TotalTimeoutExceeded(deadline)  # a retry after the limit: not sent
+    if deadline is not None:
+        if not _WATCHDOG.attach(deadline, connection):
+            raise _TotalTimeoutExceeded(deadline)  # a retry after the limit: not sent
+        deadline.attempt_started = time.monotonic()
     return deadline
 
 
@@ -1983,7 +2009,7 @@ class ServiceSession(requests.Session):
             return None
         forward = self.forward_deadline and DEADLINE_HEADER not in request.headers
         if forward:  # the first attempt's value; each attempt sets what is left then
-            request.headers[DEADLINE_HEADER] = format_budget(total)
+            request.headers[DEADLINE_HEADER] = forwarded_budget(total)
         return _Deadline(total, inherited=inherited, forward=forward)
 
     def _enter_bulkhead(self, request: requests.PreparedRequest) -> Bulkhead | None:
