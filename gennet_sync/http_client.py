@@ -266,6 +266,18 @@ class _Default(enum.Enum):
 
 _DEFAULT: Final = _Default.TOKEN
 
+#: The request whose ``send`` is running inside its session's fallback wrapper.
+_fallback_for: ContextVar[requests.PreparedRequest | None] = ContextVar(
+    "gennet_sync_fallback_for", default=None
+)
+
+#: What ``ServiceSession(fallback=)`` takes: called with the request and the error
+#: raised (or the failure response); its response, if any, is the call's answer.
+Fallback: TypeAlias = Callable[
+    [requests.PreparedRequest, BaseException | None, "requests.Response | None"],
+    "requests.Response | None",
+]
+
 #: A ``total_timeout`` given to :meth:`ServiceSession.request` for the call it makes.
 _call_total_timeout: ContextVar[float | _Default | None] = ContextVar(
     "gennet_sync_call_total_timeout", default=_DEFAULT
@@ -1528,6 +1540,10 @@ class ServiceSession(requests.Session):
         forward_deadline: Tell the service how long it has (``Request-Timeout``:
             what is left of the call's total time limit and of the deadline of
             the request being served).
+        fallback: Called when a call fails or is refused (see
+            :mod:`gennet_sync.fallback`); the response it returns, if not
+            ``None``, is the call's answer.  A fallback with a ``remember``
+            method is also given every response that is no failure.
 
     Every call obeys the deadline in force (of the request being served, see
     :class:`~gennet_sync.deadline_flask.Deadlines`, or of a
@@ -1565,6 +1581,7 @@ class ServiceSession(requests.Session):
         "bulkhead_max_wait",
         "retry_budget",
         "forward_deadline",
+        "fallback",
         "_breaker_settings",
         "_breaker_per_host",
         "_own_breaker",
@@ -1597,6 +1614,7 @@ class ServiceSession(requests.Session):
         bulkhead_max_wait: float = 0.0,
         retry_budget: RetryBudgetConfig | None = DEFAULT_RETRY_BUDGET,
         forward_deadline: bool = True,
+        fallback: Fallback | None = None,
     ) -> None:
         super().__init__()
         if base_url is not None:
@@ -1638,6 +1656,7 @@ class ServiceSession(requests.Session):
         self.bulkhead_max_wait = bulkhead_max_wait
         self.retry_budget = retry_budget
         self.forward_deadline = forward_deadline
+        self.fallback = fallback
 
         self._breaker_settings: dict[str, Any] = {
             "failure_threshold": circuit_breaker_threshold,
@@ -1712,6 +1731,7 @@ class ServiceSession(requests.Session):
         state.setdefault("bulkhead_max_wait", 0.0)
         state.setdefault("retry_budget", None)
         state.setdefault("forward_deadline", False)
+        state.setdefault("fallback", None)
         for attribute, value in state.items():
             setattr(self, attribute, value)
         self._per_host_breakers = OrderedDict()
@@ -1908,6 +1928,14 @@ class ServiceSession(requests.Session):
         """
         if isinstance(request, requests.Request):  # as requests refuses it, before any use
             raise ValueError("You can only send PreparedRequests.")
+        fallback = self.fallback
+        # A redirect hop is part of its call: the call falls back, not the hop.
+        if (
+            fallback is not None
+            and _fallback_for.get() is not request
+            and _redirect_of.get() is None
+        ):
+            return self._send_or_fall_back(fallback, request, kwargs)
         if "timeout" not in kwargs:  # a direct send(); request() always passes one
             kwargs["timeout"] = self.timeout
         if self.forward_request_id and self.request_id_header not in request.headers:
@@ -1982,6 +2010,33 @@ class ServiceSession(requests.Session):
                 call.permit.ignore()
             if bulkhead is not None:
                 bulkhead.release()
+
+    def _send_or_fall_back(
+        self, fallback: Fallback, request: requests.PreparedRequest, kwargs: dict[str, Any]
+    ) -> requests.Response:
+        """``send``, with ``fallback``'s answer for a failure or a refusal, if it has one."""
+        token = _fallback_for.set(request)
+        try:
+            response = self.send(request, **kwargs)
+        except (requests.RequestException, GenNetException) as error:
+            if isinstance(error, GenNetException) and error.status_code < 500:
+                raise  # the service answered: a 4xx is not an outage
+            answer = fallback(request, error, None)
+            if answer is None:
+                raise
+            return answer
+        finally:
+            _fallback_for.reset(token)
+        if response.status_code in self.failure_statuses:
+            answer = fallback(request, None, response)
+            if answer is not None:
+                response.close()
+                return answer
+        else:
+            remember = getattr(fallback, "remember", None)
+            if remember is not None:
+                remember(response, streamed=bool(kwargs.get("stream")))
+        return response
 
     def _deadline_for(
         self, total: float | None, request: requests.PreparedRequest

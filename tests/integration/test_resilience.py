@@ -22,6 +22,7 @@ from examples.launcher import ServiceProcess
 from gennet_sync import GenNet, ServiceSession
 from gennet_sync.deadline import DEADLINE_HEADER, deadline_scope
 from gennet_sync.exceptions import DeadlineExceededError
+from gennet_sync.fallback import FALLBACK_WARNING, LastGoodResponse
 from gennet_sync.http_client import make_retry
 from gennet_sync.retry_budget import RetryBudgetConfig
 from tests.support.servers import serve_app
@@ -262,3 +263,29 @@ def test_a_retry_budget_bounds_the_load_on_a_failing_service(
         assert downstream.received == most
     else:
         assert CALLS < downstream.received <= most
+
+
+# --------------------------------------------------------------------------- fallbacks
+
+
+def test_the_last_good_response_answers_while_the_service_is_down_and_its_breaker_open() -> None:
+    app = Flask("networks")
+    GenNet(app)
+    app.add_url_rule("/networks/abc", view_func=lambda: jsonify(id="abc", nodes=["p", "q"]))
+    session = ServiceSession(
+        service_name=f"fallback-{uuid.uuid4().hex}",
+        fallback=LastGoodResponse(),
+        raise_errors=True,
+        circuit_breaker_threshold=2,
+    )
+    with serve_app(app) as url:
+        fresh = session.get(f"{url}/networks/abc")
+    # The server is gone: refused connections, then the open breaker.
+    for _ in range(4):
+        stale = session.get(f"{url}/networks/abc")
+        assert stale.json() == fresh.json()
+        assert stale.headers["Warning"] == FALLBACK_WARNING
+    breaker = session.circuit_breaker
+    assert breaker is not None and breaker.state.value == "open"
+    with pytest.raises(requests.ConnectionError):  # nothing remembered for it
+        session.get(f"{url}/networks/other")
