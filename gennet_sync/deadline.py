@@ -109,7 +109,7 @@ def time_left(clock: Callable[[], float] = time.monotonic) -> float | None:
     if bound is None:
         return None
     at, owner = bound
-    if owner is not _SCOPE and owner != current_request_id():
+    if owner is not _SCOPE and (owner is None or owner != current_request_id()):
         return None  # left behind by a request this thread served earlier
     return at - clock()
 
@@ -145,7 +145,8 @@ def bind_request_deadline(
     """Bind the budget of the request being served (``None``: it has none).
 
     Called by the Flask side once per request, before the view; the binding
-    lapses when the request's ID is unbound.
+    lapses when the request's ID is unbound.  Outside a request (no request ID
+    bound) it binds nothing that any call would obey: use :class:`deadline_scope`.
     """
     if seconds is None:
         _deadline.set(None)

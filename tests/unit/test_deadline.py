@@ -106,6 +106,14 @@ def test_a_scope_refuses_a_negative_budget() -> None:
         deadline_scope(-1)
 
 
+def test_a_request_deadline_bound_outside_any_request_binds_nothing() -> None:
+    bind_request_deadline(0.0)
+    try:
+        assert time_left() is None
+    finally:
+        bind_request_deadline(None)
+
+
 def test_a_request_deadline_lapses_when_its_request_is_over() -> None:
     clock = FakeClock()
     token = set_request_id("first")
