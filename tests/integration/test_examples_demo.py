@@ -38,7 +38,7 @@ def test_demo_with_redis_tells_the_whole_story_and_cleans_up() -> None:
     assert "(Redis: open)" in out
     assert "(Redis: closed)" in out
     assert "the half-open trial -> 200" in out
-    assert "Story complete: all 4 steps happened as told" in out
+    assert "Story complete: all 5 steps happened as told" in out
     ports = ports_started(out)
     assert len(ports) == 4  # three services and redis-server
     assert all(nothing_listens_on(port) for port in ports)
