@@ -15,7 +15,7 @@ from typing import Final, ParamSpec, TypeVar
 
 from gennet_sync.exceptions import BulkheadFullError
 
-__all__ = ["BULKHEAD_RETRY_AFTER", "Bulkhead", "get_bulkhead", "remove_bulkhead"]
+__all__ = ["BULKHEAD_RETRY_AFTER", "Bulkhead", "clear_bulkheads", "get_bulkhead", "remove_bulkhead"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -183,3 +183,9 @@ def remove_bulkhead(name: str) -> None:
     """Forget the bulkhead of service ``name`` (calls holding its slots keep them)."""
     with _registry_lock:
         _registry.pop(name, None)
+
+
+def clear_bulkheads() -> None:
+    """Forget every service's bulkhead (sessions made before keep theirs)."""
+    with _registry_lock:
+        _registry.clear()

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_RETRY_BUDGET",
     "RetryBudget",
     "RetryBudgetConfig",
+    "clear_retry_budgets",
     "get_retry_budget",
     "remove_retry_budget",
 ]
@@ -171,3 +172,9 @@ def remove_retry_budget(name: str) -> None:
     """Forget the retry budget of service ``name``."""
     with _registry_lock:
         _registry.pop(name, None)
+
+
+def clear_retry_budgets() -> None:
+    """Forget every service's retry budget (sessions made before keep theirs)."""
+    with _registry_lock:
+        _registry.clear()
