@@ -15,9 +15,13 @@ then tells a story, printing a timeline with each call's latency:
 
 1. store a gene regulatory network (a toggle switch) in the GRN service;
 2. verify CTL formulas on it through the workflow service;
-3. stop the qualitative service: the workflow's 503s turn from failed calls into
+3. freeze the qualitative service (a downstream that hangs): a call with 1 s
+   left fails at 1 s with a 504 ``DEADLINE_EXCEEDED``, the workflow's bulkhead
+   (2 calls per worker) refuses the calls beyond it at once, and its health
+   check keeps answering;
+4. stop the qualitative service: the workflow's 503s turn from failed calls into
    immediate refusals once its breaker opens;
-4. restart it: after the breaker's timeout a trial call goes through and the
+5. restart it: after the breaker's timeout a trial call goes through and the
    breaker closes.
 5. read every service's ``/metrics`` back: the error codes returned and the
    breaker's transitions, on one screen.
@@ -43,6 +47,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,6 +67,8 @@ if TYPE_CHECKING:
 __all__ = ["Deployment", "StoryFailed", "Timeline", "main", "rules_from_network", "run_story"]
 
 WORKERS: Final = 2
+#: Calls to the qualitative service each workflow worker makes at once, at most.
+BULKHEAD: Final = 2
 BREAKER_NAME: Final = "qualitative-service"
 TOGGLE_SWITCH: Final = {
     "name": "toggle-switch",
@@ -242,6 +249,7 @@ class Deployment(ProcessGroup):
             "CIRCUIT_BREAKER_THRESHOLD": str(self.breaker_threshold),
             "CIRCUIT_BREAKER_TIMEOUT": str(self.breaker_timeout),
             "QUALITATIVE_TIMEOUT": "10",
+            "QUALITATIVE_MAX_CONCURRENT_CALLS": str(BULKHEAD),
             "GENNET_BREAKER_STORAGE": "",
         }
         if self.storage_url is not None:
@@ -455,6 +463,97 @@ def _show_trace(
     timeline.out.flush()
 
 
+def _concurrent_calls(url: str, count: int, **kwargs: Any) -> list[Reply]:
+    """``count`` POSTs to ``url`` at once, each from its own thread and client."""
+    replies: list[Reply] = []
+    start = threading.Barrier(count)
+
+    def call() -> None:
+        client = Client()
+        try:
+            start.wait()
+            replies.append(client.call("POST", url, **kwargs))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=call) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return replies
+
+
+def _hang_qualitative(
+    deployment: Deployment, client: Client, timeline: Timeline, request: dict[str, Any]
+) -> None:
+    timeline.step("Freeze the qualitative service: deadlines and the bulkhead")
+    deployment.qualitative.pause()
+    timeline.event("qualitative service frozen (SIGSTOP): it accepts calls and never answers")
+    verify_url = f"{deployment.workflow.base_url}/api/v1/workflows/verify"
+    try:
+        reply = client.call("POST", verify_url, json=request, headers={"Request-Timeout": "1"})
+        timeline.event(
+            f"a call with 1 s left (Request-Timeout: 1) -> {reply.status} "
+            f"{reply.error.get('code')}",
+            reply.latency_ms,
+        )
+        timeline.expect(
+            reply.status == 504 and reply.error.get("code") == "DEADLINE_EXCEEDED",
+            "a call with 1 s left ends at its deadline with a 504 DEADLINE_EXCEEDED",
+        )
+        timeline.expect(reply.latency_ms < 5000, "it ends at its deadline, not the 10 s timeout")
+        calls = BULKHEAD * WORKERS + 2
+        health: list[Reply] = []
+        probe = threading.Timer(
+            0.5, lambda: health.append(client.call("GET", f"{deployment.workflow.base_url}/health"))
+        )
+        probe.start()
+        replies = _concurrent_calls(
+            verify_url, calls, json=request, headers={"Request-Timeout": "2"}
+        )
+        probe.join(timeout=30)
+        codes = sorted(str(reply.error.get("code")) for reply in replies)
+        refused = [reply for reply in replies if reply.error.get("code") == "BULKHEAD_FULL"]
+        timeline.event(f"{calls} calls at once, 2 s left each -> {', '.join(codes)}")
+        for reply in refused[:2]:
+            timeline.event(f"refused by the bulkhead: {_describe_503(reply)}", reply.latency_ms)
+        timeline.expect(
+            len(replies) == calls and {r.status for r in replies} <= {503, 504},
+            "every call fails: the qualitative service does not answer",
+        )
+        timeline.expect(
+            len(refused) >= calls - BULKHEAD * WORKERS,
+            f"at most {BULKHEAD} calls per worker wait for the frozen service; "
+            "the rest are refused at once",
+        )
+        timeline.expect(
+            all(reply.latency_ms < 1000 for reply in refused),
+            "a refusal by the bulkhead is immediate",
+        )
+        timeline.expect(
+            len(health) == 1 and health[0].status == 200,
+            "the workflow service answers its health check while its calls hang",
+        )
+        timeline.event("health check during the hang -> 200", health[0].latency_ms)
+    finally:
+        deployment.qualitative.resume()
+    timeline.event("qualitative service resumed")
+    # The calls that ran out of time counted against the breaker: let it recover
+    # before the next step shows it opening from closed.
+    time.sleep(deployment.breaker_timeout + 0.2)
+    ok = 0
+    for _ in range(20):
+        reply = client.call("POST", verify_url, json=request)
+        ok = ok + 1 if reply.status == 200 else 0
+        if ok >= 2 * WORKERS:
+            break
+        if reply.error.get("type") == "CircuitBreakerError":
+            time.sleep(0.3)
+    timeline.event(f"calls succeed again ({ok} in a row)")
+    timeline.expect(ok >= 2 * WORKERS, "the workflow calls the qualitative service again")
+
+
 def _stop_qualitative(
     deployment: Deployment,
     client: Client,
@@ -596,6 +695,7 @@ def run_story(
     try:
         network = _store_network(deployment, client, timeline)
         request = _verify_formulas(deployment, client, timeline, network)
+        _hang_qualitative(deployment, client, timeline, request)
         deadline = _stop_qualitative(deployment, client, timeline, request, shared, receiver)
         _restart_qualitative(deployment, client, timeline, request, deadline)
         _summarize_metrics(deployment, timeline)

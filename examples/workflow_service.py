@@ -27,6 +27,13 @@ Configuration (Flask config, else the environment variable of the same name):
 - ``QUALITATIVE_TIMEOUT``: seconds to wait for an answer (default 30: a CTL
   check on a 20-node network takes a few seconds);
 - ``QUALITATIVE_SERVICE_NAME``: the breaker's name (default ``qualitative-service``);
+- ``QUALITATIVE_MAX_CONCURRENT_CALLS``: a bulkhead, at most this many calls to
+  the qualitative service at once per worker process (default: none); the next
+  one is a 503 ``BULKHEAD_FULL`` at once, so a slow qualitative service cannot
+  take every thread (``/health`` keeps answering);
+- ``GENNET_DEFAULT_DEADLINE``: seconds a request may take, calls included,
+  unless its caller's ``Request-Timeout`` gives less (default 25, below
+  gunicorn's worker timeout); past it, a 504 ``DEADLINE_EXCEEDED``;
 - ``CIRCUIT_BREAKER_CONFIG`` (Flask config only): more breaker settings, passed
   to ``ServiceSession(circuit_breaker_config=...)`` (``half_open_max_calls``,
   ``clock``...);
@@ -55,6 +62,8 @@ from gennet_sync import (
     setup_error_handlers,
 )
 from gennet_sync.console import BreakerConsole
+from gennet_sync.deadline_flask import Deadlines
+from gennet_sync.exceptions import DeadlineExceededError
 from gennet_sync.health import Health
 from gennet_sync.metrics import Metrics
 
@@ -67,6 +76,8 @@ DEFAULTS: Final[Mapping[str, str]] = {
     "QUALITATIVE_TIMEOUT": "30",
     "CIRCUIT_BREAKER_THRESHOLD": "5",
     "CIRCUIT_BREAKER_TIMEOUT": "30",
+    "QUALITATIVE_MAX_CONCURRENT_CALLS": "",
+    "GENNET_DEFAULT_DEADLINE": "25",
 }
 #: Key of this service's session in ``app.extensions``.
 EXTENSION_KEY: Final = "workflow_qualitative_session"
@@ -106,8 +117,8 @@ def verify() -> Response:
             headers={"Content-Type": "application/json"},
         )
     except ServiceUnavailableError as error:
-        if error.retry_after is not None:
-            raise  # an open breaker says when the next trial is
+        if error.retry_after is not None or isinstance(error, DeadlineExceededError):
+            raise  # an open breaker or a full bulkhead says when to come back
         # Not reached or no answer in time, breaker still closed: worth a retry soon.
         raise ServiceUnavailableError(
             error.message,
@@ -187,6 +198,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config.update(config)
     setup_error_handlers(app)
     Metrics(app)  # GET /metrics
+    app.config["GENNET_DEFAULT_DEADLINE"] = float(_setting(app, "GENNET_DEFAULT_DEADLINE"))
+    Deadlines(app)
+    bulkhead = _setting(app, "QUALITATIVE_MAX_CONCURRENT_CALLS")
     session = ServiceSession(
         base_url=_setting(app, "QUALITATIVE_URL"),
         service_name=_setting(app, "QUALITATIVE_SERVICE_NAME"),
@@ -196,6 +210,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         circuit_breaker_config=app.config.get("CIRCUIT_BREAKER_CONFIG"),
         raise_errors=True,
         caller="workflow-service",
+        max_concurrent_calls=int(bulkhead) if bulkhead else None,
     )
     app.extensions[EXTENSION_KEY] = session
     app.add_url_rule("/api/v1/workflows/verify", "verify", verify, methods=["POST"])

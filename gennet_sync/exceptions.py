@@ -32,7 +32,9 @@ __all__ = [
     "MAX_METADATA_VALUES",
     "MAX_RETRY_AFTER",
     "MAX_STRING_LENGTH",
+    "BulkheadFullError",
     "ConflictError",
+    "DeadlineExceededError",
     "ForbiddenError",
     "GenNetException",
     "InternalServerError",
@@ -544,6 +546,40 @@ class ServiceUnavailableError(_RetryAfterMixin):
         if retry_after is not None:
             base["retry_after"] = retry_after
         super().__init__(message, code=code, metadata=_merge(base, metadata))
+
+
+class BulkheadFullError(ServiceUnavailableError):
+    """A call was refused because its service's bulkhead had no free slot (503).
+
+    Raised at once, without waiting for a slot longer than the bulkhead's
+    ``max_wait``: the calls already in flight to that service are as many as it
+    allows.  A ``ServiceUnavailableError``, with ``Retry-After``.
+
+    Example::
+
+        raise BulkheadFullError("grn: 8 calls in flight", service="grn", retry_after=1)
+    """
+
+    status_code = 503
+    code = "BULKHEAD_FULL"
+    default_message = "Too many calls in flight to this service"
+
+
+class DeadlineExceededError(ServiceUnavailableError):
+    """The request's time budget ran out before a call could finish (504).
+
+    Raised without any network I/O when a call starts with no time left, and when
+    the budget passes during a call.  A ``ServiceUnavailableError`` with status
+    504, so code catching that keeps catching it.
+
+    Example::
+
+        raise DeadlineExceededError("no time left to call grn", service="grn")
+    """
+
+    status_code = 504
+    code = "DEADLINE_EXCEEDED"
+    default_message = "The request's deadline has passed"
 
 
 class RateLimitError(_RetryAfterMixin):

@@ -71,6 +71,7 @@ from urllib3.util.retry import Retry
 from werkzeug.http import HTTP_STATUS_CODES
 
 from gennet_sync import tracing as _tracing
+from gennet_sync.bulkhead import Bulkhead, get_bulkhead
 from gennet_sync.circuit_breaker import (
     CircuitBreaker,
     CircuitBreakerError,
@@ -79,8 +80,11 @@ from gennet_sync.circuit_breaker import (
 )
 from gennet_sync.circuit_breaker import registry as _registry
 from gennet_sync.context import REQUEST_ID_HEADER, current_request_id
+from gennet_sync.deadline import DEADLINE_HEADER, forwarded_budget, time_left
 from gennet_sync.exceptions import (
+    BulkheadFullError,
     ConflictError,
+    DeadlineExceededError,
     ForbiddenError,
     GenNetException,
     InternalServerError,
@@ -91,6 +95,12 @@ from gennet_sync.exceptions import (
     ValidationError,
     make_envelope,
     retry_after_seconds,
+)
+from gennet_sync.retry_budget import (
+    DEFAULT_RETRY_BUDGET,
+    RetryBudget,
+    RetryBudgetConfig,
+    get_retry_budget,
 )
 
 if TYPE_CHECKING:
@@ -299,6 +309,18 @@ def _observed_send(
         _observed_by.reset(token)
 
 
+#: The request whose ``send`` is running inside its session's fallback wrapper.
+_fallback_for: ContextVar[requests.PreparedRequest | None] = ContextVar(
+    "gennet_sync_fallback_for", default=None
+)
+
+#: What ``ServiceSession(fallback=)`` takes: called with the request and the error
+#: raised (or the failure response); its response, if any, is the call's answer.
+Fallback: TypeAlias = Callable[
+    [requests.PreparedRequest, BaseException | None, "requests.Response | None"],
+    "requests.Response | None",
+]
+
 #: A ``total_timeout`` given to :meth:`ServiceSession.request` for the call it makes.
 _call_total_timeout: ContextVar[float | _Default | None] = ContextVar(
     "gennet_sync_call_total_timeout", default=_DEFAULT
@@ -402,9 +424,19 @@ class ServiceRetry(Retry):
                 )
                 raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
         retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        call = _call_in_progress.get()
+        deadline = None if call is None else call.deadline
+        if deadline is not None and deadline.inherited and deadline.too_late_to_retry():
+            late = error if error is not None else ResponseError("too little time left to retry")
+            raise MaxRetryError(_pool, url or "", late)  # type: ignore[arg-type]
+        budget = None if call is None else call.session._retry_budget
+        if budget is not None and not budget.try_retry():
+            # The service's retry budget is spent: this failure is the call's answer.
+            spent = error if error is not None else ResponseError("retry budget spent")
+            raise MaxRetryError(_pool, url or "", spent)  # type: ignore[arg-type]
         _tracing.count_resend()
         if call_observer is not None:
-            call_observer.retried(_call_in_progress.get())
+            call_observer.retried(call)
         if response is not None:
             _drop_if_large(response)
         return retry
@@ -987,6 +1019,9 @@ class _Failure(NamedTuple):
 
 
 _TOTAL_TIMEOUT = _Failure(GatewayTimeoutError, "total_timeout", counts=True)
+# The request's own deadline (from its caller) ran out during the call: a timeout
+# all the same, so the breaker counts it.
+_DEADLINE = _Failure(DeadlineExceededError, "deadline_exceeded", counts=True)
 _TIMEOUT = _Failure(GatewayTimeoutError, "timeout", counts=True)
 _UNREACHABLE = _Failure(ServiceUnavailableError, "connection_error", counts=True)
 _RETRIES_EXHAUSTED = _Failure(ServiceUnavailableError, "retries_exhausted", counts=True)
@@ -1004,6 +1039,7 @@ _TLS_VERIFICATION = _Failure(ServiceUnavailableError, "tls_verification", counts
 
 _MESSAGES: Final[Mapping[str, str]] = {
     "total_timeout": "Service '{service}' did not answer within the call's total time limit",
+    "deadline_exceeded": "Service '{service}' did not answer before the request's deadline",
     "timeout": "Service '{service}' did not answer in time",
     "connection_error": "Service '{service}' could not be reached",
     "retries_exhausted": "Service '{service}' kept failing after retries",
@@ -1038,7 +1074,9 @@ def _classify(error: BaseException, call: _Call) -> _Failure | None:
     if isinstance(error, _TotalTimeoutExceeded) or (
         call.deadline is not None and call.deadline.expired
     ):
-        return _TOTAL_TIMEOUT
+        return (
+            _DEADLINE if call.deadline is not None and call.deadline.inherited else _TOTAL_TIMEOUT
+        )
     if not isinstance(error, requests.RequestException):
         return None
     if isinstance(error, requests.exceptions.ProxyError):
@@ -1087,7 +1125,9 @@ def _transport_error(
         metadata={"reason": failure.reason},
     )
     theirs = type(error) if isinstance(error, requests.RequestException) else None
-    if theirs is None or (failure is _TOTAL_TIMEOUT and not issubclass(theirs, requests.Timeout)):
+    if theirs is None or (
+        failure in (_TOTAL_TIMEOUT, _DEADLINE) and not issubclass(theirs, requests.Timeout)
+    ):
         theirs = requests.exceptions.ReadTimeout  # the limit cut off a read
     return _flavour(mapped, theirs, request)
 
@@ -1119,17 +1159,36 @@ _NO_PERMIT: Final = _NoPermit()
 class _Deadline:
     """A call's total time limit, and the connection its current attempt has checked out."""
 
-    __slots__ = ("at", "connection", "expired", "finished", "seconds")
+    __slots__ = (
+        "at",
+        "attempt_started",
+        "connection",
+        "expired",
+        "finished",
+        "forward",
+        "inherited",
+        "seconds",
+    )
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, *, inherited: bool = False, forward: bool = False) -> None:
         self.seconds = seconds
         self.at = time.monotonic() + seconds
         self.connection: _WatchedHTTPConnection | None = None
         self.expired = False
         self.finished = False
+        #: The limit is the deadline of the request being served, not the session's own.
+        self.inherited = inherited
+        #: Each attempt tells the service the time left (``Request-Timeout``).
+        self.forward = forward
+        self.attempt_started = time.monotonic()
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
+
+    def too_late_to_retry(self) -> bool:
+        """Less time is left than the failed attempt took: a retry would fail the same way."""
+        now = time.monotonic()
+        return self.at - now < now - self.attempt_started
 
 
 class _Watchdog:
@@ -1272,7 +1331,15 @@ class _WatchedHTTPConnection(HTTPConnection):
     def request(
         self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any
     ) -> None:
-        _attach_to_call(self)
+        deadline = _attach_to_call(self)
+        if deadline is not None and deadline.forward and headers is not None:
+            # Per attempt: a retry tells the service what is left by then.  With
+            # nothing left to give, the attempt is not sent: its answer could not
+            # come back in time.
+            budget = forwarded_budget(deadline.remaining())
+            if budget == "0":
+                raise _TotalTimeoutExceeded(deadline)
+            headers[DEADLINE_HEADER] = budget
         super().request(method, url, body, headers, **kwargs)
 
     def connect(self) -> None:
@@ -1285,11 +1352,14 @@ class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
     made before the request, is watched too)."""
 
 
-def _attach_to_call(connection: _WatchedHTTPConnection) -> None:
+def _attach_to_call(connection: _WatchedHTTPConnection) -> _Deadline | None:
     call = _call_in_progress.get()
     deadline = None if call is None else call.deadline
-    if deadline is not None and not _WATCHDOG.attach(deadline, connection):
-        raise _TotalTimeoutExceeded(deadline)  # a retry after the limit: not sent
+    if deadline is not None:
+        if not _WATCHDOG.attach(deadline, connection):
+            raise _TotalTimeoutExceeded(deadline)  # a retry after the limit: not sent
+        deadline.attempt_started = time.monotonic()
+    return deadline
 
 
 class _WatchedHTTPConnectionPool(HTTPConnectionPool):
@@ -1504,6 +1574,28 @@ class ServiceSession(requests.Session):
         compress_requests: Gzip request bodies of at least ``compress_min_size``
             bytes (``Content-Encoding: gzip``) when that makes them smaller.
         compress_min_size: Smallest body compressed, in bytes.
+        max_concurrent_calls: A bulkhead: at most this many calls to the service at
+            once in this process (every session for the service shares it); the
+            next is refused at once with ``BulkheadFullError`` (503, also a
+            ``requests.ConnectionError``).  ``None``: no bulkhead.
+        bulkhead_max_wait: Seconds a call may wait for a free slot before it is refused.
+        retry_budget: Retries of this service's calls add at most this share of
+            its recent calls (every session for the service shares the budget; a
+            session without a service name has its own).  ``None``: retries are
+            limited only by ``retries``.
+        forward_deadline: Tell the service how long it has (``Request-Timeout``:
+            what is left of the call's total time limit and of the deadline of
+            the request being served).
+        fallback: Called when a call fails or is refused (see
+            :mod:`gennet_sync.fallback`); the response it returns, if not
+            ``None``, is the call's answer.  A fallback with a ``remember``
+            method is also given every response that is no failure.
+
+    Every call obeys the deadline in force (of the request being served, see
+    :class:`~gennet_sync.deadline_flask.Deadlines`, or of a
+    :class:`~gennet_sync.deadline.deadline_scope`): its total time limit is at
+    most the time left, and with none left it raises ``DeadlineExceededError``
+    (504, also a ``requests.ConnectTimeout``) without sending anything.
 
     A copy (``copy.copy``) or a pickled session keeps every setting; its breaker is
     the registry's for the same name again (a breaker passed as ``circuit_breaker``
@@ -1531,6 +1623,11 @@ class ServiceSession(requests.Session):
         "pool_maxsize",
         "total_timeout",
         "max_host_breakers",
+        "max_concurrent_calls",
+        "bulkhead_max_wait",
+        "retry_budget",
+        "forward_deadline",
+        "fallback",
         "_breaker_settings",
         "_breaker_per_host",
         "_own_breaker",
@@ -1559,6 +1656,11 @@ class ServiceSession(requests.Session):
         request_id_header: str = REQUEST_ID_HEADER,
         compress_requests: bool = False,
         compress_min_size: int = DEFAULT_COMPRESS_MIN_SIZE,
+        max_concurrent_calls: int | None = None,
+        bulkhead_max_wait: float = 0.0,
+        retry_budget: RetryBudgetConfig | None = DEFAULT_RETRY_BUDGET,
+        forward_deadline: bool = True,
+        fallback: Fallback | None = None,
     ) -> None:
         super().__init__()
         if base_url is not None:
@@ -1596,6 +1698,11 @@ class ServiceSession(requests.Session):
         self.retry: Retry = _as_service_retry(retries)
         self.pool_connections = pool_connections
         self.pool_maxsize = pool_maxsize
+        self.max_concurrent_calls = max_concurrent_calls
+        self.bulkhead_max_wait = bulkhead_max_wait
+        self.retry_budget = retry_budget
+        self.forward_deadline = forward_deadline
+        self.fallback = fallback
 
         self._breaker_settings: dict[str, Any] = {
             "failure_threshold": circuit_breaker_threshold,
@@ -1619,6 +1726,25 @@ class ServiceSession(requests.Session):
             name = service_name or (host_port(base_url) if base_url else None)
             self._breaker_per_host = name is None
         self._join_live_sessions(name)
+        self._set_up_policies()
+
+    def _set_up_policies(self) -> None:
+        """The bulkhead and retry budget of the service (the registry's, by its name)."""
+        name = self.service_name or (host_port(self.base_url) if self.base_url else None)
+        self._bulkhead: Bulkhead | None = None
+        if self.max_concurrent_calls is not None:
+            self._bulkhead = (
+                get_bulkhead(name, self.max_concurrent_calls, self.bulkhead_max_wait)
+                if name is not None
+                else Bulkhead(repr(self), self.max_concurrent_calls, self.bulkhead_max_wait)
+            )
+        self._retry_budget: RetryBudget | None = None
+        if self.retry_budget is not None:
+            self._retry_budget = (
+                get_retry_budget(name, self.retry_budget)
+                if name is not None
+                else RetryBudget(self.retry_budget)
+            )
 
     def _join_live_sessions(self, breaker_name: str | None) -> None:
         """Take the registry's breaker named ``breaker_name`` (if any) and become a live session.
@@ -1647,11 +1773,17 @@ class ServiceSession(requests.Session):
         # Pickled by a version without these settings.
         state.setdefault("total_timeout", None)
         state.setdefault("max_host_breakers", DEFAULT_MAX_HOST_BREAKERS)
+        state.setdefault("max_concurrent_calls", None)
+        state.setdefault("bulkhead_max_wait", 0.0)
+        state.setdefault("retry_budget", None)
+        state.setdefault("forward_deadline", False)
+        state.setdefault("fallback", None)
         for attribute, value in state.items():
             setattr(self, attribute, value)
         self._per_host_breakers = OrderedDict()
         self._environ_proxies_by_host = {}
         self._join_live_sessions(name)
+        self._set_up_policies()
 
     def _make_adapter(self) -> HTTPAdapter:
         return _ServiceAdapter(
@@ -1842,6 +1974,15 @@ class ServiceSession(requests.Session):
         """
         if isinstance(request, requests.Request):  # as requests refuses it, before any use
             raise ValueError("You can only send PreparedRequests.")
+        fallback = self.fallback
+        # A redirect hop is part of its call: the call falls back, not the hop.
+        if (
+            fallback is not None
+            and _fallback_for.get() is not request
+            and _redirect_of.get() is None
+        ):
+            return self._send_or_fall_back(fallback, request, kwargs)
+        # Inside the fallback: the metrics count the call's own outcome, not its stand-in.
         if call_observer is not None and _observed_by.get() is not self:  # metrics on
             return _observed_send(call_observer, self, request, kwargs)
         if "timeout" not in kwargs:  # a direct send(); request() always passes one
@@ -1877,21 +2018,25 @@ class ServiceSession(requests.Session):
             total = self.total_timeout
         else:  # for this call only, not for calls its hooks make
             _call_total_timeout.set(_DEFAULT)
-        deadline = None if total is None else _Deadline(total)
+        # Policies in order: deadline, bulkhead, breaker, retries within budget.
+        deadline = self._deadline_for(total, request)
         if deadline is not None:
             kwargs["timeout"] = _capped(kwargs["timeout"], deadline.seconds)
         replayable = _replayable(request.body)
         # A shared HALF_OPEN trial slot is leased for as long as this call can run.
         lease = deadline.seconds if deadline is not None else _call_seconds(kwargs["timeout"])
+        bulkhead = self._enter_bulkhead(request)
         # Nothing may raise between taking the permit and the try below, which
         # records its outcome: a permit left open would hold a trial slot.
-        call = _Call(
-            self,
-            url,
-            self._acquire_permit(breaker, request, lease),
-            deadline,
-            replayable=replayable,
-        )
+        try:
+            permit = self._acquire_permit(breaker, request, lease)
+        except BaseException:
+            if bulkhead is not None:
+                bulkhead.release()
+            raise
+        call = _Call(self, url, permit, deadline, replayable=replayable)
+        if self._retry_budget is not None:
+            self._retry_budget.record_call()
         # With raise_errors an error body is read for its envelope, and only so far:
         # the response is streamed, and read in full below when it is no error and
         # the caller did not ask to stream.
@@ -1922,6 +2067,80 @@ class ServiceSession(requests.Session):
             _call_in_progress.reset(token)
             if not call.permit.done:  # only when something failed before the send
                 call.permit.ignore()
+            if bulkhead is not None:
+                bulkhead.release()
+
+    def _send_or_fall_back(
+        self, fallback: Fallback, request: requests.PreparedRequest, kwargs: dict[str, Any]
+    ) -> requests.Response:
+        """``send``, with ``fallback``'s answer for a failure or a refusal, if it has one."""
+        token = _fallback_for.set(request)
+        try:
+            response = self.send(request, **kwargs)
+        except (requests.RequestException, GenNetException) as error:
+            if isinstance(error, GenNetException) and error.status_code < 500:
+                raise  # the service answered: a 4xx is not an outage
+            answer = fallback(request, error, None)
+            if answer is None:
+                raise
+            return answer
+        finally:
+            _fallback_for.reset(token)
+        if response.status_code in self.failure_statuses:
+            answer = fallback(request, None, response)
+            if answer is not None:
+                response.close()
+                return answer
+        else:
+            remember = getattr(fallback, "remember", None)
+            if remember is not None:
+                remember(response, streamed=bool(kwargs.get("stream")))
+        return response
+
+    def _deadline_for(
+        self, total: float | None, request: requests.PreparedRequest
+    ) -> _Deadline | None:
+        """The call's time limit: its total timeout, within the deadline in force.
+
+        Raises:
+            DeadlineExceededError: No time is left; nothing was sent.  Also a
+                ``requests.ConnectTimeout``.
+        """
+        left = time_left()
+        inherited = left is not None and (total is None or left <= total)
+        if inherited:
+            assert left is not None
+            if left <= 0:
+                service = self.service_name or host_port(request.url or "")
+                refusal = DeadlineExceededError(
+                    f"No time left to call service '{service}': the request's deadline has passed",
+                    service=service,
+                    metadata={"reason": "deadline_exceeded"},
+                )
+                raise _flavour(refusal, requests.exceptions.ConnectTimeout, request)
+            total = left
+        if total is None:
+            return None
+        forward = self.forward_deadline and DEADLINE_HEADER not in request.headers
+        if forward:  # the first attempt's value; each attempt sets what is left then
+            request.headers[DEADLINE_HEADER] = forwarded_budget(total)
+        return _Deadline(total, inherited=inherited, forward=forward)
+
+    def _enter_bulkhead(self, request: requests.PreparedRequest) -> Bulkhead | None:
+        """Take a slot of the service's bulkhead, if it has one.
+
+        Raises:
+            BulkheadFullError: No free slot; nothing was sent.  Also a
+                ``requests.ConnectionError``.
+        """
+        bulkhead = self._bulkhead
+        if bulkhead is None:
+            return None
+        try:
+            bulkhead.acquire()
+        except BulkheadFullError as refusal:
+            raise _flavour(refusal, requests.exceptions.ConnectionError, request) from None
+        return bulkhead
 
     def _acquire_permit(
         self,
@@ -1960,7 +2179,7 @@ class ServiceSession(requests.Session):
             failed_url = (failed.url if failed is not None else None) or call.url
             service = self._service_label(call, breaker, failed_url)
             return _transport_error(error, failure, service, request)
-        if failure is _TOTAL_TIMEOUT and not isinstance(error, requests.Timeout):
+        if failure in (_TOTAL_TIMEOUT, _DEADLINE) and not isinstance(error, requests.Timeout):
             assert call.deadline is not None
             return requests.exceptions.ReadTimeout(
                 f"{call.url}: no complete answer within the call's total time limit "

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from gennet_sync.bulkhead import clear_bulkheads
 from gennet_sync.circuit_breaker import clear_circuit_breakers
+from gennet_sync.retry_budget import clear_retry_budgets
 from tests.support.clock import FakeClock
 from tests.support.redis_server import RedisServer, started_redis_server
 
@@ -26,14 +28,19 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def fresh_breaker_registry() -> Iterator[None]:
-    """The process-wide breaker registry empty before and after the test.
+    """The process-wide breaker registry (and the bulkheads and retry budgets
+    sessions share by service name) empty before and after the test.
 
     A module uses it for all its tests with
     ``pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")``.
     """
     clear_circuit_breakers()
+    clear_bulkheads()
+    clear_retry_budgets()
     yield
     clear_circuit_breakers()
+    clear_bulkheads()
+    clear_retry_budgets()
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ def test_demo_with_redis_tells_the_whole_story_and_cleans_up() -> None:
     assert "What the services' /metrics saw" in out
     assert re.search(r"grn +CONFLICT +409: 1\n", out), out
     assert re.search(r"workflow +qualitative-service: closed -> open: [1-9]", out), out
-    assert "Story complete: all 5 steps happened as told" in out
+    assert "Story complete: all 6 steps happened as told" in out
     ports = ports_started(out)
     assert len(ports) == 4  # three services and redis-server
     assert all(nothing_listens_on(port) for port in ports)

@@ -390,5 +390,5 @@ def test_the_demo_shares_its_breaker_through_the_cluster_its_redis_url_names(
     assert "with the shared breaker" in out
     assert "(Redis: open)" in out
     assert "(Redis: closed)" in out
-    assert "Story complete: all 5 steps happened as told" in out
+    assert "Story complete: all 6 steps happened as told" in out
     assert len(ports_started(out)) == 3, "no redis-server of the demo's own"

@@ -1,0 +1,191 @@
+"""Bulkheads: at most N calls in flight to one service per process.
+
+A slow downstream would otherwise take every worker thread; with a bulkhead the
+calls beyond N are refused at once (:class:`~gennet_sync.exceptions.BulkheadFullError`,
+503) and the threads stay free for everything else.  Pure: no Flask, no requests.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Final, ParamSpec, TypeVar
+
+from gennet_sync.exceptions import BulkheadFullError
+
+__all__ = ["BULKHEAD_RETRY_AFTER", "Bulkhead", "clear_bulkheads", "get_bulkhead", "remove_bulkhead"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+#: ``Retry-After`` (seconds) of a refusal: slots free up as soon as calls end.
+BULKHEAD_RETRY_AFTER: Final = 1
+
+
+class Bulkhead:
+    """At most ``max_concurrent_calls`` calls at a time; the next is refused or waits briefly.
+
+    The lock guards only the count: it is never held while a call runs, and a
+    refused call waits for nothing (with ``max_wait``, for a free slot at most that
+    long).  Use it as a context manager or a decorator; ``ServiceSession`` uses
+    one per service (``max_concurrent_calls=``).
+
+    Example::
+
+        grn_calls = Bulkhead("grn", max_concurrent_calls=8)
+
+        @grn_calls
+        def fetch(network_id): ...
+
+        with grn_calls:
+            fetch("abc")
+
+    Args:
+        name: The service it protects, named in refusals.
+        max_concurrent_calls: Calls allowed at once (>= 1).
+        max_wait: Seconds a call may wait for a slot before it is refused; 0: none.
+
+    Attributes:
+        admitted: Calls let in since creation.
+        rejected: Calls refused since creation.
+        peak: The most calls that were ever in flight at once.
+    """
+
+    def __init__(self, name: str, max_concurrent_calls: int, max_wait: float = 0.0) -> None:
+        if isinstance(max_concurrent_calls, bool) or max_concurrent_calls < 1:
+            raise ValueError(f"max_concurrent_calls must be >= 1, got {max_concurrent_calls!r}")
+        if not max_wait >= 0:
+            raise ValueError(f"max_wait must be >= 0, got {max_wait!r}")
+        self.name = name
+        self.max_concurrent_calls = max_concurrent_calls
+        self.max_wait = float(max_wait)
+        self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._waiting = 0
+        self.admitted = 0
+        self.rejected = 0
+        self.peak = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a slot now."""
+        return self._in_flight
+
+    def acquire(self) -> None:
+        """Take a slot for one call; :meth:`release` it when the call ends.
+
+        Raises:
+            BulkheadFullError: Every slot is taken (for ``max_wait`` seconds).
+        """
+        with self._lock:
+            if self._in_flight < self.max_concurrent_calls:
+                self._admit()
+                return
+            if self.max_wait > 0:
+                self._waiting += 1
+                try:
+                    free = self._slot_freed.wait_for(
+                        lambda: self._in_flight < self.max_concurrent_calls, self.max_wait
+                    )
+                finally:
+                    self._waiting -= 1
+                if free:
+                    self._admit()
+                    return
+            self.rejected += 1
+        raise self._refusal()
+
+    def _admit(self) -> None:
+        self._in_flight += 1
+        self.admitted += 1
+        self.peak = max(self.peak, self._in_flight)
+
+    def release(self) -> None:
+        """Give back the slot a call took with :meth:`acquire`."""
+        with self._lock:
+            if self._in_flight <= 0:
+                raise RuntimeError(f"bulkhead {self.name!r} released more often than acquired")
+            self._in_flight -= 1
+            if self._waiting:
+                self._slot_freed.notify()
+
+    def _refusal(self) -> BulkheadFullError:
+        return BulkheadFullError(
+            f"Service '{self.name}' already has {self.max_concurrent_calls} calls in flight",
+            service=self.name,
+            retry_after=BULKHEAD_RETRY_AFTER,
+            metadata={"max_concurrent_calls": self.max_concurrent_calls},
+        )
+
+    def __enter__(self) -> Bulkhead:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __call__(self, func: Callable[_P, _R]) -> Callable[_P, _R]:
+        """Decorate ``func``: each call of it takes a slot."""
+
+        @functools.wraps(func)
+        def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            self.acquire()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.release()
+
+        return guarded
+
+    def __repr__(self) -> str:
+        return (
+            f"<Bulkhead {self.name!r} {self._in_flight}/{self.max_concurrent_calls} in flight, "
+            f"{self.rejected} rejected>"
+        )
+
+
+_registry: dict[str, Bulkhead] = {}
+_registry_lock = threading.Lock()
+
+
+def get_bulkhead(name: str, max_concurrent_calls: int, max_wait: float = 0.0) -> Bulkhead:
+    """The process's bulkhead for service ``name``, made on first use.
+
+    Every ``ServiceSession`` for one service shares it, as they share its breaker.
+
+    Raises:
+        ValueError: A bulkhead of that name exists with other settings.
+    """
+    with _registry_lock:
+        bulkhead = _registry.get(name)
+        if bulkhead is None:
+            bulkhead = _registry[name] = Bulkhead(name, max_concurrent_calls, max_wait)
+        elif (bulkhead.max_concurrent_calls, bulkhead.max_wait) != (
+            max_concurrent_calls,
+            float(max_wait),
+        ):
+            raise ValueError(
+                f"bulkhead {name!r} exists with max_concurrent_calls="
+                f"{bulkhead.max_concurrent_calls}, max_wait={bulkhead.max_wait}"
+            )
+        return bulkhead
+
+
+def remove_bulkhead(name: str) -> None:
+    """Forget the bulkhead of service ``name`` (calls holding its slots keep them)."""
+    with _registry_lock:
+        _registry.pop(name, None)
+
+
+def clear_bulkheads() -> None:
+    """Forget every service's bulkhead (sessions made before keep theirs)."""
+    with _registry_lock:
+        _registry.clear()

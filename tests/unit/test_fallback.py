@@ -1,0 +1,154 @@
+"""gennet_sync.fallback and ServiceSession(fallback=): the last-good-response cache
+on a fake clock, and when a session falls back (transport mocked by ``responses``)."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+import requests
+import responses
+
+from gennet_sync.exceptions import NotFoundError
+from gennet_sync.fallback import FALLBACK_WARNING, LastGoodResponse
+from gennet_sync.http_client import ServiceSession
+from tests.support.clock import FakeClock
+
+pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")
+
+BASE = "http://grn.test"
+
+
+def _session(cache: LastGoodResponse, **settings: Any) -> ServiceSession:
+    return ServiceSession(
+        base_url=BASE, service_name="fallback", fallback=cache, retries=0, **settings
+    )
+
+
+@responses.activate
+def test_a_failing_get_is_answered_with_the_last_good_response_marked_stale() -> None:
+    clock = FakeClock()
+    cache = LastGoodResponse(clock=clock)
+    session = _session(cache)
+    responses.get(f"{BASE}/networks/abc", json={"id": "abc"}, headers={"ETag": '"1"'})
+    assert session.get("/networks/abc").json() == {"id": "abc"}
+    responses.replace(responses.GET, f"{BASE}/networks/abc", status=503, json={})
+    clock.advance(42)
+    stale = session.get("/networks/abc")
+    assert stale.status_code == 200 and stale.json() == {"id": "abc"}
+    assert stale.headers["Warning"] == FALLBACK_WARNING
+    assert stale.headers["Age"] == "42"
+    assert stale.headers["ETag"] == '"1"'
+    assert getattr(stale, "fallback", False) is True
+    assert cache.served == 1
+
+
+@responses.activate
+def test_with_raise_errors_a_refusal_or_a_failure_falls_back_and_a_4xx_does_not() -> None:
+    cache = LastGoodResponse()
+    session = _session(cache, raise_errors=True, circuit_breaker_threshold=1)
+    responses.get(f"{BASE}/x", json={"ok": 1})
+    responses.get(f"{BASE}/missing", status=404, json={"error": {"code": "NOT_FOUND",
+                  "type": "NotFoundError", "message": "no", "metadata": {}}})  # fmt: skip
+    session.get("/x")
+    with pytest.raises(NotFoundError):  # the service answered: no fallback
+        session.get("/missing")
+    responses.replace(responses.GET, f"{BASE}/x", body=requests.ConnectionError("reset"))
+    assert session.get("/x").json() == {"ok": 1}  # the connection failed
+    breaker = session.circuit_breaker
+    assert breaker is not None and breaker.state.value == "open"
+    sent = len(responses.calls)
+    assert session.get("/x").json() == {"ok": 1}  # the breaker refused: nothing sent
+    assert len(responses.calls) == sent
+
+
+@responses.activate
+def test_without_a_remembered_answer_the_failure_stands() -> None:
+    session = _session(LastGoodResponse())
+    responses.get(f"{BASE}/x", body=requests.ConnectionError("refused"))
+    with pytest.raises(requests.ConnectionError):
+        session.get("/x")
+    responses.replace(responses.GET, f"{BASE}/x", status=503)
+    assert session.get("/x").status_code == 503
+
+
+@responses.activate
+def test_only_gets_without_credentials_and_with_small_read_bodies_are_kept() -> None:
+    cache = LastGoodResponse(max_body=10)
+    session = _session(cache)
+    responses.post(f"{BASE}/x", json={})
+    responses.get(f"{BASE}/private", json={})
+    responses.get(f"{BASE}/big", body=b"x" * 11)
+    responses.get(f"{BASE}/streamed", body=b"x")
+    responses.get(f"{BASE}/created", status=201, body=b"ok")
+    session.post("/x")
+    session.get("/private", headers={"Authorization": "Bearer secret"})
+    session.get("/private", cookies={"session": "s"})
+    session.get("/big")
+    session.get("/streamed", stream=True).close()
+    session.get("/created")
+    assert len(cache) == 1  # only /created
+
+
+def test_entries_expire_and_the_least_recently_used_goes_first() -> None:
+    clock = FakeClock()
+    cache = LastGoodResponse(max_entries=2, max_age=10, clock=clock)
+
+    def response(url: str) -> requests.Response:
+        answer = requests.Response()
+        answer.status_code = 200
+        answer._content = url.encode()
+        answer.request = requests.Request("GET", url).prepare()
+        return answer
+
+    for url in ("http://a/1", "http://a/2"):
+        cache.remember(response(url))
+    assert cache(requests.Request("GET", "http://a/1").prepare(), None, None) is not None
+    cache.remember(response("http://a/3"))  # /2 was used least recently
+    assert cache(requests.Request("GET", "http://a/2").prepare(), None, None) is None
+    clock.advance(10.5)
+    assert cache(requests.Request("GET", "http://a/1").prepare(), None, None) is None
+    assert len(cache) == 1
+
+
+@responses.activate
+def test_any_function_can_be_the_fallback_and_sees_the_error() -> None:
+    seen: list[tuple[str | None, type[BaseException] | None, int | None]] = []
+
+    def answer(
+        request: requests.PreparedRequest,
+        error: BaseException | None,
+        response: requests.Response | None,
+    ) -> requests.Response | None:
+        seen.append(
+            (
+                request.url,
+                None if error is None else type(error),
+                None if response is None else response.status_code,
+            )
+        )
+        return None
+
+    session = ServiceSession(base_url=BASE, service_name="fallback-fn", fallback=answer, retries=0)
+    responses.get(f"{BASE}/down", status=503)
+    responses.get(f"{BASE}/gone", body=requests.ConnectionError("x"))
+    responses.get(f"{BASE}/fine", json={})
+    session.get("/down")
+    with pytest.raises(requests.ConnectionError):
+        session.get("/gone")
+    session.get("/fine")
+    assert seen == [(f"{BASE}/down", None, 503), (f"{BASE}/gone", requests.ConnectionError, None)]
+
+
+def test_a_session_with_the_cache_pickles_with_an_empty_one() -> None:
+    cache = LastGoodResponse(max_entries=3)
+    clone = pickle.loads(pickle.dumps(_session(cache)))
+    assert isinstance(clone.fallback, LastGoodResponse)
+    assert clone.fallback.max_entries == 3 and len(clone.fallback) == 0
+
+
+@pytest.mark.parametrize("settings", [{"max_entries": 0}, {"max_age": 0}, {"max_body": -1}])
+def test_bad_cache_settings_fail_at_construction(settings: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        LastGoodResponse(**settings)  # type: ignore[arg-type]
