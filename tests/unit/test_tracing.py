@@ -14,7 +14,7 @@ import requests
 import responses
 from flask import Flask, jsonify, stream_with_context
 from flask.testing import FlaskClient
-from opentelemetry import baggage, trace
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.test.globals_test import reset_trace_globals
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from werkzeug.test import EnvironBuilder
 
 from gennet_sync import (
@@ -964,3 +965,34 @@ def test_a_body_that_fails_while_it_is_sent_fails_the_span(spans: InMemorySpanEx
     assert _attributes(server)["error.type"] == "ConnectionResetError"
     (event,) = server.events
     assert (event.attributes or {})["exception.message"] == "the database went away"
+
+
+# -- baggage from callers ----------------------------------------------------------------
+
+
+@responses.activate
+def test_with_the_trace_context_propagator_only_a_callers_baggage_is_not_forwarded(
+    spans: InMemorySpanExporter,
+) -> None:
+    # What OTEL_PROPAGATORS=tracecontext sets up (docs/tracing.md, Baggage from callers).
+    responses.get(f"{DOWNSTREAM}/x", json={})
+    app = _app()
+    session = _session()
+
+    @app.get("/forward")
+    def forward() -> Any:
+        session.get("/x")
+        return jsonify({})
+
+    incoming = {"traceparent": TRACEPARENT, "baggage": "user.password=hunter2"}
+    default = propagate.get_global_textmap()
+    try:
+        assert app.test_client().get("/forward", headers=incoming).status_code == 200
+        propagate.set_global_textmap(TraceContextTextMapPropagator())
+        assert app.test_client().get("/forward", headers=incoming).status_code == 200
+    finally:
+        propagate.set_global_textmap(default)
+    forwarded, kept_out = (call.request.headers for call in responses.calls)
+    assert forwarded["baggage"] == "user.password=hunter2"  # the default propagators
+    assert "baggage" not in kept_out
+    assert kept_out["traceparent"].split("-")[1] == TRACEPARENT.split("-")[1]
