@@ -118,9 +118,18 @@ _KNOWN_METHODS: Final = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"}
 )
 #: Query parameters whose values are secrets (signed URLs: AWS S3, Azure SAS, Google
-#: Cloud Storage): the list opentelemetry-util-http redacts, which is an
-#: instrumentation package, not part of the API ``[otel]`` installs.
-_PARAMS_TO_REDACT: Final = ("AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature")
+#: Cloud Storage): the list opentelemetry-util-http redacts (an instrumentation
+#: package, not part of the API ``[otel]`` installs), and AWS Signature Version 4's
+#: presigned-URL parameters, the form S3 presigns with today.
+_PARAMS_TO_REDACT: Final = (
+    "AWSAccessKeyId",
+    "Signature",
+    "sig",
+    "X-Goog-Signature",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+)
 #: One such parameter and its value, in a query string or in free text (an
 #: exception's message quotes the URL); the value ends where the URL does.
 _SECRET_PARAMETER: Final = re.compile(
@@ -730,12 +739,13 @@ def _mark_failed(span: Span, error: BaseException) -> None:
 
 
 @contextlib.contextmanager
-def crash_context(environ: Mapping[str, Any]) -> Iterator[None]:
+def crash_context(environ: dict[str, Any]) -> Iterator[None]:
     """The span of a request that escaped Flask, current while the boundary answers it.
 
     Its error log line then carries the request's trace and span IDs.
     """
-    span = environ.get(_ENVIRON_CRASHED_SPAN)
+    # Taken out: gunicorn's access log makes an atom of every environ value.
+    span = environ.pop(_ENVIRON_CRASHED_SPAN, None)
     if span is None or otel_trace is None:
         yield
         return

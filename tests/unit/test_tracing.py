@@ -723,6 +723,9 @@ def test_a_file_response_keeps_the_servers_file_wrapper_and_ends_its_span_on_clo
 # -- secrets of signed URLs --------------------------------------------------------------
 
 SIGNED_QUERY = "AWSAccessKeyId=AKIA1&Signature=s3cret1&sig=s3cret2&X-Goog-Signature=s3cret3"
+SIGV4_QUERY = (
+    "X-Amz-Credential=AKIA1%2F20261129&X-Amz-Security-Token=s3cret4&X-Amz-Signature=s3cret5"
+)
 
 
 def _no_secret(text: object) -> None:
@@ -733,10 +736,15 @@ def _no_secret(text: object) -> None:
 def test_signed_url_secrets_never_reach_the_client_span(spans: InMemorySpanExporter) -> None:
     responses.get(f"{DOWNSTREAM}/blob", json={})
     _session().get(f"/blob?{SIGNED_QUERY}&part=2")
-    url = _attributes(_only(spans, SpanKind.CLIENT))["url.full"]
-    assert url == (
+    _session().get(f"/blob?X-Amz-Algorithm=AWS4-HMAC-SHA256&{SIGV4_QUERY}")
+    signed, sigv4 = (_attributes(span)["url.full"] for span in _of_kind(spans, SpanKind.CLIENT))
+    assert signed == (
         f"{DOWNSTREAM}/blob?AWSAccessKeyId=REDACTED&Signature=REDACTED"
         "&sig=REDACTED&X-Goog-Signature=REDACTED&part=2"
+    )
+    assert sigv4 == (
+        f"{DOWNSTREAM}/blob?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=REDACTED"
+        "&X-Amz-Security-Token=REDACTED&X-Amz-Signature=REDACTED"
     )
 
 
