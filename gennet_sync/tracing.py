@@ -481,14 +481,16 @@ def _instrumented_elsewhere(app: object) -> bool:
     not recording is one its sampler dropped (an unsampled span has no kind to
     read): a span of ours would be a second root where the middleware chose none.
     A recording span of another kind (a client span calling this app in-process,
-    a job's own span) is a parent, not this request's server span.
+    a job's own span) is a parent, not this request's server span; so is a remote
+    span context (a middleware that only attached what it extracted).
     """
     if getattr(app, "_is_instrumented_by_opentelemetry", False):
         return True
     span = otel_trace.get_current_span()
     if span.is_recording():
         return getattr(span, "kind", None) is SpanKind.SERVER
-    return span.get_span_context().is_valid
+    context = span.get_span_context()
+    return context.is_valid and not context.is_remote
 
 
 if TYPE_CHECKING:

@@ -826,6 +826,27 @@ def test_an_outer_middlewares_unsampled_span_is_not_replaced_by_a_root_of_ours(
     assert seen == [(f"{outer.trace_id:032x}", f"{outer.span_id:016x}")]
 
 
+def test_a_callers_context_a_middleware_only_attached_gets_our_server_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    app = _app()
+    inner = app.wsgi_app
+
+    def middleware(environ: dict[str, Any], start_response: Any) -> Any:
+        token = otel_context.attach(propagate.extract({"traceparent": TRACEPARENT}))
+        try:
+            return inner(environ, start_response)
+        finally:
+            otel_context.detach(token)
+
+    app.wsgi_app = middleware  # type: ignore[method-assign]
+    assert app.test_client().get("/ok", headers={"traceparent": TRACEPARENT}).status_code == 200
+    server = _only(spans, SpanKind.SERVER)
+    assert server.instrumentation_scope is not None
+    assert server.instrumentation_scope.name == "gennet_sync"
+    assert f"{server.context.trace_id:032x}" == TRACEPARENT.split("-")[1]
+
+
 # -- the request's span while its body is sent -------------------------------------------
 
 
