@@ -13,8 +13,9 @@ Variants:
 - ``hooks removed``: the modules' ``_tracing`` replaced by stubs that only pass
   the call on (the code as it was, plus one plain call per hook);
 - ``no SDK``: as shipped, no tracer provider set (the target: within 2%);
-- ``SDK on``: an SDK tracer provider with a span processor that drops every span,
-  so the figure is gennet_sync's spans and the SDK, not an exporter.
+- ``SDK on``: an SDK tracer provider with the batch span processor
+  ``configure_tracing`` uses and an exporter that drops every span, so the
+  figure is gennet_sync's spans and the SDK, not an exporter.
 
 Also printed: the absolute cost of each no-op hook, called directly (the upper
 bound of what the hooks add with nothing configured).
@@ -35,7 +36,7 @@ from typing import Any
 from flask import Flask, jsonify
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.test.globals_test import reset_trace_globals
 from werkzeug.test import EnvironBuilder
 
@@ -71,15 +72,22 @@ class _Drop(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+_providers: list[TracerProvider] = []
+
+
 def _set_variant(name: str) -> None:
     stub: Any = _NoHooks if name == "hooks removed" else tracing
     http_client._tracing = stub  # type: ignore[attr-defined]
     error_handler._tracing = stub  # type: ignore[attr-defined]
+    while _providers:  # its batch thread must not run into the next variant's rounds
+        _providers.pop().shutdown()
     reset_trace_globals()
     if name == "SDK on":
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_Drop()))
+        # The processor configure_tracing sets up: spans queued, exported by its thread.
+        provider = TracerProvider(shutdown_on_exit=False)
+        provider.add_span_processor(BatchSpanProcessor(_Drop()))
         trace.set_tracer_provider(provider)
+        _providers.append(provider)
 
 
 def session_run() -> Run:
@@ -138,6 +146,8 @@ def measure(paths: dict[str, Run], rounds: int, calls: int) -> dict[tuple[str, s
             for path, run in paths.items():
                 began = time.process_time()
                 run(calls)
+                for provider in _providers:  # the batch thread's export is part of the cost
+                    provider.force_flush()
                 if round_index:
                     samples[path, variant].append((time.process_time() - began) / calls)
     _set_variant("no SDK")

@@ -780,7 +780,8 @@ class _WSGIBoundary:
                 self.wsgi_app, environ, start_with_request_id, request_id, self.app
             )
         except Exception as error:
-            return self._crash_response(environ, error, start_with_request_id)
+            with _tracing.crash_context(environ):  # its log line joins the request's trace
+                return self._crash_response(environ, error, start_with_request_id)
         finally:
             # A streamed body still finds the ID through the request context that
             # stream_with_context pushes (see _request_id_from_flask).  A token made

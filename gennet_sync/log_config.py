@@ -73,8 +73,11 @@ class JsonFormatter(logging.Formatter):
     Keys, in this order: ``time`` (UTC, ISO 8601 with milliseconds), ``level``,
     ``service``, ``logger``, ``request_id``, ``trace_id``, ``span_id``,
     ``message``, then ``exception`` when there is one, then the record's
-    ``extra=`` fields (values JSON cannot encode are written with ``str()``;
-    names starting with ``_`` or ``gennet_`` are left out).
+    ``extra=`` fields (a value JSON cannot encode, NaN and infinities included,
+    is written with ``str()``; a field named like one of the keys above is
+    written as ``extra.<name>``; names starting with ``_`` or ``gennet_`` are
+    left out).  U+0085, U+2028 and U+2029 are escaped too: no record is ever
+    more than one line, nor lost to a value it carries.
     Use it with :class:`TraceContextFilter`; without it the IDs are ``-``.
 
     Example::
@@ -100,7 +103,7 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", NONE),
             "trace_id": getattr(record, "trace_id", NONE),
             "span_id": getattr(record, "span_id", NONE),
-            "message": record.getMessage(),
+            "message": _message(record),
         }
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
@@ -110,9 +113,44 @@ class JsonFormatter(logging.Formatter):
             line["stack"] = self.formatStack(record.stack_info)
         for key, value in vars(record).items():
             # gennet_* keys are the library's markers for its own handlers, not data.
-            if key not in _RECORD_FIELDS and key not in line and not key.startswith(_PRIVATE):
-                line[key] = value
-        return json.dumps(line, default=_as_text, ensure_ascii=False)
+            if key in _RECORD_FIELDS or key.startswith(_PRIVATE):
+                continue
+            # extra={"service": ...} must not replace the line's own.
+            line[_EXTRA_PREFIX + key if key in line else key] = value
+        try:
+            text = _dumps(line)
+        except (TypeError, ValueError, RecursionError):
+            # A value JSON cannot write as it is (a dict with tuple keys, a cycle,
+            # NaN): that value as text, the record kept.
+            text = _dumps({key: _encodable(value) for key, value in line.items()})
+        # JSON allows these unescaped; a reader splitting lines on them would not.
+        return text.translate(_LINE_BREAKS)
+
+
+#: The name an ``extra=`` field takes when it collides with one of the line's keys.
+_EXTRA_PREFIX: Final = "extra."
+#: Characters some readers take for the end of a line (JavaScript, str.splitlines).
+_LINE_BREAKS: Final = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def _dumps(line: Mapping[str, Any]) -> str:
+    return json.dumps(line, default=_as_text, ensure_ascii=False, allow_nan=False)
+
+
+def _encodable(value: object) -> object:
+    """``value`` when JSON can write it strictly, else its text."""
+    try:
+        _dumps({"": value})
+    except (TypeError, ValueError, RecursionError):
+        return _as_text(value)
+    return value
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:  # arguments that do not fit the format: the line is kept anyway
+        return f"{_as_text(record.msg)} (arguments not formatted: {_as_text(record.args)})"
 
 
 def _as_text(value: object) -> str:

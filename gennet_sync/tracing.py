@@ -10,13 +10,16 @@ requests sides call in with what they know.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
+import traceback
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -65,6 +68,7 @@ __all__ = [
     "client_call",
     "configure_tracing",
     "count_resend",
+    "crash_context",
     "current_trace_ids",
     "gunicorn_post_fork",
     "gunicorn_worker_exit",
@@ -98,6 +102,8 @@ EVENT_BREAKER_STATE_CHANGE: Final = "gennet.breaker.state_change"
 #: them as ``%({gennet_sync.trace_id}e)s``).
 ENVIRON_TRACE_ID: Final = "gennet_sync.trace_id"
 ENVIRON_SPAN_ID: Final = "gennet_sync.span_id"
+#: The span of a request that escaped Flask, for the boundary's crash response.
+_ENVIRON_CRASHED_SPAN: Final = "gennet_sync.crashed_span"
 
 _SCOPE: Final = "gennet_sync"
 try:
@@ -110,6 +116,24 @@ _WERKZEUG_REQUEST: Final = "werkzeug.request"
 #: Methods the HTTP semantic conventions name; any other is ``_OTHER``.
 _KNOWN_METHODS: Final = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"}
+)
+#: Query parameters whose values are secrets (signed URLs: AWS S3, Azure SAS, Google
+#: Cloud Storage): the list opentelemetry-util-http redacts (an instrumentation
+#: package, not part of the API ``[otel]`` installs), and AWS Signature Version 4's
+#: presigned-URL parameters, the form S3 presigns with today.
+_PARAMS_TO_REDACT: Final = (
+    "AWSAccessKeyId",
+    "Signature",
+    "sig",
+    "X-Goog-Signature",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+)
+#: One such parameter and its value, in a query string or in free text (an
+#: exception's message quotes the URL); the value ends where the URL does.
+_SECRET_PARAMETER: Final = re.compile(
+    r"(?:(?<=[?&;])|^)(" + "|".join(_PARAMS_TO_REDACT) + r")=[^&#\s'\"]*"
 )
 #: Largest error body read (already in memory) for a downstream envelope's code.
 _MAX_ENVELOPE_BODY: Final = 1024 * 1024
@@ -257,6 +281,36 @@ def _method(method: str | None) -> str:
     return method if method in _KNOWN_METHODS else "_OTHER"
 
 
+def _redact(text: str) -> str:
+    """``text`` with the values of signed URLs' secret query parameters replaced."""
+    if "=" not in text:  # most messages and queries: no regular expression run
+        return text
+    return _SECRET_PARAMETER.sub(r"\1=REDACTED", text)
+
+
+def _record_exception(span: Span, error: BaseException) -> None:
+    """``span.record_exception`` with secret query parameters redacted from the text.
+
+    requests' exceptions quote the URL they failed on, query included, and so
+    does the message of an exception chained below ``error`` in its traceback.
+    """
+    message = str(error)
+    stacktrace = "".join(traceback.format_exception(error))
+    redacted_message, redacted_stacktrace = _redact(message), _redact(stacktrace)
+    attributes = None
+    if redacted_message != message or redacted_stacktrace != stacktrace:
+        attributes = {
+            "exception.message": redacted_message,
+            "exception.stacktrace": redacted_stacktrace,
+        }
+    span.record_exception(error, attributes=attributes)
+
+
+def _span_name(method: str) -> str:
+    """A span's name for ``method``: ``HTTP`` for a method the conventions do not name."""
+    return "HTTP" if method == "_OTHER" else method
+
+
 def _url_attributes(url: str) -> dict[str, Any]:
     """``url.full`` without credentials, ``server.address`` and ``server.port``."""
     try:
@@ -268,7 +322,8 @@ def _url_attributes(url: str) -> dict[str, Any]:
     netloc = parts.netloc
     if "@" in netloc:  # the semantic conventions say: never the password
         netloc = "REDACTED:REDACTED@" + netloc.rpartition("@")[2]
-    attributes["url.full"] = urlunsplit(parts._replace(netloc=netloc))
+    query = _redact(parts.query)
+    attributes["url.full"] = urlunsplit(parts._replace(netloc=netloc, query=query))
     if parts.hostname:
         attributes["server.address"] = parts.hostname
     if port is None:
@@ -318,7 +373,9 @@ def client_call(
     if breaker is not None:
         instrument_breaker(breaker)
         attributes[ATTR_BREAKER_NAME] = breaker.name
-    span = _tracer(provider).start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
+    span = _tracer(provider).start_span(
+        _span_name(method), kind=SpanKind.CLIENT, attributes=attributes
+    )
     context = otel_trace.set_span_in_context(span)
     # This span is the HTTP client span: the requests/urllib3 instrumentations,
     # when installed, would add one per send (and per redirect hop) below it.
@@ -386,8 +443,8 @@ def _end_client_span(
             )
             span.set_attribute("error.type", name)
             if isinstance(error, Exception):
-                span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, str(error)[:256]))
+                _record_exception(span, error)
+            span.set_status(Status(StatusCode.ERROR, _redact(str(error))[:256]))
 
 
 # -- server side: the span of a request through the envelope -----------------------------
@@ -411,7 +468,7 @@ def record_envelope(status: int, code: str, type_: str) -> None:
         # The handlers build envelopes inside Flask's ``except`` clause.
         error = sys.exc_info()[1]
         if isinstance(error, Exception):
-            span.record_exception(error)
+            _record_exception(span, error)
         span.set_status(Status(StatusCode.ERROR, f"{status} {code}"))
 
 
@@ -420,12 +477,20 @@ def _instrumented_elsewhere(app: object) -> bool:
 
     opentelemetry-instrumentation-flask marks the apps it instruments (its span
     starts in a ``before_request`` hook, after this boundary); a WSGI middleware
-    around this one has a server span current already.
+    around this one has a server span current already.  A span that is valid but
+    not recording is one its sampler dropped (an unsampled span has no kind to
+    read): a span of ours would be a second root where the middleware chose none.
+    A recording span of another kind (a client span calling this app in-process,
+    a job's own span) is a parent, not this request's server span; so is a remote
+    span context (a middleware that only attached what it extracted).
     """
     if getattr(app, "_is_instrumented_by_opentelemetry", False):
         return True
     span = otel_trace.get_current_span()
-    return span.is_recording() and getattr(span, "kind", None) is SpanKind.SERVER
+    if span.is_recording():
+        return getattr(span, "kind", None) is SpanKind.SERVER
+    context = span.get_span_context()
+    return context.is_valid and not context.is_remote
 
 
 if TYPE_CHECKING:
@@ -488,6 +553,7 @@ def _enrich_server_span(
         span = otel_trace.get_current_span()
         if span.is_recording():
             span.set_attribute(ATTR_REQUEST_ID, request_id)
+        if span.get_span_context().is_valid:  # an unsampled span's IDs still join the logs
             _put_ids(environ, span)
         return start_response(status, headers, *args)
 
@@ -500,17 +566,32 @@ def _put_ids(environ: dict[str, Any], span: Span) -> None:
     environ[ENVIRON_SPAN_ID] = f"{context.span_id:016x}"
 
 
+def _host_and_port(host: str) -> tuple[str, str]:
+    """``host:port`` split, IPv6 literals (``[::1]:8000``) without their brackets."""
+    if host.startswith("["):
+        address, _, rest = host[1:].partition("]")
+        return address, rest[1:] if rest.startswith(":") else ""
+    if host.count(":") == 1:
+        address, _, port = host.partition(":")
+        return address, port
+    return host, ""
+
+
 def _server_attributes(environ: Mapping[str, Any], method: str) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "http.request.method": method,
         "url.scheme": environ.get("wsgi.url_scheme", "http"),
-        "url.path": environ.get("PATH_INFO") or "/",
+        # The path the client asked for: an app mounted under a prefix sees only
+        # the rest of it in PATH_INFO.
+        "url.path": (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")) or "/",
     }
+    if method == "_OTHER":
+        attributes["http.request.method_original"] = str(environ.get("REQUEST_METHOD"))
     if environ.get("QUERY_STRING"):
-        attributes["url.query"] = environ["QUERY_STRING"]
+        attributes["url.query"] = _redact(environ["QUERY_STRING"])
     host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME")
     if host:
-        address, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+        address, port = _host_and_port(host)
         attributes["server.address"] = address
         if port.isdigit():
             attributes["server.port"] = int(port)
@@ -536,7 +617,7 @@ def _traced_server_call(
     attributes = _server_attributes(environ, method)
     attributes[ATTR_REQUEST_ID] = request_id
     span = _tracer(provider).start_span(
-        method, context=parent, kind=SpanKind.SERVER, attributes=attributes
+        _span_name(method), context=parent, kind=SpanKind.SERVER, attributes=attributes
     )
     _put_ids(environ, span)
 
@@ -550,10 +631,11 @@ def _traced_server_call(
             rule = getattr(getattr(request, "url_rule", None), "rule", None)
             if isinstance(rule, str):
                 span.set_attribute("http.route", rule)
-                span.update_name(f"{method} {rule}")
+                span.update_name(f"{_span_name(method)} {rule}")
         return start_response(status, headers, *args)
 
-    token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
+    context = otel_trace.set_span_in_context(span, parent)
+    token = otel_context.attach(context)
     try:
         body = wsgi_app(environ, start_with_status)
     except BaseException as error:
@@ -562,16 +644,21 @@ def _traced_server_call(
         span.set_attribute(ATTR_ERROR_CODE, "INTERNAL_SERVER_ERROR")
         span.set_attribute("http.response.status_code", 500)
         if isinstance(error, Exception):
-            span.record_exception(error)
+            _record_exception(span, error)
         span.set_status(Status(StatusCode.ERROR))
         span.end()
+        # The boundary logs the crash and answers it after this: its log line
+        # belongs to this request's trace (see crash_context).
+        environ[_ENVIRON_CRASHED_SPAN] = span
         raise
     finally:
         otel_context.detach(token)
-    return _end_span_on_close(body, span, environ.get("wsgi.file_wrapper"))
+    return _end_span_on_close(body, span, context, environ.get("wsgi.file_wrapper"))
 
 
-def _end_span_on_close(body: Iterable[bytes], span: Span, file_wrapper: object) -> Iterable[bytes]:
+def _end_span_on_close(
+    body: Iterable[bytes], span: Span, context: otel_context.Context, file_wrapper: object
+) -> Iterable[bytes]:
     """``body``, whose ``close()`` (the server calls it once it is sent) ends ``span``.
 
     A server's own file wrapper (``send_file``) is kept as it is, its ``close``
@@ -590,31 +677,92 @@ def _end_span_on_close(body: Iterable[bytes], span: Span, file_wrapper: object) 
         with contextlib.suppress(AttributeError):  # a wrapper with __slots__: wrapped below
             body.close = close  # type: ignore[attr-defined]
             return body
-    return _EndSpanOnClose(body, span)
+    return _EndSpanOnClose(body, span, context)
 
 
 class _EndSpanOnClose:
-    """A WSGI body that ends the request's span once the server has sent it."""
+    """A WSGI body that ends the request's span once the server has sent it.
 
-    def __init__(self, body: Iterable[bytes], span: Span) -> None:
+    A streamed body (``stream_with_context``) runs the view's code while the
+    server sends it, after the view returned: each chunk is made, and the body
+    closed, with the request's span current, so that a ``ServiceSession`` call or
+    a log line there belongs to the request's trace.  A body that raises while
+    being sent marks the span as failed.
+    """
+
+    __slots__ = ("_body", "_context", "_iterator", "_span")
+
+    def __init__(self, body: Iterable[bytes], span: Span, context: otel_context.Context) -> None:
         self._body = body
         self._span = span
+        self._context = context
+        self._iterator: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
+        self._iterator = iter(self._body)
+        return self
+
+    def __next__(self) -> bytes:
+        iterator = self._iterator
+        if iterator is None:
+            iterator = self._iterator = iter(self._body)
+        token = otel_context.attach(self._context)
+        try:
+            return next(iterator)
+        except StopIteration:
+            raise
+        except BaseException as error:
+            _mark_failed(self._span, error)
+            raise
+        finally:
+            otel_context.detach(token)
 
     def close(self) -> None:
+        token = otel_context.attach(self._context)
         try:
             close = getattr(self._body, "close", None)
             if close is not None:
                 close()
+        except BaseException as error:
+            _mark_failed(self._span, error)
+            raise
         finally:
+            otel_context.detach(token)
             self._span.end()
+
+
+def _mark_failed(span: Span, error: BaseException) -> None:
+    """``error`` raised while the response was sent: the request failed."""
+    with contextlib.suppress(Exception):  # a span must never fail the response
+        span.set_attribute("error.type", type(error).__qualname__)
+        if isinstance(error, Exception):
+            _record_exception(span, error)
+        span.set_status(Status(StatusCode.ERROR))
+
+
+@contextlib.contextmanager
+def crash_context(environ: dict[str, Any]) -> Iterator[None]:
+    """The span of a request that escaped Flask, current while the boundary answers it.
+
+    Its error log line then carries the request's trace and span IDs.
+    """
+    # Taken out: gunicorn's access log makes an atom of every environ value.
+    span = environ.pop(_ENVIRON_CRASHED_SPAN, None)
+    if span is None or otel_trace is None:
+        yield
+        return
+    token = otel_context.attach(otel_trace.set_span_in_context(span))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 # -- SDK set-up per process (gunicorn: per worker, after fork) ---------------------------
 
 _configured: tuple[SDKTracerProvider, _StopOnce] | None = None
+#: shutdown_tracing runs at interpreter exit (once registered, for any later set-up).
+_exit_handler_registered = threading.Event()
 
 #: Longest a process waits, as it exits, for its last spans to be exported.
 SHUTDOWN_TIMEOUT: Final = 2.0
@@ -716,32 +864,52 @@ def configure_tracing(
     )
     if name:
         attributes["service.name"] = name
-    provider = SDKProvider(resource=Resource.create(attributes))
+    # Its own exit handler would wait for an export as long as the exporter's
+    # timeout; shutdown_tracing bounds the wait (gunicorn's worker_exit calls it
+    # first, and then this handler finds nothing left to do).
+    provider = SDKProvider(resource=Resource.create(attributes), shutdown_on_exit=False)
     stop_once = _StopOnce(exporter)
     provider.add_span_processor(BatchSpanProcessor(cast("SpanExporter", stop_once)))
     otel_trace.set_tracer_provider(provider)
     _configured = (provider, stop_once)
+    if not _exit_handler_registered.is_set():
+        _exit_handler_registered.set()
+        atexit.register(shutdown_tracing)
     return True
 
 
 def shutdown_tracing(timeout: float = SHUTDOWN_TIMEOUT) -> None:
     """Export the spans still queued, for at most ``timeout`` seconds, and stop the SDK
-    :func:`configure_tracing` set up (a collector that is down costs no more)."""
+    :func:`configure_tracing` set up (a collector that is down, or one that accepts
+    connections and never answers, costs no more).
+
+    The flush and the SDK's shutdown run in a daemon thread this call waits
+    ``timeout`` for: an export blocked reading a socket cannot be interrupted,
+    and it is left behind, its spans lost, when the process exits.
+    """
     global _configured
     configured, _configured = _configured, None
-    if configured is not None:
-        provider, exporter = configured
-        # The SDK's flush runs the export in this thread, retries included: the
-        # timer stops the exporter, which ends them, once the time is up.
-        deadline = threading.Timer(timeout, exporter.shutdown)
-        deadline.daemon = True
-        deadline.start()
+    if configured is None:
+        return
+    provider, exporter = configured
+
+    def stop() -> None:
         try:
             provider.force_flush(int(timeout * 1000))
         finally:
-            deadline.cancel()
-        exporter.shutdown()
-        provider.shutdown()
+            # Ends an export being retried (not one blocked on a socket), then
+            # the batch processor, whose own call to the exporter is then a no-op.
+            exporter.shutdown()
+            provider.shutdown()
+
+    stopping = threading.Thread(target=stop, name="gennet-tracing-shutdown", daemon=True)
+    stopping.start()
+    stopping.join(timeout)
+    if stopping.is_alive():
+        exporter.shutdown()  # no more retries, whatever else still runs
+        _logger.warning(
+            "tracing: the last spans were not exported within %.1f s; giving up on them", timeout
+        )
 
 
 def gunicorn_post_fork(server: Any, worker: Any) -> None:

@@ -7,16 +7,28 @@ their spans to a receiver this test runs on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.test.globals_test import reset_trace_globals
 
 from examples.launcher import ServiceProcess, free_port
 from examples.trace_receiver import OTLPReceiver, ReceivedSpan
+from gennet_sync import ServiceSession
 
 OSCILLATOR = {"nodes": {"a": "!b", "b": "a"}}
 VERIFY = "/api/v1/workflows/verify"
@@ -222,3 +234,92 @@ def test_a_collector_that_is_down_costs_the_requests_nothing(tmp_path: Path) -> 
     # The last export gives up after SHUTDOWN_TIMEOUT (2 s), not after the exporter's
     # 10 s of retries (which gunicorn's graceful timeout would cut with a SIGKILL).
     assert time.monotonic() - stopping < 8
+
+
+class _HangingCollector:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed at the end of the test
+            while True:
+                self._held.append(self._listener.accept()[0])
+
+    def __enter__(self) -> _HangingCollector:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._listener.close()
+        for connection in self._held:
+            connection.close()
+
+
+_EXITING_WORKER = """
+import logging
+from opentelemetry import trace
+from gennet_sync import tracing
+
+logging.basicConfig()
+assert tracing.configure_tracing("svc")
+with trace.get_tracer("test").start_as_current_span("last request"):
+    pass
+tracing.gunicorn_worker_exit(None, None)
+print("exiting", flush=True)
+"""
+
+
+def test_a_worker_exits_promptly_when_the_collector_hangs() -> None:
+    with _HangingCollector() as collector:
+        started = time.monotonic()
+        finished = subprocess.run(
+            [sys.executable, "-c", _EXITING_WORKER],
+            env={
+                **os.environ,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+                # The exporter would wait this long for an answer that never comes.
+                "OTEL_EXPORTER_OTLP_TIMEOUT": "30",
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        took = time.monotonic() - started
+    assert finished.returncode == 0, finished.stderr
+    assert "exiting" in finished.stdout
+    # SHUTDOWN_TIMEOUT (2 s) plus the interpreter's start, generously; not 30 s.
+    assert took < 20, took
+    assert "not exported within" in finished.stderr
+
+
+def test_a_refused_call_to_a_signed_url_keeps_its_secret_off_the_span() -> None:
+    reset_trace_globals()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    try:
+        session = ServiceSession(
+            base_url=f"http://127.0.0.1:{free_port()}", service_name="blobs", retries=0
+        )
+        with pytest.raises(requests.exceptions.ConnectionError) as raised:
+            session.get("/o?X-Goog-Signature=s3cret&sig=s3cret&page=2")
+        assert "s3cret" in str(raised.value)  # requests quotes the URL it failed on
+        (span,) = exporter.get_finished_spans()
+        assert span.events, "the exception was recorded"
+        for event in span.events:
+            assert "s3cret" not in str(dict(event.attributes or {}))
+        assert "s3cret" not in str(span.status.description)
+        assert "s3cret" not in str(dict(span.attributes or {}))
+    finally:
+        provider.shutdown()
+        reset_trace_globals()

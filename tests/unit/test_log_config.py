@@ -107,6 +107,51 @@ def test_extra_fields_are_kept_and_unencodable_values_are_text() -> None:
     assert "gennet_escape_traceback" not in line
 
 
+def test_a_value_json_cannot_write_strictly_is_text_and_the_record_is_kept() -> None:
+    cycle: dict[str, object] = {}
+    cycle["self"] = cycle
+    line = _line(
+        _record(
+            by_pair={(1, 2): "x"},  # a key json.dumps refuses
+            cycle=cycle,
+            ratio=float("nan"),  # bare NaN is no JSON
+            limit=float("inf"),
+            fine=[1, "a"],
+        )
+    )
+    assert line["message"] == "hello"
+    assert line["by_pair"] == "{(1, 2): 'x'}"
+    assert line["cycle"] == "{'self': {...}}"
+    assert (line["ratio"], line["limit"]) == ("nan", "inf")
+    assert line["fine"] == [1, "a"]
+
+
+def test_an_extra_field_named_like_a_key_of_the_line_is_kept_under_its_own_name() -> None:
+    line = _line(_record(service="billing", level="debug", time="then"), service="svc")
+    assert (line["service"], line["level"]) == ("svc", "WARNING")
+    assert line["extra.service"] == "billing"
+    assert line["extra.level"] == "debug"
+    assert line["extra.time"] == "then"
+
+
+def test_unicode_line_separators_are_escaped() -> None:
+    record = _record("one\u2028two\u2029three\x85four", note="a\u2028b")
+    TraceContextFilter().filter(record)
+    text = JsonFormatter("svc").format(record)
+    assert len(text.splitlines()) == 1  # str.splitlines splits on all three
+    for separator in ("\u2028", "\u2029", "\x85"):
+        assert separator not in text
+    line = json.loads(text)
+    assert line["message"] == "one\u2028two\u2029three\x85four"
+    assert line["note"] == "a\u2028b"
+
+
+def test_a_message_whose_arguments_do_not_fit_is_still_written() -> None:
+    line = _line(_record("%s and %s", "only one"))
+    assert "%s and %s" in str(line["message"])
+    assert "only one" in str(line["message"])
+
+
 def test_the_ready_config_writes_json_lines_for_the_root_and_gunicorn_loggers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -4,6 +4,7 @@ their attributes, breaker transitions as events, and nothing at all without an S
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,7 @@ import requests
 import responses
 from flask import Flask, jsonify, stream_with_context
 from flask.testing import FlaskClient
-from opentelemetry import baggage, trace
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
@@ -22,6 +23,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.test.globals_test import reset_trace_globals
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from werkzeug.test import EnvironBuilder
 
 from gennet_sync import (
     NotFoundError,
@@ -31,6 +34,7 @@ from gennet_sync import (
 )
 from gennet_sync import tracing as gennet_tracing
 from gennet_sync.circuit_breaker import CircuitBreaker, CircuitBreakerError
+from gennet_sync.log_config import TraceContextFilter
 from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")
@@ -714,3 +718,310 @@ def test_a_file_response_keeps_the_servers_file_wrapper_and_ends_its_span_on_clo
     body.close()
     assert file.closed
     assert _only(spans, SpanKind.SERVER).name == "GET"
+
+
+# -- secrets of signed URLs --------------------------------------------------------------
+
+SIGNED_QUERY = "AWSAccessKeyId=AKIA1&Signature=s3cret1&sig=s3cret2&X-Goog-Signature=s3cret3"
+SIGV4_QUERY = (
+    "X-Amz-Credential=AKIA1%2F20261129&X-Amz-Security-Token=s3cret4&X-Amz-Signature=s3cret5"
+)
+
+
+def _no_secret(text: object) -> None:
+    assert "s3cret" not in str(text) and "AKIA1" not in str(text), text
+
+
+@responses.activate
+def test_signed_url_secrets_never_reach_the_client_span(spans: InMemorySpanExporter) -> None:
+    responses.get(f"{DOWNSTREAM}/blob", json={})
+    _session().get(f"/blob?{SIGNED_QUERY}&part=2")
+    _session().get(f"/blob?X-Amz-Algorithm=AWS4-HMAC-SHA256&{SIGV4_QUERY}")
+    signed, sigv4 = (_attributes(span)["url.full"] for span in _of_kind(spans, SpanKind.CLIENT))
+    assert signed == (
+        f"{DOWNSTREAM}/blob?AWSAccessKeyId=REDACTED&Signature=REDACTED"
+        "&sig=REDACTED&X-Goog-Signature=REDACTED&part=2"
+    )
+    assert sigv4 == (
+        f"{DOWNSTREAM}/blob?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=REDACTED"
+        "&X-Amz-Security-Token=REDACTED&X-Amz-Signature=REDACTED"
+    )
+
+
+@responses.activate
+def test_signed_url_secrets_never_reach_a_recorded_exception(
+    spans: InMemorySpanExporter,
+) -> None:
+    # requests quotes the URL it failed on in the exception's message.
+    failure = requests.exceptions.ConnectionError(
+        f"HTTPConnectionPool(host='downstream', port=8000): Max retries exceeded with url:"
+        f" /blob?{SIGNED_QUERY} (Caused by NewConnectionError('refused'))"
+    )
+    responses.get(f"{DOWNSTREAM}/blob", body=failure)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        _session(retries=0).get(f"/blob?{SIGNED_QUERY}")
+    client = _only(spans, SpanKind.CLIENT)
+    (event,) = client.events
+    attributes = dict(event.attributes or {})
+    assert "Signature=REDACTED" in str(attributes["exception.message"])
+    _no_secret(attributes["exception.message"])
+    _no_secret(attributes["exception.stacktrace"])
+    _no_secret(client.status.description)
+    _no_secret(_attributes(client))
+
+
+def test_signed_url_secrets_never_reach_the_server_span(spans: InMemorySpanExporter) -> None:
+    app = _app()
+
+    @app.get("/fetch")
+    def fetch() -> Any:
+        raise RuntimeError(f"could not read https://bucket.example/o?{SIGNED_QUERY}")
+
+    assert app.test_client().get(f"/ok?{SIGNED_QUERY}&page=1").status_code == 200
+    assert app.test_client().get("/fetch").status_code == 500
+    ok, crashed = _of_kind(spans, SpanKind.SERVER)
+    assert _attributes(ok)["url.query"] == (
+        "AWSAccessKeyId=REDACTED&Signature=REDACTED&sig=REDACTED&X-Goog-Signature=REDACTED&page=1"
+    )
+    (event,) = crashed.events
+    _no_secret(dict(event.attributes or {}))
+
+
+# -- a span made elsewhere ---------------------------------------------------------------
+
+
+def _unsampled_span_middleware(app: Flask) -> trace.SpanContext:
+    """A WSGI middleware around ``app`` whose sampler dropped its server span."""
+    outer = trace.SpanContext(
+        trace_id=0x5B8EFFF798038103D269B633813FC60C,
+        span_id=0x051581BF3CB55C13,
+        is_remote=False,
+        trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),  # not sampled
+    )
+    inner = app.wsgi_app
+
+    def middleware(environ: dict[str, Any], start_response: Any) -> Any:
+        with trace.use_span(trace.NonRecordingSpan(outer)):
+            return inner(environ, start_response)
+
+    app.wsgi_app = middleware  # type: ignore[method-assign]
+    return outer
+
+
+def test_an_outer_middlewares_unsampled_span_is_not_replaced_by_a_root_of_ours(
+    spans: InMemorySpanExporter,
+) -> None:
+    app = _app()
+    outer = _unsampled_span_middleware(app)
+    seen: list[tuple[str, str] | None] = []
+
+    @app.get("/ids")
+    def ids() -> Any:
+        seen.append(gennet_tracing.current_trace_ids())
+        return jsonify({})
+
+    assert app.test_client().get("/ids").status_code == 200
+    assert app.test_client().get("/ok").status_code == 200
+    assert not _of_kind(spans, SpanKind.SERVER)  # the middleware chose no span
+    assert seen == [(f"{outer.trace_id:032x}", f"{outer.span_id:016x}")]
+
+
+def test_a_callers_context_a_middleware_only_attached_gets_our_server_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    app = _app()
+    inner = app.wsgi_app
+
+    def middleware(environ: dict[str, Any], start_response: Any) -> Any:
+        token = otel_context.attach(propagate.extract({"traceparent": TRACEPARENT}))
+        try:
+            return inner(environ, start_response)
+        finally:
+            otel_context.detach(token)
+
+    app.wsgi_app = middleware  # type: ignore[method-assign]
+    assert app.test_client().get("/ok", headers={"traceparent": TRACEPARENT}).status_code == 200
+    server = _only(spans, SpanKind.SERVER)
+    assert server.instrumentation_scope is not None
+    assert server.instrumentation_scope.name == "gennet_sync"
+    assert f"{server.context.trace_id:032x}" == TRACEPARENT.split("-")[1]
+
+
+# -- the request's span while its body is sent -------------------------------------------
+
+
+class _Records(logging.Handler):
+    """Keeps the records it is given, with the trace IDs the filter put on them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(TraceContextFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def records() -> Iterator[_Records]:
+    handler = _Records()
+    logger = logging.getLogger()
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+@responses.activate
+def test_a_call_and_a_log_line_in_a_streamed_body_belong_to_the_requests_trace(
+    spans: InMemorySpanExporter, records: _Records
+) -> None:
+    responses.get(f"{DOWNSTREAM}/part", json={})
+    app = _app()
+    session = _session()
+
+    @app.get("/parts")
+    def parts() -> Any:
+        def chunks() -> Iterator[str]:
+            yield "a"
+            session.get("/part")
+            logging.getLogger("view").warning("inside the streamed body")
+            yield "b"
+
+        return app.response_class(stream_with_context(chunks()))
+
+    assert app.test_client().get("/parts").get_data() == b"ab"
+    server = _only(spans, SpanKind.SERVER)
+    client = _only(spans, SpanKind.CLIENT)
+    assert client.parent is not None and client.parent.span_id == server.context.span_id
+    assert client.context.trace_id == server.context.trace_id
+    (record,) = [record for record in records.records if record.name == "view"]
+    assert record.trace_id == f"{server.context.trace_id:032x}"  # type: ignore[attr-defined]
+
+
+def test_the_error_line_of_a_request_that_escaped_flask_has_its_trace_ids(
+    spans: InMemorySpanExporter, records: _Records
+) -> None:
+    app = _app()
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.teardown_request
+    def fail(_error: BaseException | None) -> None:
+        raise RuntimeError("database session would not close")
+
+    statuses: list[str] = []
+
+    def start_response(status: str, *_: Any) -> Any:
+        statuses.append(status)
+
+    # Called directly: the test client re-raises the exc_info of a second start_response.
+    body = app(EnvironBuilder(path="/ok").get_environ(), start_response)
+    b"".join(body)
+    getattr(body, "close", lambda: None)()
+    assert statuses[-1].startswith("500")
+    server = _only(spans, SpanKind.SERVER)
+    (record,) = [record for record in records.records if record.levelno == logging.ERROR]
+    assert "escaped Flask" in record.getMessage()
+    assert record.trace_id == f"{server.context.trace_id:032x}"  # type: ignore[attr-defined]
+    assert record.span_id == f"{server.context.span_id:016x}"  # type: ignore[attr-defined]
+
+
+# -- semantic conventions ----------------------------------------------------------------
+
+
+def test_a_method_the_conventions_do_not_name_is_http_with_the_original_kept(
+    spans: InMemorySpanExporter,
+) -> None:
+    app = _app()
+
+    @app.route("/cache/<key>", methods=["PURGE"])
+    def purge(key: str) -> Any:
+        return jsonify({})
+
+    assert app.test_client().open("/cache/k", method="PURGE").status_code == 200
+    server = _only(spans, SpanKind.SERVER)
+    assert server.name == "HTTP /cache/<key>"
+    assert _attributes(server)["http.request.method"] == "_OTHER"
+    assert _attributes(server)["http.request.method_original"] == "PURGE"
+
+
+@responses.activate
+def test_a_call_with_a_method_the_conventions_do_not_name_is_named_http(
+    spans: InMemorySpanExporter,
+) -> None:
+    responses.add("PURGE", f"{DOWNSTREAM}/cache/k", json={})
+    _session().request("PURGE", "/cache/k")
+    client = _only(spans, SpanKind.CLIENT)
+    assert client.name == "HTTP"
+    assert _attributes(client)["http.request.method_original"] == "PURGE"
+
+
+@pytest.mark.parametrize(
+    ("host", "address", "port"),
+    [("[::1]:8000", "::1", 8000), ("[2001:db8::1]", "2001:db8::1", None), ("svc:81", "svc", 81)],
+)
+def test_the_host_header_gives_the_server_address_and_port(
+    spans: InMemorySpanExporter, host: str, address: str, port: int | None
+) -> None:
+    assert _app().test_client().get("/ok", headers={"Host": host}).status_code == 200
+    attributes = _attributes(_only(spans, SpanKind.SERVER))
+    assert attributes["server.address"] == address
+    assert attributes.get("server.port") == port
+
+
+def test_an_app_mounted_under_a_prefix_has_the_whole_path(spans: InMemorySpanExporter) -> None:
+    client = _app().test_client()
+    assert client.get("/ok", base_url="http://localhost/api/v2").status_code == 200
+    assert _attributes(_only(spans, SpanKind.SERVER))["url.path"] == "/api/v2/ok"
+
+
+def test_a_body_that_fails_while_it_is_sent_fails_the_span(spans: InMemorySpanExporter) -> None:
+    app = _app()
+
+    @app.get("/rows")
+    def rows() -> Any:
+        def chunks() -> Iterator[str]:
+            yield "a"
+            raise ConnectionResetError("the database went away")
+
+        return app.response_class(chunks())
+
+    with pytest.raises(ConnectionResetError):
+        app.test_client().get("/rows")
+    server = _only(spans, SpanKind.SERVER)
+    assert server.status.status_code is StatusCode.ERROR
+    assert _attributes(server)["error.type"] == "ConnectionResetError"
+    (event,) = server.events
+    assert (event.attributes or {})["exception.message"] == "the database went away"
+
+
+# -- baggage from callers ----------------------------------------------------------------
+
+
+@responses.activate
+def test_with_the_trace_context_propagator_only_a_callers_baggage_is_not_forwarded(
+    spans: InMemorySpanExporter,
+) -> None:
+    # What OTEL_PROPAGATORS=tracecontext sets up (docs/tracing.md, Baggage from callers).
+    responses.get(f"{DOWNSTREAM}/x", json={})
+    app = _app()
+    session = _session()
+
+    @app.get("/forward")
+    def forward() -> Any:
+        session.get("/x")
+        return jsonify({})
+
+    incoming = {"traceparent": TRACEPARENT, "baggage": "user.password=hunter2"}
+    default = propagate.get_global_textmap()
+    try:
+        assert app.test_client().get("/forward", headers=incoming).status_code == 200
+        propagate.set_global_textmap(TraceContextTextMapPropagator())
+        assert app.test_client().get("/forward", headers=incoming).status_code == 200
+    finally:
+        propagate.set_global_textmap(default)
+    forwarded, kept_out = (call.request.headers for call in responses.calls)
+    assert forwarded["baggage"] == "user.password=hunter2"  # the default propagators
+    assert "baggage" not in kept_out
+    assert kept_out["traceparent"].split("-")[1] == TRACEPARENT.split("-")[1]
