@@ -3,16 +3,20 @@ calls whose totals the tests know exactly."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from flask import Flask
 
 from gennet_sync import CircuitBreaker, ConflictError, GenNet
 
-__all__ = ["BREAKER_NAME", "create_app"]
+__all__ = ["BOOT_BREAKER_NAME", "BREAKER_NAME", "create_app"]
 
 #: The breaker every worker calls through (one per worker process, as breakers are).
 BREAKER_NAME = "metrics-downstream"
+#: With METRICS_APP_BOOT_FAILURE=1, the breaker of a config service that is down
+#: while the app loads: one failing call (which opens it) in the preloaded master.
+BOOT_BREAKER_NAME = "metrics-boot-config"
 
 
 def create_app() -> Flask:
@@ -28,6 +32,12 @@ def create_app() -> Flask:
 
     def fail() -> None:
         raise ConnectionError("downstream refused")
+
+    if os.environ.get("METRICS_APP_BOOT_FAILURE") == "1":
+        boot = CircuitBreaker(failure_threshold=1, name=BOOT_BREAKER_NAME)
+        with contextlib.suppress(ConnectionError):
+            boot.call(fail)
+        app.extensions["boot_breaker"] = boot  # kept alive, as a client object would be
 
     @app.get("/health")
     def health() -> dict[str, str]:
