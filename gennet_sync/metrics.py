@@ -8,6 +8,7 @@ the totals stay right under gunicorn are described in ``docs/metrics.md``.
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib
 import logging
 import math
@@ -142,7 +143,14 @@ def _catalogue_codes() -> frozenset[str]:
         for cls in http_client._exception_classes()
         if isinstance(cls.code, str) and _CODE.fullmatch(cls.code) is not None
     }
-    codes.update(http_client.http_status_code(status) for status in range(400, 600))
+    codes.update(_status_codes())
+    return frozenset(codes)
+
+
+@functools.cache
+def _status_codes() -> frozenset[str]:
+    """The codes werkzeug's errors (and bodiless downstream errors) are answered with."""
+    codes = {http_client.http_status_code(status) for status in range(400, 600)}
     codes.update(entry.code for entry in (error_catalogue.SCHEMA_VALIDATION, error_catalogue.CRASH))
     return frozenset(codes)
 
