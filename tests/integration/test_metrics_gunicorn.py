@@ -3,6 +3,7 @@ scraped from any worker equal the calls made to all of them."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -14,7 +15,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from examples.launcher import ServiceProcess
-from tests.support.metrics_app import BOOT_BREAKER_NAME, BREAKER_NAME
+from tests.support.metrics_app import BOOT_BREAKER_NAME, BREAKER_NAME, TEMPORARY_BREAKER_NAME
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -215,3 +216,30 @@ def test_workers_forked_from_a_preloaded_master_do_not_export_its_counts_again(
             samples, transitions, breaker=BOOT_BREAKER_NAME, from_state="closed", to_state="open"
         )
         assert opened == 1
+
+
+def test_a_gone_breakers_state_matches_no_alert(tmp_path: Path) -> None:
+    # prometheus-client cannot remove a label set from its multiprocess files: the
+    # gauges of a breaker that is gone turn NaN, which no comparison matches.
+    with ServiceProcess(
+        "metrics-gone",
+        "tests.support.metrics_app:create_app()",
+        tmp_path,
+        workers=1,
+        env={"GENNET_METRICS_FLUSH_INTERVAL": str(FLUSH_INTERVAL)},
+    ) as service:
+        base = service.base_url
+        assert requests.post(f"{base}/temporary", timeout=10).json() == {"state": "open"}
+        samples = scrape(base)
+        state = "gennet_breaker_state"
+        assert total(samples, state, breaker=TEMPORARY_BREAKER_NAME, state="open") == 1
+        assert requests.delete(f"{base}/temporary", timeout=10).json() == {"left": 0}
+        samples = scrape(base)
+        values = [
+            value
+            for (name, labels), value in samples.items()
+            if name == state and ("breaker", TEMPORARY_BREAKER_NAME) in labels
+        ]
+        assert len(values) == 3
+        assert all(math.isnan(value) for value in values), values
+        assert total(samples, state, breaker=BREAKER_NAME, state="closed") == 1
