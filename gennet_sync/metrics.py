@@ -557,17 +557,18 @@ def _ask_storages() -> None:
     timeout and never the scrape.
     """
     with _breakers._live_lock:
-        breakers = list(_breakers._live_breakers)
-    asked: set[int] = set()
-    for breaker in breakers:
-        storage = id(breaker.storage)  # without a shared one, sync() returns at once
-        if storage in asked:
+        # Weak references: a storage call may wait seconds, and must not keep every
+        # breaker of the process (garbage of a finished request) alive meanwhile.
+        chosen = {id(each.storage): weakref.ref(each) for each in _breakers._live_breakers}
+    for reference in chosen.values():
+        breaker = reference()
+        if breaker is None:
             continue
-        asked.add(storage)
         try:
-            breaker.sync()
+            breaker.sync()  # without a shared storage, returns at once
         except Exception:
             logger.exception("gennet_sync metrics: asking the breakers' storage failed")
+        del breaker
 
 
 def _ensure_flusher() -> None:
