@@ -27,6 +27,7 @@ from typing import Any, Final
 from gennet_sync.tracing import gunicorn_post_fork, gunicorn_worker_exit
 
 __all__ = [
+    "BYTES_PER_PROCESS",
     "MULTIPROC_DIR_VARIABLE",
     "child_exit",
     "metrics_directory",
@@ -42,6 +43,11 @@ __all__ = [
 MULTIPROC_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
 # Set when this module made the directory (and so removes it at exit).
 _MADE_DIRECTORY_VARIABLE: Final = "GENNET_METRICS_DIR_MADE"
+#: Free space the directory needs per process (each worker, and the arbiter):
+#: prometheus-client maps a file per kind of metric (counters, histograms, three
+#: kinds of live gauges), grown 1 MiB at a time.  A write into a mapped page the
+#: filesystem has no room for kills the process with SIGBUS, with no message.
+BYTES_PER_PROCESS: Final = 5 * 2**20
 
 
 def metrics_directory() -> Path:
@@ -77,9 +83,24 @@ def on_starting(server: Any) -> None:
 
     Only the ``*.db`` files prometheus-client writes are removed.  A reload
     (``HUP``) does not call it, so the totals carry on across reloads.
+
+    Raises:
+        RuntimeError: The directory's filesystem has less than
+            :data:`BYTES_PER_PROCESS` free for each worker and the arbiter: the
+            workers would die of SIGBUS at their first request.
     """
-    for stale in metrics_directory().glob("*.db"):
+    directory = metrics_directory()
+    for stale in directory.glob("*.db"):
         stale.unlink(missing_ok=True)
+    processes = int(getattr(server, "num_workers", 1) or 1) + 1
+    needed = BYTES_PER_PROCESS * processes
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise RuntimeError(
+            f"{MULTIPROC_DIR_VARIABLE}={directory} has {free // 1024} KiB free; the metrics "
+            f"of {processes - 1} workers need {needed // 2**20} MiB (a full directory kills "
+            "a worker with SIGBUS): free some space or point the variable elsewhere"
+        )
 
 
 def metrics_post_fork(server: Any, worker: Any) -> None:

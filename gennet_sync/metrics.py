@@ -8,8 +8,10 @@ the totals stay right under gunicorn are described in ``docs/metrics.md``.
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib
 import logging
+import math
 import os
 import re
 import threading
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import requests
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from flask.wrappers import Request
 
 try:
@@ -33,7 +35,7 @@ except ImportError as missing:  # the optional extra is not installed
         "pip install 'gennet_sync[prometheus]'"
     ) from missing
 
-from gennet_sync import http_client
+from gennet_sync import error_catalogue, http_client
 from gennet_sync.breaker_policy import BreakerStatus, TransitionRecord
 from gennet_sync.circuit_breaker import CircuitBreaker, CircuitBreakerError
 from gennet_sync.error_handler import app_state
@@ -74,8 +76,11 @@ _METHODS: Final = frozenset(
 _CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 # Distinct values kept per free-text label (codes, services, error types) per process.
 _MAX_LABEL_VALUES: Final = 200
-# Breakers exported per process: a breaker made per request must not blow up the series.
+# Breaker names exported per process, ever: a breaker made per request (or per host of
+# ever new hosts) must not blow up the series.
 _MAX_BREAKERS: Final = 1000
+# A breaker name is a label value: the code's characters, and room for a host:port.
+_BREAKER_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _STATES: Final = tuple(CircuitState)
 _STATUS_LABELS: Final = {code: str(code) for code in range(100, 600)}
 # Label children cached per key; cleared past this (keys of a bounded label set).
@@ -105,15 +110,63 @@ class _LabelCap:
         return value
 
 
+class _KnownCodes:
+    """Keeps the ``code`` label to the codes this library and the app's classes define.
+
+    Both the service's own envelopes and a downstream's carry a code anyone may
+    have chosen (a view re-raising a downstream's code, a hostile downstream): a
+    cap per process would reset with every recycled worker, and junk seen first
+    would crowd out the service's own codes.  The set of known codes is the
+    same in every worker, so the label stays bounded across recycling; any
+    other code is ``<other>``.
+    """
+
+    def __init__(self) -> None:
+        self._known: frozenset[str] = frozenset()
+        #: Codes the app declares on top (``GENNET_METRICS_EXTRA_CODES``).
+        self.extra: frozenset[str] = frozenset()
+
+    def __call__(self, value: str) -> str:
+        if value in self._known or value in self.extra:
+            return value
+        # A class defined since the last look (an app's module imported late):
+        # the walk is a few dozen classes, and only unknown codes pay for it.
+        self._known = _catalogue_codes()
+        return value if value in self._known else OTHER
+
+
+def _catalogue_codes() -> frozenset[str]:
+    """Every code an envelope of this process can carry: the exception classes'
+    codes, and the codes werkzeug's errors are answered with."""
+    codes = {
+        cls.code
+        for cls in http_client._exception_classes()
+        if isinstance(cls.code, str) and _CODE.fullmatch(cls.code) is not None
+    }
+    codes.update(_status_codes())
+    return frozenset(codes)
+
+
+@functools.cache
+def _status_codes() -> frozenset[str]:
+    """The codes werkzeug's errors (and bodiless downstream errors) are answered with."""
+    codes = {http_client.http_status_code(status) for status in range(400, 600)}
+    codes.update(entry.code for entry in (error_catalogue.SCHEMA_VALIDATION, error_catalogue.CRASH))
+    return frozenset(codes)
+
+
 @dataclass
 class _Seen:
     """What was last copied of one breaker: its counters and its newest transition."""
 
     counts: tuple[int, int, int, int, int]
     last_transition: TransitionRecord | None
-    #: The gauges' values last written (state, retry time, fleet state); ``None``
-    #: writes them again (a forked worker writes its own).
-    gauges: tuple[CircuitState, float, CircuitState | None] | None
+    #: The gauges' values last written (state, retry time); ``None`` writes them
+    #: again (a forked worker writes its own).
+    gauges: tuple[CircuitState, float] | None
+    #: When the storage's answer last written to the fleet gauges came: only a
+    #: newer answer is written, so a worker never re-stamps a stale one as newest.
+    fleet_at: float | None = None
 
 
 class _Series:
@@ -210,10 +263,15 @@ class _Series:
         self._client_children: dict[tuple[str | None, str | None, str], Any] = {}
         self._seen: weakref.WeakKeyDictionary[CircuitBreaker, _Seen] = weakref.WeakKeyDictionary()
         self._flush_lock = threading.Lock()
-        self.codes = _LabelCap()
+        self.codes = _KnownCodes()
         self.services = _LabelCap()
         self.error_types = _LabelCap()
         self._warned_breakers = False
+        # Every breaker name ever exported (capped), and those whose gauges are
+        # written now: a name whose breakers are all gone has its gauges removed.
+        self._names: set[str] = set()
+        self._gauged: set[str] = set()
+        self._fleet_gauged: set[str] = set()
 
     # -- the Flask side ----------------------------------------------------------------
 
@@ -297,28 +355,74 @@ class _Series:
 
     # -- the breakers: their own counters, copied off the call path ----------------------
 
-    def flush_breakers(self) -> None:
-        """Copy every breaker's counters and state of this process into the metrics."""
+    def flush_breakers(self, *, gauges: bool = True) -> None:
+        """Copy every breaker's counters and state of this process into the metrics.
+
+        Args:
+            gauges: ``False`` copies the counters only (a process about to fork:
+                its gauges would outlive it as a live process's).
+        """
         with _breakers._live_lock:
             breakers = list(_breakers._live_breakers)
-        if len(breakers) > _MAX_BREAKERS:
-            if not self._warned_breakers:
-                logger.warning(
-                    "%d circuit breakers in this process; metrics export the first %d",
-                    len(breakers),
-                    _MAX_BREAKERS,
-                )
-                self._warned_breakers = True
-            breakers = breakers[:_MAX_BREAKERS]
         with self._flush_lock:
             storage_up: bool | None = None
+            live: set[str] = set()
             for breaker in breakers:
+                label = self._label(breaker.name)
+                if label is None:
+                    continue
                 status = breaker.status()
-                self._copy(breaker, status)
+                self._copy(breaker, status, label, gauges=gauges)
+                live.add(label)
                 if status.storage_up is not None:
                     storage_up = status.storage_up and storage_up is not False
+            if not gauges:
+                return
+            self._drop_gauges(self._gauged - live)
+            self._gauged = live
             if storage_up is not None:
                 self._storage_gauge().set(1 if storage_up else 0)
+
+    def _label(self, name: str) -> str | None:
+        """The ``breaker`` label of a breaker named ``name``; ``None``: not exported."""
+        if name in self._names:
+            return name
+        if _BREAKER_NAME.fullmatch(name) is not None and len(self._names) < _MAX_BREAKERS:
+            self._names.add(name)
+            return name
+        if not self._warned_breakers:
+            logger.warning(
+                "circuit breaker %r not exported to the metrics: more than %d names, or "
+                "not a label value (letters, digits and _.:-, at most 128)",
+                name[:200],
+                _MAX_BREAKERS,
+            )
+            self._warned_breakers = True
+        return None
+
+    def _drop_gauges(self, gone: set[str]) -> None:
+        """Remove the gauges of breakers no longer alive (their counters stay).
+
+        prometheus-client cannot remove a label set from its multiprocess files:
+        there the gauges are set to NaN, which no comparison (no alert) matches,
+        and they go with the worker.
+        """
+        multiprocess = multiprocess_mode()
+        for name in gone:
+            gauges = [self.breaker_state]
+            if name in self._fleet_gauged:
+                gauges.append(self.breaker_fleet_state)
+                self._fleet_gauged.discard(name)
+            for gauge in gauges:
+                for state in _STATES:
+                    if multiprocess:
+                        gauge.labels(name, state.value).set(math.nan)
+                    else:
+                        gauge.remove(name, state.value)
+            if multiprocess:
+                self.breaker_retry_at.labels(name).set(math.nan)
+            else:
+                self.breaker_retry_at.remove(name)
 
     def _storage_gauge(self) -> Gauge:
         with self._storage_lock:
@@ -331,8 +435,9 @@ class _Series:
                 )
             return self._storage_up
 
-    def _copy(self, breaker: CircuitBreaker, status: BreakerStatus) -> None:
-        name = breaker.name
+    def _copy(
+        self, breaker: CircuitBreaker, status: BreakerStatus, name: str, *, gauges: bool = True
+    ) -> None:
         snapshot = status.metrics
         counts = (
             snapshot.successes,
@@ -360,18 +465,32 @@ class _Series:
             self.breaker_transitions.labels(
                 name, record.old_state.value, record.new_state.value
             ).inc()
-        gauges = (snapshot.state, status.retry_at or 0.0, status.fleet_state)
-        self._seen[breaker] = _Seen(counts, history[-1] if history else last, gauges)
-        if seen is not None and seen.gauges == gauges:
-            return  # an idle breaker: nothing to write
-        for state in _STATES:
-            self.breaker_state.labels(name, state.value).set(1 if state is snapshot.state else 0)
-        self.breaker_retry_at.labels(name).set(gauges[1])
-        if status.fleet_state is not None:
+        fleet_at = seen.fleet_at if seen is not None else None
+        written = seen.gauges if seen is not None else None
+        current = (snapshot.state, status.retry_at or 0.0)
+        self._seen[breaker] = _Seen(counts, history[-1] if history else last, written, fleet_at)
+        if not gauges:
+            return
+        self._seen[breaker].gauges = current
+        # Written again when the name was dropped (every breaker of it was gone).
+        if written != current or name not in self._gauged:
+            for state in _STATES:
+                self.breaker_state.labels(name, state.value).set(
+                    1 if state is snapshot.state else 0
+                )
+            self.breaker_retry_at.labels(name).set(current[1])
+        checked_at = status.fleet_checked_at
+        if (
+            status.fleet_state is not None
+            and checked_at is not None
+            and (fleet_at is None or checked_at > fleet_at or name not in self._gauged)
+        ):
             for state in _STATES:
                 self.breaker_fleet_state.labels(name, state.value).set(
                     1 if state is status.fleet_state else 0
                 )
+            self._seen[breaker].fleet_at = checked_at
+            self._fleet_gauged.add(name)
 
 
 def _after(
@@ -424,6 +543,32 @@ def flush() -> None:
 def _flush_loop(stop: threading.Event) -> None:
     while not stop.wait(_flush_interval):
         flush()
+        _ask_storages()
+
+
+def _ask_storages() -> None:
+    """Ask each shared storage in use whether it answers, at most once per ``sync_interval``.
+
+    An idle service makes no storage call of its own, so without this
+    ``gennet_breaker_storage_up`` would show the last answer of its last call
+    for as long as it stays idle.  One breaker per storage asks (``sync()``,
+    which also refreshes its fleet state); only this thread does it, never a
+    scrape, so a hung Redis delays this thread by the storage's own socket
+    timeout and never the scrape.
+    """
+    with _breakers._live_lock:
+        # Weak references: a storage call may wait seconds, and must not keep every
+        # breaker of the process (garbage of a finished request) alive meanwhile.
+        chosen = {id(each.storage): weakref.ref(each) for each in _breakers._live_breakers}
+    for reference in chosen.values():
+        breaker = reference()
+        if breaker is None:
+            continue
+        try:
+            breaker.sync()  # without a shared storage, returns at once
+        except Exception:
+            logger.exception("gennet_sync metrics: asking the breakers' storage failed")
+        del breaker
 
 
 def _ensure_flusher() -> None:
@@ -450,19 +595,47 @@ def _stop_flusher() -> None:
     _flusher_pid = None
 
 
+def _flush_before_fork() -> None:
+    """The parent's counts go out under its own name before a child inherits them."""
+    for series in _all_series:
+        try:
+            series.flush_breakers(gauges=False)
+        except Exception:
+            logger.exception("gennet_sync metrics: copying the breakers' counters failed")
+
+
 def _reinit_after_fork() -> None:
     global _series_lock, _flusher_pid  # noqa: PLW0603
     _series_lock = threading.Lock()
     _flusher_pid = None
+    # Every breaker's counts so far are the parent's (copied by it just before the
+    # fork, or never ours to copy): the child copies only what it adds, else every
+    # worker forked from a preloaded master would export the master's calls again.
+    # Read from the fields, not status(): no listener or storage call in a fork hook.
+    breakers = list(_breakers._live_breakers)
     for series in _series.values():
         series._flush_lock = threading.Lock()
         series._storage_lock = threading.Lock()
-        for seen in series._seen.values():
-            seen.gauges = None  # the parent's gauges are not this worker's
+        for breaker in breakers:
+            history = breaker._history
+            last = history[-1] if history else None
+            seen = series._seen.get(breaker)
+            series._seen[breaker] = _Seen(
+                (
+                    breaker._successes,
+                    breaker._failures,
+                    breaker._ignored,
+                    breaker._rejections,
+                    breaker._slow_calls,
+                ),
+                last if last is not None or seen is None else seen.last_transition,
+                None,  # the parent's gauges are not this worker's
+                None if seen is None else seen.fleet_at,
+            )
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_after_fork)
+    os.register_at_fork(before=_flush_before_fork, after_in_child=_reinit_after_fork)
 atexit.register(flush)
 
 
@@ -578,6 +751,7 @@ class Metrics:
         self.auth = auth
         self.registry = registry if registry is not None else REGISTRY
         self._series = _series_for(self.registry)
+        self._checked = False
         if app is not None:
             self.init_app(app)
 
@@ -607,6 +781,13 @@ class Metrics:
                     f"{rule.endpoint!r} already answers GET {path}; set GENNET_METRICS_PATH "
                     "to another path (or give the other extension another one)"
                 )
+        extra = app.config.setdefault("GENNET_METRICS_EXTRA_CODES", ())
+        if isinstance(extra, str) or any(_CODE.fullmatch(str(code)) is None for code in extra):
+            raise ValueError(
+                "GENNET_METRICS_EXTRA_CODES must be a list of codes "
+                "(letters, digits and _.:-, at most 64 characters)"
+            )
+        self._series.codes.extra |= frozenset(str(code) for code in extra)
         state.features[_FEATURE] = self
         _flush_interval = min(_flush_interval, interval)
 
@@ -620,11 +801,40 @@ class Metrics:
 
     def _after_request(self, request: Request, response: Response) -> Response:
         try:
+            if not self._checked:
+                self._check_served(request)
             _ensure_flusher()
             self._series.observe_request(request, response)
         except Exception:
             logger.exception("gennet_sync metrics: counting a request failed")
         return response
+
+    def _check_served(self, request: Request) -> None:
+        """At the first request: say what init_app could not see then.
+
+        A view added after ``init_app`` on the metrics path (prometheus_flask_exporter
+        set up later) is not refused at init; and gunicorn with several workers but
+        without ``PROMETHEUS_MULTIPROC_DIR`` serves each worker's own counts, so
+        two scrapes disagree.  Both are logged once, as errors of the setup.
+        """
+        self._checked = True
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        path = app.config.get("GENNET_METRICS_PATH", DEFAULT_METRICS_PATH)
+        for rule in app.url_map.iter_rules():
+            if rule.rule == path and rule.endpoint != _ENDPOINT and "GET" in (rule.methods or ()):
+                logger.error(
+                    "%r also answers GET %s (added after Metrics.init_app): one of the two "
+                    "is never reached; set GENNET_METRICS_PATH to another path",
+                    rule.endpoint,
+                    path,
+                )
+        server = str(request.environ.get("SERVER_SOFTWARE", ""))
+        if server.startswith("gunicorn") and not multiprocess_mode():
+            logger.warning(
+                "served by gunicorn without PROMETHEUS_MULTIPROC_DIR: each worker serves "
+                "only its own counts; with more than one worker use "
+                "'gunicorn -c python:gennet_sync.gunicorn_conf' (docs/metrics.md)"
+            )
 
     def _serve(self) -> Response:
         if self.auth is not None and not self.auth(request):

@@ -3,6 +3,7 @@ scraped from any worker equal the calls made to all of them."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -14,7 +15,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from examples.launcher import ServiceProcess
-from tests.support.metrics_app import BREAKER_NAME
+from tests.support.metrics_app import BOOT_BREAKER_NAME, BREAKER_NAME, TEMPORARY_BREAKER_NAME
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -180,3 +181,65 @@ def test_a_killed_worker_keeps_what_it_had_copied(tmp_path: Path) -> None:
         assert total(samples, calls, breaker=BREAKER_NAME, outcome="success") == 30
         states = [labels for (name, labels) in samples if name == "gennet_breaker_state"]
         assert all(("pid", str(victim)) not in labels for labels in states)
+
+
+def test_workers_forked_from_a_preloaded_master_do_not_export_its_counts_again(
+    tmp_path: Path,
+) -> None:
+    # examples/gunicorn.conf.py preloads the app: the master made one failing call
+    # (which opened the breaker) while loading it; 10 and more workers are forked from it.
+    with ServiceProcess(
+        "metrics-preload",
+        "tests.support.metrics_app:create_app()",
+        tmp_path,
+        workers=2,
+        env={
+            "GUNICORN_PRELOAD": "true",
+            "GUNICORN_MAX_REQUESTS": "8",
+            "GUNICORN_MAX_REQUESTS_JITTER": "0",
+            "GENNET_METRICS_FLUSH_INTERVAL": str(FLUSH_INTERVAL),
+            "METRICS_APP_BOOT_FAILURE": "1",
+        },
+    ) as service:
+        base = service.base_url
+        pids: set[int] = set()
+        for _ in range(80):
+            headers = {"Connection": "close"}
+            pids.add(requests.get(f"{base}/pid", headers=headers, timeout=10).json()["pid"])
+        assert len(pids) >= 6, f"too few workers were recycled: {pids}"
+        time.sleep(4 * FLUSH_INTERVAL)  # every live worker has copied its counts
+        samples = scrape(base)
+        calls = "gennet_breaker_calls_total"
+        assert total(samples, calls, breaker=BOOT_BREAKER_NAME, outcome="failure") == 1
+        transitions = "gennet_breaker_transitions_total"
+        opened = total(
+            samples, transitions, breaker=BOOT_BREAKER_NAME, from_state="closed", to_state="open"
+        )
+        assert opened == 1
+
+
+def test_a_gone_breakers_state_matches_no_alert(tmp_path: Path) -> None:
+    # prometheus-client cannot remove a label set from its multiprocess files: the
+    # gauges of a breaker that is gone turn NaN, which no comparison matches.
+    with ServiceProcess(
+        "metrics-gone",
+        "tests.support.metrics_app:create_app()",
+        tmp_path,
+        workers=1,
+        env={"GENNET_METRICS_FLUSH_INTERVAL": str(FLUSH_INTERVAL)},
+    ) as service:
+        base = service.base_url
+        assert requests.post(f"{base}/temporary", timeout=10).json() == {"state": "open"}
+        samples = scrape(base)
+        state = "gennet_breaker_state"
+        assert total(samples, state, breaker=TEMPORARY_BREAKER_NAME, state="open") == 1
+        assert requests.delete(f"{base}/temporary", timeout=10).json() == {"left": 0}
+        samples = scrape(base)
+        values = [
+            value
+            for (name, labels), value in samples.items()
+            if name == state and ("breaker", TEMPORARY_BREAKER_NAME) in labels
+        ]
+        assert len(values) == 3
+        assert all(math.isnan(value) for value in values), values
+        assert total(samples, state, breaker=BREAKER_NAME, state="closed") == 1

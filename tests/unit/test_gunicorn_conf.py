@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -108,3 +109,18 @@ def test_the_example_config_uses_these_hooks() -> None:
     exec(compile(path.read_text(), str(path), "exec"), namespace)  # as gunicorn loads it
     for hook in ("on_starting", "worker_exit", "child_exit", "on_exit"):
         assert namespace[hook] is getattr(gunicorn_conf, hook)
+
+
+def test_a_directory_without_room_for_the_workers_refuses_to_start(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 64 KiB tmpfs: each worker would die of SIGBUS at its first request.
+    directory.mkdir()
+    usage = SimpleNamespace(total=64 * 1024, used=0, free=64 * 1024)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage)
+    with pytest.raises(
+        RuntimeError, match=r"has 64 KiB free; the metrics of 4 workers need 25 MiB"
+    ):
+        gunicorn_conf.on_starting(SimpleNamespace(num_workers=4))
+    usage.free = 25 * 2**20
+    gunicorn_conf.on_starting(SimpleNamespace(num_workers=4))  # just enough
