@@ -1,8 +1,9 @@
 """Prometheus metrics for a gennet_sync service: ``GET /metrics`` and the series behind it.
 
 Needs the ``prometheus`` extra (``prometheus-client``).  The series, how the
-breakers' own counters are exported without a metric update per call, and how
-the totals stay right under gunicorn are described in ``docs/metrics.md``.
+breakers' counters and the requests counted in process reach them without a
+metric update per call, and how the totals stay right under gunicorn are
+described in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ logger = logging.getLogger(__name__)
 
 #: Where the metrics are served unless ``GENNET_METRICS_PATH`` says otherwise.
 DEFAULT_METRICS_PATH: Final = "/metrics"
-#: Seconds between two copies of the breakers' counters into the metrics
-#: (``GENNET_METRICS_FLUSH_INTERVAL``): the most a scrape of another worker lags.
+#: Seconds between two copies of the breakers' counters and the requests and calls
+#: counted into the metrics (``GENNET_METRICS_FLUSH_INTERVAL``): the most a scrape
+#: of another worker lags.
 DEFAULT_FLUSH_INTERVAL: Final = 1.0
 #: The ``route`` of a request no URL rule matched (a scan of random paths).
 UNMATCHED_ROUTE: Final = "<unmatched>"
@@ -644,10 +646,11 @@ class Metrics:
 
     Settings from ``app.config``: ``GENNET_METRICS_PATH`` (default ``/metrics``)
     and ``GENNET_METRICS_FLUSH_INTERVAL`` (seconds between two copies of the
-    breakers' counters, default 1).  The metrics endpoint is neither counted nor
-    in the OpenAPI document.  Under gunicorn use ``gennet_sync.gunicorn_conf``,
-    which sets ``PROMETHEUS_MULTIPROC_DIR``: every worker then serves the totals of
-    all of them.
+    breakers' counters and the requests and calls counted, default 1: the most
+    a scrape lags another worker; the worker answering copies its own first).
+    The metrics endpoint is neither counted nor in the OpenAPI document.  Under
+    gunicorn use ``gennet_sync.gunicorn_conf``, which sets
+    ``PROMETHEUS_MULTIPROC_DIR``: every worker then serves the totals of all of them.
 
     Example::
 

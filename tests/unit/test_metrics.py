@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 import responses
-from flask import Flask
+from flask import Flask, request
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_flask_exporter import PrometheusMetrics
@@ -666,3 +666,29 @@ def test_histogram_buckets_and_sums_are_exact(
         value(samples, "gennet_client_requests_total", service="timed", method="GET", status="200")
         == 5
     )
+
+
+def test_a_request_an_earlier_hook_answered_is_counted_but_not_timed(
+    registry: CollectorRegistry,
+) -> None:
+    app = Flask("early")
+    GenNet(app)
+
+    @app.before_request
+    def maintenance() -> tuple[str, int] | None:
+        return ("down for maintenance", 503) if request.path == "/busy" else None
+
+    Metrics(app, registry=registry)  # its step runs after the app's hook: skipped
+    app.add_url_rule("/busy", "busy", lambda: "never")
+    app.add_url_rule("/fine", "fine", lambda: "fine")
+    client = app.test_client()
+    assert client.get("/busy").status_code == 503
+    assert client.get("/busy").status_code == 503
+    assert client.get("/fine").status_code == 200
+    samples = scrape(app)
+    total = "gennet_http_requests_total"
+    assert value(samples, total, method="GET", route="/busy", status="503") == 2
+    assert value(samples, total, method="GET", route="/fine", status="200") == 1
+    count = "gennet_http_request_duration_seconds_count"
+    assert value(samples, count, method="GET", route="/fine") == 1
+    assert not value(samples, count, method="GET", route="/busy")
