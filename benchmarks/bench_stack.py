@@ -21,6 +21,11 @@ Stacks:
 - ``setup_error_handlers`` alone (request IDs, the WSGI boundary, the handlers);
 - the full stack: ``setup_error_handlers`` + ``VersionedAPI`` + ``Compression``
   + ``OpenAPI``, the endpoint in version ``v1``'s blueprint;
+- the full stack + metrics: the full stack with ``Metrics(app)`` (prometheus-client's
+  values in memory, as in one process), and the same two stacks in a child
+  process with ``PROMETHEUS_MULTIPROC_DIR`` set (multiprocess files, as under
+  gunicorn with ``gennet_sync.gunicorn_conf``), which takes its turn in every round;
+  the metrics' ratios are against the full stack of the same process;
 - bare Flask + Flask-Compress, for comparison;
 - the full stack's error envelopes: 404 (unknown route), 422 (marshmallow
   ``ValidationError``) and 500 (a view raising), the 500 logged with its
@@ -36,6 +41,7 @@ Run::
     .venv/bin/python -m benchmarks.bench_stack                # about a minute
     .venv/bin/python -m benchmarks.bench_stack --quick
     .venv/bin/python -m benchmarks.bench_stack --before /tmp/perf-before
+    .venv/bin/python -m benchmarks.bench_stack --no-multiprocess  # no metrics child
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -129,6 +136,14 @@ def full_stack() -> Flask:
     return app
 
 
+def full_stack_with_metrics() -> Flask:
+    from gennet_sync.metrics import Metrics
+
+    app = full_stack()
+    Metrics(app)
+    return app
+
+
 def flask_compress() -> Flask:
     from flask_compress import Compress
 
@@ -143,12 +158,20 @@ STACKS: dict[str, tuple[Callable[[], Flask], str, int]] = {
     "bare Flask": (bare_flask, "/api/v1/item", 200),
     "+ setup_error_handlers": (error_handlers_only, "/api/v1/item", 200),
     "+ versioning, compression, OpenAPI": (full_stack, "/api/v1/item", 200),
+    "full stack + metrics": (full_stack_with_metrics, "/api/v1/item", 200),
     "bare Flask + Flask-Compress": (flask_compress, "/api/v1/item", 200),
     "full stack: 404 envelope": (full_stack, "/api/v1/missing", 404),
     "full stack: 422 envelope": (full_stack, "/api/v1/invalid", 422),
     "full stack: 500 envelope": (full_stack, "/api/v1/crash", 500),
 }
 BASELINE = "bare Flask"
+FULL = "+ versioning, compression, OpenAPI"
+METRICS = "full stack + metrics"
+#: The rows timed in the child process with PROMETHEUS_MULTIPROC_DIR set.
+MULTIPROCESS = {
+    "multiprocess: full stack": FULL,
+    "multiprocess: + metrics": METRICS,
+}
 
 
 def _environ(path: str) -> WSGIEnviron:
@@ -201,10 +224,13 @@ def _worker() -> None:
 
 
 class _Remote:
-    """The same stacks run by a child process importing gennet_sync from another tree."""
+    """The same stacks run by a child process, importing gennet_sync from another tree
+    (``tree``) or with other environment variables (``environment``)."""
 
-    def __init__(self, tree: str) -> None:
-        env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+    def __init__(self, tree: str | None = None, environment: dict[str, str] | None = None) -> None:
+        env = dict(os.environ, **(environment or {}))
+        if tree is not None:
+            env["PYTHONPATH"] = os.path.abspath(tree)
         self._child = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker"],
             stdin=subprocess.PIPE,
@@ -269,6 +295,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 41)")
     parser.add_argument("--calls", type=int, help="requests per stack per round (default 1000)")
     parser.add_argument("--before", metavar="DIR", help="also time gennet_sync as found in DIR")
+    parser.add_argument(
+        "--no-multiprocess",
+        action="store_true",
+        help="skip the child process timing metrics with PROMETHEUS_MULTIPROC_DIR set",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -278,20 +309,38 @@ def main(argv: list[str] | None = None) -> None:
     rounds = args.rounds or (5 if args.quick else 41)
     calls = args.calls or (300 if args.quick else 1000)
     _configure_logging()
+    # prometheus-client picks memory or files at import: this process times the
+    # in-memory values, the multiprocess child the files.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
     drivers = {name: make_driver(*spec) for name, spec in STACKS.items()}
     remote = _Remote(args.before) if args.before else None
     if remote is not None:
         drivers.update({f"before: {name}": remote.driver(name) for name in STACKS})
-    try:
-        results = measure(drivers, calls, rounds)
-    finally:
-        if remote is not None:
-            remote.close()
+    with tempfile.TemporaryDirectory(prefix="bench-stack-metrics-") as directory:
+        files = None
+        if not args.no_multiprocess:
+            files = _Remote(environment={"PROMETHEUS_MULTIPROC_DIR": directory})
+            drivers.update({row: files.driver(stack) for row, stack in MULTIPROCESS.items()})
+        try:
+            results = measure(drivers, calls, rounds)
+        finally:
+            for child in (remote, files):
+                if child is not None:
+                    child.close()
 
     origin = Path(sys.modules["gennet_sync"].__file__ or "").parent
     print(f"{rounds} interleaved rounds of {calls} requests per stack; gennet_sync from {origin}")
-    _report("now", {name: results[name] for name in STACKS}, BASELINE)
+    rows = [*STACKS, *(MULTIPROCESS if not args.no_multiprocess else ())]
+    _report("now", {name: results[name] for name in rows}, BASELINE)
+    print("\n  metrics / full stack, median of per-round ratios:")
+    pairs = [("in memory", METRICS, FULL)]
+    if not args.no_multiprocess:
+        pairs.append(("multiprocess files", "multiprocess: + metrics", "multiprocess: full stack"))
+    for title, mine, theirs in pairs:
+        ratios = [m / f for m, f in zip(results[mine], results[theirs], strict=True)]
+        low, _, high = statistics.quantiles(ratios, n=4)
+        print(f"  {title:<38}{statistics.median(ratios):>7.3f}x{low:>9.3f}-{high:.3f}x")
     if remote is not None:
         before = {name: results[f"before: {name}"] for name in STACKS}
         _report(f"before (gennet_sync from {remote.origin})", before, BASELINE)
@@ -301,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name:<38}{statistics.median(ratios):>7.2f}x")
     print(
         "\ntargets: setup_error_handlers <= 1.10x, full stack <= 1.25x and below "
-        "Flask-Compress; error envelopes no slower than before"
+        "Flask-Compress; full stack + metrics <= 1.05x the full stack; error envelopes "
+        "no slower than before"
     )
 
 

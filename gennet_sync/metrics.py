@@ -1,8 +1,9 @@
 """Prometheus metrics for a gennet_sync service: ``GET /metrics`` and the series behind it.
 
 Needs the ``prometheus`` extra (``prometheus-client``).  The series, how the
-breakers' own counters are exported without a metric update per call, and how
-the totals stay right under gunicorn are described in ``docs/metrics.md``.
+breakers' counters and the requests counted in process reach them without a
+metric update per call, and how the totals stay right under gunicorn are
+described in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import math
 import os
 import re
 import threading
-import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Final
 
 import requests
@@ -57,8 +59,9 @@ logger = logging.getLogger(__name__)
 
 #: Where the metrics are served unless ``GENNET_METRICS_PATH`` says otherwise.
 DEFAULT_METRICS_PATH: Final = "/metrics"
-#: Seconds between two copies of the breakers' counters into the metrics
-#: (``GENNET_METRICS_FLUSH_INTERVAL``): the most a scrape of another worker lags.
+#: Seconds between two copies of the breakers' counters and the requests and calls
+#: counted into the metrics (``GENNET_METRICS_FLUSH_INTERVAL``): the most a scrape
+#: of another worker lags.
 DEFAULT_FLUSH_INTERVAL: Final = 1.0
 #: The ``route`` of a request no URL rule matched (a scan of random paths).
 UNMATCHED_ROUTE: Final = "<unmatched>"
@@ -87,6 +90,10 @@ _STATUS_LABELS: Final = {code: str(code) for code in range(100, 600)}
 _MAX_CACHED_CHILDREN: Final = 4096
 # The module, not the package's circuit_breaker() decorator of the same name.
 _breakers: Final = importlib.import_module("gennet_sync.circuit_breaker")
+# The duration histograms' bucket bounds (prometheus-client's defaults, +Inf last).
+_BOUNDS: Final = tuple(float(bound) for bound in Histogram.DEFAULT_BUCKETS)
+# A tally: [sum of the durations, requests not timed, then one count per bucket].
+_TIMED: Final = 2
 
 
 def multiprocess_mode() -> bool:
@@ -260,7 +267,13 @@ class _Series:
         self._storage_up: Gauge | None = None
         self._storage_lock = threading.Lock()
         self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._client_children: dict[tuple[str | None, str | None, str], Any] = {}
+        self._client_labels: dict[tuple[str | None, str | None], tuple[str, str]] = {}
+        # Requests and calls counted since the last copy, by their labels: the
+        # request path updates a few integers under this lock, the flush copies
+        # them into prometheus-client's values (see docs/metrics.md).
+        self._tally_lock = threading.Lock()
+        self._http_tally: dict[tuple[str, str, int, str | None], list[float]] = {}
+        self._client_tally: dict[tuple[str, str, str, str | None], list[float]] = {}
         self._seen: weakref.WeakKeyDictionary[CircuitBreaker, _Seen] = weakref.WeakKeyDictionary()
         self._flush_lock = threading.Lock()
         self.codes = _KnownCodes()
@@ -276,27 +289,46 @@ class _Series:
     # -- the Flask side ----------------------------------------------------------------
 
     def observe_request(self, request: Request, response: Response) -> None:
+        """Count a request in the tally: a few integers, copied out by :meth:`flush_calls`."""
         rule = request.url_rule
-        if rule is not None and rule.endpoint == _ENDPOINT:
+        if rule is None:
+            route = UNMATCHED_ROUTE
+        elif rule.endpoint == _ENDPOINT:
             return
-        route = rule.rule if rule is not None else UNMATCHED_ROUTE
-        method = request.method if request.method in _METHODS else OTHER
-        status = response.status_code
-        key = (method, route, status)
-        children = self._http_children.get(key)
-        if children is None:
-            children = (
-                self.http_requests.labels(method, route, str(status)),
-                self.http_duration.labels(method, route),
-            )
-            self._http_children[key] = children
-        children[0].inc()
-        started = request.environ.get(_STARTED)
-        if started is not None:
-            children[1].observe(time.perf_counter() - started)
+        else:
+            route = rule.rule
+        method = request.method
+        if method not in _METHODS:
+            method = OTHER
         code = getattr(response, "gennet_error_code", None)
         if code is not None:
-            self.http_errors.labels(self.codes(str(code)), str(status), method, route).inc()
+            code = self.codes(str(code))
+        started = request.environ.get(_STARTED)
+        if started is None:  # an earlier before_request hook answered: not timed
+            self._count(False, (method, route, response.status_code, code), 0.0, 1)
+            return
+        seconds = perf_counter() - started
+        index = bisect_left(_BOUNDS, seconds) + _TIMED
+        key = (method, route, response.status_code, code)
+        # _count inlined: a call is a tenth of what counting a request costs.
+        with self._tally_lock:
+            tally = self._http_tally.get(key)
+            if tally is None:
+                tally = self._http_tally[key] = _new_tally()
+            tally[0] += seconds
+            tally[index] += 1
+
+    def _count(self, client: bool, key: Any, seconds: float, index: int) -> None:
+        """Add one request (or ``client`` call) to its tally: its duration, one at ``index``."""
+        with self._tally_lock:
+            # Looked up under the lock: a copy swaps the tables for empty ones, and
+            # one fetched before it would be counted into after its copy (lost).
+            table = self._client_tally if client else self._http_tally
+            tally = table.get(key)
+            if tally is None:
+                tally = table[key] = _new_tally()
+            tally[0] += seconds
+            tally[index] += 1
 
     # -- the client side ---------------------------------------------------------------
 
@@ -324,29 +356,58 @@ class _Series:
             downstream_code = error.code
         else:
             status = self.error_types(_error_type(error))
-        key = (session.service_name or session.base_url or request.url, request.method, status)
-        children = self._client_children.get(key)
-        if children is None:
-            children = self._client_children_for(key)
-        children[0].inc()
-        children[1].observe(seconds)
+        target = (session.service_name or session.base_url or request.url, request.method)
+        labels = self._client_labels.get(target)
+        if labels is None:
+            labels = self._client_labels_for(target)
         if downstream_code is not None:
-            self.client_downstream_errors.labels(children[2], self.codes(downstream_code)).inc()
-
-    def _client_children_for(self, key: tuple[str | None, str | None, str]) -> Any:
-        target, method, status = key
-        service = self.services(_service_label(target))
-        method = (method or "GET").upper()
-        method = method if method in _METHODS else OTHER
-        children = (
-            self.client_requests.labels(service, method, status),
-            self.client_duration.labels(service, method),
-            service,
+            downstream_code = self.codes(downstream_code)
+        self._count(
+            True,
+            (labels[0], labels[1], status, downstream_code),
+            seconds,
+            bisect_left(_BOUNDS, seconds) + _TIMED,
         )
-        if len(self._client_children) >= _MAX_CACHED_CHILDREN:
-            self._client_children.clear()  # per-host sessions to ever new hosts
-        self._client_children[key] = children
-        return children
+
+    def _client_labels_for(self, target: tuple[str | None, str | None]) -> tuple[str, str]:
+        where, method = target
+        service = self.services(_service_label(where))
+        method = (method or "GET").upper()
+        labels = (service, method if method in _METHODS else OTHER)
+        if len(self._client_labels) >= _MAX_CACHED_CHILDREN:
+            self._client_labels.clear()  # per-host sessions to ever new hosts
+        self._client_labels[target] = labels
+        return labels
+
+    # -- the copy of the tallies into prometheus-client, off the request path ------------
+
+    def flush_calls(self) -> None:
+        """Copy the requests and calls counted since the last copy into the metrics."""
+        with self._flush_lock:
+            # Swapped under the lock the request path takes; copied under the flush
+            # lock, so a scrape waits for a copy the flush thread is still writing.
+            with self._tally_lock:
+                http, self._http_tally = self._http_tally, {}
+                client, self._client_tally = self._client_tally, {}
+            for (method, route, status, code), tally in http.items():
+                count = int(sum(tally[1:]))
+                children = self._http_children.get((method, route, status))
+                if children is None:
+                    children = (
+                        self.http_requests.labels(method, route, str(status)),
+                        self.http_duration.labels(method, route),
+                    )
+                    self._http_children[(method, route, status)] = children
+                children[0].inc(count)
+                _add_observations(children[1], tally)
+                if code is not None:
+                    self.http_errors.labels(code, str(status), method, route).inc(count)
+            for (service, verb, outcome, downstream), tally in client.items():
+                count = int(sum(tally[1:]))
+                self.client_requests.labels(service, verb, outcome).inc(count)
+                _add_observations(self.client_duration.labels(service, verb), tally)
+                if downstream is not None:
+                    self.client_downstream_errors.labels(service, downstream).inc(count)
 
     def count_retry(self, call: Any) -> None:
         session = call.session
@@ -493,6 +554,31 @@ class _Series:
             self._fleet_gauged.add(name)
 
 
+def _new_tally() -> list[float]:
+    return [0.0] * (_TIMED + len(_BOUNDS))
+
+
+def _add_observations(histogram: Any, tally: list[float]) -> None:
+    """Add a tally's timed requests to a histogram child, one write per bucket.
+
+    prometheus-client has no public call adding many observations at once, and
+    ``observe()`` once per request is what this copy exists to avoid (in
+    multiprocess mode each one writes the worker's file).  Its ``_sum`` and
+    per-bucket ``_buckets`` values (non-cumulative, as ``observe()`` fills them)
+    have been its histogram's layout since its first releases; the unit tests
+    check the exported buckets, so a change there fails them rather than
+    miscounting.
+    """
+    timed = tally[_TIMED:]
+    if not any(timed):
+        return
+    histogram._sum.inc(tally[0])
+    buckets = histogram._buckets
+    for index, count in enumerate(timed):
+        if count:
+            buckets[index].inc(count)
+
+
 def _after(
     history: tuple[TransitionRecord, ...], last: TransitionRecord | None
 ) -> tuple[TransitionRecord, ...]:
@@ -529,15 +615,22 @@ def _series_for(registry: CollectorRegistry) -> _Series:
 
 
 def flush() -> None:
-    """Copy the breakers' counters into the metrics now (at worker exit, before a scrape).
+    """Copy the breakers' counters and the requests and calls counted into the metrics now.
 
-    Never raises: a metrics failure is logged, the caller carries on.
+    The flush thread calls it every interval, a scrape before answering, a worker
+    as it exits.  Never raises: a metrics failure is logged, the caller carries on.
     """
     for series in _all_series:
+        # The breakers first: a scrape that shows a breaker's call shows the
+        # requests counted before it too.
         try:
             series.flush_breakers()
         except Exception:
             logger.exception("gennet_sync metrics: copying the breakers' counters failed")
+        try:
+            series.flush_calls()
+        except Exception:
+            logger.exception("gennet_sync metrics: copying the requests counted failed")
 
 
 def _flush_loop(stop: threading.Event) -> None:
@@ -600,6 +693,7 @@ def _flush_before_fork() -> None:
     for series in _all_series:
         try:
             series.flush_breakers(gauges=False)
+            series.flush_calls()  # the child starts with an empty tally
         except Exception:
             logger.exception("gennet_sync metrics: copying the breakers' counters failed")
 
@@ -616,6 +710,10 @@ def _reinit_after_fork() -> None:
     for series in _series.values():
         series._flush_lock = threading.Lock()
         series._storage_lock = threading.Lock()
+        series._tally_lock = threading.Lock()
+        # The parent's uncopied counts are the parent's to copy, not this worker's.
+        series._http_tally = {}
+        series._client_tally = {}
         for breaker in breakers:
             history = breaker._history
             last = history[-1] if history else None
@@ -651,13 +749,13 @@ class _ClientObserver:
         request: requests.PreparedRequest,
         send: Callable[[], Any],
     ) -> requests.Response:
-        started = time.perf_counter()
+        started = perf_counter()
         try:
             response: requests.Response = send()
         except Exception as error:
-            self._record(session, request, time.perf_counter() - started, None, error)
+            self._record(session, request, perf_counter() - started, None, error)
             raise
-        self._record(session, request, time.perf_counter() - started, response, None)
+        self._record(session, request, perf_counter() - started, response, None)
         return response
 
     def retried(self, call: Any) -> None:
@@ -678,6 +776,8 @@ class _ClientObserver:
         error: BaseException | None,
     ) -> None:
         try:
+            if _flusher_pid is None:  # a process that calls out but serves nothing yet
+                _ensure_flusher()
             for series in _all_series:
                 series.observe_call(session, request, seconds, response, error)
         except Exception:
@@ -720,10 +820,11 @@ class Metrics:
 
     Settings from ``app.config``: ``GENNET_METRICS_PATH`` (default ``/metrics``)
     and ``GENNET_METRICS_FLUSH_INTERVAL`` (seconds between two copies of the
-    breakers' counters, default 1).  The metrics endpoint is neither counted nor
-    in the OpenAPI document.  Under gunicorn use ``gennet_sync.gunicorn_conf``,
-    which sets ``PROMETHEUS_MULTIPROC_DIR``: every worker then serves the totals of
-    all of them.
+    breakers' counters and the requests and calls counted, default 1: the most
+    a scrape lags another worker; the worker answering copies its own first).
+    The metrics endpoint is neither counted nor in the OpenAPI document.  Under
+    gunicorn use ``gennet_sync.gunicorn_conf``, which sets
+    ``PROMETHEUS_MULTIPROC_DIR``: every worker then serves the totals of all of them.
 
     Example::
 
@@ -803,7 +904,8 @@ class Metrics:
         try:
             if not self._checked:
                 self._check_served(request)
-            _ensure_flusher()
+            if _flusher_pid is None:  # checked here: a call per request costs
+                _ensure_flusher()
             self._series.observe_request(request, response)
         except Exception:
             logger.exception("gennet_sync metrics: counting a request failed")
@@ -853,7 +955,7 @@ class Metrics:
 
 
 def _note_start(request: Request) -> None:
-    request.environ[_STARTED] = time.perf_counter()
+    request.environ[_STARTED] = perf_counter()
 
 
 def setup_metrics(app: Flask) -> Metrics:

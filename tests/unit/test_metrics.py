@@ -6,14 +6,16 @@ from __future__ import annotations
 import gc
 import importlib.util
 import random
+import re
 import string
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
 import requests
 import responses
-from flask import Flask
+from flask import Flask, request
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_flask_exporter import PrometheusMetrics
@@ -688,3 +690,179 @@ def test_gunicorn_without_a_multiprocess_directory_is_reported(
     app = make_app(registry)
     app.test_client().get("/items/3", environ_base={"SERVER_SOFTWARE": "gunicorn/23.0.0"})
     assert "without PROMETHEUS_MULTIPROC_DIR" in caplog.text
+
+
+# -- the tallies: requests and calls counted in process, copied by the flush ---------------
+
+
+def bucket_counts(samples: Samples, name: str, **labels: str) -> dict[str, float]:
+    """The cumulative bucket counts of one histogram series, by ``le``."""
+    found: dict[str, float] = {}
+    for (sample, sample_labels), count in samples.items():
+        tags = dict(sample_labels)
+        le = tags.pop("le", None)
+        if sample == f"{name}_bucket" and le is not None and tags == labels:
+            found[le] = count
+    return found
+
+
+def test_requests_from_eight_threads_are_counted_exactly_while_copies_run(
+    registry: CollectorRegistry,
+) -> None:
+    app = make_app(registry)
+    threads_count, rounds = 8, 250
+    done = threading.Event()
+
+    def serve() -> None:
+        client = app.test_client()
+        for index in range(rounds):
+            client.get("/items/0" if index % 5 == 0 else "/items/7")
+
+    def copy_meanwhile() -> None:  # the flush thread and scrapes, as often as they can
+        while not done.is_set():
+            metrics.flush()
+
+    copier = threading.Thread(target=copy_meanwhile)
+    copier.start()
+    workers = [threading.Thread(target=serve) for _ in range(threads_count)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    done.set()
+    copier.join(timeout=60)
+    samples = scrape(app)
+    route = "/items/<int:item_id>"
+    ok, missing = threads_count * rounds * 4 // 5, threads_count * rounds // 5
+    total = "gennet_http_requests_total"
+    assert value(samples, total, method="GET", route=route, status="200") == ok
+    assert value(samples, total, method="GET", route=route, status="404") == missing
+    errors = "gennet_http_errors_total"
+    assert value(samples, errors, code="NOT_FOUND", status="404", method="GET", route=route) == (
+        missing
+    )
+    count = "gennet_http_request_duration_seconds_count"
+    assert value(samples, count, method="GET", route=route) == ok + missing
+    buckets = bucket_counts(
+        samples, "gennet_http_request_duration_seconds", method="GET", route=route
+    )
+    assert buckets["+Inf"] == ok + missing
+
+
+def test_a_scrape_sees_every_request_before_it_without_waiting_for_the_flush_thread(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics._stop_flusher()
+    monkeypatch.setattr(metrics, "_flush_interval", 3600.0)  # the thread never copies
+    try:
+        app = make_app(registry)
+        client = app.test_client()
+        for _ in range(7):
+            client.get("/items/9")
+        client.get("/items/1")
+        # Counted, not yet copied into prometheus-client's values...
+        copied = registry.get_sample_value(
+            "gennet_http_requests_total",
+            {"method": "GET", "route": "/items/<int:item_id>", "status": "200"},
+        )
+        assert copied is None
+        # ...which the scrape does before answering.
+        samples = scrape(app)
+    finally:
+        metrics._stop_flusher()
+    route = "/items/<int:item_id>"
+    total = "gennet_http_requests_total"
+    assert value(samples, total, method="GET", route=route, status="200") == 7
+    assert value(samples, total, method="GET", route=route, status="422") == 1
+    errors = "gennet_http_errors_total"
+    assert (
+        value(samples, errors, code="VALIDATION_ERROR", status="422", method="GET", route=route)
+        == 1
+    )
+
+
+# Durations exact in binary, one on a bucket's bound (le is inclusive), one past the last.
+DURATIONS = (0.00390625, 0.25, 0.375, 2.0, 12.0)
+CUMULATIVE = {
+    "0.005": 1.0,
+    "0.01": 1.0,
+    "0.025": 1.0,
+    "0.05": 1.0,
+    "0.075": 1.0,
+    "0.1": 1.0,
+    "0.25": 2.0,
+    "0.5": 3.0,
+    "0.75": 3.0,
+    "1.0": 3.0,
+    "2.5": 4.0,
+    "5.0": 4.0,
+    "7.5": 4.0,
+    "10.0": 4.0,
+    "+Inf": 5.0,
+}
+
+
+@responses.activate
+def test_histogram_buckets_and_sums_are_exact(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock(1024.0)
+    monkeypatch.setattr(metrics, "perf_counter", clock)
+    app = make_app(registry)
+
+    @app.get("/wait/<int:index>")
+    def wait(index: int) -> dict[str, int]:
+        clock.advance(DURATIONS[index])
+        return {"index": index}
+
+    client = app.test_client()
+    for index in range(len(DURATIONS)):
+        assert client.get(f"/wait/{index}").status_code == 200
+
+    def answer(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        clock.advance(DURATIONS[int((request.url or "").rsplit("/", 1)[1])])
+        return 200, {}, "{}"
+
+    responses.add_callback(responses.GET, re.compile(r"http://timed\.test/\d"), callback=answer)
+    session = ServiceSession(base_url="http://timed.test", service_name="timed", retries=0)
+    for index in range(len(DURATIONS)):
+        session.get(f"/{index}")
+    samples = scrape(app)
+    server = "gennet_http_request_duration_seconds"
+    assert bucket_counts(samples, server, method="GET", route="/wait/<int:index>") == CUMULATIVE
+    assert value(samples, f"{server}_sum", method="GET", route="/wait/<int:index>") == sum(
+        DURATIONS
+    )
+    client_series = "gennet_client_request_duration_seconds"
+    assert bucket_counts(samples, client_series, service="timed", method="GET") == CUMULATIVE
+    assert value(samples, f"{client_series}_sum", service="timed", method="GET") == sum(DURATIONS)
+    assert (
+        value(samples, "gennet_client_requests_total", service="timed", method="GET", status="200")
+        == 5
+    )
+
+
+def test_a_request_an_earlier_hook_answered_is_counted_but_not_timed(
+    registry: CollectorRegistry,
+) -> None:
+    app = Flask("early")
+    GenNet(app)
+
+    @app.before_request
+    def maintenance() -> tuple[str, int] | None:
+        return ("down for maintenance", 503) if request.path == "/busy" else None
+
+    Metrics(app, registry=registry)  # its step runs after the app's hook: skipped
+    app.add_url_rule("/busy", "busy", lambda: "never")
+    app.add_url_rule("/fine", "fine", lambda: "fine")
+    client = app.test_client()
+    assert client.get("/busy").status_code == 503
+    assert client.get("/busy").status_code == 503
+    assert client.get("/fine").status_code == 200
+    samples = scrape(app)
+    total = "gennet_http_requests_total"
+    assert value(samples, total, method="GET", route="/busy", status="503") == 2
+    assert value(samples, total, method="GET", route="/fine", status="200") == 1
+    count = "gennet_http_request_duration_seconds_count"
+    assert value(samples, count, method="GET", route="/fine") == 1
+    assert not value(samples, count, method="GET", route="/busy")
