@@ -1225,6 +1225,17 @@ class _NoPermit:
 
 _NO_PERMIT: Final = _NoPermit()
 
+#: Errors in what the caller asked for, raised before anything is sent (or, after a
+#: redirect without ``raise_errors``, as requests raises them): no fallback.
+_CALLER_ERRORS: Final = (
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.URLRequired,
+    requests.exceptions.InvalidJSONError,
+)
+
 
 # --------------------------------------------------------------------------- total time limit
 
@@ -2189,6 +2200,8 @@ class ServiceSession(requests.Session):
         except (requests.RequestException, GenNetException) as error:
             if isinstance(error, GenNetException) and error.status_code < 500:
                 raise  # the service answered: a 4xx is not an outage
+            if isinstance(error, _CALLER_ERRORS):
+                raise  # a bad URL or header of the caller's: a bug, not an outage
             answer = fallback(request, error, None)
             if answer is None:
                 raise
@@ -2202,7 +2215,9 @@ class ServiceSession(requests.Session):
                 return answer
         else:
             remember = getattr(fallback, "remember", None)
-            if remember is not None:
+            # A call made with a client certificate is a caller's own, like one
+            # with an Authorization header: no cache may keep its answer.
+            if remember is not None and not kwargs.get("cert"):
                 remember(response, streamed=bool(kwargs.get("stream")))
         return response
 

@@ -5,6 +5,7 @@ retry budget spent on retries never sent, a bulkhead across a fork."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -20,6 +21,7 @@ from gennet_sync import GenNet, ServiceSession
 from gennet_sync.deadline import DEADLINE_HEADER, FORWARD_MARGIN, deadline_scope
 from gennet_sync.deadline_flask import Deadlines
 from gennet_sync.exceptions import DeadlineExceededError
+from gennet_sync.fallback import LastGoodResponse
 from tests.support.servers import serve_app
 
 pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")
@@ -226,3 +228,37 @@ def test_a_forked_child_does_not_inherit_the_slots_its_parents_threads_hold(
         service.release.set()
         holder.join(10)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_last_good_response_never_gives_one_callers_answer_to_another() -> None:
+    state = {"down": False}
+    app = Flask("private")
+
+    @app.get("/me")
+    def me() -> Response | tuple[str, int]:
+        if state["down"]:
+            return "down", 503
+        answer = Response(json.dumps({"who": request.headers.get("X-Api-Key", "anon")}))
+        answer.headers["Set-Cookie"] = "session=SECRET-OF-FIRST-CALLER; HttpOnly"
+        answer.headers["Cache-Control"] = "private, no-store"
+        return answer
+
+    @app.get("/keyed")
+    def keyed() -> Response | tuple[str, int]:
+        if state["down"]:
+            return "down", 503
+        return Response(json.dumps({"who": request.headers.get("X-Api-Key", "anon")}))
+
+    session = ServiceSession(
+        service_name="review-private", fallback=LastGoodResponse(), retries=0,
+        circuit_breaker_threshold=1000,
+    )  # fmt: skip
+    with serve_app(app) as url:
+        session.get(f"{url}/me")
+        session.cookies.clear()
+        session.get(f"{url}/keyed", headers={"X-Api-Key": "alice-key"})
+        state["down"] = True
+        other = session.get(f"{url}/me")
+        mallory = session.get(f"{url}/keyed", headers={"X-Api-Key": "mallory"})
+    assert other.status_code == 503 and "Set-Cookie" not in other.headers
+    assert mallory.status_code == 503 and "alice" not in mallory.text
