@@ -1165,7 +1165,9 @@ def _service_failed(
 ) -> bool:
     """Whether an attempt about to be retried failed through the service's fault."""
     if call.deadline is not None and call.deadline.expired:
-        return False  # the limit cut its connection: _classify decides what that means
+        # The limit cut its connection: the service's failure under the session's
+        # own total limit, the caller's choice under the deadline in force.
+        return not call.deadline.inherited
     if response is not None:
         return response.status in call.session.failure_statuses
     if isinstance(error, NewConnectionError):  # refused, unreachable (a ConnectTimeoutError)
