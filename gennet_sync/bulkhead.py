@@ -8,7 +8,10 @@ calls beyond N are refused at once (:class:`~gennet_sync.exceptions.BulkheadFull
 from __future__ import annotations
 
 import functools
+import os
 import threading
+import weakref
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Final, ParamSpec, TypeVar
@@ -62,39 +65,43 @@ class Bulkhead:
         self.max_concurrent_calls = max_concurrent_calls
         self.max_wait = float(max_wait)
         self._lock = threading.Lock()
-        self._slot_freed = threading.Condition(self._lock)
         self._in_flight = 0
-        self._waiting = 0
+        # Calls waiting for a slot, oldest first: a freed slot goes to the oldest,
+        # so a call that waits is not overtaken by calls that came after it.
+        self._waiters: deque[_Waiter] = deque()
         self.admitted = 0
         self.rejected = 0
         self.peak = 0
+        _every_bulkhead.add(self)
 
     @property
     def in_flight(self) -> int:
         """Calls holding a slot now."""
         return self._in_flight
 
-    def acquire(self) -> None:
+    def acquire(self, timeout: float | None = None) -> None:
         """Take a slot for one call; :meth:`release` it when the call ends.
 
+        Args:
+            timeout: Wait at most this long for a slot, if less than ``max_wait``
+                (the time a call has left); ``None``: ``max_wait``.
+
         Raises:
-            BulkheadFullError: Every slot is taken (for ``max_wait`` seconds).
+            BulkheadFullError: Every slot is taken (for ``max_wait`` seconds, or
+                ``timeout`` if shorter).
         """
+        wait = self.max_wait if timeout is None else min(self.max_wait, max(timeout, 0.0))
         with self._lock:
-            if self._in_flight < self.max_concurrent_calls:
+            if self._in_flight < self.max_concurrent_calls and not self._waiters:
                 self._admit()
                 return
-            if self.max_wait > 0:
-                self._waiting += 1
-                try:
-                    free = self._slot_freed.wait_for(
-                        lambda: self._in_flight < self.max_concurrent_calls, self.max_wait
-                    )
-                finally:
-                    self._waiting -= 1
-                if free:
-                    self._admit()
+            if wait > 0:
+                waiter = _Waiter(self._lock)
+                self._waiters.append(waiter)
+                waiter.wait_for(lambda: waiter.granted, wait)
+                if waiter.granted:  # the slot was handed over by release()
                     return
+                self._waiters.remove(waiter)
             self.rejected += 1
         raise self._refusal()
 
@@ -108,9 +115,14 @@ class Bulkhead:
         with self._lock:
             if self._in_flight <= 0:
                 raise RuntimeError(f"bulkhead {self.name!r} released more often than acquired")
-            self._in_flight -= 1
-            if self._waiting:
-                self._slot_freed.notify()
+            if self._waiters:
+                # Handed to the oldest waiter as it is: the count stays.
+                waiter = self._waiters.popleft()
+                waiter.granted = True
+                self.admitted += 1
+                waiter.notify()
+            else:
+                self._in_flight -= 1
 
     def _refusal(self) -> BulkheadFullError:
         return BulkheadFullError(
@@ -152,8 +164,37 @@ class Bulkhead:
         )
 
 
+class _Waiter(threading.Condition):
+    """One call waiting for a slot; ``granted`` once :meth:`Bulkhead.release` hands it one."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__(lock)
+        self.granted = False
+
+
 _registry: dict[str, Bulkhead] = {}
 _registry_lock = threading.Lock()
+#: Every bulkhead alive, for the reset after a fork.
+_every_bulkhead: weakref.WeakSet[Bulkhead] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    """A forked child starts with every slot free and fresh locks.
+
+    The calls that held slots in the parent (its other threads) do not exist in
+    the child and would never give them back; a lock held at the fork would
+    never be released either.
+    """
+    global _registry_lock  # noqa: PLW0603
+    _registry_lock = threading.Lock()
+    for bulkhead in list(_every_bulkhead):
+        bulkhead._lock = threading.Lock()
+        bulkhead._in_flight = 0
+        bulkhead._waiters = deque()
+
+
+if hasattr(os, "register_at_fork"):  # not on every platform (Windows)
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def get_bulkhead(name: str, max_concurrent_calls: int, max_wait: float = 0.0) -> Bulkhead:

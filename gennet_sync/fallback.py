@@ -12,40 +12,71 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final
 
 import requests
+from requests.auth import AuthBase
 
-__all__ = ["FALLBACK_WARNING", "LastGoodResponse"]
+__all__ = ["DEFAULT_PRIVATE_HEADERS", "FALLBACK_WARNING", "LastGoodResponse"]
 
 #: The ``Warning`` header of a response served from the cache (RFC 7234's
 #: "Response is Stale"), so the caller and its logs can tell.
 FALLBACK_WARNING: Final = '110 gennet_sync "Response is Stale"'
 
-# Responses to requests carrying credentials are never kept: another caller of
-# the same URL would be served them.
-_PRIVATE_HEADERS: Final = ("Authorization", "Cookie", "Proxy-Authorization")
+# Requests carrying credentials are never kept nor served: another caller of the
+# same URL would get an answer meant for someone else.
+_CREDENTIAL_HEADERS: Final = ("Authorization", "Cookie", "Proxy-Authorization")
+
+#: Request headers that usually carry an API key or a token: a request with one is
+#: treated as carrying credentials (``LastGoodResponse(private_headers=)`` adds more).
+DEFAULT_PRIVATE_HEADERS: Final = (
+    "X-Api-Key",
+    "Api-Key",
+    "X-Auth-Token",
+    "X-Access-Token",
+    "X-Amz-Security-Token",
+    "X-Goog-Api-Key",
+    "Ocp-Apim-Subscription-Key",
+)
+
+# Cache-Control directives of a response that says it is for one user only, or
+# must never be stored (RFC 9111, sections 5.2.2.5 and 5.2.2.7).
+_NOT_SHARED: Final = frozenset({"no-store", "private"})
+
+
+def _directives(value: str) -> set[str]:
+    """The directive names in a ``Cache-Control`` value, lowercased."""
+    return {part.split("=", 1)[0].strip().lower() for part in value.split(",")}
 
 
 class _Entry:
-    __slots__ = ("content", "encoding", "headers", "reason", "status_code", "stored_at")
+    __slots__ = ("content", "encoding", "headers", "reason", "status_code", "stored_at", "vary")
 
-    def __init__(self, response: requests.Response, stored_at: float) -> None:
+    def __init__(
+        self, response: requests.Response, stored_at: float, vary: tuple[tuple[str, str], ...]
+    ) -> None:
         self.status_code = response.status_code
         self.reason = response.reason
         self.headers = dict(response.headers)
         self.content = response.content
         self.encoding = response.encoding
         self.stored_at = stored_at
+        #: The request headers the response varies on, with the values it was sent with.
+        self.vary = vary
 
 
 class LastGoodResponse:
     """A fallback that answers a failed GET with the last good response to its URL.
 
-    Only GET requests without credentials (``Authorization``, ``Cookie``) are
-    kept, and only 2xx answers whose body was read (not ``stream=True``) and is
-    at most ``max_body`` bytes.  Entries are keyed by URL and ``Accept``; at most
+    Only GET requests without credentials (``Authorization``, ``Cookie``,
+    ``Proxy-Authorization``, a header of ``private_headers``, an ``auth=`` that
+    answers challenges) are kept or served, and only 2xx answers whose body was
+    read (not ``stream=True``) and is at most ``max_body`` bytes, that set no
+    cookie and are not ``Cache-Control: no-store`` or ``private``.  A response
+    with ``Vary`` is served only to a request with the same values of those
+    headers (``Vary: *``: never kept).  Entries are keyed by the URL the call
+    asked for (not where it was redirected) and ``Accept``; at most
     ``max_entries`` are kept (the least recently used goes first) and an entry
     older than ``max_age`` seconds is never served.  A served response carries
     ``Warning: 110 gennet_sync "Response is Stale"``, an ``Age`` header, and
@@ -63,6 +94,9 @@ class LastGoodResponse:
         max_age: Seconds a response may be served for after it was received.
         max_body: Largest body kept, in bytes.
         clock: Seconds on a monotonic scale.
+        private_headers: Request headers carrying a key or a token (beyond
+            ``Authorization``, ``Cookie`` and ``Proxy-Authorization``, always
+            private): a request with one is never kept nor served.
     """
 
     def __init__(
@@ -71,7 +105,10 @@ class LastGoodResponse:
         max_age: float = 300.0,
         max_body: int = 1024 * 1024,
         clock: Callable[[], float] = time.monotonic,
+        private_headers: Collection[str] = DEFAULT_PRIVATE_HEADERS,
     ) -> None:
+        if isinstance(private_headers, str):  # one name would be taken letter by letter
+            raise TypeError("private_headers must be a collection of header names")
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries!r}")
         if not max_age > 0:
@@ -82,31 +119,57 @@ class LastGoodResponse:
         self.max_age = max_age
         self.max_body = max_body
         self._clock = clock
+        self.private_headers = (*_CREDENTIAL_HEADERS, *private_headers)
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.served = 0
 
-    @staticmethod
-    def _key(request: requests.PreparedRequest) -> tuple[str, str] | None:
-        if request.method != "GET" or any(name in request.headers for name in _PRIVATE_HEADERS):
+    def _private(self, request: requests.PreparedRequest) -> bool:
+        """Whether ``request`` carries credentials of any kind we can see."""
+        if any(name in request.headers for name in self.private_headers):
+            return True
+        # An auth= that answers challenges (digest) leaves only its response hook.
+        hooks = request.hooks.get("response", []) if request.hooks else []
+        return any(isinstance(getattr(hook, "__self__", None), AuthBase) for hook in hooks)
+
+    def _key(self, request: requests.PreparedRequest) -> tuple[str, str] | None:
+        if request.method != "GET" or self._private(request):
             return None
         return request.url or "", request.headers.get("Accept", "")
 
+    @staticmethod
+    def _shared(response: requests.Response) -> bool:
+        """Whether ``response`` may be given to another caller at all."""
+        if any("Set-Cookie" in answer.headers for answer in (*response.history, response)):
+            return False
+        cache_control = response.headers.get("Cache-Control")
+        return cache_control is None or not _directives(cache_control) & _NOT_SHARED
+
     def remember(self, response: requests.Response, *, streamed: bool = False) -> None:
-        """Keep ``response`` as the last good answer to its request, when it may be kept."""
+        """Keep ``response`` as the last good answer to its request, when it may be kept.
+
+        A redirected call's answer is kept under the URL the call asked for: the
+        one a later call of it looks up.
+        """
         request = response.request
-        if streamed or request is None or not 200 <= response.status_code < 300:
+        asked = response.history[0].request if response.history else request
+        if streamed or request is None or asked is None or not 200 <= response.status_code < 300:
             return
-        key = self._key(request)
-        if key is None:
+        key = self._key(asked)
+        if key is None or self._private(request) or not self._shared(response):
             return
+        vary_names = _directives(response.headers.get("Vary", ""))
+        vary_names.discard("")
+        if "*" in vary_names:
+            return
+        vary = tuple(sorted((name, asked.headers.get(name, "")) for name in vary_names))
         length = response.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.max_body:
             return
         content = response.content
         if content is None or len(content) > self.max_body:
             return
-        entry = _Entry(response, self._clock())
+        entry = _Entry(response, self._clock(), vary)
         with self._lock:
             self._entries[key] = entry
             self._entries.move_to_end(key)
@@ -126,7 +189,9 @@ class LastGoodResponse:
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
+            if entry is None or any(
+                request.headers.get(name, "") != value for name, value in entry.vary
+            ):
                 return None
             if now - entry.stored_at > self.max_age:
                 del self._entries[key]

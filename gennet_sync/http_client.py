@@ -64,7 +64,15 @@ from requests.sessions import merge_setting as _untyped_merge_setting
 from requests.utils import get_environ_proxies
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import LocationParseError, MaxRetryError, ReadTimeoutError, ResponseError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationParseError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    ResponseError,
+)
 from urllib3.poolmanager import ProxyManager
 from urllib3.util import make_headers, parse_url
 from urllib3.util.retry import Retry
@@ -80,7 +88,14 @@ from gennet_sync.circuit_breaker import (
 )
 from gennet_sync.circuit_breaker import registry as _registry
 from gennet_sync.context import REQUEST_ID_HEADER, current_request_id
-from gennet_sync.deadline import DEADLINE_HEADER, forwarded_budget, time_left
+from gennet_sync.deadline import (
+    DEADLINE_HEADER,
+    FORWARD_MARGIN,
+    format_budget,
+    forwarded_budget,
+    parse_budget,
+    time_left,
+)
 from gennet_sync.exceptions import (
     BulkheadFullError,
     ConflictError,
@@ -227,7 +242,16 @@ class _Call:
     """A logical call in progress: whose it is, where it went first, its permit, its
     deadline, whether its body can be sent again and whether it has been redirected."""
 
-    __slots__ = ("deadline", "permit", "redirected", "replayable", "session", "url")
+    __slots__ = (
+        "deadline",
+        "failed_attempt",
+        "permit",
+        "redirected",
+        "replayable",
+        "retry_charged",
+        "session",
+        "url",
+    )
 
     def __init__(
         self,
@@ -244,6 +268,11 @@ class _Call:
         self.deadline = deadline
         self.replayable = replayable
         self.redirected = False
+        #: An attempt the service failed (an error status, a refused or reset
+        #: connection) came before: what cuts the call short later still counts.
+        self.failed_attempt = False
+        #: A retry was taken from the retry budget and has not been sent yet.
+        self.retry_charged = False
 
 
 #: The call in progress in this context: its deadline and whether its body can be
@@ -425,15 +454,21 @@ class ServiceRetry(Retry):
                 raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
         retry = super().increment(method, url, response, error, _pool, _stacktrace)
         call = _call_in_progress.get()
+        if call is not None and _service_failed(call, response, error):
+            call.failed_attempt = True
         deadline = None if call is None else call.deadline
         if deadline is not None and deadline.inherited and deadline.too_late_to_retry():
             late = error if error is not None else ResponseError("too little time left to retry")
             raise MaxRetryError(_pool, url or "", late)  # type: ignore[arg-type]
         budget = None if call is None else call.session._retry_budget
-        if budget is not None and not budget.try_retry():
-            # The service's retry budget is spent: this failure is the call's answer.
-            spent = error if error is not None else ResponseError("retry budget spent")
-            raise MaxRetryError(_pool, url or "", spent)  # type: ignore[arg-type]
+        if budget is not None:
+            if not budget.try_retry():
+                # The service's retry budget is spent: this failure is the call's answer.
+                spent = error if error is not None else ResponseError("retry budget spent")
+                raise MaxRetryError(_pool, url or "", spent)  # type: ignore[arg-type]
+            # Given back if the retry is never sent (its wait or the deadline ends the call).
+            assert call is not None
+            call.retry_charged = True
         _tracing.count_resend()
         if call_observer is not None:
             call_observer.retried(call)
@@ -1019,9 +1054,12 @@ class _Failure(NamedTuple):
 
 
 _TOTAL_TIMEOUT = _Failure(GatewayTimeoutError, "total_timeout", counts=True)
-# The request's own deadline (from its caller) ran out during the call: a timeout
-# all the same, so the breaker counts it.
-_DEADLINE = _Failure(DeadlineExceededError, "deadline_exceeded", counts=True)
+# The deadline in force (of the request being served, or a deadline_scope) cut the
+# call off before the session's own limits would have: the caller chose that
+# budget, and a healthy service cannot answer within any budget a client sends.
+# Not counted (else any client could open a shared breaker with a tiny
+# Request-Timeout); a failure the service showed before the cut still is.
+_DEADLINE = _Failure(DeadlineExceededError, "deadline_exceeded", counts=False)
 _TIMEOUT = _Failure(GatewayTimeoutError, "timeout", counts=True)
 _UNREACHABLE = _Failure(ServiceUnavailableError, "connection_error", counts=True)
 _RETRIES_EXHAUSTED = _Failure(ServiceUnavailableError, "retries_exhausted", counts=True)
@@ -1088,7 +1126,8 @@ def _classify(error: BaseException, call: _Call) -> _Failure | None:
     if isinstance(error, requests.Timeout) or any(
         isinstance(inner, ReadTimeoutError) for inner in _causes(error)
     ):  # requests raises a body read that timed out as a ConnectionError
-        return _TIMEOUT
+        connect = isinstance(error, requests.ConnectTimeout)
+        return _DEADLINE if _lowered_by_deadline(call, connect=connect) else _TIMEOUT
     if isinstance(
         error, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
     ):
@@ -1110,6 +1149,42 @@ def _classify(error: BaseException, call: _Call) -> _Failure | None:
     if isinstance(error, requests.ConnectionError):
         return _UNREACHABLE
     return None
+
+
+def _lowered_by_deadline(call: _Call, *, connect: bool) -> bool:
+    """Whether the deadline in force cut the call's connect (or read) timeout below
+    the session's own: a timeout of that part is then the deadline's doing."""
+    deadline = call.deadline
+    if deadline is None or not deadline.inherited:
+        return False
+    return deadline.lowered[0] if connect else deadline.lowered[1]
+
+
+def _service_failed(
+    call: _Call, response: BaseHTTPResponse | None, error: Exception | None
+) -> bool:
+    """Whether an attempt about to be retried failed through the service's fault."""
+    if call.deadline is not None and call.deadline.expired:
+        # The limit cut its connection: the service's failure under the session's
+        # own total limit, the caller's choice under the deadline in force.
+        return not call.deadline.inherited
+    if response is not None:
+        return response.status in call.session.failure_statuses
+    if isinstance(error, NewConnectionError):  # refused, unreachable (a ConnectTimeoutError)
+        return True
+    if isinstance(error, ConnectTimeoutError):
+        return not _lowered_by_deadline(call, connect=True)
+    return isinstance(error, ProtocolError)  # reset, closed before answering
+
+
+def _lowered(own: TimeoutValue, capped: TimeoutValue) -> tuple[bool, bool]:
+    """Which of the (connect, read) parts of ``own`` capping made shorter."""
+    own_parts = own if isinstance(own, tuple) else (own, own)
+    capped_parts = capped if isinstance(capped, tuple) else (capped, capped)
+    return (
+        own_parts[0] is None or (capped_parts[0] or 0) < own_parts[0],
+        own_parts[1] is None or (capped_parts[1] or 0) < own_parts[1],
+    )
 
 
 def _transport_error(
@@ -1152,6 +1227,17 @@ class _NoPermit:
 
 _NO_PERMIT: Final = _NoPermit()
 
+#: Errors in what the caller asked for, raised before anything is sent (or, after a
+#: redirect without ``raise_errors``, as requests raises them): no fallback.
+_CALLER_ERRORS: Final = (
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.URLRequired,
+    requests.exceptions.InvalidJSONError,
+)
+
 
 # --------------------------------------------------------------------------- total time limit
 
@@ -1162,11 +1248,14 @@ class _Deadline:
     __slots__ = (
         "at",
         "attempt_started",
+        "callers_budget",
+        "callers_header",
         "connection",
         "expired",
         "finished",
         "forward",
         "inherited",
+        "lowered",
         "seconds",
     )
 
@@ -1181,6 +1270,20 @@ class _Deadline:
         #: Each attempt tells the service the time left (``Request-Timeout``).
         self.forward = forward
         self.attempt_started = time.monotonic()
+        #: Which of the (connect, read) timeouts the limit made shorter than the session's.
+        self.lowered = (False, False)
+        #: The ``Request-Timeout`` the caller put on the request itself, and its seconds.
+        self.callers_header: str | None = None
+        self.callers_budget: float | None = None
+
+    def budget(self) -> str:
+        """The ``Request-Timeout`` an attempt sends now: what is left less the margin,
+        or the caller's own value when that is smaller."""
+        ours = self.remaining() - FORWARD_MARGIN
+        if self.callers_budget is not None and self.callers_budget <= ours:
+            assert self.callers_header is not None
+            return self.callers_header
+        return format_budget(ours)
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
@@ -1336,10 +1439,15 @@ class _WatchedHTTPConnection(HTTPConnection):
             # Per attempt: a retry tells the service what is left by then.  With
             # nothing left to give, the attempt is not sent: its answer could not
             # come back in time.
-            budget = forwarded_budget(deadline.remaining())
-            if budget == "0":
+            if forwarded_budget(deadline.remaining()) == "0":
                 raise _TotalTimeoutExceeded(deadline)
-            headers[DEADLINE_HEADER] = budget
+            # On a copy: the caller's PreparedRequest must not keep this attempt's
+            # value (sent again later, it would tell the service a stale budget).
+            headers = headers.copy()
+            headers[DEADLINE_HEADER] = deadline.budget()
+        call = _call_in_progress.get()
+        if call is not None:
+            call.retry_charged = False  # sent: the retry taken from the budget is spent
         super().request(method, url, body, headers, **kwargs)
 
     def connect(self) -> None:
@@ -2021,11 +2129,13 @@ class ServiceSession(requests.Session):
         # Policies in order: deadline, bulkhead, breaker, retries within budget.
         deadline = self._deadline_for(total, request)
         if deadline is not None:
-            kwargs["timeout"] = _capped(kwargs["timeout"], deadline.seconds)
+            own_timeout = kwargs["timeout"]
+            kwargs["timeout"] = _capped(own_timeout, deadline.seconds)
+            deadline.lowered = _lowered(own_timeout, kwargs["timeout"])
         replayable = _replayable(request.body)
         # A shared HALF_OPEN trial slot is leased for as long as this call can run.
         lease = deadline.seconds if deadline is not None else _call_seconds(kwargs["timeout"])
-        bulkhead = self._enter_bulkhead(request)
+        bulkhead = self._enter_bulkhead(request, deadline)
         # Nothing may raise between taking the permit and the try below, which
         # records its outcome: a permit left open would hold a trial slot.
         try:
@@ -2047,6 +2157,11 @@ class ServiceSession(requests.Session):
         try:
             if deadline is not None:
                 _WATCHDOG.watch(deadline)
+                if deadline.forward:
+                    # Seen by whatever reads the request before it is sent (a mock
+                    # transport, a hook); each attempt sends its own value, and the
+                    # caller's own header comes back below.
+                    request.headers[DEADLINE_HEADER] = deadline.budget()
             response = self._send_once(call, request, kwargs, read_body=read_body)
             if self.raise_errors and response.status_code >= 400:
                 service = self._service_label(call, breaker, response.url or url)
@@ -2064,6 +2179,13 @@ class ServiceSession(requests.Session):
         finally:
             if deadline is not None:
                 _WATCHDOG.finish(deadline)
+                if deadline.forward:
+                    if deadline.callers_header is None:
+                        request.headers.pop(DEADLINE_HEADER, None)
+                    else:
+                        request.headers[DEADLINE_HEADER] = deadline.callers_header
+            if call.retry_charged and self._retry_budget is not None:
+                self._retry_budget.refund()  # taken for a retry that was never sent
             _call_in_progress.reset(token)
             if not call.permit.done:  # only when something failed before the send
                 call.permit.ignore()
@@ -2080,6 +2202,8 @@ class ServiceSession(requests.Session):
         except (requests.RequestException, GenNetException) as error:
             if isinstance(error, GenNetException) and error.status_code < 500:
                 raise  # the service answered: a 4xx is not an outage
+            if isinstance(error, _CALLER_ERRORS):
+                raise  # a bad URL or header of the caller's: a bug, not an outage
             answer = fallback(request, error, None)
             if answer is None:
                 raise
@@ -2093,7 +2217,9 @@ class ServiceSession(requests.Session):
                 return answer
         else:
             remember = getattr(fallback, "remember", None)
-            if remember is not None:
+            # A call made with a client certificate is a caller's own, like one
+            # with an Authorization header: no cache may keep its answer.
+            if remember is not None and not kwargs.get("cert"):
                 remember(response, streamed=bool(kwargs.get("stream")))
         return response
 
@@ -2110,35 +2236,59 @@ class ServiceSession(requests.Session):
         inherited = left is not None and (total is None or left <= total)
         if inherited:
             assert left is not None
-            if left <= 0:
-                service = self.service_name or host_port(request.url or "")
-                refusal = DeadlineExceededError(
-                    f"No time left to call service '{service}': the request's deadline has passed",
-                    service=service,
-                    metadata={"reason": "deadline_exceeded"},
-                )
-                raise _flavour(refusal, requests.exceptions.ConnectTimeout, request)
+            # With no more than the forwarding margin left, no attempt would be
+            # sent (there is no budget to forward): refuse now, before the
+            # bulkhead and the breaker, which must not count a call never sent.
+            if left <= FORWARD_MARGIN:
+                raise self._no_time_left(request, "the request's deadline has passed")
             total = left
         if total is None:
             return None
-        forward = self.forward_deadline and DEADLINE_HEADER not in request.headers
-        if forward:  # the first attempt's value; each attempt sets what is left then
-            request.headers[DEADLINE_HEADER] = forwarded_budget(total)
-        return _Deadline(total, inherited=inherited, forward=forward)
+        deadline = _Deadline(total, inherited=inherited)
+        callers = request.headers.get(DEADLINE_HEADER)
+        if callers is not None:
+            deadline.callers_header = callers
+            deadline.callers_budget = parse_budget(callers)
+        # A caller's own value that is no budget is sent as it is, like any header.
+        deadline.forward = self.forward_deadline and (
+            callers is None or deadline.callers_budget is not None
+        )
+        return deadline
 
-    def _enter_bulkhead(self, request: requests.PreparedRequest) -> Bulkhead | None:
+    def _no_time_left(self, request: requests.PreparedRequest, why: str) -> GenNetException:
+        """The refusal of a call with no time left for it; nothing was sent."""
+        service = self.service_name or host_port(request.url or "")
+        refusal = DeadlineExceededError(
+            f"No time left to call service '{service}': {why}",
+            service=service,
+            metadata={"reason": "deadline_exceeded"},
+        )
+        return _flavour(refusal, requests.exceptions.ConnectTimeout, request)
+
+    def _enter_bulkhead(
+        self, request: requests.PreparedRequest, deadline: _Deadline | None
+    ) -> Bulkhead | None:
         """Take a slot of the service's bulkhead, if it has one.
+
+        A call waits for a slot (``bulkhead_max_wait``) no longer than its time limit
+        leaves for sending it.
 
         Raises:
             BulkheadFullError: No free slot; nothing was sent.  Also a
                 ``requests.ConnectionError``.
+            DeadlineExceededError: The time limit ended the wait for a slot; nothing
+                was sent.  Also a ``requests.ConnectTimeout``.
         """
         bulkhead = self._bulkhead
         if bulkhead is None:
             return None
+        wait = None if deadline is None else max(deadline.remaining() - FORWARD_MARGIN, 0.0)
         try:
-            bulkhead.acquire()
+            bulkhead.acquire(timeout=wait)
         except BulkheadFullError as refusal:
+            if wait is not None and wait < bulkhead.max_wait:
+                why = "its time limit ran out while it waited for a bulkhead slot"
+                raise self._no_time_left(request, why) from None
             raise _flavour(refusal, requests.exceptions.ConnectionError, request) from None
         return bulkhead
 
@@ -2241,7 +2391,10 @@ class ServiceSession(requests.Session):
                     raise
         except Exception as error:
             failure = _classify(error, call)
-            if failure is not None and failure.counts:
+            # An attempt the limit stopped before sending it (_TotalTimeoutExceeded)
+            # is nothing the service did; a failure it showed before still counts.
+            sent = not isinstance(error, _TotalTimeoutExceeded)
+            if failure is not None and ((failure.counts and sent) or call.failed_attempt):
                 call.permit.failure(error)
             else:
                 # Not the service's fault: a bad URL, a hook that raised, a proxy.

@@ -129,6 +129,23 @@ class RetryBudget:
             self._retries_total += 1
             return True
 
+    def refund(self) -> None:
+        """Give back a retry :meth:`try_retry` took that was never sent.
+
+        Taken from the newest bucket still holding a retry: the budget is as if
+        the retry had not been asked for (when that bucket has left the window,
+        the retry no longer counts anyway).
+        """
+        with self._lock:
+            index = self._advance()
+            buckets = self.config.buckets
+            for back in range(buckets):
+                slot = (index - back) % buckets
+                if self._retries[slot]:
+                    self._retries[slot] -= 1
+                    self._retries_total -= 1
+                    return
+
     @property
     def calls(self) -> int:
         """Calls counted in the window."""

@@ -69,13 +69,49 @@ def test_with_max_wait_a_call_takes_the_slot_freed_while_it_waits() -> None:
 
     thread = threading.Thread(target=waiter)
     thread.start()
-    while bulkhead._waiting == 0:  # the waiter is parked on the condition
+    while not bulkhead._waiters:  # the waiter is parked on its condition
         threading.Event().wait(0.001)
     assert not admitted.is_set()
     bulkhead.release()
     thread.join(timeout=30)
     assert admitted.is_set()
     assert (bulkhead.in_flight, bulkhead.rejected) == (1, 0)
+
+
+def test_a_freed_slot_goes_to_the_oldest_waiter_not_to_a_call_arriving_later() -> None:
+    bulkhead = Bulkhead("grn", max_concurrent_calls=1, max_wait=60)
+    bulkhead.acquire()
+    order: list[str] = []
+
+    def waiter(name: str) -> None:
+        bulkhead.acquire()
+        order.append(name)
+        bulkhead.release()
+
+    first = threading.Thread(target=waiter, args=("first",))
+    first.start()
+    while len(bulkhead._waiters) < 1:
+        threading.Event().wait(0.001)
+    second = threading.Thread(target=waiter, args=("second",))
+    second.start()
+    while len(bulkhead._waiters) < 2:
+        threading.Event().wait(0.001)
+    # A newcomer that does not wait is refused while others queue for the slot.
+    with pytest.raises(BulkheadFullError):
+        bulkhead.acquire(timeout=0)
+    bulkhead.release()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert order == ["first", "second"]
+    assert (bulkhead.in_flight, bulkhead.admitted, bulkhead.rejected) == (0, 3, 1)
+
+
+def test_a_wait_for_a_slot_is_cut_to_the_timeout_given() -> None:
+    bulkhead = Bulkhead("grn", max_concurrent_calls=1, max_wait=60)
+    bulkhead.acquire()
+    with pytest.raises(BulkheadFullError):
+        bulkhead.acquire(timeout=0.01)  # would hang for a minute if max_wait held
+    assert not bulkhead._waiters and bulkhead.in_flight == 1
 
 
 def test_threads_never_hold_more_slots_than_allowed_and_every_call_is_counted() -> None:

@@ -91,6 +91,92 @@ def test_only_gets_without_credentials_and_with_small_read_bodies_are_kept() -> 
     assert len(cache) == 1  # only /created
 
 
+@responses.activate
+def test_answers_meant_for_one_caller_are_never_kept_for_another() -> None:
+    cache = LastGoodResponse()
+    session = _session(cache)
+    responses.get(f"{BASE}/cookie", json={}, headers={"Set-Cookie": "session=SECRET"})
+    responses.get(f"{BASE}/private", json={}, headers={"Cache-Control": "private, max-age=60"})
+    responses.get(f"{BASE}/no-store", json={}, headers={"Cache-Control": "No-Store"})
+    responses.get(f"{BASE}/any", json={}, headers={"Vary": "Accept-Language, *"})
+    responses.get(f"{BASE}/keyed", json={"who": "alice"})
+    responses.get(f"{BASE}/token", json={"who": "alice"})
+    for path in ("/cookie", "/private", "/no-store", "/any"):
+        session.get(path)
+    session.cookies.clear()
+    session.get("/keyed", headers={"X-Api-Key": "alice-key"})
+    session.get("/token", headers={"Proxy-Authorization": "Basic YWxpY2U6eA=="})
+    session.get("/token", auth=requests.auth.HTTPDigestAuth("alice", "secret"))
+    assert len(cache) == 0
+    # Nor served to a request with credentials, when an anonymous call stored one.
+    session.get("/token")
+    responses.replace(responses.GET, f"{BASE}/token", status=503)
+    assert session.get("/token", headers={"X-Api-Key": "mallory"}).status_code == 503
+    assert session.get("/token").json() == {"who": "alice"}
+
+
+@responses.activate
+def test_the_private_headers_are_the_users_to_name() -> None:
+    cache = LastGoodResponse(private_headers=["X-Tenant-Secret"])
+    session = _session(cache)
+    responses.get(f"{BASE}/x", json={})
+    session.get("/x", headers={"X-Tenant-Secret": "t1"})
+    session.get("/x", headers={"Authorization": "Bearer t"})  # always private
+    assert len(cache) == 0
+    session.get("/x", headers={"X-Api-Key": "k"})  # no longer in the list
+    assert len(cache) == 1
+    with pytest.raises(TypeError):
+        LastGoodResponse(private_headers="X-Api-Key")
+
+
+@responses.activate
+def test_a_call_with_a_client_certificate_is_not_kept() -> None:
+    cache = LastGoodResponse()
+    session = _session(cache)
+    responses.get(f"{BASE}/x", json={})
+    session.get("/x", cert=("/nonexistent/client.pem", "/nonexistent/client.key"))
+    assert len(cache) == 0
+
+
+@responses.activate
+def test_an_answer_that_varies_is_served_only_for_the_same_header_values() -> None:
+    cache = LastGoodResponse()
+    session = _session(cache)
+    responses.get(f"{BASE}/x", json={"lang": "fr"}, headers={"Vary": "Accept-Language"})
+    session.get("/x", headers={"Accept-Language": "fr"})
+    responses.replace(responses.GET, f"{BASE}/x", status=503)
+    assert session.get("/x", headers={"Accept-Language": "de"}).status_code == 503
+    assert session.get("/x").status_code == 503
+    assert session.get("/x", headers={"Accept-Language": "fr"}).json() == {"lang": "fr"}
+
+
+@responses.activate
+def test_a_redirected_call_is_answered_under_the_url_it_asked_for() -> None:
+    cache = LastGoodResponse()
+    session = _session(cache)
+    responses.get(f"{BASE}/latest", status=302, headers={"Location": f"{BASE}/v2"})
+    responses.get(f"{BASE}/v2", json={"v": 2})
+    assert session.get("/latest").json() == {"v": 2}
+    responses.replace(responses.GET, f"{BASE}/latest", status=503)
+    stale = session.get("/latest")
+    assert stale.json() == {"v": 2} and getattr(stale, "fallback", False) is True
+
+
+def test_a_bad_url_or_header_of_the_callers_is_raised_without_a_fallback() -> None:
+    calls: list[object] = []
+
+    def answer(*args: object) -> None:
+        calls.append(args)
+
+    session = ServiceSession(fallback=answer)
+    for url in ("htp://grn.test/", "http://", "grn.test/x"):
+        with pytest.raises(requests.RequestException):
+            session.get(url)
+    with pytest.raises(requests.exceptions.InvalidHeader):
+        session.get("http://grn.test/x", headers={"X-Bad": "a\nb"})
+    assert calls == []
+
+
 def test_entries_expire_and_the_least_recently_used_goes_first() -> None:
     clock = FakeClock()
     cache = LastGoodResponse(max_entries=2, max_age=10, clock=clock)

@@ -69,6 +69,20 @@ def test_calls_and_retries_leave_the_window_as_time_passes() -> None:
     assert (budget.calls, budget.retries) == (1, 0)
 
 
+def test_a_refunded_retry_is_as_if_it_had_never_been_taken() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(RetryBudgetConfig(ratio=0.0, min_per_second=0.1, window=10), clock=clock)
+    assert budget.try_retry()  # the one retry the window allows
+    assert not budget.try_retry()
+    clock.advance(5)  # given back from the older bucket it was taken in
+    budget.refund()
+    assert budget.retries == 0
+    assert budget.try_retry()
+    budget.refund()
+    budget.refund()  # nothing left to give back: no negative count
+    assert budget.retries == 0 and budget.try_retry()
+
+
 def test_threads_take_exactly_the_retries_the_budget_has() -> None:
     clock = FakeClock()
     budget = RetryBudget(RetryBudgetConfig(ratio=0.25, min_per_second=0), clock)
