@@ -10,6 +10,7 @@ import re
 import string
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -36,6 +37,9 @@ from gennet_sync.circuit_breaker import remove_circuit_breaker
 from gennet_sync.metrics import OTHER, UNMATCHED_ROUTE, Metrics
 from gennet_sync.openapi import OpenAPI
 from tests.support.clock import FakeClock
+
+# The module itself: the package attribute of that name is the decorator.
+circuit_breaker_module = importlib.import_module("gennet_sync.circuit_breaker")
 
 pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")
 
@@ -374,8 +378,11 @@ def test_a_breaker_made_again_with_the_same_name_adds_to_its_totals(
 
 
 def test_no_storage_gauge_without_a_shared_storage(
-    registry: CollectorRegistry, clock: FakeClock
+    registry: CollectorRegistry, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Only this test's breaker is alive in the process: a breaker with a shared
+    # storage that an earlier test still holds would rightly add the gauge.
+    monkeypatch.setattr(circuit_breaker_module, "_live_breakers", weakref.WeakSet())
     app = make_app(registry)
     breaker(clock, FakeClock(EPOCH)).call(lambda: None)
     samples = scrape(app)
