@@ -161,3 +161,37 @@ def test_with_redis_killed_mid_run_the_budget_is_local_with_no_error_and_no_hang
     assert budget.retries == 21
     assert service.received == 30 + 21
     storage.close()
+
+
+def test_with_redis_hung_a_failing_call_waits_one_socket_timeout_once_then_none(
+    failing: tuple[FailingService, str], disposable_redis_server: RedisServer
+) -> None:
+    service, url = failing
+    storage = RedisStorage(
+        disposable_redis_server.url, sync_interval=0, socket_timeout=0.2, retry_backoff=30
+    )
+    set_default_storage(storage)
+    session = ServiceSession(
+        base_url=url,
+        service_name="hung",
+        use_circuit_breaker=False,
+        retries=make_retry(RETRIES, backoff_factor=0, backoff_jitter=0),
+        retry_budget=RetryBudgetConfig(ratio=0.5, min_per_second=0, shared=True),
+    )
+    assert session.get("/x", timeout=10).status_code == 503  # connected, synced
+    disposable_redis_server.pause()  # accepts connections, never answers
+    try:
+        started = time.monotonic()
+        for _ in range(20):
+            assert session.get("/x", timeout=10).status_code == 503
+        # One command waits for the socket timeout; the backoff skips the rest.
+        assert time.monotonic() - started < 10
+        assert not storage.available
+        budget = session._retry_budget
+        assert budget is not None and budget.fleet_totals is None
+        # Local: 21 calls, 50% -> 10 retries in all.
+        assert budget.retries == 10
+        assert service.received == 21 + 10
+    finally:
+        disposable_redis_server.resume()
+        storage.close()
