@@ -1,13 +1,14 @@
-"""What deadlines, bulkheads and retry budgets cost a successful call, and what
-the budget saves a failing service.
+"""What deadlines, bulkheads, retry budgets and fallbacks cost a successful
+call, and what the budget saves a failing service.
 
-1. Cost: each policy's own work timed alone (CPU microseconds), then a local
-   gunicorn app answering a small JSON document, called by ``ServiceSession``
-   with no policy, each policy alone and all three, in interleaved rounds from
-   one thread.  Printed per client: CPU microseconds of this process per call
-   (the client's own cost; the server runs in another process), wall-clock
-   microseconds per call, and the ratio to the session without policies.
-   Target: all three within 3% of it.
+1. Cost: each policy's own work timed alone (CPU microseconds; for the
+   fallback, ``LastGoodResponse.remember`` keeping a successful GET's answer),
+   then a local gunicorn app answering a small JSON document, called by
+   ``ServiceSession`` with no policy, each policy alone and all four, in
+   interleaved rounds from one thread.  Printed per client: CPU microseconds of
+   this process per call (the client's own cost; the server runs in another
+   process), wall-clock microseconds per call, and the ratio to the session
+   without policies.  Target: all four within 3% of it.
 2. Refusals: how long a call refused by a full bulkhead, and one with no time
    left, takes (no network I/O).
 3. Load amplification: a gunicorn app answering every request with 503, called
@@ -40,6 +41,7 @@ from gennet_sync import ServiceSession
 from gennet_sync.bulkhead import Bulkhead
 from gennet_sync.deadline import deadline_scope, forwarded_budget, time_left
 from gennet_sync.exceptions import BulkheadFullError, DeadlineExceededError
+from gennet_sync.fallback import LastGoodResponse
 from gennet_sync.http_client import make_retry
 from gennet_sync.retry_budget import RetryBudget, RetryBudgetConfig
 
@@ -119,14 +121,17 @@ def cost(url: str, rounds: int, calls: int) -> None:
     clients["bulkhead"] = lambda: bulkhead.get(PATH)
     budget = _session(url, "bench-budget", retry_budget=RetryBudgetConfig())
     clients["retry budget"] = lambda: budget.get(PATH)
+    fallback = _session(url, "bench-fallback", fallback=LastGoodResponse())
+    clients["fallback"] = lambda: fallback.get(PATH)
     every = _session(
         url,
         "bench-all",
         forward_deadline=True,
         max_concurrent_calls=64,
         retry_budget=RetryBudgetConfig(),
+        fallback=LastGoodResponse(),
     )
-    clients["all three"] = _within_deadline(every)
+    clients["all four"] = _within_deadline(every)
 
     cpu: dict[str, list[float]] = {name: [] for name in clients}
     wall: dict[str, list[float]] = {name: [] for name in clients}
@@ -170,17 +175,33 @@ def policy_parts() -> None:
         bulkhead.acquire()
         bulkhead.release()
 
+    fallback = LastGoodResponse()
+    answer = _good_answer()
+
     with deadline_scope(20.0):
         deadline_us = _per_call_us(lambda: forwarded_budget(time_left() or 0.0))
     parts = {
         "deadline (time left, budget forwarded)": deadline_us,
         "bulkhead (take and give back a slot)": _per_call_us(slot),
         "retry budget (count the call)": _per_call_us(budget.record_call),
+        "fallback (remember a successful GET)": _per_call_us(lambda: fallback.remember(answer)),
     }
     print("\nCPU cost of each policy's work on a successful call")
     for name, us in parts.items():
         print(f"{name:<42}{us:>7.2f} us")
-    print(f"{'all three':<42}{sum(parts.values()):>7.2f} us")
+    print(f"{'all four':<42}{sum(parts.values()):>7.2f} us")
+
+
+def _good_answer() -> requests.Response:
+    """A successful GET's answer as the session hands it to the fallback (body read)."""
+    answer = requests.Response()
+    answer.status_code = 200
+    answer.reason = "OK"
+    answer.headers.update({"Content-Type": "application/json", "Content-Length": "74"})
+    answer._content = b'{"edges":[["p","q"],["q","r"]],"id":"abc123","nodes":["p","q","r"]}\n'
+    answer.url = f"http://127.0.0.1:8000{PATH}"
+    answer.request = requests.Request("GET", answer.url).prepare()
+    return answer
 
 
 def _refusal_us(call: Callable[[], object], refusal: type[Exception], calls: int) -> float:

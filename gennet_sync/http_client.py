@@ -1848,8 +1848,9 @@ class ServiceSession(requests.Session):
             )
         self._retry_budget: RetryBudget | None = None
         if self.retry_budget is not None:
+            fleet = _registry._resolve_default_storage() if self.retry_budget.shared else None
             self._retry_budget = (
-                get_retry_budget(name, self.retry_budget)
+                get_retry_budget(name, self.retry_budget, fleet)
                 if name is not None
                 else RetryBudget(self.retry_budget)
             )

@@ -33,6 +33,10 @@ key                         meaning
                             bucket is still counted
 ``P:{name}:closings``       times the fleet was closed: numbers its CLOSED
                             periods, so outcomes of an earlier one are refused
+``P:{name}:retry_budget``   hash of a fleet-wide retry budget's counts per
+                            second of Redis server time: ``c:SECOND`` (calls),
+                            ``r:SECOND`` (retries), running sums ``total:c``
+                            and ``total:r``, and ``floor`` as in ``window``
 ==========================  ===================================================
 
 Every key carries a TTL, so an abandoned breaker leaves nothing behind, and a
@@ -88,7 +92,7 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError("RedisStorage needs redis-py: pip install 'gennet_sync[redis]'") from error
 
-from gennet_sync.storage import CircuitState, SharedState, WindowTotals
+from gennet_sync.storage import CircuitState, RetryTotals, SharedState, WindowTotals
 
 __all__ = ["RedisClient", "RedisClientWarning", "RedisStorage"]
 
@@ -216,6 +220,58 @@ if calls == 0 and floor ~= nil then
 end
 return {failures, open_ms, tripped, calls, tonumber(totals[2]) or 0,
         tonumber(totals[3]) or 0, closings}
+"""
+
+# KEYS: the retry-budget hash.  ARGV: calls, retries (this process's since its last
+# sync), window (s), key TTL (ms).  Reply: the fleet's calls and retries in the window.
+_SYNC_RETRY_BUDGET = """
+local window = tonumber(ARGV[3])
+local second = tonumber(redis.call('TIME')[1])
+local oldest = second - window + 1
+local floor = tonumber(redis.call('HGET', KEYS[1], 'floor'))
+if floor ~= nil and oldest - floor >= window then
+  redis.call('DEL', KEYS[1])
+  floor = nil
+elseif floor ~= nil and floor < oldest then
+  -- Only the seconds that left the window since the fleet's last sync are read.
+  local gone_c, gone_r = 0, 0
+  for first = floor, oldest - 1, 1000 do
+    local fields = {}
+    for at = first, math.min(first + 999, oldest - 1) do
+      fields[#fields + 1] = 'c:' .. at
+      fields[#fields + 1] = 'r:' .. at
+    end
+    local values = redis.call('HMGET', KEYS[1], unpack(fields))
+    for i = 1, #fields, 2 do
+      gone_c = gone_c + (tonumber(values[i]) or 0)
+      gone_r = gone_r + (tonumber(values[i + 1]) or 0)
+    end
+    redis.call('HDEL', KEYS[1], unpack(fields))
+  end
+  -- Only when non-zero: Lua makes -0 of a 0, which HINCRBY refuses.
+  if gone_c > 0 then
+    redis.call('HINCRBY', KEYS[1], 'total:c', -gone_c)
+  end
+  if gone_r > 0 then
+    redis.call('HINCRBY', KEYS[1], 'total:r', -gone_r)
+  end
+  floor = oldest
+  redis.call('HSET', KEYS[1], 'floor', floor)
+end
+local calls, retries = tonumber(ARGV[1]), tonumber(ARGV[2])
+if calls > 0 or retries > 0 then
+  local at = math.max(second, floor or oldest)
+  redis.call('HINCRBY', KEYS[1], 'c:' .. at, calls)
+  redis.call('HINCRBY', KEYS[1], 'r:' .. at, retries)
+  redis.call('HINCRBY', KEYS[1], 'total:c', calls)
+  redis.call('HINCRBY', KEYS[1], 'total:r', retries)
+  if floor == nil then
+    redis.call('HSET', KEYS[1], 'floor', oldest)
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+local totals = redis.call('HMGET', KEYS[1], 'total:c', 'total:r')
+return {tonumber(totals[1]) or 0, tonumber(totals[2]) or 0}
 """
 
 # ARGV: key TTL (ms).
@@ -507,6 +563,7 @@ class _Keys:
     trials: str
     window: str
     closings: str
+    retry_budget: str
 
     def all(self) -> list[str]:
         """The keys every script gets (``closings`` only where it is needed)."""
@@ -619,6 +676,7 @@ class RedisStorage:
         self._acquire_trial = _Script(self, _ACQUIRE_TRIAL)
         self._sync_window = _Script(self, _SYNC_WINDOW)
         self._set_closed = _Script(self, _SET_CLOSED)
+        self._sync_retry_budget = _Script(self, _SYNC_RETRY_BUDGET)
 
         self._keys_cache: dict[str, _Keys] = {}
         self._token_prefix = uuid.uuid4().hex
@@ -734,6 +792,33 @@ class RedisStorage:
         state = self._decode(reply[:3])
         window = WindowTotals(*(int(value) for value in reply[3:7]))
         return SharedState(state.state, state.failure_count, state.open_remaining, window)
+
+    def sync_retry_budget(
+        self, name: str, *, calls: int, retries: int, window_seconds: int
+    ) -> RetryTotals | None:
+        """Add this process's calls and retries since its last sync; the fleet's totals.
+
+        One round trip.  The counts join the bucket of the current Redis server
+        second; the reply sums every process's over the ``window_seconds``
+        seconds up to now (whole seconds of the server's clock).  Keyed apart
+        from the breaker of the same name, which it never touches.
+
+        Returns:
+            The fleet's calls and retries, or ``None`` when Redis is unavailable
+            (the counts are then not counted fleet-wide).
+        """
+        key = self._keys(name).retry_budget
+        window_seconds = max(1, int(window_seconds))
+        args = [
+            max(0, calls),
+            max(0, retries),
+            window_seconds,
+            (window_seconds + _WINDOW_TTL_MARGIN) * 1000,
+        ]
+        reply = self._run(lambda: self._sync_retry_budget(keys=[key], args=args))
+        if reply is None:
+            return None
+        return RetryTotals(int(reply[0]), int(reply[1]))
 
     def record_failure(
         self, name: str, *, failure_threshold: int, open_for: float
@@ -890,6 +975,7 @@ class RedisStorage:
                 trials=base + "trials",
                 window=base + "window",
                 closings=base + "closings",
+                retry_budget=base + "retry_budget",
             )
             self._keys_cache[name] = keys
         return keys

@@ -5,6 +5,14 @@ is sent ``1 + retries`` times: the load on a struggling service multiplies.  A
 budget lets retries add at most ``ratio`` of the calls made in the last
 ``window`` seconds (plus ``min_per_second``, so a quiet service still gets its
 retries).  Pure: no Flask, no requests; time comes from an injected clock.
+
+Shared fleet-wide (``RetryBudgetConfig(shared=True)`` in a ``ServiceSession``,
+or a ``storage=`` given to :class:`RetryBudget`), the ratio is judged on the
+calls and retries of every process that syncs with the same storage.  Each
+process keeps counting locally; when it decides on a retry and its last sync is
+``sync_interval`` old, it pushes the counts it gathered since and reads the
+fleet's totals in one call to the storage, so a successful call never waits on
+it.  When the storage does not answer, the budget decides on its local counts.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
+
+from gennet_sync.storage import RetryBudgetStorage, RetryTotals
 
 __all__ = [
     "DEFAULT_RETRY_BUDGET",
@@ -37,12 +47,16 @@ class RetryBudgetConfig:
         min_per_second: Retries allowed per second of the window whatever the
             traffic; 0: none beyond ``ratio``.
         buckets: Steps the window moves in; more is finer and costs a little more.
+        shared: Judge the ratio on the fleet's calls and retries through the
+            breaker registry's default storage (``GENNET_BREAKER_STORAGE``), when
+            it is a shared one; ``min_per_second`` is then the fleet's allowance.
     """
 
     ratio: float = 0.2
     window: float = 10.0
     min_per_second: float = 1.0
     buckets: int = 10
+    shared: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.ratio <= 1000:
@@ -76,6 +90,13 @@ class RetryBudget:
     Args:
         config: The settings.
         clock: Seconds on a monotonic scale (``time.monotonic``).
+        name: The service, naming the budget in a shared storage.
+        storage: A storage the fleet's processes share (e.g. ``RedisStorage``):
+            the ratio is then judged on the fleet's counts.  One that is not
+            shared, or cannot count retry budgets, leaves the budget local.
+
+    Raises:
+        ValueError: A shared storage without a ``name``.
 
     Attributes:
         retries_refused: Retries the budget refused since creation.
@@ -85,8 +106,28 @@ class RetryBudget:
         self,
         config: RetryBudgetConfig = DEFAULT_RETRY_BUDGET,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        name: str | None = None,
+        storage: object | None = None,
     ) -> None:
         self.config = config
+        self.name = name
+        self._storage: RetryBudgetStorage | None = None
+        if (
+            storage is not None
+            and getattr(storage, "shared", False)
+            and isinstance(storage, RetryBudgetStorage)
+        ):
+            if name is None:
+                raise ValueError("a retry budget shared through a storage needs a name")
+            self._storage = storage
+        # Counts since the last push to the storage, and the fleet's totals it
+        # answered (None: not known, or the storage did not answer: local decisions).
+        self._unsynced_calls = 0
+        self._unsynced_retries = 0
+        self._fleet: RetryTotals | None = None
+        self._synced_at = -math.inf
+        self._syncing = False
         self._clock = clock
         self._step = config.window / config.buckets
         self._calls = [0] * config.buckets
@@ -117,17 +158,64 @@ class RetryBudget:
             index = self._advance()
             self._calls[index] += 1
             self._calls_total += 1
+            self._unsynced_calls += 1
 
     def try_retry(self) -> bool:
-        """Take one retry from the budget; ``False`` (and nothing taken) when it is spent."""
+        """Take one retry from the budget; ``False`` (and nothing taken) when it is spent.
+
+        With a shared storage, first syncs with it when the last sync is
+        ``sync_interval`` old (one call, which returns at once while the storage
+        backs off from an outage), and judges on the fleet's totals.
+        """
+        if self._storage is not None:
+            self._sync(self._storage)
         with self._lock:
             index = self._advance()
-            if self._retries_total + 1 > self._calls_total * self.config.ratio + self._floor:
+            fleet = self._fleet
+            if fleet is None:
+                calls, retries = self._calls_total, self._retries_total
+            else:
+                # The fleet's totals as of the last sync, plus what this process did since.
+                calls = fleet.calls + self._unsynced_calls
+                retries = fleet.retries + self._unsynced_retries
+            if retries + 1 > calls * self.config.ratio + self._floor:
                 self.retries_refused += 1
                 return False
             self._retries[index] += 1
             self._retries_total += 1
+            self._unsynced_retries += 1
             return True
+
+    def _sync(self, storage: RetryBudgetStorage) -> None:
+        """Push the counts since the last sync and take the fleet's totals, when due.
+
+        One thread at a time, never under the lock: the others decide on the
+        totals of the previous sync meanwhile.
+        """
+        with self._lock:
+            now = self._clock()
+            if self._syncing or now - self._synced_at < storage.sync_interval:
+                return
+            self._syncing = True
+            self._synced_at = now
+            calls, retries = self._unsynced_calls, self._unsynced_retries
+            self._unsynced_calls = self._unsynced_retries = 0
+        totals: RetryTotals | None = None
+        try:
+            totals = storage.sync_retry_budget(
+                self.name or "",
+                calls=calls,
+                retries=retries,
+                window_seconds=max(1, math.ceil(self.config.window)),
+            )
+        except Exception:  # a storage must not raise; if one does, decide locally
+            totals = None
+        finally:
+            with self._lock:
+                self._syncing = False
+                # Unanswered: the counts pushed are lost to the fleet (this process
+                # still has them locally) and decisions are local until a sync answers.
+                self._fleet = totals
 
     def refund(self) -> None:
         """Give back a retry :meth:`try_retry` took that was never sent.
@@ -144,6 +232,7 @@ class RetryBudget:
                 if self._retries[slot]:
                     self._retries[slot] -= 1
                     self._retries_total -= 1
+                    self._unsynced_retries = max(0, self._unsynced_retries - 1)
                     return
 
     @property
@@ -152,6 +241,17 @@ class RetryBudget:
         with self._lock:
             self._advance()
             return self._calls_total
+
+    @property
+    def shared(self) -> bool:
+        """Whether the budget syncs with a shared storage."""
+        return self._storage is not None
+
+    @property
+    def fleet_totals(self) -> RetryTotals | None:
+        """The fleet's totals at the last sync; ``None`` when local (or unanswered)."""
+        with self._lock:
+            return self._fleet
 
     @property
     def retries(self) -> int:
@@ -168,10 +268,16 @@ _registry: dict[str, RetryBudget] = {}
 _registry_lock = threading.Lock()
 
 
-def get_retry_budget(name: str, config: RetryBudgetConfig = DEFAULT_RETRY_BUDGET) -> RetryBudget:
+def get_retry_budget(
+    name: str,
+    config: RetryBudgetConfig = DEFAULT_RETRY_BUDGET,
+    storage: object | None = None,
+) -> RetryBudget:
     """The process's retry budget for service ``name``, made on first use.
 
     Every ``ServiceSession`` for one service shares it, as they share its breaker.
+    ``storage`` is used when the budget is made with ``config.shared`` (see
+    :class:`RetryBudget`).
 
     Raises:
         ValueError: A budget of that name exists with another configuration.
@@ -179,7 +285,9 @@ def get_retry_budget(name: str, config: RetryBudgetConfig = DEFAULT_RETRY_BUDGET
     with _registry_lock:
         budget = _registry.get(name)
         if budget is None:
-            budget = _registry[name] = RetryBudget(config)
+            budget = _registry[name] = RetryBudget(
+                config, name=name, storage=storage if config.shared else None
+            )
         elif budget.config != config:
             raise ValueError(f"retry budget {name!r} exists with {budget.config}")
         return budget

@@ -69,6 +69,8 @@ __all__ = [
     "BreakerStorage",
     "CircuitState",
     "MemoryStorage",
+    "RetryBudgetStorage",
+    "RetryTotals",
     "SharedState",
     "WindowStorage",
     "WindowTotals",
@@ -241,6 +243,56 @@ class WindowStorage(BreakerStorage, Protocol):
             The shared state, or ``None`` when unavailable (the outcomes are
             then not counted fleet-wide: the breaker decides with its local
             window).
+        """
+
+
+@dataclass(frozen=True)
+class RetryTotals:
+    """The calls and retries a fleet-wide retry budget counts over its window.
+
+    Attributes:
+        calls: First attempts of calls to the service, every process's.
+        retries: Retries sent to it, every process's.
+
+    Example::
+
+        totals = RetryTotals(calls=500, retries=60)
+        spent = totals.retries >= totals.calls * 0.2  # False: 40 more fit
+    """
+
+    calls: int = 0
+    retries: int = 0
+
+
+@runtime_checkable
+class RetryBudgetStorage(Protocol):
+    """A shared storage that also counts retry budgets fleet-wide.
+
+    A :class:`~gennet_sync.retry_budget.RetryBudget` given such a storage
+    calls :meth:`sync_retry_budget` at most once per ``sync_interval``, and
+    only when it decides on a retry (never on a call's success path).
+
+    Example::
+
+        totals = storage.sync_retry_budget("payments", calls=12, retries=2, window_seconds=10)
+        if totals is not None:
+            print(f"{totals.retries} retries for {totals.calls} calls fleet-wide")
+    """
+
+    #: False: per process; the budget never calls :meth:`sync_retry_budget`.
+    shared: ClassVar[bool]
+    #: Longest time (seconds) a budget decides on the fleet's totals before a sync.
+    sync_interval: float
+
+    def sync_retry_budget(
+        self, name: str, *, calls: int, retries: int, window_seconds: int
+    ) -> RetryTotals | None:
+        """Add this process's calls and retries since its last sync; the fleet's totals.
+
+        Returns:
+            The fleet's calls and retries over the last ``window_seconds``
+            seconds (these included), or ``None`` when unavailable (they are
+            then not counted fleet-wide: the budget decides on its local counts).
         """
 
 

@@ -25,6 +25,7 @@ from gennet_sync.exceptions import DeadlineExceededError
 from gennet_sync.fallback import FALLBACK_WARNING, LastGoodResponse
 from gennet_sync.http_client import make_retry
 from gennet_sync.retry_budget import RetryBudgetConfig
+from tests.support.retry_budget_workers import FailingService
 from tests.support.servers import serve_app
 
 # --------------------------------------------------------------------------- deadlines
@@ -194,29 +195,13 @@ def test_a_bulkhead_of_4_keeps_32_callers_of_a_slow_service_from_taking_every_th
 # --------------------------------------------------------------------------- retry budgets
 
 
-class _FailingDownstream:
-    """Answers every request with a 503, counting them."""
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.lock = threading.Lock()
-        self.app = Flask("failing")
-        GenNet(self.app)
-        self.app.add_url_rule("/x", view_func=self.fail)
-
-    def fail(self) -> tuple[Response, int]:
-        with self.lock:
-            self.received += 1
-        return jsonify(error="down"), 503
-
-
 CALLS = 100
 RETRIES = 3
 
 
 @pytest.fixture
-def failing() -> Iterator[tuple[_FailingDownstream, str]]:
-    downstream = _FailingDownstream()
+def failing() -> Iterator[tuple[FailingService, str]]:
+    downstream = FailingService()
     with serve_app(downstream.app) as url:
         yield downstream, url
 
@@ -227,7 +212,7 @@ def _calls_through(session: requests.Session, url: str) -> None:
 
 
 def test_plain_urllib3_retries_multiply_the_load_on_a_failing_service(
-    failing: tuple[_FailingDownstream, str],
+    failing: tuple[FailingService, str],
 ) -> None:
     downstream, url = failing
     plain = requests.Session()
@@ -248,7 +233,7 @@ def test_plain_urllib3_retries_multiply_the_load_on_a_failing_service(
     ids=["20%", "default", "no-budget"],
 )
 def test_a_retry_budget_bounds_the_load_on_a_failing_service(
-    failing: tuple[_FailingDownstream, str], config: RetryBudgetConfig | None, most: int
+    failing: tuple[FailingService, str], config: RetryBudgetConfig | None, most: int
 ) -> None:
     downstream, url = failing
     session = ServiceSession(
