@@ -156,7 +156,11 @@ class LastGoodResponse:
         if streamed or request is None or asked is None or not 200 <= response.status_code < 300:
             return
         key = self._key(asked)
-        if key is None or self._private(request) or not self._shared(response):
+        # _key checked the request the call asked with; a redirect hop's own request
+        # may carry credentials of its own.
+        if key is None or (request is not asked and self._private(request)):
+            return
+        if not self._shared(response):
             return
         vary_names = _directives(response.headers.get("Vary", ""))
         vary_names.discard("")
