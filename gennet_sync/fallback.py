@@ -124,9 +124,21 @@ class LastGoodResponse:
         self._lock = threading.Lock()
         self.served = 0
 
+    @property
+    def private_headers(self) -> tuple[str, ...]:
+        """The request headers that make a request private (credentials first)."""
+        return self._private_headers
+
+    @private_headers.setter
+    def private_headers(self, names: tuple[str, ...]) -> None:
+        self._private_headers = tuple(names)
+        self._private_names = frozenset(name.lower() for name in self._private_headers)
+
     def _private(self, request: requests.PreparedRequest) -> bool:
         """Whether ``request`` carries credentials of any kind we can see."""
-        if any(name in request.headers for name in self.private_headers):
+        # One pass over the request's few headers, not a lookup per private name:
+        # a missing name costs requests' CaseInsensitiveDict a KeyError raised.
+        if not self._private_names.isdisjoint(name for name, _ in request.headers.lower_items()):
             return True
         # An auth= that answers challenges (digest) leaves only its response hook.
         hooks = request.hooks.get("response", []) if request.hooks else []
@@ -138,11 +150,14 @@ class LastGoodResponse:
         return request.url or "", request.headers.get("Accept", "")
 
     @staticmethod
-    def _shared(response: requests.Response) -> bool:
-        """Whether ``response`` may be given to another caller at all."""
-        if any("Set-Cookie" in answer.headers for answer in (*response.history, response)):
+    def _shared(response: requests.Response, headers: dict[str, str]) -> bool:
+        """Whether ``response`` (whose lowercased ``headers`` are given) may be given
+        to another caller at all."""
+        if "set-cookie" in headers or any(
+            "Set-Cookie" in answer.headers for answer in response.history
+        ):
             return False
-        cache_control = response.headers.get("Cache-Control")
+        cache_control = headers.get("cache-control")
         return cache_control is None or not _directives(cache_control) & _NOT_SHARED
 
     def remember(self, response: requests.Response, *, streamed: bool = False) -> None:
@@ -160,14 +175,18 @@ class LastGoodResponse:
         # may carry credentials of its own.
         if key is None or (request is not asked and self._private(request)):
             return
-        if not self._shared(response):
+        headers = dict(response.headers.lower_items())
+        if not self._shared(response, headers):
             return
-        vary_names = _directives(response.headers.get("Vary", ""))
-        vary_names.discard("")
-        if "*" in vary_names:
-            return
-        vary = tuple(sorted((name, asked.headers.get(name, "")) for name in vary_names))
-        length = response.headers.get("Content-Length", "")
+        vary_value = headers.get("vary")
+        vary: tuple[tuple[str, str], ...] = ()
+        if vary_value:
+            vary_names = _directives(vary_value)
+            vary_names.discard("")
+            if "*" in vary_names:
+                return
+            vary = tuple(sorted((name, asked.headers.get(name, "")) for name in vary_names))
+        length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             return
         content = response.content

@@ -1276,10 +1276,11 @@ class _Deadline:
         self.callers_header: str | None = None
         self.callers_budget: float | None = None
 
-    def budget(self) -> str:
-        """The ``Request-Timeout`` an attempt sends now: what is left less the margin,
-        or the caller's own value when that is smaller."""
-        ours = self.remaining() - FORWARD_MARGIN
+    def budget(self, remaining: float | None = None) -> str:
+        """The ``Request-Timeout`` an attempt sends now (``remaining`` seconds left,
+        read from the clock when not given): what is left less the margin, or the
+        caller's own value when that is smaller."""
+        ours = (self.remaining() if remaining is None else remaining) - FORWARD_MARGIN
         if self.callers_budget is not None and self.callers_budget <= ours:
             assert self.callers_header is not None
             return self.callers_header
@@ -1439,12 +1440,15 @@ class _WatchedHTTPConnection(HTTPConnection):
             # Per attempt: a retry tells the service what is left by then.  With
             # nothing left to give, the attempt is not sent: its answer could not
             # come back in time.
-            if forwarded_budget(deadline.remaining()) == "0":
+            remaining = deadline.remaining()
+            if forwarded_budget(remaining) == "0":
                 raise _TotalTimeoutExceeded(deadline)
-            # On a copy: the caller's PreparedRequest must not keep this attempt's
-            # value (sent again later, it would tell the service a stale budget).
-            headers = headers.copy()
-            headers[DEADLINE_HEADER] = deadline.budget()
+            if DEADLINE_HEADER not in headers:
+                # Not the call's own request, which the call restores when it ends
+                # (a proxy's copy, a caller's transport): a copy, so that nothing
+                # keeps this attempt's value, stale when sent again.
+                headers = headers.copy()
+            headers[DEADLINE_HEADER] = deadline.budget(remaining)
         call = _call_in_progress.get()
         if call is not None:
             call.retry_charged = False  # sent: the retry taken from the budget is spent

@@ -130,6 +130,19 @@ def test_the_private_headers_are_the_users_to_name() -> None:
 
 
 @responses.activate
+def test_private_headers_set_later_apply_in_any_letter_case() -> None:
+    cache = LastGoodResponse()
+    cache.private_headers = (*cache.private_headers, "x-tenant-secret")
+    session = _session(cache)
+    responses.get(f"{BASE}/x", json={})
+    session.get("/x", headers={"X-TENANT-SECRET": "t1"})
+    session.get("/x", headers={"x-api-key": "k"})
+    assert len(cache) == 0
+    session.get("/x")
+    assert len(cache) == 1
+
+
+@responses.activate
 def test_a_call_with_a_client_certificate_is_not_kept() -> None:
     cache = LastGoodResponse()
     session = _session(cache)
