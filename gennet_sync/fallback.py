@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Final
 
 import requests
@@ -50,15 +50,32 @@ def _directives(value: str) -> set[str]:
     return {part.split("=", 1)[0].strip().lower() for part in value.split(",")}
 
 
+def _by_lowered_name(headers: Mapping[str, str]) -> Mapping[str, tuple[str, str]]:
+    """``headers`` keyed by lowercased name, each with its name as given and its value.
+
+    requests' ``CaseInsensitiveDict`` keeps exactly this as ``_store``; read as it
+    is, it costs nothing.  Walking it through the public ``lower_items()`` (two
+    generators per header) was most of what keeping an answer cost a call.
+    """
+    store = getattr(headers, "_store", None)
+    if isinstance(store, dict):
+        return store
+    return {name.lower(): (name, value) for name, value in headers.items()}
+
+
 class _Entry:
     __slots__ = ("content", "encoding", "headers", "reason", "status_code", "stored_at", "vary")
 
     def __init__(
-        self, response: requests.Response, stored_at: float, vary: tuple[tuple[str, str], ...]
+        self,
+        response: requests.Response,
+        headers: Mapping[str, tuple[str, str]],
+        stored_at: float,
+        vary: tuple[tuple[str, str], ...],
     ) -> None:
         self.status_code = response.status_code
         self.reason = response.reason
-        self.headers = dict(response.headers)
+        self.headers = dict(headers.values())
         self.content = response.content
         self.encoding = response.encoding
         self.stored_at = stored_at
@@ -138,10 +155,12 @@ class LastGoodResponse:
         """Whether ``request`` carries credentials of any kind we can see."""
         # One pass over the request's few headers, not a lookup per private name:
         # a missing name costs requests' CaseInsensitiveDict a KeyError raised.
-        if not self._private_names.isdisjoint(name for name, _ in request.headers.lower_items()):
+        if not self._private_names.isdisjoint(_by_lowered_name(request.headers)):
             return True
         # An auth= that answers challenges (digest) leaves only its response hook.
-        hooks = request.hooks.get("response", []) if request.hooks else []
+        hooks = request.hooks.get("response") if request.hooks else None
+        if not hooks:
+            return False
         return any(isinstance(getattr(hook, "__self__", None), AuthBase) for hook in hooks)
 
     def _key(self, request: requests.PreparedRequest) -> tuple[str, str] | None:
@@ -150,15 +169,15 @@ class LastGoodResponse:
         return request.url or "", request.headers.get("Accept", "")
 
     @staticmethod
-    def _shared(response: requests.Response, headers: dict[str, str]) -> bool:
-        """Whether ``response`` (whose lowercased ``headers`` are given) may be given
-        to another caller at all."""
+    def _shared(response: requests.Response, headers: Mapping[str, tuple[str, str]]) -> bool:
+        """Whether ``response`` (its ``headers`` by lowercased name) may be given to
+        another caller at all."""
         if "set-cookie" in headers or any(
             "Set-Cookie" in answer.headers for answer in response.history
         ):
             return False
         cache_control = headers.get("cache-control")
-        return cache_control is None or not _directives(cache_control) & _NOT_SHARED
+        return cache_control is None or not _directives(cache_control[1]) & _NOT_SHARED
 
     def remember(self, response: requests.Response, *, streamed: bool = False) -> None:
         """Keep ``response`` as the last good answer to its request, when it may be kept.
@@ -175,24 +194,24 @@ class LastGoodResponse:
         # may carry credentials of its own.
         if key is None or (request is not asked and self._private(request)):
             return
-        headers = dict(response.headers.lower_items())
+        headers = _by_lowered_name(response.headers)
         if not self._shared(response, headers):
             return
-        vary_value = headers.get("vary")
+        vary_header = headers.get("vary")
         vary: tuple[tuple[str, str], ...] = ()
-        if vary_value:
-            vary_names = _directives(vary_value)
+        if vary_header is not None and vary_header[1]:
+            vary_names = _directives(vary_header[1])
             vary_names.discard("")
             if "*" in vary_names:
                 return
             vary = tuple(sorted((name, asked.headers.get(name, "")) for name in vary_names))
-        length = headers.get("content-length", "")
+        length = headers.get("content-length", ("", ""))[1]
         if length.isdigit() and int(length) > self.max_body:
             return
         content = response.content
         if content is None or len(content) > self.max_body:
             return
-        entry = _Entry(response, self._clock(), vary)
+        entry = _Entry(response, headers, self._clock(), vary)
         with self._lock:
             self._entries[key] = entry
             self._entries.move_to_end(key)

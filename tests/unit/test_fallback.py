@@ -251,3 +251,37 @@ def test_a_session_with_the_cache_pickles_with_an_empty_one() -> None:
 def test_bad_cache_settings_fail_at_construction(settings: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         LastGoodResponse(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_an_answer_is_judged_by_its_headers_in_any_letter_case_and_container(plain: bool) -> None:
+    """A response hook may replace requests' headers with a plain dict."""
+
+    def answer(headers: dict[str, str]) -> requests.Response:
+        response = requests.Response()
+        response.status_code = 200
+        response._content = b"{}"
+        response.url = f"{BASE}/x"
+        response.request = requests.Request("GET", response.url).prepare()
+        if plain:
+            response.headers = headers  # type: ignore[assignment]
+        else:
+            response.headers.update(headers)
+        return response
+
+    cache = LastGoodResponse()
+    cache.remember(answer({"set-COOKIE": "id=1"}))
+    cache.remember(answer({"CACHE-control": "max-age=5, Private"}))
+    cache.remember(answer({"vary": "*"}))
+    cache.remember(answer({"content-length": str(cache.max_body + 1)}))
+    assert len(cache) == 0
+    cache.remember(answer({"Content-Type": "application/json", "ETag": '"7"'}))
+    assert len(cache) == 1
+    stale = cache(answer({}).request, requests.ConnectionError("down"), None)
+    assert stale is not None
+    assert dict(stale.headers) == {
+        "Content-Type": "application/json",
+        "ETag": '"7"',
+        "Warning": FALLBACK_WARNING,
+        "Age": "0",
+    }
