@@ -41,7 +41,14 @@ from opentelemetry.test.globals_test import reset_trace_globals
 from werkzeug.test import EnvironBuilder
 
 from benchmarks.bench_session import CannedAdapter
-from gennet_sync import NotFoundError, ServiceSession, error_handler, http_client, tracing
+from gennet_sync import (
+    NotFoundError,
+    ServiceSession,
+    error_handler,
+    http_client,
+    retries,
+    tracing,
+)
 from gennet_sync import setup_error_handlers as setup
 
 Run = Callable[[int], None]
@@ -78,6 +85,7 @@ _providers: list[TracerProvider] = []
 def _set_variant(name: str) -> None:
     stub: Any = _NoHooks if name == "hooks removed" else tracing
     http_client._tracing = stub  # type: ignore[attr-defined]
+    retries._tracing = stub  # type: ignore[attr-defined]
     error_handler._tracing = stub  # type: ignore[attr-defined]
     while _providers:  # its batch thread must not run into the next variant's rounds
         _providers.pop().shutdown()

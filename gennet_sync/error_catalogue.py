@@ -34,6 +34,7 @@ from werkzeug.exceptions import (
 )
 
 from gennet_sync.circuit_breaker import CircuitBreakerError
+from gennet_sync.downstream import BadGatewayError, GatewayTimeoutError, _exception_classes
 from gennet_sync.error_handler import http_status_code
 from gennet_sync.exceptions import (
     MAX_FIELD_ERRORS,
@@ -49,7 +50,6 @@ from gennet_sync.exceptions import (
     ValidationError,
     make_envelope,
 )
-from gennet_sync.http_client import BadGatewayError, GatewayTimeoutError, _exception_classes
 
 __all__ = [
     "ErrorCatalogue",

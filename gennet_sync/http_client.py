@@ -28,62 +28,47 @@ The breaker, the default timeout and the error mapping live in :meth:`send`, whi
 call, with its urllib3 retries and redirect hops, is one breaker outcome.  A
 redirect to another host ends the service's part of the call (its answer, the
 redirect, is a success); that host's answers are never counted against it.
+
+This module holds the session, its per-host breakers and the call observer hook.
+The parts below it have modules of their own, each public name of which is also
+exported here: :mod:`gennet_sync.retries` (``ServiceRetry``),
+:mod:`gennet_sync.failures` (what a failed call means for its caller and breaker),
+:mod:`gennet_sync.downstream` (the errors a downstream answered) and
+:mod:`gennet_sync.transport` (the call's total time limit and its watched sockets).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import email.utils
 import enum
-import functools
 import gzip
-import heapq
-import itertools
-import json
 import logging
 import math
 import os
 import re
-import socket
-import ssl
 import threading
-import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, version
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, cast
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.sessions import merge_setting as _untyped_merge_setting
 from requests.utils import get_environ_proxies
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    LocationParseError,
-    MaxRetryError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    ResponseError,
-)
-from urllib3.poolmanager import ProxyManager
+from urllib3.exceptions import LocationParseError
 from urllib3.util import make_headers, parse_url
 from urllib3.util.retry import Retry
-from werkzeug.http import HTTP_STATUS_CODES
 
+from gennet_sync import downstream as _downstream
+from gennet_sync import retries as _retries
 from gennet_sync import tracing as _tracing
 from gennet_sync.bulkhead import Bulkhead, get_bulkhead
 from gennet_sync.circuit_breaker import (
     CircuitBreaker,
     CircuitBreakerError,
-    CircuitState,
     get_circuit_breaker,
 )
 from gennet_sync.circuit_breaker import registry as _registry
@@ -91,25 +76,35 @@ from gennet_sync.context import REQUEST_ID_HEADER, current_request_id
 from gennet_sync.deadline import (
     DEADLINE_HEADER,
     FORWARD_MARGIN,
-    format_budget,
-    forwarded_budget,
     parse_budget,
     time_left,
 )
+from gennet_sync.downstream import (
+    MAX_ERROR_BODY,
+    BadGatewayError,
+    DownstreamError,
+    GatewayTimeoutError,
+    _flavour,
+    _release,
+    downstream_error_class,
+    error_from_response,
+    host_port,
+    http_status_code,
+    raise_for_error,
+    requests_flavoured,
+)
 from gennet_sync.exceptions import (
     BulkheadFullError,
-    ConflictError,
     DeadlineExceededError,
-    ForbiddenError,
     GenNetException,
-    InternalServerError,
-    NotFoundError,
-    RateLimitError,
-    ServiceUnavailableError,
-    UnauthorizedError,
-    ValidationError,
-    make_envelope,
-    retry_after_seconds,
+)
+from gennet_sync.failures import _DEADLINE, _TOTAL_TIMEOUT, _classify, _transport_error
+from gennet_sync.retries import (
+    DEFAULT_RETRY_AFTER_MAX,
+    ServiceRetry,
+    _as_service_retry,
+    _replayable,
+    make_retry,
 )
 from gennet_sync.retry_budget import (
     DEFAULT_RETRY_BUDGET,
@@ -117,13 +112,26 @@ from gennet_sync.retry_budget import (
     RetryBudgetConfig,
     get_retry_budget,
 )
+from gennet_sync.transport import (
+    _NO_PERMIT,
+    _WATCHDOG,
+    _Call,
+    _call_in_progress,
+    _Deadline,
+    _NoPermit,
+    _ServiceAdapter,
+    _TotalTimeoutExceeded,
+)
 
 if TYPE_CHECKING:
-    from urllib3._base_connection import BaseHTTPConnection
-    from urllib3.connectionpool import ConnectionPool
-    from urllib3.response import BaseHTTPResponse
-
     from gennet_sync.circuit_breaker import CallPermit
+
+# Still found here: gennet_sync.metrics lists the exception classes through this
+# module, and pickles made before the errors moved to gennet_sync.downstream name
+# these two functions in it.
+_exception_classes = _downstream._exception_classes
+_restore_flavoured = _downstream._restore_flavoured
+_unpickle_downstream_error = _downstream._unpickle_downstream_error
 
 __all__ = [
     "ACCEPT_ENCODING",
@@ -182,19 +190,11 @@ DEFAULT_POOL_MAXSIZE: Final = 64
 #: Hosts whose pools are kept (requests' default).
 DEFAULT_POOL_CONNECTIONS: Final = 10
 
-#: Longest ``Retry-After`` (seconds) a retry waits for; a sync worker must not sleep for minutes.
-DEFAULT_RETRY_AFTER_MAX: Final = 5
-
 #: Retries of one call by default (connection errors and 502/503/504, idempotent methods).
 DEFAULT_RETRIES: Final = 2
 
 #: Request bodies at least this large are gzipped when ``compress_requests`` is on.
 DEFAULT_COMPRESS_MIN_SIZE: Final = 1024
-
-#: Most bytes of an error body read (decoded) to find an envelope: room for a long
-#: list of validation errors, not for a downstream that answers with gigabytes.
-MAX_ERROR_BODY: Final = 1024 * 1024
-_ERROR_BODY_CHUNK: Final = 64 * 1024
 
 #: requests' merge of a call's setting over the session's (untyped in its stubs).
 _merge_setting = cast(Callable[[Any, Any], Any], _untyped_merge_setting)
@@ -202,30 +202,8 @@ _merge_setting = cast(Callable[[Any, Any], Any], _untyped_merge_setting)
 #: Hosts whose proxy environment a session keeps (see ``merge_environment_settings``).
 _ENVIRON_PROXIES_KEPT: Final = 256
 
-#: Statuses whose error class is known when a downstream type is not; others get a
-#: :class:`DownstreamError` subclass carrying the status.
-_STATUS_CLASSES: Final[Mapping[int, type[GenNetException]]] = {
-    401: UnauthorizedError,
-    403: ForbiddenError,
-    404: NotFoundError,
-    409: ConflictError,
-    422: ValidationError,
-    429: RateLimitError,
-    500: InternalServerError,
-    502: ServiceUnavailableError,
-    503: ServiceUnavailableError,
-    504: ServiceUnavailableError,
-}
-
-#: ASCII digits only: ``str.isdigit`` also takes "²", which ``float`` refuses.  Ten
-#: digits are centuries; more are garbage, not a wait.
-_DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
-
-#: A ``Retry-After`` further away than this is no wait a server means: ignored.
-_RETRY_AFTER_NONSENSE: Final = 366 * 24 * 3600.0
 _ABSOLUTE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _NOT_TOKEN = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]+")
-_NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")
 
 try:
     _VERSION = version("gennet_sync")
@@ -237,49 +215,6 @@ except PackageNotFoundError:  # a source tree that was never installed
 #: that nothing here can read.
 ACCEPT_ENCODING: Final = make_headers(accept_encoding=True)["accept-encoding"].replace(",", ", ")
 
-
-class _Call:
-    """A logical call in progress: whose it is, where it went first, its permit, its
-    deadline, whether its body can be sent again and whether it has been redirected."""
-
-    __slots__ = (
-        "deadline",
-        "failed_attempt",
-        "permit",
-        "redirected",
-        "replayable",
-        "retry_charged",
-        "session",
-        "url",
-    )
-
-    def __init__(
-        self,
-        session: ServiceSession,
-        url: str,
-        permit: CallPermit | _NoPermit,
-        deadline: _Deadline | None,
-        *,
-        replayable: bool,
-    ) -> None:
-        self.session = session
-        self.url = url
-        self.permit = permit
-        self.deadline = deadline
-        self.replayable = replayable
-        self.redirected = False
-        #: An attempt the service failed (an error status, a refused or reset
-        #: connection) came before: what cuts the call short later still counts.
-        self.failed_attempt = False
-        #: A retry was taken from the retry budget and has not been sent yet.
-        self.retry_charged = False
-
-
-#: The call in progress in this context: its deadline and whether its body can be
-#: sent again, for the connections and retries below it.
-_call_in_progress: ContextVar[_Call | None] = ContextVar(
-    "gennet_sync_call_in_progress", default=None
-)
 
 #: The call whose redirects requests is following (set only while
 #: ``resolve_redirects`` prepares and sends one hop): that send is the hop, which
@@ -316,6 +251,15 @@ class CallObserver(Protocol):
 
 #: The observer of every call, or ``None``; set by ``gennet_sync.metrics``.
 call_observer: CallObserver | None = None
+
+
+def _tell_observer_of_retry(call: _Call | None) -> None:
+    """Pass a retry :mod:`gennet_sync.retries` is about to make on to :data:`call_observer`."""
+    if call_observer is not None:
+        call_observer.retried(call)
+
+
+_retries._retry_listener = _tell_observer_of_retry
 
 #: The session whose call the observer is watching in this context: the redirect
 #: hops of that call come back through send() and are part of it.
@@ -356,877 +300,6 @@ _call_total_timeout: ContextVar[float | _Default | None] = ContextVar(
 )
 
 
-# --------------------------------------------------------------------------- retries
-
-
-def _retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` value asks for (delta-seconds or an HTTP date); ``None`` if bad."""
-    if value is None:
-        return None
-    value = value.strip()
-    if _DELTA_SECONDS.fullmatch(value):
-        seconds = float(value)
-    else:
-        try:
-            moment = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if moment.tzinfo is None:  # an HTTP date is GMT by definition
-            return None
-        # An HTTP date is wall-clock time, so it is compared with the wall clock.
-        seconds = max(0.0, moment.timestamp() - (time.time() if now is None else now))
-    return seconds if seconds <= _RETRY_AFTER_NONSENSE else None
-
-
-class ServiceRetry(Retry):
-    """urllib3's ``Retry`` made safe for a synchronous worker.
-
-    Three differences from ``Retry``:
-
-    - a ``Retry-After`` longer than ``retry_after_max`` is not waited for at all:
-      the retries end and the response comes back at once, ``Retry-After`` intact,
-      for the caller to pass on (a shorter one is slept, as usual);
-    - only the statuses in ``status_forcelist`` are retried: a 413 or 429 (or a
-      503 left out of the list) carrying ``Retry-After`` is not, unlike with
-      ``Retry``, whose ``RETRY_AFTER_STATUS_CODES`` would retry it at each call of
-      every worker behind an overloaded service;
-    - a read timeout is never retried: the server got the request and is slow,
-      and trying again would multiply the time the worker waits.  A connection
-      dropped mid-exchange is still retried (``read`` counts those), for
-      idempotent methods only.
-
-    A ``Retry-After`` that is neither a sane number of seconds (at most ten
-    digits, under a year) nor an HTTP date is ignored, as if absent: the usual
-    backoff applies.  A retried response's body is drained to reuse its connection
-    only when it is small; a larger one (or one of unknown size) is dropped with
-    its connection.  Within a :class:`ServiceSession` call, a wait that would end
-    past the call's total time limit is not started: the call times out instead.
-
-    Example::
-
-        retry = ServiceRetry(total=3, connect=3, read=1, status=3,
-                             status_forcelist={502, 503, 504}, backoff_factor=0.1,
-                             backoff_jitter=0.1, retry_after_max=5, raise_on_status=False)
-        session = ServiceSession(base_url="http://grn:8000", retries=retry)
-    """
-
-    #: No status is retried for carrying ``Retry-After``; ``status_forcelist`` decides.
-    RETRY_AFTER_STATUS_CODES: frozenset[int] = frozenset()
-
-    def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
-        seconds = _retry_after_seconds(response.headers.get("Retry-After"))
-        return None if seconds is None else min(seconds, self.retry_after_max)
-
-    def sleep(self, response: BaseHTTPResponse | None = None) -> None:
-        # As urllib3 waits (Retry-After when there is one, else the backoff), but
-        # the wait checked against the call's deadline is the one slept: a jittered
-        # backoff drawn twice could pass the check and then sleep past the limit.
-        wait = None
-        if response is not None and self.respect_retry_after_header:
-            wait = self.get_retry_after(response)
-        if not wait:
-            wait = self.get_backoff_time()
-        call = _call_in_progress.get()
-        deadline = None if call is None else call.deadline
-        if deadline is not None and wait >= deadline.remaining():
-            raise _TotalTimeoutExceeded(deadline)
-        if wait > 0:
-            time.sleep(wait)
-
-    def increment(
-        self,
-        method: str | None = None,
-        url: str | None = None,
-        response: BaseHTTPResponse | None = None,
-        error: Exception | None = None,
-        _pool: ConnectionPool | None = None,
-        _stacktrace: TracebackType | None = None,
-    ) -> ServiceRetry:
-        if isinstance(error, ReadTimeoutError):
-            raise error.with_traceback(_stacktrace)
-        if response is not None and self.respect_retry_after_header:
-            wait = _retry_after_seconds(response.headers.get("Retry-After"))
-            if wait is not None and wait > self.retry_after_max:
-                reason = ResponseError(
-                    f"Retry-After of {wait:.0f} s is longer than retry_after_max "
-                    f"({self.retry_after_max} s)"
-                )
-                raise MaxRetryError(_pool, url or "", reason)  # type: ignore[arg-type]
-        retry = super().increment(method, url, response, error, _pool, _stacktrace)
-        call = _call_in_progress.get()
-        if call is not None and _service_failed(call, response, error):
-            call.failed_attempt = True
-        deadline = None if call is None else call.deadline
-        if deadline is not None and deadline.inherited and deadline.too_late_to_retry():
-            late = error if error is not None else ResponseError("too little time left to retry")
-            raise MaxRetryError(_pool, url or "", late)  # type: ignore[arg-type]
-        budget = None if call is None else call.session._retry_budget
-        if budget is not None:
-            if not budget.try_retry():
-                # The service's retry budget is spent: this failure is the call's answer.
-                spent = error if error is not None else ResponseError("retry budget spent")
-                raise MaxRetryError(_pool, url or "", spent)  # type: ignore[arg-type]
-            # Given back if the retry is never sent (its wait or the deadline ends the call).
-            assert call is not None
-            call.retry_charged = True
-        _tracing.count_resend()
-        if call_observer is not None:
-            call_observer.retried(call)
-        if response is not None:
-            _drop_if_large(response)
-        return retry
-
-
-def _as_service_retry(retries: int | Retry) -> Retry:
-    """The retry policy a session mounts for its ``retries`` argument.
-
-    A plain urllib3 ``Retry`` becomes a :class:`ServiceRetry` with every setting it
-    has (``total``, ``status_forcelist``, ``allowed_methods``, the backoff...):
-    otherwise its waits would ignore the call's total time limit, and a
-    ``Retry-After`` of hours (urllib3's own cap is six) would block the worker.
-    Its ``retry_after_max`` becomes ours unless it set one of its own.  A subclass
-    of ``Retry`` is the caller's own policy and is mounted as it is.
-    """
-    if not isinstance(retries, Retry):
-        return make_retry(retries)
-    if type(retries) is not Retry:
-        return retries
-    converted = copy.copy(retries)  # the caller's object stays as it was
-    converted.__class__ = ServiceRetry
-    if converted.retry_after_max == Retry.DEFAULT_RETRY_AFTER_MAX:
-        converted.retry_after_max = DEFAULT_RETRY_AFTER_MAX
-    return converted
-
-
-def _small_body(headers: Mapping[str, str]) -> bool:
-    """Whether a response's ``Content-Length`` says its body is at most :data:`MAX_ERROR_BODY`.
-
-    Such a body is cheap to read to the end, which keeps its connection for the
-    next call; a larger one, or one of unknown length, is dropped with it.
-    """
-    length = headers.get("Content-Length", "")
-    return length.isascii() and length.isdigit() and int(length) <= MAX_ERROR_BODY
-
-
-def _drop_if_large(response: BaseHTTPResponse) -> None:
-    """Close a response about to be retried unless its body is small.
-
-    urllib3 reads a retried response's whole body to reuse its connection: a 503
-    with a gigabyte body would be read into memory.  Closing drops the connection
-    instead, and leaves urllib3 nothing to read.
-    """
-    if not _small_body(response.headers):
-        response.close()
-
-
-def make_retry(
-    retries: int,
-    *,
-    status_forcelist: Collection[int] = (502, 503, 504),
-    allowed_methods: Collection[str] = Retry.DEFAULT_ALLOWED_METHODS,
-    backoff_factor: float = 0.1,
-    backoff_max: float = 2.0,
-    backoff_jitter: float = 0.1,
-    retry_after_max: int = DEFAULT_RETRY_AFTER_MAX,
-) -> ServiceRetry:
-    """The :class:`ServiceRetry` a session builds from ``retries=<int>``.
-
-    Up to ``retries`` retries of connection errors and ``status_forcelist``
-    answers, one retry of a connection dropped mid-exchange, none of a read
-    timeout; only ``allowed_methods`` (the idempotent ones) are retried.  The first
-    retry is immediate, then ``backoff_factor * 2**n`` seconds plus up to
-    ``backoff_jitter``, at most ``backoff_max``.  The final response comes back
-    whatever its status (``raise_on_status=False``).
-
-    Example::
-
-        session = ServiceSession(base_url="http://grn:8000", retries=make_retry(4))
-
-    Args:
-        retries: Retries of one call; 0 for none.
-        status_forcelist: Statuses retried (for ``allowed_methods``).
-        allowed_methods: Methods retried; the idempotent ones by default.
-        backoff_factor: Seconds of the first backoff step (doubled after each retry).
-        backoff_max: Longest backoff, in seconds.
-        backoff_jitter: Most random seconds added to each backoff.
-        retry_after_max: Longest ``Retry-After`` waited for; a longer one ends the
-            retries and returns the response at once.
-
-    Returns:
-        The retry policy, to pass as ``ServiceSession(retries=...)``.
-
-    Raises:
-        ValueError: When ``retries`` is negative.
-    """
-    if retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries}")
-    return ServiceRetry(
-        total=retries,
-        connect=retries,
-        read=min(retries, 1),
-        status=retries,
-        other=0,
-        redirect=False,
-        status_forcelist=frozenset(status_forcelist),
-        allowed_methods=frozenset(m.upper() for m in allowed_methods),
-        backoff_factor=backoff_factor,
-        backoff_max=backoff_max,
-        backoff_jitter=backoff_jitter,
-        retry_after_max=retry_after_max,
-        raise_on_status=False,
-        respect_retry_after_header=True,
-    )
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class DownstreamError(GenNetException):
-    """An error answered by a downstream service that has no class of its own here.
-
-    :func:`raise_for_error` raises one when a downstream envelope names a type
-    this process does not know (werkzeug's ``MethodNotAllowed``...), or for an
-    error status without a class.  It keeps the downstream status, code, type,
-    message and metadata, so it renders to the same envelope.  Each status has
-    its own subclass (``status_code`` is a class attribute); for a status that has
-    a class (404, 503...) that subclass also derives from it, so
-    ``except NotFoundError`` still catches a downstream ``NotFound``.
-
-    Example::
-
-        try:
-            session.delete("/networks/abc")
-        except DownstreamError as error:
-            log.warning("%s said %s", error.metadata["service"], error.error_type)
-
-    Args:
-        message: The downstream message.
-        error_type: The downstream envelope's ``type``; the class name by default.
-        code: The downstream envelope's ``code``.
-        metadata: The downstream envelope's ``metadata``.
-    """
-
-    def __init__(
-        self,
-        message: str | None = None,
-        *,
-        error_type: str | None = None,
-        code: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> None:
-        # Not super().__init__: for a status with a class, the next class in the MRO
-        # is that class (NotFoundError), whose constructor takes other arguments.
-        GenNetException.__init__(self, message, code=code, metadata=metadata)
-        _fill_from_metadata(self, self.metadata)
-        self.error_type: str = error_type or type(self).__name__
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return make_envelope(self.code, self.error_type, self.message, self.metadata)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        status = type(self).status_code
-        if downstream_error_class(status) is not type(self):
-            return super().__reduce__()
-        # The per-status classes are made at run time, so pickle cannot find them
-        # by name: the unpickling process makes its own for the status.
-        return (_unpickle_downstream_error, (status, self.message), self.__dict__)
-
-
-def _unpickle_downstream_error(status: int, message: str) -> DownstreamError:
-    cls = downstream_error_class(status)
-    error = cls.__new__(cls)
-    Exception.__init__(error, message)
-    return error
-
-
-def _status_phrase(status: int) -> str:
-    # werkzeug's phrases, not http.HTTPStatus's: those change between Python
-    # versions (413 is "Content Too Large" from 3.13), and both sides of a call
-    # must name a status alike.
-    return HTTP_STATUS_CODES.get(status) or f"HTTP {status}"
-
-
-def http_status_code(status: int) -> str:
-    """The UPPER_SNAKE code for an HTTP status: 405 → ``METHOD_NOT_ALLOWED``.
-
-    The Flask side names werkzeug's errors with it and :func:`raise_for_error`
-    names downstream errors that carry no envelope, so both agree.
-    """
-    return _NON_ALNUM.sub("_", _status_phrase(status)).strip("_").upper()
-
-
-def _status_type_name(status: int) -> str:
-    """``MethodNotAllowed`` for 405, the way werkzeug names its exceptions."""
-    return "".join(word.capitalize() for word in _NON_ALNUM.split(_status_phrase(status)))
-
-
-@functools.cache
-def downstream_error_class(status: int) -> type[DownstreamError]:
-    """The :class:`DownstreamError` subclass for HTTP ``status`` (one per status, cached)."""
-    known = _STATUS_CLASSES.get(status)
-    bases: tuple[type, ...] = (DownstreamError,) if known is None else (DownstreamError, known)
-    name = f"Downstream{status}Error" if known is None else f"Downstream{known.__name__}"
-    namespace = {
-        "status_code": status,
-        "code": http_status_code(status),
-        "default_message": _status_phrase(status),
-        "__module__": __name__,
-        "__doc__": f"A downstream error answered with HTTP {status}.",
-    }
-    return cast(type[DownstreamError], type(name, bases, namespace))
-
-
-def _exception_classes() -> Iterator[type[GenNetException]]:
-    """``GenNetException`` and its subclasses, breadth first (the library's own come first)."""
-    queue: list[type[GenNetException]] = [GenNetException]
-    seen: set[type[GenNetException]] = set()
-    while queue:
-        cls = queue.pop(0)
-        if cls in seen:
-            continue
-        seen.add(cls)
-        if not issubclass(cls, DownstreamError):
-            yield cls
-        queue.extend(cls.__subclasses__())
-
-
-def _class_for_type(type_name: str, status: int) -> type[GenNetException] | None:
-    for cls in _exception_classes():
-        if cls.__name__ == type_name and cls.status_code == status:
-            return cls
-    return None
-
-
-def _rebuild(
-    cls: type[GenNetException], message: str, code: str, metadata: dict[str, Any]
-) -> GenNetException:
-    """An instance of ``cls`` holding exactly the downstream message, code and metadata.
-
-    Subclass constructors build their own message from their arguments
-    (``NotFoundError(resource_type, resource_id)``); the downstream message must
-    be kept as it is, so the base initialiser is called and the attributes the
-    subclass constructors set are filled in from the metadata.
-    """
-    error = cls.__new__(cls)
-    GenNetException.__init__(error, message, code=code, metadata=metadata)
-    _fill_from_metadata(error, metadata)
-    return error
-
-
-def _fill_from_metadata(error: GenNetException, metadata: Mapping[str, Any]) -> None:
-    """Set the attributes ``error``'s class constructor would have set, from its metadata."""
-    if isinstance(error, NotFoundError):
-        error.resource_type = str(metadata.get("resource_type", ""))
-        error.resource_id = metadata.get("resource_id")
-    if isinstance(error, ValidationError):
-        error.field = metadata.get("field")
-        error.errors = metadata.get("errors")
-    if isinstance(error, ServiceUnavailableError):
-        service = metadata.get("service")
-        error.service = service if isinstance(service, str) else None
-    if isinstance(error, (ServiceUnavailableError, RateLimitError)):
-        # Whatever the downstream put there (a 400-digit number, a string), as the
-        # constructors would take it; further away than a year is no wait it means.
-        retry_after = retry_after_seconds(metadata.get("retry_after"))
-        if retry_after is not None and retry_after <= _RETRY_AFTER_NONSENSE:
-            error.retry_after = float(retry_after)
-        else:
-            error.retry_after = None
-    if isinstance(error, DownstreamError):
-        error.error_type = type(error).__name__
-    if isinstance(error, CircuitBreakerError):
-        states = {member.value: member for member in CircuitState}
-        state = metadata.get("state")
-        error.state = (
-            states.get(state, CircuitState.OPEN) if isinstance(state, str) else CircuitState.OPEN
-        )
-
-
-def _error_body(response: requests.Response) -> bytes | None:
-    """The body of an error response, or ``None`` when it is over :data:`MAX_ERROR_BODY`.
-
-    A streamed body is read only up to that limit, so a downstream answering a 5xx
-    with gigabytes cannot fill this worker's memory.
-    """
-    # requests reads the whole body into _content at once unless the call streams
-    # (a Response built by hand may also just have it set); a stream the caller
-    # iterated is consumed with no _content left to read.
-    content = response._content
-    if isinstance(content, bytes):
-        return content if len(content) <= MAX_ERROR_BODY else None
-    if getattr(response, "_content_consumed", True) or response.raw is None:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        for chunk in response.iter_content(_ERROR_BODY_CHUNK):
-            size += len(chunk)
-            if size > MAX_ERROR_BODY:
-                return None
-            chunks.append(chunk)
-    except requests.RequestException:
-        return None
-    return b"".join(chunks)
-
-
-def _release(response: requests.Response) -> None:
-    """Free the connection of a response nobody will read further.
-
-    A body read to its end already gave its connection back to the pool.  The
-    rest of a small body (its ``Content-Length`` within :data:`MAX_ERROR_BODY`) is
-    read and dropped so the connection goes back too, instead of a new TCP (and
-    TLS) connection for the next call; the rest of a large body, or of one of
-    unknown length, is not worth reading: the connection is closed with it.
-    """
-    # urllib3's drain reads raw bytes, never decoded (a small gzip bomb costs its
-    # wire size), and swallows a failure to read: that only costs the connection.
-    drain = getattr(response.raw, "drain_conn", None)
-    consumed = getattr(response, "_content_consumed", True)
-    if not consumed and drain is not None and _small_body(response.headers):
-        drain()
-    response.close()
-
-
-def _parse_envelope(response: requests.Response) -> tuple[str, str, str, dict[str, Any]] | None:
-    """``(code, type, message, metadata)`` of a gennet_sync error envelope, else ``None``."""
-    if "json" not in response.headers.get("Content-Type", "").lower():
-        return None
-    body = _error_body(response)
-    if body is None:
-        return None
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: nesting a few thousand deep
-        return None
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
-        return None
-    code, type_name, message = error.get("code"), error.get("type"), error.get("message")
-    metadata = error.get("metadata", {})
-    if metadata is None:
-        metadata = {}
-    if not (
-        isinstance(code, str)
-        and isinstance(type_name, str)
-        and isinstance(message, str)
-        and isinstance(metadata, dict)
-    ):
-        return None
-    return code, type_name, message, dict(metadata)
-
-
-def host_port(url: str) -> str:
-    """``host:port`` of ``url`` (``host`` alone without a port), never its credentials.
-
-    Names a breaker and the ``service`` of an error when no service name is given.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # "http://[nope": a Location header can say anything
-        return ""
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return f"{host}:{port}" if port is not None else host
-
-
-def _service_of(response: requests.Response) -> str:
-    return host_port(response.url or "") or "downstream"
-
-
-def error_from_response(
-    response: requests.Response, *, service: str | None = None
-) -> GenNetException | None:
-    """The ``GenNetException`` a downstream error response stands for; ``None`` below 400.
-
-    :func:`raise_for_error` raises it; the mapping is described there.
-
-    Args:
-        response: A response from a downstream service.
-        service: The service's name for the metadata; the URL's ``host:port`` by default.
-
-    Returns:
-        The exception, not raised; ``None`` for a status below 400.
-    """
-    status = response.status_code
-    if status < 400:
-        return None
-    service = service or _service_of(response)
-    header_retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-    envelope = _parse_envelope(response)
-    error: GenNetException
-    if envelope is not None:
-        code, type_name, message, metadata = envelope
-        # The innermost service that failed stays named (a 503 that B relays from
-        # C keeps service "C"); otherwise the metadata names the service called.
-        metadata.setdefault("service", service)
-        cls = _class_for_type(type_name, status)
-        if cls is None:
-            error = _rebuild(downstream_error_class(status), message, code, metadata)
-            assert isinstance(error, DownstreamError)
-            error.error_type = type_name
-        else:
-            error = _rebuild(cls, message, code, metadata)
-    else:
-        metadata = {"service": service, "status_code": status}
-        if header_retry_after is not None and status in (429, 502, 503, 504):
-            metadata["retry_after"] = header_retry_after
-        message = f"Service '{service}' answered {status} {_status_phrase(status)}"
-        known = _STATUS_CLASSES.get(status)
-        if known is None:
-            code = http_status_code(status)
-            error = _rebuild(downstream_error_class(status), message, code, metadata)
-            assert isinstance(error, DownstreamError)
-            error.error_type = _status_type_name(status)
-        else:
-            error = _rebuild(known, message, known.code, metadata)
-    if header_retry_after is not None and isinstance(
-        error, (ServiceUnavailableError, RateLimitError)
-    ):
-        error.retry_after = header_retry_after
-    return error
-
-
-def raise_for_error(response: requests.Response, *, service: str | None = None) -> None:
-    """Raise the ``GenNetException`` a downstream error response (>= 400) stands for.
-
-    - A gennet_sync envelope becomes the exception class its ``type`` names (when
-      this process has a ``GenNetException`` subclass of that name and status),
-      else a :class:`DownstreamError` for its status; code, type, message and
-      metadata are kept, and ``metadata["service"]`` is added when absent.
-    - Any other 4xx/5xx maps by status (404 → ``NotFoundError``, 502/503/504 →
-      ``ServiceUnavailableError``, ...), with ``service`` and ``status_code`` in
-      its metadata.
-    - The response's ``Retry-After`` becomes the error's ``retry_after``.
-    - At most :data:`MAX_ERROR_BODY` bytes of a streamed body are read; a larger
-      body is not an envelope.
-
-    A Flask app with :func:`~gennet_sync.error_handler.setup_error_handlers` that
-    lets the exception propagate answers its own client with the same envelope.
-
-    Example::
-
-        response = session.get("/networks/abc")
-        raise_for_error(response, service="grn")   # NotFoundError, as grn raised it
-
-    Args:
-        response: A response from a downstream service.
-        service: The service's name for the metadata; the URL's ``host:port`` by default.
-
-    Raises:
-        GenNetException: The matching subclass, when the status is 400 or more.
-    """
-    error = error_from_response(response, service=service)
-    if error is not None:
-        raise error
-
-
-class BadGatewayError(ServiceUnavailableError):
-    """A downstream answered, but not with a response that could be used (502).
-
-    A redirect loop, a redirect to a URL that cannot be followed, a body that
-    cannot be decoded or that ends early: :class:`ServiceSession` raises it with
-    ``raise_errors`` (also as the requests exception it replaces, see
-    :func:`requests_flavoured`).  A ``ServiceUnavailableError``, so code catching
-    that keeps catching it.
-
-    Example::
-
-        raise BadGatewayError("grn sent a corrupt gzip body", service="grn")
-    """
-
-    status_code = 502
-    code = "BAD_GATEWAY"
-    default_message = "Bad gateway"
-
-
-class GatewayTimeoutError(ServiceUnavailableError):
-    """A downstream did not answer in time (504): a timeout or the call's total limit.
-
-    A ``ServiceUnavailableError``, so code catching that keeps catching it.
-
-    Example::
-
-        raise GatewayTimeoutError("grn did not answer in 20 s", service="grn")
-    """
-
-    status_code = 504
-    code = "GATEWAY_TIMEOUT"
-    default_message = "Gateway timeout"
-
-
-def requests_flavoured(
-    ours: type[GenNetException], theirs: type[requests.RequestException]
-) -> type[GenNetException]:
-    """The class of an error that is both ``ours`` and the requests error ``theirs``.
-
-    Everything :class:`ServiceSession` raises in place of a requests exception
-    (a refusal by its breaker, a mapped timeout...) is an instance of such a
-    class, so ``except requests.ConnectionError`` in code written for requests
-    still catches it, and ``except CircuitBreakerError`` too.  It has the name of
-    ``ours`` and renders to the same envelope.  Its ``request`` is the request
-    that failed and ``response`` is ``None``; a pickled copy keeps neither.
-
-    Example::
-
-        cls = requests_flavoured(GatewayTimeoutError, requests.ReadTimeout)
-        assert issubclass(cls, requests.Timeout) and cls.status_code == 504
-
-    Args:
-        ours: A ``GenNetException`` class.
-        theirs: The requests exception class it stands in for.
-
-    Returns:
-        The class (one per pair, cached).
-    """
-    cached = _flavoured_classes.get((ours, theirs))
-    if cached is not None:
-        return cached
-    namespace = {
-        "__module__": __name__,
-        "__qualname__": ours.__qualname__,
-        "__doc__": f"{ours.__name__} raised in place of requests' {theirs.__name__}.",
-        "__reduce__": _reduce_flavoured,
-        "request": None,
-        "response": None,
-    }
-    made = cast(type[GenNetException], type(ours.__name__, (ours, theirs), namespace))
-    # Two threads may both make one: the first stored is the one everybody gets.
-    return _flavoured_classes.setdefault((ours, theirs), made)
-
-
-_flavoured_classes: dict[tuple[type[GenNetException], type[Exception]], type[GenNetException]] = {}
-
-
-def _reduce_flavoured(self: GenNetException) -> tuple[Any, ...]:
-    ours, theirs = type(self).__bases__
-    # A request or response may hold a generator or a socket: they are not pickled.
-    state = {k: v for k, v in self.__dict__.items() if k not in ("request", "response")}
-    return (_restore_flavoured, (ours, theirs, self.message), state)
-
-
-def _restore_flavoured(
-    ours: type[GenNetException], theirs: type[requests.RequestException], message: str
-) -> GenNetException:
-    cls = requests_flavoured(ours, theirs)
-    error = cls.__new__(cls)
-    Exception.__init__(error, message)
-    return error
-
-
-def _flavour(
-    error: GenNetException,
-    theirs: type[requests.RequestException],
-    request: requests.PreparedRequest | None,
-) -> GenNetException:
-    """``error`` as an instance of ``requests_flavoured(type(error), theirs)``."""
-    cls = requests_flavoured(type(error), theirs)
-    flavoured = cls.__new__(cls)
-    Exception.__init__(flavoured, *error.args)
-    flavoured.__dict__.update(error.__dict__)
-    flavoured.request = request  # type: ignore[attr-defined]
-    flavoured.response = None  # type: ignore[attr-defined]
-    return flavoured
-
-
-class _TotalTimeoutExceeded(Exception):
-    """Raised inside a call (not by requests) when its total time limit has passed.
-
-    Not a urllib3 or requests exception, so neither retries it nor wraps it: it
-    comes straight back to :meth:`ServiceSession.send`.
-    """
-
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__(f"the call's total time limit of {deadline.seconds:g} s has passed")
-
-
-class _Failure(NamedTuple):
-    """What a transport failure means: the error raised for it, why, and whether the
-    service's breaker counts it."""
-
-    error_class: type[ServiceUnavailableError]
-    reason: str
-    counts: bool
-
-
-_TOTAL_TIMEOUT = _Failure(GatewayTimeoutError, "total_timeout", counts=True)
-# The deadline in force (of the request being served, or a deadline_scope) cut the
-# call off before the session's own limits would have: the caller chose that
-# budget, and a healthy service cannot answer within any budget a client sends.
-# Not counted (else any client could open a shared breaker with a tiny
-# Request-Timeout); a failure the service showed before the cut still is.
-_DEADLINE = _Failure(DeadlineExceededError, "deadline_exceeded", counts=False)
-_TIMEOUT = _Failure(GatewayTimeoutError, "timeout", counts=True)
-_UNREACHABLE = _Failure(ServiceUnavailableError, "connection_error", counts=True)
-_RETRIES_EXHAUSTED = _Failure(ServiceUnavailableError, "retries_exhausted", counts=True)
-_BAD_RESPONSE = _Failure(BadGatewayError, "bad_response", counts=True)
-_REDIRECT_LOOP = _Failure(BadGatewayError, "redirect_loop", counts=True)
-_BAD_REDIRECT = _Failure(BadGatewayError, "bad_redirect", counts=True)
-# A dead or refusing proxy says nothing about the service behind it; a breaker for
-# the proxy would refuse calls to every host it serves, a worse outage than the
-# proxy's own.  Not counted at all.
-_PROXY = _Failure(ServiceUnavailableError, "proxy_error", counts=False)
-# A certificate that does not verify is configuration (a CA bundle, a host name),
-# not an outage: retrying will not fix it, and an open breaker would hide the real
-# error behind "circuit open".  Other TLS failures (a handshake cut off) count.
-_TLS_VERIFICATION = _Failure(ServiceUnavailableError, "tls_verification", counts=False)
-
-_MESSAGES: Final[Mapping[str, str]] = {
-    "total_timeout": "Service '{service}' did not answer within the call's total time limit",
-    "deadline_exceeded": "Service '{service}' did not answer before the request's deadline",
-    "timeout": "Service '{service}' did not answer in time",
-    "connection_error": "Service '{service}' could not be reached",
-    "retries_exhausted": "Service '{service}' kept failing after retries",
-    "bad_response": "Service '{service}' sent a response that could not be read",
-    "redirect_loop": "Service '{service}' redirected too many times",
-    "bad_redirect": "Service '{service}' redirected to a URL that cannot be followed",
-    "proxy_error": "Service '{service}' could not be reached through the proxy",
-    "tls_verification": "Service '{service}' did not present a certificate that verifies",
-}
-
-
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and what it wraps: causes, contexts, and urllib3's ``reason``/args."""
-    pending, seen = [error], set[int]()
-    while pending and len(seen) < 32:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        for inner in (current.__cause__, current.__context__, getattr(current, "reason", None)):
-            if isinstance(inner, BaseException):
-                pending.append(inner)
-        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
-
-
-def _classify(error: BaseException, call: _Call) -> _Failure | None:
-    """What a failure of ``call`` means for the caller and the breaker; ``None``: not
-    a failure of the service (a bad URL given by the caller, a hook that raised)."""
-    if isinstance(error, GenNetException):  # already ours: a refusal, a mapped error
-        return None
-    if isinstance(error, _TotalTimeoutExceeded) or (
-        call.deadline is not None and call.deadline.expired
-    ):
-        return (
-            _DEADLINE if call.deadline is not None and call.deadline.inherited else _TOTAL_TIMEOUT
-        )
-    if not isinstance(error, requests.RequestException):
-        return None
-    if isinstance(error, requests.exceptions.ProxyError):
-        return _PROXY
-    if isinstance(error, requests.exceptions.SSLError) and any(
-        isinstance(inner, ssl.SSLCertVerificationError) for inner in _causes(error)
-    ):
-        return _TLS_VERIFICATION
-    if isinstance(error, requests.Timeout) or any(
-        isinstance(inner, ReadTimeoutError) for inner in _causes(error)
-    ):  # requests raises a body read that timed out as a ConnectionError
-        connect = isinstance(error, requests.ConnectTimeout)
-        return _DEADLINE if _lowered_by_deadline(call, connect=connect) else _TIMEOUT
-    if isinstance(
-        error, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
-    ):
-        return _BAD_RESPONSE
-    if isinstance(error, requests.TooManyRedirects):
-        return _REDIRECT_LOOP
-    if call.redirected and isinstance(
-        error,
-        (
-            requests.exceptions.InvalidSchema,
-            requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidHeader,
-        ),
-    ):
-        return _BAD_REDIRECT
-    if isinstance(error, requests.exceptions.RetryError):
-        return _RETRIES_EXHAUSTED
-    if isinstance(error, requests.ConnectionError):
-        return _UNREACHABLE
-    return None
-
-
-def _lowered_by_deadline(call: _Call, *, connect: bool) -> bool:
-    """Whether the deadline in force cut the call's connect (or read) timeout below
-    the session's own: a timeout of that part is then the deadline's doing."""
-    deadline = call.deadline
-    if deadline is None or not deadline.inherited:
-        return False
-    return deadline.lowered[0] if connect else deadline.lowered[1]
-
-
-def _service_failed(
-    call: _Call, response: BaseHTTPResponse | None, error: Exception | None
-) -> bool:
-    """Whether an attempt about to be retried failed through the service's fault."""
-    if call.deadline is not None and call.deadline.expired:
-        # The limit cut its connection: the service's failure under the session's
-        # own total limit, the caller's choice under the deadline in force.
-        return not call.deadline.inherited
-    if response is not None:
-        return response.status in call.session.failure_statuses
-    if isinstance(error, NewConnectionError):  # refused, unreachable (a ConnectTimeoutError)
-        return True
-    if isinstance(error, ConnectTimeoutError):
-        return not _lowered_by_deadline(call, connect=True)
-    return isinstance(error, ProtocolError)  # reset, closed before answering
-
-
-def _lowered(own: TimeoutValue, capped: TimeoutValue) -> tuple[bool, bool]:
-    """Which of the (connect, read) parts of ``own`` capping made shorter."""
-    own_parts = own if isinstance(own, tuple) else (own, own)
-    capped_parts = capped if isinstance(capped, tuple) else (capped, capped)
-    return (
-        own_parts[0] is None or (capped_parts[0] or 0) < own_parts[0],
-        own_parts[1] is None or (capped_parts[1] or 0) < own_parts[1],
-    )
-
-
-def _transport_error(
-    error: BaseException,
-    failure: _Failure,
-    service: str,
-    request: requests.PreparedRequest,
-) -> GenNetException:
-    """The error raised with ``raise_errors`` for ``error``: ours and the requests one."""
-    mapped = failure.error_class(
-        _MESSAGES[failure.reason].format(service=service),
-        service=service,
-        metadata={"reason": failure.reason},
-    )
-    theirs = type(error) if isinstance(error, requests.RequestException) else None
-    if theirs is None or (
-        failure in (_TOTAL_TIMEOUT, _DEADLINE) and not issubclass(theirs, requests.Timeout)
-    ):
-        theirs = requests.exceptions.ReadTimeout  # the limit cut off a read
-    return _flavour(mapped, theirs, request)
-
-
-# --------------------------------------------------------------------------- the session
-
-
-class _NoPermit:
-    """Stands in for a breaker permit when the session has no breaker."""
-
-    done: Final = True
-
-    def success(self) -> None:
-        pass
-
-    def failure(self, error: BaseException | None = None) -> None:
-        pass
-
-    def ignore(self) -> None:
-        pass
-
-
-_NO_PERMIT: Final = _NoPermit()
-
 #: Errors in what the caller asked for, raised before anything is sent (or, after a
 #: redirect without ``raise_errors``, as requests raises them): no fallback.
 _CALLER_ERRORS: Final = (
@@ -1237,313 +310,6 @@ _CALLER_ERRORS: Final = (
     requests.exceptions.URLRequired,
     requests.exceptions.InvalidJSONError,
 )
-
-
-# --------------------------------------------------------------------------- total time limit
-
-
-class _Deadline:
-    """A call's total time limit, and the connection its current attempt has checked out."""
-
-    __slots__ = (
-        "at",
-        "attempt_started",
-        "callers_budget",
-        "callers_header",
-        "connection",
-        "expired",
-        "finished",
-        "forward",
-        "inherited",
-        "lowered",
-        "seconds",
-    )
-
-    def __init__(self, seconds: float, *, inherited: bool = False, forward: bool = False) -> None:
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-        self.connection: _WatchedHTTPConnection | None = None
-        self.expired = False
-        self.finished = False
-        #: The limit is the deadline of the request being served, not the session's own.
-        self.inherited = inherited
-        #: Each attempt tells the service the time left (``Request-Timeout``).
-        self.forward = forward
-        self.attempt_started = time.monotonic()
-        #: Which of the (connect, read) timeouts the limit made shorter than the session's.
-        self.lowered = (False, False)
-        #: The ``Request-Timeout`` the caller put on the request itself, and its seconds.
-        self.callers_header: str | None = None
-        self.callers_budget: float | None = None
-
-    def budget(self, remaining: float | None = None) -> str:
-        """The ``Request-Timeout`` an attempt sends now (``remaining`` seconds left,
-        read from the clock when not given): what is left less the margin, or the
-        caller's own value when that is smaller."""
-        ours = (self.remaining() if remaining is None else remaining) - FORWARD_MARGIN
-        if self.callers_budget is not None and self.callers_budget <= ours:
-            assert self.callers_header is not None
-            return self.callers_header
-        return format_budget(ours)
-
-    def remaining(self) -> float:
-        return self.at - time.monotonic()
-
-    def too_late_to_retry(self) -> bool:
-        """Less time is left than the failed attempt took: a retry would fail the same way."""
-        now = time.monotonic()
-        return self.at - now < now - self.attempt_started
-
-
-class _Watchdog:
-    """One daemon thread that cuts off calls still running at their deadline.
-
-    A per-read timeout cannot stop a server that sends a byte just before each
-    read would time out; only closing the socket can.  The thread shuts down the
-    socket of the connection the call is using; the blocked read returns at once
-    and the call fails with a timeout.  Registering a call costs a heap push, not
-    a thread or a timer of its own.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Condition(threading.Lock())
-        self._heap: list[tuple[float, int, _Deadline]] = []
-        self._order = itertools.count()
-        self._finished_in_heap = 0
-        self._thread: threading.Thread | None = None
-
-    def watch(self, deadline: _Deadline) -> None:
-        with self._lock:
-            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="gennet-sync-call-deadlines", daemon=True
-                )
-                self._thread.start()
-            elif self._heap[0][2] is deadline:  # earlier than what the thread waits for
-                self._lock.notify()
-
-    def attach(self, deadline: _Deadline, connection: _WatchedHTTPConnection) -> bool:
-        """Make ``connection`` the one to cut at the deadline; ``False`` once it has passed."""
-        with self._lock:
-            if deadline.expired:
-                return False
-            _unlink(deadline)
-            if connection.deadline is not None:  # never released through its pool
-                _unlink(connection.deadline)
-            deadline.connection = connection
-            connection.deadline = deadline
-            return True
-
-    def detach(self, connection: _WatchedHTTPConnection) -> None:
-        """``connection`` goes back to its pool: no deadline may cut it from now on.
-
-        Another thread can take it from the pool at once, for a call of its own; the
-        call that used it may still run (a hook, a redirect, a retry's wait).
-        """
-        # Only the thread holding the connection links it, so seeing None here is
-        # final; a link seen is rechecked under the lock (the watchdog may cut it).
-        if connection.deadline is None:
-            return
-        with self._lock:
-            if connection.deadline is not None:
-                _unlink(connection.deadline)
-
-    def finish(self, deadline: _Deadline) -> None:
-        with self._lock:
-            deadline.finished = True
-            _unlink(deadline)
-            self._finished_in_heap += 1
-            # Finished calls are left in the heap until their time comes; a busy
-            # process would keep thousands, so they are swept out now and then.
-            if self._finished_in_heap > 1024 and self._finished_in_heap * 2 > len(self._heap):
-                self._heap = [entry for entry in self._heap if not entry[2].finished]
-                heapq.heapify(self._heap)
-                self._finished_in_heap = 0
-
-    def _run(self) -> None:
-        with self._lock:
-            while True:
-                if not self._heap:
-                    self._lock.wait()
-                    continue
-                at, _, deadline = self._heap[0]
-                if deadline.finished:
-                    heapq.heappop(self._heap)
-                    self._finished_in_heap -= 1
-                    continue
-                wait = at - time.monotonic()
-                if wait > 0:
-                    self._lock.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-                deadline.expired = True
-                if deadline.connection is not None:
-                    _cut(deadline.connection)
-                    _unlink(deadline)
-
-    def _after_fork(self) -> None:
-        # The thread does not exist in a child; a new one starts with its first call.
-        self._lock = threading.Condition(threading.Lock())
-        self._heap = []
-        self._finished_in_heap = 0
-        self._thread = None
-
-
-def _unlink(deadline: _Deadline) -> None:
-    """Part ``deadline`` from its connection, both ways (the watchdog's lock held)."""
-    connection = deadline.connection
-    if connection is not None:
-        deadline.connection = None
-        if connection.deadline is deadline:
-            connection.deadline = None
-
-
-def _cut(connection: HTTPConnection) -> None:
-    sock = connection.sock
-    if sock is None:
-        return
-    # socket.socket's own shutdown, not SSLSocket's: that one also drops its TLS
-    # object, under the feet of the thread reading from it.  OSError: already closed.
-    with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-_WATCHDOG: Final = _Watchdog()
-
-
-def _capped(timeout: TimeoutValue, limit: float) -> TimeoutValue:
-    """``timeout`` with no part longer than ``limit`` (``None``: wait forever, capped too)."""
-    if isinstance(timeout, tuple):
-        connect, read = timeout
-        return (
-            limit if connect is None else min(connect, limit),
-            limit if read is None else min(read, limit),
-        )
-    return limit if timeout is None else min(timeout, limit)
-
-
-class _WatchedHTTPConnection(HTTPConnection):
-    """An HTTP connection that tells the call in progress it carries its request.
-
-    It stays linked to that call's deadline until its pool takes it back.
-    """
-
-    #: The deadline of the call that has it checked out (the watchdog's lock guards it).
-    deadline: _Deadline | None = None
-
-    def request(
-        self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any
-    ) -> None:
-        deadline = _attach_to_call(self)
-        if deadline is not None and deadline.forward and headers is not None:
-            # Per attempt: a retry tells the service what is left by then.  With
-            # nothing left to give, the attempt is not sent: its answer could not
-            # come back in time.
-            remaining = deadline.remaining()
-            if forwarded_budget(remaining) == "0":
-                raise _TotalTimeoutExceeded(deadline)
-            if DEADLINE_HEADER not in headers:
-                # Not the call's own request, which the call restores when it ends
-                # (a proxy's copy, a caller's transport): a copy, so that nothing
-                # keeps this attempt's value, stale when sent again.
-                headers = headers.copy()
-            headers[DEADLINE_HEADER] = deadline.budget(remaining)
-        call = _call_in_progress.get()
-        if call is not None:
-            call.retry_charged = False  # sent: the retry taken from the budget is spent
-        super().request(method, url, body, headers, **kwargs)
-
-    def connect(self) -> None:
-        _attach_to_call(self)
-        super().connect()
-
-
-class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
-    """The HTTPS counterpart of :class:`_WatchedHTTPConnection` (its TLS handshake,
-    made before the request, is watched too)."""
-
-
-def _attach_to_call(connection: _WatchedHTTPConnection) -> _Deadline | None:
-    call = _call_in_progress.get()
-    deadline = None if call is None else call.deadline
-    if deadline is not None:
-        if not _WATCHDOG.attach(deadline, connection):
-            raise _TotalTimeoutExceeded(deadline)  # a retry after the limit: not sent
-        deadline.attempt_started = time.monotonic()
-    return deadline
-
-
-class _WatchedHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-    def _put_conn(self, conn: BaseHTTPConnection | None) -> None:
-        # Before the pool has it: from then on another thread's call may use it.
-        if isinstance(conn, _WatchedHTTPConnection):
-            _WATCHDOG.detach(conn)
-        super()._put_conn(conn)
-
-    def __str__(self) -> str:  # error messages name the pool as urllib3 does
-        return f"HTTPConnectionPool(host={self.host!r}, port={self.port!r})"
-
-
-class _WatchedHTTPSConnectionPool(_WatchedHTTPConnectionPool, HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-    def __str__(self) -> str:
-        return f"HTTPSConnectionPool(host={self.host!r}, port={self.port!r})"
-
-
-_WATCHED_POOLS: Final = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
-
-#: What a request whose body cannot be sent twice gets instead of the session's retries.
-_NO_RETRIES: Final = Retry(0, read=False, redirect=False, raise_on_status=False)
-
-
-class _ServiceAdapter(HTTPAdapter):
-    """requests' adapter with connections the deadline watchdog can cut, and no
-    retries for a call whose body cannot be sent again."""
-
-    @property
-    def max_retries(self) -> Retry:
-        call = _call_in_progress.get()
-        if call is not None and not call.replayable:
-            return _NO_RETRIES
-        return self._max_retries
-
-    @max_retries.setter
-    def max_retries(self, retries: Retry) -> None:
-        self._max_retries = retries
-
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
-    ) -> None:
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if type(manager) is ProxyManager:  # not a SOCKS manager: its pools are its own
-            manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
-        return manager
-
-
-def _replayable(body: object) -> bool:
-    """Whether urllib3 can send ``body`` again, byte for byte, on a retry.
-
-    Bytes can; a file can when it is seekable and tells its position (urllib3
-    rewinds it there); a generator, an iterator or a pipe cannot: a retry would
-    send what is left of it, usually nothing.
-    """
-    if body is None or isinstance(body, (bytes, bytearray, str, memoryview)):
-        return True
-    if not hasattr(body, "read"):
-        return False
-    try:
-        body.tell()  # type: ignore[attr-defined]
-        return bool(body.seekable())  # type: ignore[attr-defined]
-    except (AttributeError, OSError, TypeError, ValueError):
-        return False
 
 
 # --------------------------------------------------------------------------- per-host breakers
@@ -1595,6 +361,9 @@ if hasattr(os, "register_at_fork"):  # not on every platform (Windows)
     os.register_at_fork(after_in_child=_drop_inherited_connections)
 
 
+# --------------------------------------------------------------------------- the session
+
+
 def _user_agent(caller: str | None) -> str:
     agent = f"gennet_sync/{_VERSION} python-requests/{requests.__version__}"
     if caller:
@@ -1619,6 +388,27 @@ def _call_seconds(timeout: object) -> float | None:
         return None
     total = float(sum(parts))
     return total if math.isfinite(total) else None
+
+
+def _capped(timeout: TimeoutValue, limit: float) -> TimeoutValue:
+    """``timeout`` with no part longer than ``limit`` (``None``: wait forever, capped too)."""
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+        return (
+            limit if connect is None else min(connect, limit),
+            limit if read is None else min(read, limit),
+        )
+    return limit if timeout is None else min(timeout, limit)
+
+
+def _lowered(own: TimeoutValue, capped: TimeoutValue) -> tuple[bool, bool]:
+    """Which of the (connect, read) parts of ``own`` capping made shorter."""
+    own_parts = own if isinstance(own, tuple) else (own, own)
+    capped_parts = capped if isinstance(capped, tuple) else (capped, capped)
+    return (
+        own_parts[0] is None or (capped_parts[0] or 0) < own_parts[0],
+        own_parts[1] is None or (capped_parts[1] or 0) < own_parts[1],
+    )
 
 
 class ServiceSession(requests.Session):

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from urllib3.util import retry as urllib3_retry
 from urllib3.util.retry import Retry
 
-from gennet_sync import http_client
+from gennet_sync import http_client, transport
 from gennet_sync.circuit_breaker import (
     CircuitBreakerError,
     CircuitState,
@@ -136,7 +136,7 @@ def _envelope(type_name: str, metadata: dict[str, Any]) -> bytes:
 
 def _wait_until_expired() -> None:
     """Block until the watchdog has passed the deadline of the call in progress."""
-    call = http_client._call_in_progress.get()
+    call = transport._call_in_progress.get()
     assert call is not None and call.deadline is not None
     deadline = call.deadline
     limit = time.monotonic() + 10
@@ -201,18 +201,18 @@ def test_a_retry_sleeps_the_very_wait_it_checked_against_the_deadline(
     retry = make_retry(2, backoff_factor=0, backoff_jitter=10, backoff_max=20)
     retry = retry.new(history=(failed, failed))  # the second retry: jitter applies
     session = ServiceSession(base_url="http://svc.test")
-    call = http_client._Call(
+    call = transport._Call(
         session,
         "http://svc.test/x",
-        http_client._NO_PERMIT,
-        http_client._Deadline(5.0),
+        transport._NO_PERMIT,
+        transport._Deadline(5.0),
         replayable=True,
     )
-    token = http_client._call_in_progress.set(call)
+    token = transport._call_in_progress.set(call)
     try:
         retry.sleep()
     finally:
-        http_client._call_in_progress.reset(token)
+        transport._call_in_progress.reset(token)
     assert slept == [pytest.approx(0.1)]
 
 

@@ -651,6 +651,33 @@ class TestRaiseForError:
             assert twin.to_dict() == error.to_dict()
             assert vars(twin) == vars(error)
 
+    def test_errors_pickled_before_they_moved_to_their_own_module_still_load(self) -> None:
+        """Pickles made when these errors lived in gennet_sync.http_client (a worker
+        of the previous release, a result in a queue) name it: they still load."""
+        made_by_the_previous_layout = [
+            b"\x80\x04\x95\x9b\x00\x00\x00\x00\x00\x00\x00\x8c\x17gennet_sync.http_client"
+            b"\x94\x8c\x1a_unpickle_downstream_error\x94\x93\x94M\xa2\x01\x8c\x06teapot"
+            b"\x94\x86\x94R\x94}\x94(\x8c\x07message\x94h\x03\x8c\x08metadata\x94}\x94"
+            b"\x8c\x07service\x94\x8c\x03grn\x94s\x8c\nerror_type\x94\x8c\x12"
+            b"Downstream418Error\x94ub.",
+            b"\x80\x04\x95\xbf\x00\x00\x00\x00\x00\x00\x00\x8c\x17gennet_sync.http_client"
+            b"\x94\x8c\x12_restore_flavoured\x94\x93\x94h\x00\x8c\x13GatewayTimeoutError"
+            b"\x94\x93\x94\x8c\x13requests.exceptions\x94\x8c\x0bReadTimeout\x94\x93\x94"
+            b"\x8c\x04late\x94\x87\x94R\x94}\x94(\x8c\x07service\x94\x8c\x03grn\x94"
+            b"\x8c\x0bretry_after\x94N\x8c\x07message\x94h\x08\x8c\x08metadata\x94}\x94"
+            b"h\x0ch\rsub.",
+        ]
+        teapot, late = (pickle.loads(data) for data in made_by_the_previous_layout)
+        assert type(teapot) is downstream_error_class(418)
+        assert teapot.to_dict()["error"] == {
+            "code": "I_M_A_TEAPOT",
+            "type": "Downstream418Error",
+            "message": "teapot",
+            "metadata": {"service": "grn"},
+        }
+        assert isinstance(late, GatewayTimeoutError) and isinstance(late, requests.ReadTimeout)
+        assert late.message == "late" and late.service == "grn"
+
     def test_a_downstream_error_class_can_be_raised_directly(self) -> None:
         cls = downstream_error_class(404)
         error = cls("gone", error_type="NotFound", metadata={"resource_id": "abc"})
