@@ -25,7 +25,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import ProxyManager
 from urllib3.util.retry import Retry
 
-from gennet_sync.deadline import DEADLINE_HEADER, FORWARD_MARGIN, format_budget, forwarded_budget
+from gennet_sync.deadline import DEADLINE_HEADER, FORWARD_MARGIN, format_budget
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -303,7 +303,7 @@ class _WatchedHTTPConnection(HTTPConnection):
             # nothing left to give, the attempt is not sent: its answer could not
             # come back in time.
             remaining = deadline.remaining()
-            if forwarded_budget(remaining) == "0":
+            if not remaining - FORWARD_MARGIN > 0:  # forwarded_budget() would be "0"
                 raise _TotalTimeoutExceeded(deadline)
             if DEADLINE_HEADER not in headers:
                 # Not the call's own request, which the call restores when it ends
