@@ -845,8 +845,11 @@ class Compression:
             if encoding and encoding != "identity":
                 return response  # already encoded by the view: never compress twice
         if vary is None:
-            # Nothing to replace: skip the scan for an existing header that setting does.
-            response.headers.add("Vary", "Accept-Encoding")
+            # Nothing to replace: appended as ``headers.add`` would, without its
+            # check of a constant value for newlines (a call and a regex search
+            # per response).  tests/unit/test_performance_equivalence.py pins the
+            # list werkzeug keeps its headers in.
+            response.headers._list.append(("Vary", "Accept-Encoding"))
         else:
             _add_vary(response, vary)
         if cache_control is not None and "no-transform" in cache_control.lower():
