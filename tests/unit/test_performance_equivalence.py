@@ -706,3 +706,37 @@ def test_a_version_link_with_a_newline_is_a_500_on_every_request() -> None:
         assert response.status_code == 500
         assert response.get_json()["error"]["code"] == "INTERNAL_SERVER_ERROR"
         assert "X-Forged" not in response.headers
+
+
+def test_compression_reads_header_names_in_any_case_and_each_content_type_on_its_own() -> None:
+    app = Flask(__name__)
+    Compression(app, min_size=10)
+    body = json.dumps(BIG)
+
+    @app.get("/<kind>")
+    def view(kind: str) -> Response:
+        response = Response(body)
+        response.headers.clear()
+        if kind == "lower":  # names as a hand-made response may spell them
+            response.headers.add("content-type", "application/json; charset=utf-8")
+            response.headers.add("VARY", "Cookie")
+            response.headers.add("cache-CONTROL", "no-transform")
+        elif kind == "png":
+            response.headers.add("Content-Type", "image/png")
+        else:
+            response.headers.add("Content-Type", "application/json; charset=utf-8")
+        return response
+
+    client = app.test_client()
+    gzip = {"Accept-Encoding": "gzip"}
+    for _ in range(2):  # the second time from what was remembered
+        lower = client.get("/lower", headers=gzip)
+        assert "Content-Encoding" not in lower.headers  # no-transform, read in any case
+        assert lower.headers.getlist("Vary") == ["Cookie, Accept-Encoding"]
+        png = client.get("/png", headers=gzip)
+        assert "Content-Encoding" not in png.headers
+        assert "Vary" not in png.headers
+        plain = client.get("/json", headers=gzip)
+        assert plain.headers["Content-Encoding"] == "gzip"
+        assert plain.headers["Vary"] == "Accept-Encoding"
+        assert json.loads(decoded(plain.get_data(), "gzip")) == BIG
