@@ -760,6 +760,7 @@ class Compression:
         available = set(available_encodings())
         self._algorithms = tuple(a for a in self.settings.algorithms if a in available)
         self._decisions: dict[str | None, tuple[str | None, bool]] = {}
+        self._compressible: dict[str | None, bool] = {}
         if app is not None:
             self.init_app(app)
 
@@ -810,6 +811,16 @@ class Compression:
                 self._decisions[accept_encoding] = decision
         return decision
 
+    def _is_compressible(self, content_type: str | None) -> bool:
+        """Whether a response of ``content_type`` may be compressed; remembered per value."""
+        mimetype = content_type.partition(";")[0].strip() if content_type is not None else ""
+        compressible = _is_compressible(mimetype, self.settings.mimetypes)
+        if content_type is None or len(content_type) <= _CACHED_HEADER_LENGTH:
+            if len(self._compressible) >= _CACHED_DECISIONS:
+                self._compressible.clear()  # odd values must not pile up
+            self._compressible[content_type] = compressible
+        return compressible
+
     def _compress(self, request: Request, response: Response) -> Response:
         # One pass over the few headers a response has, for the five this step reads
         # (werkzeug builds a KeyError for each lookup of a missing header, and most
@@ -819,9 +830,12 @@ class Compression:
         # This runs on every response: inlined, each call costs as much as a line.
         content_type = vary = encoding = cache_control = None
         ranged = False
-        for name, value in response.headers:
-            key = name.lower()
-            if key == "content-length":  # on almost every response, and not needed
+        for name, value in response.headers._list:  # werkzeug's list (see the Vary below)
+            if name == "Content-Length":  # on almost every response, and not needed
+                continue
+            # Flask and werkzeug spell Content-Type so: no lower() call for it.
+            key = "content-type" if name == "Content-Type" else name.lower()
+            if key == "content-length":
                 continue
             if key == "content-type":
                 if content_type is None:
@@ -834,8 +848,10 @@ class Compression:
                 cache_control = value if cache_control is None else f"{cache_control}, {value}"
             elif key == "content-range":
                 ranged = True
-        mimetype = content_type.partition(";")[0].strip() if content_type is not None else ""
-        if not _is_compressible(mimetype, self.settings.mimetypes):
+        compressible = self._compressible.get(content_type)  # a handful of values
+        if compressible is None:
+            compressible = self._is_compressible(content_type)
+        if not compressible:
             return response
         status = response.status_code
         if status < 200 or status in (204, 206, 304) or ranged:
@@ -845,8 +861,11 @@ class Compression:
             if encoding and encoding != "identity":
                 return response  # already encoded by the view: never compress twice
         if vary is None:
-            # Nothing to replace: skip the scan for an existing header that setting does.
-            response.headers.add("Vary", "Accept-Encoding")
+            # Nothing to replace: appended as ``headers.add`` would, without its
+            # check of a constant value for newlines (a call and a regex search
+            # per response).  tests/unit/test_performance_equivalence.py pins the
+            # list werkzeug keeps a response's headers in.
+            response.headers._list.append(("Vary", "Accept-Encoding"))
         else:
             _add_vary(response, vary)
         if cache_control is not None and "no-transform" in cache_control.lower():

@@ -776,6 +776,10 @@ class _WSGIBoundary:
 
         token = _request_id_var.set(request_id)
         try:
+            # Without a tracer provider (opentelemetry absent, or none set yet),
+            # server_call only calls the app: its first check, made here, saves a call.
+            if _tracing._provider_now() is None:
+                return self.wsgi_app(environ, start_with_request_id)
             return _tracing.server_call(
                 self.wsgi_app, environ, start_with_request_id, request_id, self.app
             )

@@ -643,3 +643,100 @@ def test_an_app_hook_between_two_features_runs_between_their_steps() -> None:
     assert seen == [("gzip", len(response.get_data()))]
     assert response.headers["ETag"] == '"app-etag"'  # not suffixed: set after compression
     assert response.headers["API-Version"] == "v1"  # versioning ran last, as its hook would
+
+
+# ------------------------------------------------------------ header writes, werkzeug's list
+
+
+def test_werkzeug_keeps_response_headers_in_the_list_our_steps_append_to() -> None:
+    # Compression's Vary and versioning's API-Version are appended to
+    # ``response.headers._list`` (a call and a regex search less per header than
+    # ``add``/``set``): this fails, rather than the headers going missing, should
+    # a werkzeug release keep them elsewhere.
+    response = Response("{}", mimetype="application/json")
+    pairs = response.headers._list
+    assert type(pairs) is list
+    pairs.append(("Vary", "Accept-Encoding"))
+    assert response.headers["Vary"] == "Accept-Encoding"
+    assert list(response.headers)[-1] == ("Vary", "Accept-Encoding")
+    assert response.get_wsgi_headers({"wsgi.url_scheme": "http"}).to_wsgi_list()[-1] == (
+        "Vary",
+        "Accept-Encoding",
+    )
+
+
+def test_a_version_header_the_view_set_is_replaced_where_it_stood() -> None:
+    app = Flask(__name__)
+    api = VersionedAPI(app)
+    v1 = api.version("v1", deprecated=date(2025, 1, 1))
+
+    @v1.get("/item")
+    def item() -> Response:
+        response = Response("{}", mimetype="application/json")
+        response.headers["Deprecation"] = "@1"
+        response.headers["X-Mine"] = "1"
+        response.headers.add("deprecation", "@2")  # a second line, in other case
+        response.headers["API-Version"] = "v0"
+        return response
+
+    response = app.test_client().get("/api/v1/item")
+    assert wire_headers(response) == [
+        ("Content-Type", "application/json"),
+        ("Content-Length", "2"),
+        ("Deprecation", "@1735689600"),
+        ("X-Mine", "1"),
+        ("API-Version", "v1"),
+        ("Link", '</api>; rel="deprecation"'),
+        ("X-Request-ID", response.headers["X-Request-ID"]),
+    ]
+
+
+def test_a_version_link_with_a_newline_is_a_500_on_every_request() -> None:
+    app = Flask(__name__)
+    api = VersionedAPI(app)
+    v1 = api.version("v1", deprecated=date(2025, 1, 1), link="/docs\r\nX-Forged: 1")
+
+    @v1.get("/item")
+    def item() -> dict[str, Any]:
+        return {}
+
+    client = app.test_client()
+    for _ in range(2):  # not cached after the first refusal
+        response = client.get("/api/v1/item")
+        assert response.status_code == 500
+        assert response.get_json()["error"]["code"] == "INTERNAL_SERVER_ERROR"
+        assert "X-Forged" not in response.headers
+
+
+def test_compression_reads_header_names_in_any_case_and_each_content_type_on_its_own() -> None:
+    app = Flask(__name__)
+    Compression(app, min_size=10)
+    body = json.dumps(BIG)
+
+    @app.get("/<kind>")
+    def view(kind: str) -> Response:
+        response = Response(body)
+        response.headers.clear()
+        if kind == "lower":  # names as a hand-made response may spell them
+            response.headers.add("content-type", "application/json; charset=utf-8")
+            response.headers.add("VARY", "Cookie")
+            response.headers.add("cache-CONTROL", "no-transform")
+        elif kind == "png":
+            response.headers.add("Content-Type", "image/png")
+        else:
+            response.headers.add("Content-Type", "application/json; charset=utf-8")
+        return response
+
+    client = app.test_client()
+    gzip = {"Accept-Encoding": "gzip"}
+    for _ in range(2):  # the second time from what was remembered
+        lower = client.get("/lower", headers=gzip)
+        assert "Content-Encoding" not in lower.headers  # no-transform, read in any case
+        assert lower.headers.getlist("Vary") == ["Cookie, Accept-Encoding"]
+        png = client.get("/png", headers=gzip)
+        assert "Content-Encoding" not in png.headers
+        assert "Vary" not in png.headers
+        plain = client.get("/json", headers=gzip)
+        assert plain.headers["Content-Encoding"] == "gzip"
+        assert plain.headers["Vary"] == "Accept-Encoding"
+        assert json.loads(decoded(plain.get_data(), "gzip")) == BIG
