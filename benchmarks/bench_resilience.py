@@ -262,6 +262,7 @@ def _refusal_us(call: Callable[[], object], refusal: type[Exception], calls: int
 
 
 def refusals(url: str, calls: int) -> None:
+    """Time calls refused before any I/O (``url``: where nothing listens)."""
     full = _session(url, "bench-full", max_concurrent_calls=1)
     holder = full._bulkhead
     assert isinstance(holder, Bulkhead)
@@ -334,7 +335,8 @@ def main() -> None:
     policy_parts()
     with gunicorn_server("create_app", pin=True) as url:
         cost(url, rounds, calls)
-        refusals(url, calls)
+    # Nothing is sent: a port nobody listens on makes a call that was would fail.
+    refusals("http://127.0.0.1:9", calls)
     amplification(failing)
 
 
