@@ -756,13 +756,25 @@ class Compression:
             options["algorithms"] = tuple(options["algorithms"])
         if "mimetypes" in options:
             options["mimetypes"] = frozenset(options["mimetypes"])
-        self.settings = settings if settings is not None else CompressionSettings(**options)
-        available = set(available_encodings())
-        self._algorithms = tuple(a for a in self.settings.algorithms if a in available)
         self._decisions: dict[str | None, tuple[str | None, bool]] = {}
         self._compressible: dict[str | None, bool] = {}
+        self.settings = settings if settings is not None else CompressionSettings(**options)
         if app is not None:
             self.init_app(app)
+
+    @property
+    def settings(self) -> CompressionSettings:
+        """The settings in force.  New ones assigned apply from the next response."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: CompressionSettings) -> None:
+        self._settings = settings
+        available = set(available_encodings())
+        self._algorithms = tuple(a for a in settings.algorithms if a in available)
+        # What was decided under the old settings (codings, mimetypes) is forgotten.
+        self._decisions = {}
+        self._compressible = {}
 
     @property
     def algorithms(self) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
-from typing import Final
+from typing import Final, cast
 
 import requests
 from requests.auth import AuthBase
@@ -124,8 +124,6 @@ class LastGoodResponse:
         clock: Callable[[], float] = time.monotonic,
         private_headers: Collection[str] = DEFAULT_PRIVATE_HEADERS,
     ) -> None:
-        if isinstance(private_headers, str):  # one name would be taken letter by letter
-            raise TypeError("private_headers must be a collection of header names")
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries!r}")
         if not max_age > 0:
@@ -136,19 +134,24 @@ class LastGoodResponse:
         self.max_age = max_age
         self.max_body = max_body
         self._clock = clock
-        self.private_headers = (*_CREDENTIAL_HEADERS, *private_headers)
+        self.private_headers = private_headers
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.served = 0
 
     @property
     def private_headers(self) -> tuple[str, ...]:
-        """The request headers that make a request private (credentials first)."""
+        """The request headers that make a request private: ``Authorization``,
+        ``Cookie`` and ``Proxy-Authorization`` always, then the ones given."""
         return self._private_headers
 
     @private_headers.setter
-    def private_headers(self, names: tuple[str, ...]) -> None:
-        self._private_headers = tuple(names)
+    def private_headers(self, names: Collection[str]) -> None:
+        if isinstance(names, str):  # one name would be taken letter by letter
+            raise TypeError("private_headers must be a collection of header names")
+        always = {name.lower() for name in _CREDENTIAL_HEADERS}
+        given = tuple(name for name in names if name.lower() not in always)
+        self._private_headers = (*_CREDENTIAL_HEADERS, *given)
         self._private_names = frozenset(name.lower() for name in self._private_headers)
 
     def _private(self, request: requests.PreparedRequest) -> bool:
@@ -265,5 +268,10 @@ class LastGoodResponse:
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
+        # A copy pickled before private_headers became a property kept the names
+        # as a plain attribute.
+        names = state.pop("private_headers", None)
         self.__dict__.update(state)
+        if names is not None:
+            self.private_headers = cast("tuple[str, ...]", names)
         self._lock = threading.Lock()

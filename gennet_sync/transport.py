@@ -306,9 +306,10 @@ class _WatchedHTTPConnection(HTTPConnection):
             if not remaining - FORWARD_MARGIN > 0:  # forwarded_budget() would be "0"
                 raise _TotalTimeoutExceeded(deadline)
             if DEADLINE_HEADER not in headers:
-                # Not the call's own request, which the call restores when it ends
-                # (a proxy's copy, a caller's transport): a copy, so that nothing
-                # keeps this attempt's value, stale when sent again.
+                # urllib3 gives each attempt its own copy of the request's headers,
+                # holding the value the call set: rewritten there.  Headers without
+                # it are someone else's: copied, so that nothing keeps this
+                # attempt's value (stale when sent again).
                 headers = headers.copy()
             headers[DEADLINE_HEADER] = deadline.budget(remaining)
         call = _call_in_progress.get()

@@ -791,3 +791,25 @@ def test_a_known_encoded_length_over_max_content_length_is_refused_unread() -> N
     assert json_of(response)["error"]["message"] == (
         "The encoded request body exceeds the limit of 1000 bytes."
     )
+
+
+def test_settings_assigned_later_apply_from_the_next_response() -> None:
+    from dataclasses import replace
+
+    from flask import Flask
+
+    app = Flask(__name__)
+    compression = Compression(app, min_size=10)
+
+    @app.get("/png")
+    def png() -> Response:
+        return Response(b"\0" * 3000, mimetype="image/png")
+
+    client = app.test_client()
+    gzip_please = {"Accept-Encoding": "gzip, br"}
+    assert "Content-Encoding" not in client.get("/png", headers=gzip_please).headers
+    compression.settings = replace(
+        compression.settings, mimetypes=frozenset({"image/png"}), algorithms=("gzip",)
+    )
+    assert client.get("/png", headers=gzip_please).headers["Content-Encoding"] == "gzip"
+    assert compression.algorithms == ("gzip",)

@@ -285,3 +285,32 @@ def test_an_answer_is_judged_by_its_headers_in_any_letter_case_and_container(pla
         "Warning": FALLBACK_WARNING,
         "Age": "0",
     }
+
+
+def test_credentials_stay_private_whatever_private_headers_are_set_to() -> None:
+    cache = LastGoodResponse()
+    cache.private_headers = ["X-Tenant-Secret"]
+    assert cache.private_headers == (
+        "Authorization",
+        "Cookie",
+        "Proxy-Authorization",
+        "X-Tenant-Secret",
+    )
+    with pytest.raises(TypeError):
+        cache.private_headers = "X-Api-Key"
+
+
+@responses.activate
+def test_a_cache_pickled_by_an_earlier_release_still_refuses_credentials() -> None:
+    # Before private_headers became a property, a pickle kept it as an attribute.
+    state = LastGoodResponse().__getstate__()
+    del state["_private_headers"], state["_private_names"]
+    state["private_headers"] = ("Authorization", "Cookie", "Proxy-Authorization", "X-Api-Key")
+    cache = LastGoodResponse.__new__(LastGoodResponse)
+    cache.__setstate__(state)
+    session = _session(cache)
+    responses.get(f"{BASE}/x", json={})
+    session.get("/x", headers={"x-api-key": "k"})
+    assert len(cache) == 0
+    session.get("/x")
+    assert len(cache) == 1
