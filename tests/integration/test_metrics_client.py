@@ -5,6 +5,7 @@ unread."""
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -76,8 +77,11 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 def test_retries_redirects_refusals_and_streams(exporter: Flask, downstream: str) -> None:
+    # Names no other test uses: a breaker another test made may still be alive
+    # (not yet collected) and is counted by the series under its name.
+    down, gone = f"down-{uuid.uuid4().hex[:8]}", f"gone-{uuid.uuid4().hex[:8]}"
     session = ServiceSession(
-        base_url=downstream, service_name="down", retries=2, circuit_breaker_threshold=50
+        base_url=downstream, service_name=down, retries=2, circuit_breaker_threshold=50
     )
     for _ in range(2):
         assert session.get("/flaky").status_code == 200  # after two retries each
@@ -85,21 +89,21 @@ def test_retries_redirects_refusals_and_streams(exporter: Flask, downstream: str
     with session.get("/big-error", stream=True) as streamed:
         assert streamed.status_code == 500
     refused = ServiceSession(
-        base_url=f"http://127.0.0.1:{free_port()}", service_name="gone", retries=0
+        base_url=f"http://127.0.0.1:{free_port()}", service_name=gone, retries=0
     )
     with pytest.raises(requests.ConnectionError):
         refused.get("/x")
     samples = scrape(exporter)
-    assert value(samples, "gennet_client_retries_total", service="down") == 4
+    assert value(samples, "gennet_client_retries_total", service=down) == 4
     total = "gennet_client_requests_total"
     assert (
-        value(samples, total, service="down", method="GET", status="200") == 3
+        value(samples, total, service=down, method="GET", status="200") == 3
     )  # a redirect is one call
-    assert value(samples, total, service="down", method="GET", status="500") == 1
-    assert value(samples, total, service="gone", method="GET", status="ConnectionError") == 1
+    assert value(samples, total, service=down, method="GET", status="500") == 1
+    assert value(samples, total, service=gone, method="GET", status="ConnectionError") == 1
     # The streamed body was the caller's to read: no code taken from it.
     assert (
-        value(samples, "gennet_client_downstream_errors_total", service="down", code="HUGE") is None
+        value(samples, "gennet_client_downstream_errors_total", service=down, code="HUGE") is None
     )
-    assert value(samples, "gennet_breaker_calls_total", breaker="down", outcome="success") == 3
-    assert value(samples, "gennet_breaker_calls_total", breaker="down", outcome="failure") == 1
+    assert value(samples, "gennet_breaker_calls_total", breaker=down, outcome="success") == 3
+    assert value(samples, "gennet_breaker_calls_total", breaker=down, outcome="failure") == 1
