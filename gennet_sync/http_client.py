@@ -783,8 +783,14 @@ class ServiceSession(requests.Session):
                     or os.environ.get("CURL_CA_BUNDLE")
                     or verify
                 )
+        if not self.proxies and isinstance(proxies, Mapping):
+            # What merge_setting makes of them, without its two checks against a
+            # runtime Protocol (3-4 us each on Python 3.11, on every call).
+            merged = {scheme: proxy for scheme, proxy in proxies.items() if proxy is not None}
+        else:
+            merged = _merge_setting(proxies, self.proxies)
         return {
-            "proxies": _merge_setting(proxies, self.proxies),
+            "proxies": merged,
             "stream": _merge_setting(stream, self.stream),
             "verify": _merge_setting(verify, self.verify),
             "cert": _merge_setting(cert, self.cert),

@@ -1037,3 +1037,39 @@ class TestRetryPolicy:
     def test_negative_retries_refused(self) -> None:
         with pytest.raises(ValueError, match="retries"):
             make_retry(-1)
+
+
+# Session.request passes {} when a call names no proxies; None only comes from
+# code calling merge_environment_settings itself, with trust_env off.
+@pytest.mark.parametrize(
+    ("trust_env", "call_proxies", "session_proxies"),
+    [
+        (trust_env, call, session)
+        for trust_env in (True, False)
+        for call, session in [
+            ({}, {}),
+            ({"http": None, "https": "http://127.0.0.1:3128"}, {}),
+            ({"http": "http://127.0.0.1:3128"}, {"https": "http://127.0.0.1:3129", "ftp": None}),
+            ({}, {"http": "http://127.0.0.1:3128"}),
+        ]
+    ]
+    + [(False, None, {}), (False, None, {"http": "http://127.0.0.1:3128"})],
+)
+def test_the_proxies_a_call_uses_are_merged_as_requests_merges_them(
+    monkeypatch: pytest.MonkeyPatch,
+    trust_env: bool,
+    call_proxies: Any,
+    session_proxies: dict[str, str | None],
+) -> None:
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3130")
+    ours, theirs = ServiceSession(service_name="proxies"), requests.Session()
+    for session in (ours, theirs):
+        session.trust_env = trust_env
+        session.proxies = dict(session_proxies)  # type: ignore[arg-type]
+    url = "http://grn.test/networks"
+    mine = ours.merge_environment_settings(url, call_proxies, None, None, None)["proxies"]
+    expected = theirs.merge_environment_settings(url, call_proxies, None, None, None)["proxies"]
+    assert dict(mine) == dict(expected)
