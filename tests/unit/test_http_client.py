@@ -1073,3 +1073,37 @@ def test_the_proxies_a_call_uses_are_merged_as_requests_merges_them(
     mine = ours.merge_environment_settings(url, call_proxies, None, None, None)["proxies"]
     expected = theirs.merge_environment_settings(url, call_proxies, None, None, None)["proxies"]
     assert dict(mine) == dict(expected)
+
+
+@pytest.mark.parametrize(
+    ("session_headers", "session_params", "call_headers", "call_params"),
+    [
+        ({}, {}, {}, {}),
+        ({"X-Team": "grn"}, {}, {}, {}),
+        ({"Accept-Encoding": None, "X-Team": "grn"}, {}, {}, {}),  # None: not sent
+        ({"X-Team": "grn"}, {"page": "2", "gone": None}, {}, {}),
+        ({"X-Team": "grn"}, {"page": "2"}, {"X-Team": None, "X-Call": "1"}, {"q": "a b"}),
+        ({}, {}, {"Accept": "application/json"}, {"ids": ["1", "2"]}),
+    ],
+)
+def test_a_request_is_prepared_exactly_as_requests_prepares_it(
+    session_headers: dict[str, Any],
+    session_params: dict[str, Any],
+    call_headers: dict[str, Any],
+    call_params: dict[str, Any],
+) -> None:
+    ours, theirs = ServiceSession(service_name="prepare"), requests.Session()
+    for session in (ours, theirs):
+        session.trust_env = False
+        session.headers.update(session_headers)
+        session.params = dict(session_params)
+    url = "http://grn.test/networks"
+    request = requests.Request("GET", url, headers=call_headers, params=call_params)
+    mine, expected = ours.prepare_request(request), theirs.prepare_request(request)
+    assert mine.url == expected.url
+    # Same names, values and order; ServiceSession's own User-Agent aside.
+    assert [(k, v) for k, v in mine.headers.items() if k != "User-Agent"] == [
+        (k, v) for k, v in expected.headers.items() if k != "User-Agent"
+    ]
+    # The caller's Request is left as it was given.
+    assert request.headers is call_headers and request.params is call_params
