@@ -335,7 +335,7 @@ def main() -> None:
     policy_parts()
     with gunicorn_server("create_app", pin=True) as url:
         cost(url, rounds, calls)
-    # Nothing is sent: a port nobody listens on makes a call that was would fail.
+    # Nothing is sent: to a port nobody listens on, a call that was would fail.
     refusals("http://127.0.0.1:9", calls)
     amplification(failing)
 

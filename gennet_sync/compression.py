@@ -823,7 +823,7 @@ class Compression:
                 self._decisions[accept_encoding] = decision
         return decision
 
-    def _is_compressible(self, content_type: str | None) -> bool:
+    def _decide_compressible(self, content_type: str | None) -> bool:
         """Whether a response of ``content_type`` may be compressed; remembered per value."""
         mimetype = content_type.partition(";")[0].strip() if content_type is not None else ""
         compressible = _is_compressible(mimetype, self.settings.mimetypes)
@@ -862,7 +862,7 @@ class Compression:
                 ranged = True
         compressible = self._compressible.get(content_type)  # a handful of values
         if compressible is None:
-            compressible = self._is_compressible(content_type)
+            compressible = self._decide_compressible(content_type)
         if not compressible:
             return response
         status = response.status_code
