@@ -90,11 +90,14 @@ class Bulkhead:
             BulkheadFullError: Every slot is taken (for ``max_wait`` seconds, or
                 ``timeout`` if shorter).
         """
-        wait = self.max_wait if timeout is None else min(self.max_wait, max(timeout, 0.0))
         with self._lock:
             if self._in_flight < self.max_concurrent_calls and not self._waiters:
-                self._admit()
+                # Admitted: what every call passes through, kept to a few operations.
+                in_flight = self._in_flight = self._in_flight + 1
+                self.admitted += 1
+                self.peak = max(self.peak, in_flight)
                 return
+            wait = self.max_wait if timeout is None else min(self.max_wait, max(timeout, 0.0))
             if wait > 0:
                 waiter = _Waiter(self._lock)
                 self._waiters.append(waiter)
@@ -104,11 +107,6 @@ class Bulkhead:
                 self._waiters.remove(waiter)
             self.rejected += 1
         raise self._refusal()
-
-    def _admit(self) -> None:
-        self._in_flight += 1
-        self.admitted += 1
-        self.peak = max(self.peak, self._in_flight)
 
     def release(self) -> None:
         """Give back the slot a call took with :meth:`acquire`."""

@@ -179,10 +179,9 @@ class deadline_scope:  # noqa: N801 - used like a function, as contextlib's help
         self._tokens: list[Token[tuple[float, object] | None]] = []
 
     def __enter__(self) -> deadline_scope:
-        at = self._clock() + self.seconds
+        now = self._clock()
         left = time_left(self._clock)
-        if left is not None:
-            at = min(at, self._clock() + left)
+        at = now + (self.seconds if left is None or self.seconds < left else left)
         self._tokens.append(_deadline.set((at, _SCOPE)))
         return self
 

@@ -50,7 +50,7 @@ def _directives(value: str) -> set[str]:
     return {part.split("=", 1)[0].strip().lower() for part in value.split(",")}
 
 
-def _by_lowered_name(headers: Mapping[str, str]) -> Mapping[str, tuple[str, str]]:
+def by_lowered_name(headers: Mapping[str, str]) -> Mapping[str, tuple[str, str]]:
     """``headers`` keyed by lowercased name, each with its name as given and its value.
 
     requests' ``CaseInsensitiveDict`` keeps exactly this as ``_store``; read as it
@@ -63,20 +63,31 @@ def _by_lowered_name(headers: Mapping[str, str]) -> Mapping[str, tuple[str, str]
     return {name.lower(): (name, value) for name, value in headers.items()}
 
 
+def _key_of(
+    request: requests.PreparedRequest, headers: Mapping[str, tuple[str, str]]
+) -> tuple[str, str]:
+    """The cache key of a GET ``request`` (its headers by lowercased name): the URL
+    it asked for, and what it accepts."""
+    accept = headers.get("accept")
+    return request.url or "", "" if accept is None else accept[1]
+
+
 class _Entry:
     __slots__ = ("content", "encoding", "headers", "reason", "status_code", "stored_at", "vary")
 
     def __init__(
         self,
         response: requests.Response,
+        content: bytes,
         headers: Mapping[str, tuple[str, str]],
         stored_at: float,
         vary: tuple[tuple[str, str], ...],
     ) -> None:
         self.status_code = response.status_code
         self.reason = response.reason
-        self.headers = dict(headers.values())
-        self.content = response.content
+        # The (name, value) pairs, copied: the caller may change its response's.
+        self.headers = tuple(headers.values())
+        self.content = content
         self.encoding = response.encoding
         self.stored_at = stored_at
         #: The request headers the response varies on, with the values it was sent with.
@@ -156,9 +167,15 @@ class LastGoodResponse:
 
     def _private(self, request: requests.PreparedRequest) -> bool:
         """Whether ``request`` carries credentials of any kind we can see."""
+        return self._private_by(request, by_lowered_name(request.headers))
+
+    def _private_by(
+        self, request: requests.PreparedRequest, headers: Mapping[str, tuple[str, str]]
+    ) -> bool:
+        """:meth:`_private`, given ``request``'s headers by lowercased name."""
         # One pass over the request's few headers, not a lookup per private name:
         # a missing name costs requests' CaseInsensitiveDict a KeyError raised.
-        if not self._private_names.isdisjoint(_by_lowered_name(request.headers)):
+        if not self._private_names.isdisjoint(headers):
             return True
         # An auth= that answers challenges (digest) leaves only its response hook.
         hooks = request.hooks.get("response") if request.hooks else None
@@ -167,20 +184,12 @@ class LastGoodResponse:
         return any(isinstance(getattr(hook, "__self__", None), AuthBase) for hook in hooks)
 
     def _key(self, request: requests.PreparedRequest) -> tuple[str, str] | None:
-        if request.method != "GET" or self._private(request):
+        if request.method != "GET":
             return None
-        return request.url or "", request.headers.get("Accept", "")
-
-    @staticmethod
-    def _shared(response: requests.Response, headers: Mapping[str, tuple[str, str]]) -> bool:
-        """Whether ``response`` (its ``headers`` by lowercased name) may be given to
-        another caller at all."""
-        if "set-cookie" in headers or any(
-            "Set-Cookie" in answer.headers for answer in response.history
-        ):
-            return False
-        cache_control = headers.get("cache-control")
-        return cache_control is None or not _directives(cache_control[1]) & _NOT_SHARED
+        headers = by_lowered_name(request.headers)
+        if self._private_by(request, headers):
+            return None
+        return _key_of(request, headers)
 
     def remember(self, response: requests.Response, *, streamed: bool = False) -> None:
         """Keep ``response`` as the last good answer to its request, when it may be kept.
@@ -188,38 +197,55 @@ class LastGoodResponse:
         A redirected call's answer is kept under the URL the call asked for: the
         one a later call of it looks up.
         """
+        # Every successful GET passes here: one pass, in the order the cheapest
+        # refusals come first (a call to each helper cost as much as its work).
+        if streamed or not 200 <= response.status_code < 300:
+            return
         request = response.request
-        asked = response.history[0].request if response.history else request
-        if streamed or request is None or asked is None or not 200 <= response.status_code < 300:
+        history = response.history
+        asked = history[0].request if history else request
+        if request is None or asked is None or asked.method != "GET":
             return
-        key = self._key(asked)
-        # _key checked the request the call asked with; a redirect hop's own request
-        # may carry credentials of its own.
-        if key is None or (request is not asked and self._private(request)):
+        asked_headers = by_lowered_name(asked.headers)
+        if self._private_by(asked, asked_headers):
             return
-        headers = _by_lowered_name(response.headers)
-        if not self._shared(response, headers):
+        # A redirect hop's own request may carry credentials of its own, and a hop's
+        # answer may have set a cookie.
+        if history and (
+            (request is not asked and self._private(request))
+            or any("Set-Cookie" in answer.headers for answer in history)
+        ):
             return
-        vary_header = headers.get("vary")
+        headers = by_lowered_name(response.headers)
+        if "set-cookie" in headers:
+            return
+        cache_control = headers.get("cache-control")
+        if cache_control is not None and _directives(cache_control[1]) & _NOT_SHARED:
+            return
         vary: tuple[tuple[str, str], ...] = ()
+        vary_header = headers.get("vary")
         if vary_header is not None and vary_header[1]:
             vary_names = _directives(vary_header[1])
             vary_names.discard("")
             if "*" in vary_names:
                 return
             vary = tuple(sorted((name, asked.headers.get(name, "")) for name in vary_names))
-        length = headers.get("content-length", ("", ""))[1]
-        if length.isdigit() and int(length) > self.max_body:
+        length = headers.get("content-length")
+        if length is not None and length[1].isdigit() and int(length[1]) > self.max_body:
             return
-        content = response.content
-        if content is None or len(content) > self.max_body:
+        # The body as read (requests keeps False until it is): one never read is
+        # not read here, where nothing bounds it.
+        content = response._content
+        if not isinstance(content, bytes) or len(content) > self.max_body:
             return
-        entry = _Entry(response, headers, self._clock(), vary)
+        key = _key_of(asked, asked_headers)
+        entry = _Entry(response, content, headers, self._clock(), vary)
+        entries = self._entries
         with self._lock:
-            self._entries[key] = entry
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            entries[key] = entry
+            entries.move_to_end(key)
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
 
     def __call__(
         self,

@@ -48,7 +48,7 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, cast
@@ -57,6 +57,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 from requests.sessions import merge_setting as _untyped_merge_setting
+from requests.structures import CaseInsensitiveDict
 from requests.utils import get_environ_proxies
 from urllib3.exceptions import LocationParseError
 from urllib3.util import make_headers, parse_url
@@ -99,6 +100,7 @@ from gennet_sync.exceptions import (
     GenNetException,
 )
 from gennet_sync.failures import _DEADLINE, _TOTAL_TIMEOUT, _classify, _transport_error
+from gennet_sync.fallback import by_lowered_name
 from gennet_sync.retries import (
     DEFAULT_RETRY_AFTER_MAX,
     ServiceRetry,
@@ -388,6 +390,15 @@ def _call_seconds(timeout: object) -> float | None:
         return None
     total = float(sum(parts))
     return total if math.isfinite(total) else None
+
+
+_DEADLINE_KEY: Final = DEADLINE_HEADER.lower()
+
+
+def _remove_header(headers: MutableMapping[str, str], lowered: str) -> None:
+    """Remove the header named ``lowered`` (in lower case) from ``headers``, if there."""
+    for name in [name for name in headers if name.lower() == lowered]:
+        del headers[name]
 
 
 def _capped(timeout: TimeoutValue, limit: float) -> TimeoutValue:
@@ -984,7 +995,11 @@ class ServiceSession(requests.Session):
                     # Seen by whatever reads the request before it is sent (a mock
                     # transport, a hook); each attempt sends its own value, and the
                     # caller's own header comes back below.
-                    request.headers[DEADLINE_HEADER] = deadline.budget()
+                    headers = deadline.request_headers = request.headers
+                    if type(headers) is CaseInsensitiveDict:  # its __setitem__ is a call
+                        headers._store[_DEADLINE_KEY] = (DEADLINE_HEADER, deadline.budget())  # type: ignore[attr-defined]
+                    else:
+                        headers[DEADLINE_HEADER] = deadline.budget()
             response = self._send_once(call, request, kwargs, read_body=read_body)
             if self.raise_errors and response.status_code >= 400:
                 service = self._service_label(call, breaker, response.url or url)
@@ -1003,10 +1018,13 @@ class ServiceSession(requests.Session):
             if deadline is not None:
                 _WATCHDOG.finish(deadline)
                 if deadline.forward:
-                    if deadline.callers_header is None:
-                        request.headers.pop(DEADLINE_HEADER, None)
+                    headers = request.headers
+                    if deadline.callers_header is not None:
+                        headers[DEADLINE_HEADER] = deadline.callers_header
+                    elif type(headers) is CaseInsensitiveDict:
+                        headers._store.pop(_DEADLINE_KEY, None)  # type: ignore[attr-defined]  # its pop() is two calls
                     else:
-                        request.headers[DEADLINE_HEADER] = deadline.callers_header
+                        _remove_header(headers, _DEADLINE_KEY)
             if call.retry_charged and self._retry_budget is not None:
                 self._retry_budget.refund()  # taken for a retry that was never sent
             _call_in_progress.reset(token)
@@ -1068,7 +1086,10 @@ class ServiceSession(requests.Session):
         if total is None:
             return None
         deadline = _Deadline(total, inherited=inherited)
-        callers = request.headers.get(DEADLINE_HEADER)
+        # By lowercased name: a missing name costs requests' CaseInsensitiveDict.get
+        # a KeyError raised and caught, and most calls have none.
+        entry = by_lowered_name(request.headers).get(_DEADLINE_KEY)
+        callers = None if entry is None else entry[1]
         if callers is not None:
             deadline.callers_header = callers
             deadline.callers_budget = parse_budget(callers)
@@ -1105,7 +1126,9 @@ class ServiceSession(requests.Session):
         bulkhead = self._bulkhead
         if bulkhead is None:
             return None
-        wait = None if deadline is None else max(deadline.remaining() - FORWARD_MARGIN, 0.0)
+        wait = None
+        if deadline is not None and bulkhead.max_wait > 0:  # else the call never waits
+            wait = max(deadline.remaining() - FORWARD_MARGIN, 0.0)
         try:
             bulkhead.acquire(timeout=wait)
         except BulkheadFullError as refusal:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 import socket
 import threading
 import time
@@ -20,12 +21,13 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import ProxyManager
 from urllib3.util.retry import Retry
 
-from gennet_sync.deadline import DEADLINE_HEADER, FORWARD_MARGIN, format_budget
+from gennet_sync.deadline import DEADLINE_HEADER, FORWARD_MARGIN, MAX_BUDGET, format_budget
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -119,6 +121,8 @@ class _Deadline:
     """A call's total time limit, and the connection its current attempt has checked out."""
 
     __slots__ = (
+        "_budget",
+        "_budget_millis",
         "at",
         "attempt_started",
         "callers_budget",
@@ -129,6 +133,7 @@ class _Deadline:
         "forward",
         "inherited",
         "lowered",
+        "request_headers",
         "seconds",
     )
 
@@ -148,6 +153,14 @@ class _Deadline:
         #: The ``Request-Timeout`` the caller put on the request itself, and its seconds.
         self.callers_header: str | None = None
         self.callers_budget: float | None = None
+        #: The headers of the request the budget was written on (see
+        #: ``_WatchedHTTPConnection.request``).
+        self.request_headers: Any = None
+        # The last budget formatted, and its whole milliseconds: an attempt sent
+        # within the same millisecond as the request was prepared (most are) sends
+        # the same text, so it is formatted once per call.
+        self._budget = ""
+        self._budget_millis = -2
 
     def budget(self, remaining: float | None = None) -> str:
         """The ``Request-Timeout`` an attempt sends now (``remaining`` seconds left,
@@ -157,7 +170,12 @@ class _Deadline:
         if self.callers_budget is not None and self.callers_budget <= ours:
             assert self.callers_header is not None
             return self.callers_header
-        return format_budget(ours)
+        # format_budget's milliseconds; -1 where it answers "0" (nothing left, NaN).
+        millis = math.floor(min(ours, MAX_BUDGET) * 1000) if ours > 0 else -1
+        if millis != self._budget_millis:
+            self._budget = format_budget(ours)
+            self._budget_millis = millis
+        return self._budget
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
@@ -179,7 +197,10 @@ class _Watchdog:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Condition(threading.Lock())
+        # Taken through the lock itself: a Condition's own enter and exit are
+        # Python calls, four per call watched.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._heap: list[tuple[float, int, _Deadline]] = []
         self._order = itertools.count()
         self._finished_in_heap = 0
@@ -194,7 +215,7 @@ class _Watchdog:
                 )
                 self._thread.start()
             elif self._heap[0][2] is deadline:  # earlier than what the thread waits for
-                self._lock.notify()
+                self._wake.notify()
 
     def attach(self, deadline: _Deadline, connection: _WatchedHTTPConnection) -> bool:
         """Make ``connection`` the one to cut at the deadline; ``False`` once it has passed."""
@@ -238,7 +259,7 @@ class _Watchdog:
         with self._lock:
             while True:
                 if not self._heap:
-                    self._lock.wait()
+                    self._wake.wait()
                     continue
                 at, _, deadline = self._heap[0]
                 if deadline.finished:
@@ -247,7 +268,7 @@ class _Watchdog:
                     continue
                 wait = at - time.monotonic()
                 if wait > 0:
-                    self._lock.wait(wait)
+                    self._wake.wait(wait)
                     continue
                 heapq.heappop(self._heap)
                 deadline.expired = True
@@ -257,7 +278,8 @@ class _Watchdog:
 
     def _after_fork(self) -> None:
         # The thread does not exist in a child; a new one starts with its first call.
-        self._lock = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._heap = []
         self._finished_in_heap = 0
         self._thread = None
@@ -294,6 +316,10 @@ class _WatchedHTTPConnection(HTTPConnection):
     #: The deadline of the call that has it checked out (the watchdog's lock guards it).
     deadline: _Deadline | None = None
 
+    #: The ``Request-Timeout`` line of the attempt being sent, written by
+    #: :meth:`putrequest`.
+    _budget_line: bytes | None = None
+
     def request(
         self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any
     ) -> None:
@@ -302,20 +328,41 @@ class _WatchedHTTPConnection(HTTPConnection):
             # Per attempt: a retry tells the service what is left by then.  With
             # nothing left to give, the attempt is not sent: its answer could not
             # come back in time.
-            remaining = deadline.remaining()
+            remaining = deadline.at - time.monotonic()
             if not remaining - FORWARD_MARGIN > 0:  # forwarded_budget() would be "0"
                 raise _TotalTimeoutExceeded(deadline)
-            if DEADLINE_HEADER not in headers:
-                # urllib3 gives each attempt its own copy of the request's headers,
-                # holding the value the call set: rewritten there.  Headers without
-                # it are someone else's: copied, so that nothing keeps this
-                # attempt's value (stale when sent again).
-                headers = headers.copy()
-            headers[DEADLINE_HEADER] = deadline.budget(remaining)
+            if headers is not deadline.request_headers and type(headers) is CaseInsensitiveDict:
+                headers._store.pop(_DEADLINE_KEY, None)  # type: ignore[attr-defined]  # urllib3's copy, this attempt's
+            else:
+                headers = _without_budget(headers, deadline)
+            line = f"{DEADLINE_HEADER}: {deadline.budget(remaining)}"
+            self._budget_line = line.encode("latin-1")
         call = _call_in_progress.get()
         if call is not None:
             call.retry_charged = False  # sent: the retry taken from the budget is spent
-        super().request(method, url, body, headers, **kwargs)
+        try:
+            super().request(method, url, body, headers, **kwargs)
+        finally:
+            self._budget_line = None
+
+    def putrequest(
+        self,
+        method: str,
+        url: str,
+        skip_host: bool = False,
+        skip_accept_encoding: bool = False,
+    ) -> None:
+        super().putrequest(
+            method, url, skip_host=skip_host, skip_accept_encoding=skip_accept_encoding
+        )
+        line = self._budget_line
+        if line is not None:
+            # The budget, written as http.client writes a header line once it has
+            # checked it: its digits need no check.  Sent through putheader()
+            # like the request's own headers, one header cost about 1% of a call
+            # (two regular expressions, encodings, urllib3's checks).
+            self._budget_line = None
+            self._output(line)  # type: ignore[attr-defined]
 
     def connect(self) -> None:
         _attach_to_call(self)
@@ -325,6 +372,22 @@ class _WatchedHTTPConnection(HTTPConnection):
 class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
     """The HTTPS counterpart of :class:`_WatchedHTTPConnection` (its TLS handshake,
     made before the request, is watched too)."""
+
+
+def _without_budget(headers: Any, deadline: _Deadline) -> Any:
+    """The headers of an attempt, without the ``Request-Timeout`` the call wrote on
+    its request (the connection writes the attempt's own value)."""
+    if headers is deadline.request_headers:
+        # urllib3 hands each attempt a copy of the request's headers, except
+        # through a proxy's tunnel: the request keeps its own.
+        headers = headers.copy()
+    if isinstance(headers, CaseInsensitiveDict):
+        headers._store.pop(_DEADLINE_KEY, None)  # type: ignore[attr-defined]  # its own pop() looks the name up twice
+        return headers
+    return {name: value for name, value in headers.items() if name.lower() != _DEADLINE_KEY}
+
+
+_DEADLINE_KEY: Final = DEADLINE_HEADER.lower()
 
 
 def _attach_to_call(connection: _WatchedHTTPConnection) -> _Deadline | None:

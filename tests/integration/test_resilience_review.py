@@ -262,3 +262,35 @@ def test_the_last_good_response_never_gives_one_callers_answer_to_another() -> N
         mallory = session.get(f"{url}/keyed", headers={"X-Api-Key": "mallory"})
     assert other.status_code == 503 and "Set-Cookie" not in other.headers
     assert mallory.status_code == 503 and "alice" not in mallory.text
+
+
+def test_each_attempt_sends_one_request_timeout_with_the_time_left_then() -> None:
+    """The connection writes each attempt's budget itself: exactly one header line,
+    a retry's no larger than the attempt before, the request's own headers intact."""
+    seen: list[tuple[str | None, str | None]] = []
+    app = Flask("attempts")
+
+    @app.get("/flaky")
+    def flaky() -> tuple[str, int]:
+        # Repeated header lines reach a WSGI app joined by commas: one value, one line.
+        seen.append((request.headers.get(DEADLINE_HEADER), request.headers.get("X-Mine")))
+        return ("down", 503) if len(seen) < 3 else ("ok", 200)
+
+    retry = Retry(total=3, backoff_factor=0.05, status_forcelist=[503], raise_on_status=False)
+    with serve_app(app) as url:
+        session = ServiceSession(base_url=url, service_name="attempt-budgets", retries=retry)
+        with deadline_scope(5.0):
+            answer = session.get("/flaky", headers={"X-Mine": "kept"})
+        # Without a deadline in force, the session's own total limit is forwarded.
+        session.get("/flaky", headers={"X-Mine": "kept"})
+    assert answer.status_code == 200
+    budgets = [float(budget) for budget, _ in seen if budget is not None]
+    assert len(budgets) == len(seen) == 4
+    first, second, third, own = budgets
+    assert 4.5 < first <= 5.0 - FORWARD_MARGIN
+    assert third <= second <= first  # each retry tells what is left by then
+    assert first - third >= 0.05  # the backoff sleeps came off the budget
+    assert 20 < own <= session.total_timeout - FORWARD_MARGIN  # type: ignore[operator]
+    assert all(mine == "kept" for _, mine in seen)
+    # The caller's request is left without ours.
+    assert DEADLINE_HEADER not in answer.request.headers

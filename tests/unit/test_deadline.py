@@ -265,3 +265,20 @@ def test_a_copied_or_pickled_session_keeps_its_resilience_settings() -> None:
     assert clone.retry_budget == session.retry_budget
     assert clone._bulkhead is session._bulkhead  # the process's, by the service's name
     assert clone._retry_budget is session._retry_budget
+
+
+def test_an_attempt_through_a_proxy_tunnel_leaves_the_requests_own_headers_alone() -> None:
+    """urllib3 copies a request's headers for each attempt, except through a
+    proxy's tunnel: there the connection must not take the budget off the request."""
+    from requests.structures import CaseInsensitiveDict
+
+    from gennet_sync.transport import _Deadline, _without_budget
+
+    deadline = _Deadline(5.0, forward=True)
+    own = CaseInsensitiveDict({"Accept": "*/*", DEADLINE_HEADER: "4.9"})
+    deadline.request_headers = own
+    sent = _without_budget(own, deadline)
+    assert sent is not own and dict(sent) == {"Accept": "*/*"}
+    assert own[DEADLINE_HEADER] == "4.9"  # hooks of the call still see it
+    plain = _without_budget({"accept": "*/*", "REQUEST-TIMEOUT": "1"}, deadline)
+    assert plain == {"accept": "*/*"}
