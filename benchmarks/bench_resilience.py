@@ -10,6 +10,9 @@ call, and what the budget saves a failing service.
    per call (the client's own cost; the server runs in another process),
    wall-clock microseconds per call, and the median over rounds of the ratio to
    the session without policies in the same round.  Target: all four within 3%.
+   The deadline clients enter a ``deadline_scope`` per call; the two ``bound``
+   clients call in a context whose deadline was bound once, as the Flask side
+   binds a request's (the calls of one request share one binding).
 2. Refusals: how long a call refused by a full bulkhead, and one with no time
    left, takes (no network I/O).
 3. Load amplification: a gunicorn app answering every request with 503, called
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import os
 import statistics
 import tempfile
@@ -143,6 +147,14 @@ def _within_deadline(session: ServiceSession) -> Callable[[], object]:
     return call
 
 
+def _in_bound_deadline(session: ServiceSession) -> Callable[[], object]:
+    """Calls in a context whose deadline is bound once, as the Flask side binds a
+    request's: what each call of a request costs, the binding not counted."""
+    context = contextvars.copy_context()
+    context.run(deadline_scope(3600.0).__enter__)  # left in force in that context
+    return lambda: context.run(session.get, PATH)
+
+
 def cost(url: str, rounds: int, calls: int) -> None:
     clients: dict[str, Callable[[], object]] = {}
     none = _session(url, "bench-none")
@@ -164,6 +176,9 @@ def cost(url: str, rounds: int, calls: int) -> None:
         fallback=LastGoodResponse(),
     )
     clients["all four"] = _within_deadline(every)
+    bound = _session(url, "bench-deadline-bound", forward_deadline=True)
+    clients["deadline, bound"] = _in_bound_deadline(bound)
+    clients["all four, bound"] = _in_bound_deadline(every)
 
     # The clients take turns call by call (in an order that rotates), so a slow
     # moment of the machine falls on all of them alike; each round's sums give
