@@ -766,6 +766,7 @@ class _WSGIBoundary:
             self._header_lowered = header.lower()
             self._header = header
         lowered = self._header_lowered
+        length = len(lowered)
         # Bound here, before Flask: the ID is known to every hook, handler and
         # teardown function (they read it from the environ or the context).  An
         # app mounted inside another one takes a valid ID from its own header,
@@ -777,18 +778,16 @@ class _WSGIBoundary:
         else:
             request_id = environ.get(_ENVIRON_REQUEST_ID) or new_request_id()
         environ[_ENVIRON_REQUEST_ID] = request_id
-        ours = (header, request_id)  # the closure's few free variables: each costs
 
         def start_with_request_id(
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
         ) -> Callable[[bytes], object]:
-            length = len(lowered)
             for name, _ in headers:
                 # Lengths first: most names are not ours, and lower() is a call.
                 if len(name) == length and name.lower() == lowered:  # the view set one
                     headers = [pair for pair in headers if pair[0].lower() != lowered]
                     break
-            return start_response(status, [*headers, ours], exc_info)
+            return start_response(status, [*headers, (header, request_id)], exc_info)
 
         token = _request_id_var.set(request_id)
         try:
