@@ -770,6 +770,7 @@ class Compression:
     @settings.setter
     def settings(self, settings: CompressionSettings) -> None:
         self._settings = settings
+        self._min_size = settings.min_size  # read on every response
         available = set(available_encodings())
         self._algorithms = tuple(a for a in settings.algorithms if a in available)
         # What was decided under the old settings (codings, mimetypes) is forgotten.
@@ -843,10 +844,15 @@ class Compression:
         content_type = vary = encoding = cache_control = None
         ranged = False
         for name, value in response.headers._list:  # werkzeug's list (see the Vary below)
-            if name == "Content-Length":  # on almost every response, and not needed
+            # The two headers of almost every response, as Flask and werkzeug spell
+            # them, first: no lower() call for them.
+            if name == "Content-Type":
+                if content_type is None:
+                    content_type = value
                 continue
-            # Flask and werkzeug spell Content-Type so: no lower() call for it.
-            key = "content-type" if name == "Content-Type" else name.lower()
+            if name == "Content-Length":  # not needed
+                continue
+            key = name.lower()
             if key == "content-length":
                 continue
             if key == "content-type":
@@ -899,7 +905,7 @@ class Compression:
         size = response.content_length if streamed else len(data)
         if (
             size is not None
-            and size < self.settings.min_size
+            and size < self._min_size
             # Small, but sent compressed anyway when the client forbids identity.
             and identity_allowed
         ):

@@ -40,6 +40,7 @@ from flask.sansio.blueprints import BlueprintSetupState
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.http import http_date
+from werkzeug.routing import Rule
 
 from gennet_sync.error_handler import app_state
 from gennet_sync.exceptions import NotFoundError
@@ -64,6 +65,9 @@ _ENVIRON_SERVED_BY = "gennet_sync.versioning.served_by"
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 _FEATURE = "versioning"
 _HEADER_CACHE_SIZE = 64
+_RULE_CACHE_SIZE = 4096
+#: A response's version headers: name, value and the name lowered.
+_Headers = tuple[tuple[str, str, str], ...]
 
 # Blueprint setup methods that still work after registration because they go
 # through ``record``; the others (before_request, errorhandler...) are merged into
@@ -281,6 +285,12 @@ class VersionedAPI:
         # (version name, script root) -> its response headers; cleared when a
         # version is declared, since that can change the successor.
         self._header_cache: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+        # URL rule -> (script root, its responses' headers with their lowered names),
+        # for rules whose every matching path names the same version (or none); a
+        # request matched to one skips parsing its path.  Cleared with the above.
+        self._rule_headers: dict[str, tuple[str, _Headers]] = {}
+        # Whether a header-routing middleware marks requests (set by init_app).
+        self._marks_versionable = False
         if app is not None:
             self.init_app(app)
 
@@ -307,6 +317,7 @@ class VersionedAPI:
             app, before=self._reject_unknown_version, after=self._add_version_headers
         )
         if self.header_routing:
+            self._marks_versionable = True
             app.wsgi_app = _HeaderRoutingMiddleware(app.wsgi_app, app, self)  # type: ignore[method-assign]
         if self.index:
             app.add_url_rule(
@@ -363,6 +374,7 @@ class VersionedAPI:
         )
         self._versions[name] = version
         self._header_cache.clear()
+        self._rule_headers.clear()
         self._versions_blueprint.record(
             lambda setup: self._register(cast("Flask", setup.app), version)
         )
@@ -392,7 +404,8 @@ class VersionedAPI:
     def _reject_unknown_version(self, request: Request) -> None:
         # Routing already failed (no rule matched): if the path names a version that
         # does not exist, say so and list the real ones instead of a bare 404.
-        if not isinstance(request.routing_exception, NotFound):
+        error = request.routing_exception
+        if error is None or not isinstance(error, NotFound):  # None: most requests
             return
         from_header = request.environ.get(_ENVIRON_UNKNOWN_HEADER_VERSION)
         if from_header is not None:
@@ -419,35 +432,33 @@ class VersionedAPI:
         )
 
     def _add_version_headers(self, request: Request, response: Response) -> Response:
-        if request.environ.get(_ENVIRON_VERSIONABLE):
+        # This runs on every response: each call and each string built costs about
+        # as much as a line, hence the cache by URL rule and the inlined loops.
+        if self._marks_versionable and request.environ.get(_ENVIRON_VERSIONABLE):
             vary = ", ".join(response.headers.getlist("Vary"))
             if API_VERSION_HEADER.lower() not in vary.lower():
                 response.headers["Vary"] = (
                     f"{vary}, {API_VERSION_HEADER}" if vary else API_VERSION_HEADER
                 )
-        # version_for_path and _headers_for's cache, inlined: this runs on every response.
-        path = request.path
-        prefix = self.prefix + "/"
-        if not path.startswith(prefix):
-            return response
-        version = self._versions.get(path[len(prefix) :].partition("/")[0])
-        if version is None:
-            return response
+        rule = request.url_rule
         script_root = request.root_path
-        headers = self._header_cache.get((version.name, script_root))
-        if headers is None:
-            headers = self._headers_for(version, script_root)
+        entry = self._rule_headers.get(rule.rule) if rule is not None else None
+        if entry is not None and entry[0] == script_root:
+            headers = entry[1]
+        else:
+            headers = self._headers_of_request(request.path, script_root, rule)
+        if not headers:
+            return response
         # werkzeug's list of the response's headers, appended to directly (see below);
         # tests/unit/test_performance_equivalence.py pins that werkzeug keeps it.
         pairs = response.headers._list
-        for name, value in headers:
+        for name, value, lowered in headers:
             if name == "Link":
                 # Links the view set (on one line or several) stay, ours go last.
                 response.headers["Link"] = ", ".join([*response.headers.getlist("Link"), value])
                 continue
-            # headers.set(name, value), inlined: this runs on every response.
-            length = len(name)
-            lowered = name.lower()
+            # headers.set(name, value), inlined.
+            length = len(lowered)
             for key, _ in pairs:
                 # Lengths first: most names are not ours, and lower() is a call.
                 if len(key) == length and key.lower() == lowered:
@@ -458,6 +469,43 @@ class VersionedAPI:
                 # for newlines when the cache was filled (_headers_for).
                 pairs.append((name, value))
         return response
+
+    def _headers_of_request(self, path: str, script_root: str, rule: Rule | None) -> _Headers:
+        """The version headers of a response to ``path`` (under ``script_root``).
+
+        Remembered for ``rule`` (the URL rule the request matched) when every path
+        it matches names the same version or none, which its text shows up to its
+        first converter.
+        """
+        version = self.version_for_path(path)
+        if version is None:
+            headers: _Headers = ()
+        else:
+            headers = tuple(
+                (name, value, name.lower())
+                for name, value in self._headers_for(version, script_root)
+            )
+        if rule is not None and self._rule_decides_version(rule.rule, path):
+            if len(self._rule_headers) >= _RULE_CACHE_SIZE:
+                self._rule_headers.clear()  # rules added at run time must not pile up
+            self._rule_headers[rule.rule] = (script_root, headers)
+        return headers
+
+    def _rule_decides_version(self, rule: str, path: str) -> bool:
+        """Whether every path URL rule ``rule`` matches (``path`` among them) has the
+        same version segment, or none: werkzeug matches the text before the rule's
+        first converter as it is, and a rule without converters only its own path."""
+        static, converter, _ = rule.partition("<")
+        if not converter:
+            return path == rule
+        if not path.startswith(static):  # not matched as this reads the rule: no guess
+            return False
+        head = self.prefix + "/"
+        if not static.startswith(head):
+            # Either the text parts from the prefix (no match is versioned), or
+            # the prefix goes on past it, where a converter decides.
+            return not head.startswith(static)
+        return "/" in static[len(head) :]  # the version segment ends before the converter
 
     def _headers_for(self, version: APIVersion, script_root: str) -> tuple[tuple[str, str], ...]:
         """The headers of ``version``'s responses, built once per version and script root."""

@@ -665,6 +665,26 @@ def test_werkzeug_keeps_response_headers_in_the_list_our_steps_append_to() -> No
     )
 
 
+def test_the_shared_hooks_read_the_request_flask_stands_for() -> None:
+    # The shared before/after hooks read the request from the context variable
+    # behind flask.request (a Python call less each than the proxy's lookup): this
+    # fails, rather than the steps getting another request, should Flask change it.
+    from flask import request
+
+    from gennet_sync import error_handler
+
+    assert error_handler._request_contexts is not None  # else the proxy is used
+    app = Flask(__name__)
+    with app.test_request_context("/first"):
+        outer = request._get_current_object()  # type: ignore[attr-defined]
+        assert error_handler._request_contexts.get().request is outer
+        with app.test_request_context("/second"):
+            inner = error_handler._request_contexts.get().request
+            assert inner is request._get_current_object()  # type: ignore[attr-defined]
+            assert inner.path == "/second"
+        assert error_handler._request_contexts.get().request is outer
+
+
 def test_a_version_header_the_view_set_is_replaced_where_it_stood() -> None:
     app = Flask(__name__)
     api = VersionedAPI(app)

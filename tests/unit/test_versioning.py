@@ -455,3 +455,67 @@ def test_vary_already_naming_the_version_header_is_not_repeated() -> None:
 
     response = app.test_client().get("/varied", headers={"API-Version": "v2"})
     assert response.headers.getlist("Vary") == ["api-version"]
+
+
+# Version headers are remembered per URL rule when the rule's text decides the version;
+# every rule shape answers as the request's path says, first request or hundredth.
+
+
+def make_app_with_open_rules() -> tuple[Flask, VersionedAPI]:
+    """Rules of the app itself whose converters leave the version segment open."""
+    app, api = make_app()
+
+    @app.get("/api/<version>/status")
+    def status(version: str) -> dict[str, str]:
+        return {"version": version}
+
+    @app.get("/api/v<int:number>/count")
+    def count(number: int) -> dict[str, int]:
+        return {"number": number}
+
+    @app.get("/files/<path:rest>")
+    def files(rest: str) -> dict[str, str]:
+        return {"rest": rest}
+
+    @app.get("/<path:anything>")
+    def anything(anything: str) -> dict[str, str]:
+        return {"anything": anything}
+
+    return app, api
+
+
+@pytest.mark.parametrize(
+    ("path", "version"),
+    [
+        ("/api/v1/status", "v1"),
+        ("/api/v2/status", "v2"),
+        ("/api/v9/status", None),  # matched by the app's rule, no such version
+        ("/api/v1/count", "v1"),  # the int converter inside the version segment
+        ("/api/v7/count", None),
+        ("/api/v2/networks/a", "v2"),
+        ("/files/api/v1/x", None),
+        ("/api/v1/anything/else", "v1"),  # the catch-all, under v1's prefix
+        ("/elsewhere", None),
+    ],
+)
+def test_version_headers_follow_the_path_whatever_rule_matched_it(
+    path: str, version: str | None
+) -> None:
+    app, _ = make_app_with_open_rules()
+    client = app.test_client()
+    # Another path through the same rule first, then this one, twice: what a rule
+    # remembered for one path must not answer for another.
+    for other in ("/api/v2/status", "/api/v1/networks/a", "/x/y", path, path):
+        response = client.get(other)
+        assert response.status_code == 200
+    assert response.headers.get("API-Version") == version
+    assert ("Deprecation" in response.headers) == (version == "v1")
+
+
+def test_one_rule_under_two_script_roots_keeps_each_roots_links() -> None:
+    app, _ = make_app()
+    client = app.test_client()
+    for _ in range(2):
+        for root, expected in (("", "</api>"), ("/grn", "</grn/api>"), ("", "</api>")):
+            response = client.get("/api/v1/networks/a", environ_overrides={"SCRIPT_NAME": root})
+            assert response.headers["Link"].startswith(f'{expected}; rel="deprecation"')
