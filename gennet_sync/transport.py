@@ -169,7 +169,10 @@ class _Deadline:
         ours = (self.remaining() if remaining is None else remaining) - FORWARD_MARGIN
         if self.callers_budget is not None and self.callers_budget <= ours:
             assert self.callers_header is not None
-            return self.callers_header
+            # As parsed: the connection writes the value without http.client's
+            # checks, and only the spaces (or a line break) around a budget's
+            # digits may differ from what parse_budget read.
+            return self.callers_header.strip()
         # format_budget's milliseconds; -1 where it answers "0" (nothing left, NaN).
         millis = math.floor(min(ours, MAX_BUDGET) * 1000) if ours > 0 else -1
         if millis != self._budget_millis:
@@ -335,12 +338,14 @@ class _WatchedHTTPConnection(HTTPConnection):
                 headers._store.pop(_DEADLINE_KEY, None)  # type: ignore[attr-defined]  # urllib3's copy, this attempt's
             else:
                 headers = _without_budget(headers, deadline)
-            line = f"{DEADLINE_HEADER}: {deadline.budget(remaining)}"
-            self._budget_line = line.encode("latin-1")
+            line = f"{DEADLINE_HEADER}: {deadline.budget(remaining)}".encode("latin-1")
+        else:
+            line = None
         call = _call_in_progress.get()
         if call is not None:
             call.retry_charged = False  # sent: the retry taken from the budget is spent
         try:
+            self._budget_line = line
             super().request(method, url, body, headers, **kwargs)
         finally:
             self._budget_line = None

@@ -294,3 +294,25 @@ def test_each_attempt_sends_one_request_timeout_with_the_time_left_then() -> Non
     assert all(mine == "kept" for _, mine in seen)
     # The caller's request is left without ours.
     assert DEADLINE_HEADER not in answer.request.headers
+
+
+def test_a_callers_budget_with_a_line_break_cannot_end_the_headers_early() -> None:
+    """A value set on a PreparedRequest skips requests' header checks; the budget the
+    connection writes is the number parsed, never the raw text."""
+    seen: list[tuple[str | None, str | None]] = []
+    app = Flask("line-break")
+
+    @app.get("/x")
+    def x() -> str:
+        seen.append((request.headers.get(DEADLINE_HEADER), request.headers.get("X-After")))
+        return "ok"
+
+    with serve_app(app) as url:
+        session = ServiceSession(base_url=url, service_name="line-break")
+        prepared = session.prepare_request(requests.Request("GET", f"{url}/x"))
+        prepared.headers[DEADLINE_HEADER] = "0.25\r\n"
+        prepared.headers["X-After"] = "still a header"
+        with deadline_scope(5.0):
+            assert session.send(prepared).status_code == 200
+    assert seen == [("0.25", "still a header")]
+    assert prepared.headers[DEADLINE_HEADER] == "0.25\r\n"  # the caller's own, given back
