@@ -396,9 +396,17 @@ _DEADLINE_KEY: Final = DEADLINE_HEADER.lower()
 
 
 def _remove_header(headers: MutableMapping[str, str], lowered: str) -> None:
-    """Remove the header named ``lowered`` (in lower case) from ``headers``, if there."""
+    """Remove the header named ``lowered`` (in lower case) from ``headers``, in any letter case."""
     for name in [name for name in headers if name.lower() == lowered]:
         del headers[name]
+
+
+def _give_back_deadline_header(headers: MutableMapping[str, str], deadline: _Deadline) -> None:
+    """``headers`` as the caller left them: without the budget the call wrote, with
+    the caller's own ``Request-Timeout`` (under its own name) if it had one."""
+    _remove_header(headers, _DEADLINE_KEY)
+    if deadline.callers_header is not None:
+        headers[deadline.callers_name] = deadline.callers_header
 
 
 def _capped(timeout: TimeoutValue, limit: float) -> TimeoutValue:
@@ -998,9 +1006,16 @@ class ServiceSession(requests.Session):
                     headers = deadline.request_headers = request.headers
                     if type(headers) is CaseInsensitiveDict:  # its __setitem__ is a call
                         headers._store[_DEADLINE_KEY] = (DEADLINE_HEADER, deadline.budget())  # type: ignore[attr-defined]
-                    else:
+                    else:  # a plain dict (a hook's): one entry, whatever its letter case
+                        _remove_header(headers, _DEADLINE_KEY)
                         headers[DEADLINE_HEADER] = deadline.budget()
             response = self._send_once(call, request, kwargs, read_body=read_body)
+            if deadline is not None and deadline.forward and response.history:
+                # requests made each redirect hop's request from a copy of this one,
+                # budget included: they are given back as the caller's would be.
+                for answer in (*response.history, response):
+                    if answer.request is not None and answer.request is not request:
+                        _give_back_deadline_header(answer.request.headers, deadline)
             if self.raise_errors and response.status_code >= 400:
                 service = self._service_label(call, breaker, response.url or url)
                 mapped = error_from_response(response, service=service)
@@ -1019,12 +1034,10 @@ class ServiceSession(requests.Session):
                 _WATCHDOG.finish(deadline)
                 if deadline.forward:
                     headers = request.headers
-                    if deadline.callers_header is not None:
-                        headers[DEADLINE_HEADER] = deadline.callers_header
-                    elif type(headers) is CaseInsensitiveDict:
+                    if deadline.callers_header is None and type(headers) is CaseInsensitiveDict:
                         headers._store.pop(_DEADLINE_KEY, None)  # type: ignore[attr-defined]  # its pop() is two calls
                     else:
-                        _remove_header(headers, _DEADLINE_KEY)
+                        _give_back_deadline_header(headers, deadline)
             if call.retry_charged and self._retry_budget is not None:
                 self._retry_budget.refund()  # taken for a retry that was never sent
             _call_in_progress.reset(token)
@@ -1091,6 +1104,8 @@ class ServiceSession(requests.Session):
         entry = by_lowered_name(request.headers).get(_DEADLINE_KEY)
         callers = None if entry is None else entry[1]
         if callers is not None:
+            assert entry is not None
+            deadline.callers_name = entry[0]
             deadline.callers_header = callers
             deadline.callers_budget = parse_budget(callers)
         # A caller's own value that is no budget is sent as it is, like any header.

@@ -127,6 +127,7 @@ class _Deadline:
         "attempt_started",
         "callers_budget",
         "callers_header",
+        "callers_name",
         "connection",
         "expired",
         "finished",
@@ -153,6 +154,8 @@ class _Deadline:
         #: The ``Request-Timeout`` the caller put on the request itself, and its seconds.
         self.callers_header: str | None = None
         self.callers_budget: float | None = None
+        #: The name the caller gave it, in its own letter case.
+        self.callers_name = DEADLINE_HEADER
         #: The headers of the request the budget was written on (see
         #: ``_WatchedHTTPConnection.request``).
         self.request_headers: Any = None

@@ -316,3 +316,50 @@ def test_a_callers_budget_with_a_line_break_cannot_end_the_headers_early() -> No
             assert session.send(prepared).status_code == 200
     assert seen == [("0.25", "still a header")]
     assert prepared.headers[DEADLINE_HEADER] == "0.25\r\n"  # the caller's own, given back
+
+
+def test_every_hop_of_a_redirected_call_is_given_back_without_the_budget() -> None:
+    seen: list[str | None] = []
+    app = Flask("redirects")
+
+    @app.get("/start")
+    def start() -> Response:
+        seen.append(request.headers.get(DEADLINE_HEADER))
+        return Response(status=302, headers={"Location": "/end"})
+
+    @app.get("/end")
+    def end() -> str:
+        seen.append(request.headers.get(DEADLINE_HEADER))
+        return "ok"
+
+    with serve_app(app) as url:
+        session = ServiceSession(base_url=url, service_name="redirect-budget")
+        with deadline_scope(5.0):
+            answer = session.get("/start")
+    assert answer.status_code == 200 and len(answer.history) == 1
+    assert all(budget is not None and float(budget) <= 5.0 for budget in seen) and len(seen) == 2
+    for hop in (*answer.history, answer):
+        assert hop.request is not None and DEADLINE_HEADER not in hop.request.headers
+
+
+def test_a_callers_budget_in_plain_dict_headers_comes_back_as_it_was_given() -> None:
+    seen: list[str | None] = []
+    app = Flask("plain-dict")
+
+    @app.get("/x")
+    def x() -> str:
+        seen.append(request.headers.get(DEADLINE_HEADER))
+        return "ok"
+
+    with serve_app(app) as url:
+        session = ServiceSession(base_url=url, service_name="plain-dict-budget")
+        prepared = session.prepare_request(requests.Request("GET", f"{url}/x"))
+        given = {**prepared.headers, "request-TIMEOUT": "1"}
+        prepared.headers = dict(given)  # type: ignore[assignment]
+        with deadline_scope(5.0):
+            session.send(prepared)
+        with deadline_scope(0.5):
+            session.send(prepared)
+    assert prepared.headers == given  # one entry, its own name, its own value
+    assert seen[0] == "1"
+    assert seen[1] is not None and float(seen[1]) <= 0.5 - FORWARD_MARGIN
