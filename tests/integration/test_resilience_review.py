@@ -318,18 +318,27 @@ def test_a_callers_budget_with_a_line_break_cannot_end_the_headers_early() -> No
     assert prepared.headers[DEADLINE_HEADER] == "0.25\r\n"  # the caller's own, given back
 
 
-def test_every_hop_of_a_redirected_call_is_given_back_without_the_budget() -> None:
+def _recording_budgets(name: str) -> tuple[Flask, list[str | None]]:
+    """An app that records the ``Request-Timeout`` of every request it receives."""
+    app = Flask(name)
     seen: list[str | None] = []
-    app = Flask("redirects")
+
+    @app.before_request
+    def record() -> None:
+        seen.append(request.headers.get(DEADLINE_HEADER))
+
+    return app, seen
+
+
+def test_every_hop_of_a_redirected_call_is_given_back_without_the_budget() -> None:
+    app, seen = _recording_budgets("redirects")
 
     @app.get("/start")
     def start() -> Response:
-        seen.append(request.headers.get(DEADLINE_HEADER))
         return Response(status=302, headers={"Location": "/end"})
 
     @app.get("/end")
     def end() -> str:
-        seen.append(request.headers.get(DEADLINE_HEADER))
         return "ok"
 
     with serve_app(app) as url:
@@ -343,12 +352,10 @@ def test_every_hop_of_a_redirected_call_is_given_back_without_the_budget() -> No
 
 
 def test_a_callers_budget_in_plain_dict_headers_comes_back_as_it_was_given() -> None:
-    seen: list[str | None] = []
-    app = Flask("plain-dict")
+    app, seen = _recording_budgets("plain-dict")
 
     @app.get("/x")
     def x() -> str:
-        seen.append(request.headers.get(DEADLINE_HEADER))
         return "ok"
 
     with serve_app(app) as url:
