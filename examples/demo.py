@@ -27,8 +27,8 @@ then tells a story, printing a timeline with each call's latency:
    breaker's transitions, on one screen.
 
 ``--trace`` runs the services with OpenTelemetry on, exporting OTLP/HTTP to a
-receiver inside the demo, and prints the traces of the last failed call (the one
-that opened the breaker) and of the first refused one as indented span trees in
+receiver inside the demo, and prints the traces of the failed call that opened
+a breaker and of the first refused one as indented span trees in
 the timeline (needs the test
 dependencies: ``opentelemetry-sdk``, ``opentelemetry-exporter-otlp-proto-http``,
 ``opentelemetry-proto``; ``./dev demo --trace`` installs them).
@@ -463,6 +463,34 @@ def _show_trace(
     timeline.out.flush()
 
 
+def _call_that_opened_a_breaker(
+    receiver: OTLPReceiver | None, replies: list[Reply]
+) -> Reply | None:
+    """The last of ``replies`` whose trace shows a breaker opening, once exported."""
+    if receiver is None or not replies:
+        return None
+    by_id = {reply.headers.get("X-Request-ID"): reply for reply in replies}
+
+    def opener(spans: list[ReceivedSpan]) -> Reply | None:
+        traces = {
+            span.trace_id: by_id[span.attributes.get("gennet.request_id")]
+            for span in spans
+            if span.parent_span_id == "" and span.attributes.get("gennet.request_id") in by_id
+        }
+        found = [
+            traces[span.trace_id]
+            for span in spans
+            if span.trace_id in traces
+            and any(name == "gennet.breaker.state_change" for name, _ in span.events)
+        ]
+        return max(found, key=replies.index) if found else None
+
+    try:
+        return opener(receiver.wait_for(lambda spans: opener(spans) is not None, timeout=10))
+    except AssertionError:
+        return None
+
+
 def _concurrent_calls(url: str, count: int, **kwargs: Any) -> list[Reply]:
     """``count`` POSTs to ``url`` at once, each from its own thread and client."""
     replies: list[Reply] = []
@@ -575,7 +603,7 @@ def _stop_qualitative(
     open_in_a_row = 0
     trial_deadline = 0.0
     wanted_open = 2 * WORKERS
-    last_failed: Reply | None = None
+    failed: list[Reply] = []
     first_refused: Reply | None = None
     for _ in range(threshold * WORKERS + wanted_open + 10):
         reply = client.call("POST", verify_url, json=request)
@@ -594,7 +622,7 @@ def _stop_qualitative(
             if open_in_a_row >= wanted_open:
                 break
         else:
-            last_failed = reply
+            failed.append(reply)
             failed_calls += 1
             open_in_a_row = 0
             # Every worker whose breaker opened did so by this failure at the latest;
@@ -614,8 +642,11 @@ def _stop_qualitative(
         f"breaker open after {failed_calls} failed calls reached the dead service ({how})"
     )
     timeline.expect(failed_calls <= limit, f"no more than {limit} calls reach the dead service")
-    # The last call to fail opened a breaker (its span carries the transition).
-    _show_trace(timeline, receiver, "the last failed call", last_failed)
+    # The failed call that opened a breaker (its span carries the transition): the
+    # last one to fail, unless the refusals that ended the loop all came from a
+    # worker whose breaker had opened earlier.
+    opener = _call_that_opened_a_breaker(receiver, failed) or (failed[-1] if failed else None)
+    _show_trace(timeline, receiver, "the failed call that opened a breaker", opener)
     _show_trace(timeline, receiver, "the first refused call", first_refused)
     views = _breaker_views(deployment, client)
     _show_views(timeline, "breaker per workflow worker", views)

@@ -58,7 +58,9 @@ def test_demo_without_redis_says_breakers_are_per_worker_and_traces_the_failing_
     assert "Story complete" in result.stdout
     # --trace: the span trees, the client span indented under the server span
     lines = result.stdout.splitlines()
-    start = lines.index(next(line for line in lines if "trace of the last failed call" in line))
+    start = lines.index(
+        next(line for line in lines if "trace of the failed call that opened a breaker" in line)
+    )
     server, *_, client = [line for line in lines[start + 1 : start + 4] if " workflow " in line]
     assert "SERVER POST /api/v1/workflows/verify" in server
     assert "CLIENT POST" in client
