@@ -276,18 +276,11 @@ def _observed_send(
 ) -> requests.Response:
     token = _observed_by.set(session)
     try:
-        # ServiceSession.send itself: a subclass overriding send() must run once, not twice.
-        return observer.observe(
-            session, request, lambda: ServiceSession.send(session, request, **kwargs)
-        )
+        # Not through send(): a subclass overriding send() must run once, not twice.
+        return observer.observe(session, request, lambda: session._send_call_of(request, kwargs))
     finally:
         _observed_by.reset(token)
 
-
-#: The request whose ``send`` is running inside its session's fallback wrapper.
-_fallback_for: ContextVar[requests.PreparedRequest | None] = ContextVar(
-    "gennet_sync_fallback_for", default=None
-)
 
 #: What ``ServiceSession(fallback=)`` takes: called with the request and the error
 #: raised (or the failure response); its response, if any, is the call's answer.
@@ -926,15 +919,28 @@ class ServiceSession(requests.Session):
             raise ValueError("You can only send PreparedRequests.")
         fallback = self.fallback
         # A redirect hop is part of its call: the call falls back, not the hop.
-        if (
-            fallback is not None
-            and _fallback_for.get() is not request
-            and _redirect_of.get() is None
-        ):
+        if fallback is not None and _redirect_of.get() is None:
             return self._send_or_fall_back(fallback, request, kwargs)
-        # Inside the fallback: the metrics count the call's own outcome, not its stand-in.
+        return self._send_observed(request, kwargs)
+
+    def _send_observed(
+        self, request: requests.PreparedRequest, kwargs: dict[str, Any]
+    ) -> requests.Response:
+        """:meth:`send` without the fallback, told to the call observer if there is one.
+
+        The fallback wrapper calls this, not ``send``: a subclass overriding
+        ``send`` runs once per call, as it would on a ``requests.Session``.
+        """
+        # Inside the fallback: the metrics count the call's own outcome, not its
+        # stand-in.  A redirect hop of an observed call is part of that call.
         if call_observer is not None and _observed_by.get() is not self:  # metrics on
             return _observed_send(call_observer, self, request, kwargs)
+        return self._send_call_of(request, kwargs)
+
+    def _send_call_of(
+        self, request: requests.PreparedRequest, kwargs: dict[str, Any]
+    ) -> requests.Response:
+        """The call (or redirect hop) ``request`` is, once fallback and observer are set."""
         if "timeout" not in kwargs:  # a direct send(); request() always passes one
             kwargs["timeout"] = self.timeout
         if self.forward_request_id and self.request_id_header not in request.headers:
@@ -1050,9 +1056,13 @@ class ServiceSession(requests.Session):
         self, fallback: Fallback, request: requests.PreparedRequest, kwargs: dict[str, Any]
     ) -> requests.Response:
         """``send``, with ``fallback``'s answer for a failure or a refusal, if it has one."""
-        token = _fallback_for.set(request)
+        # Read before the call, which may change them (raise_errors streams).
+        streamed = bool(kwargs.get("stream"))
+        # A call made with a client certificate is a caller's own, like one with an
+        # Authorization header: no cache may keep its answer.
+        private = bool(kwargs.get("cert"))
         try:
-            response = self.send(request, **kwargs)
+            response = self._send_observed(request, kwargs)
         except (requests.RequestException, GenNetException) as error:
             if isinstance(error, GenNetException) and error.status_code < 500:
                 raise  # the service answered: a 4xx is not an outage
@@ -1062,8 +1072,6 @@ class ServiceSession(requests.Session):
             if answer is None:
                 raise
             return answer
-        finally:
-            _fallback_for.reset(token)
         if response.status_code in self.failure_statuses:
             answer = fallback(request, None, response)
             if answer is not None:
@@ -1071,10 +1079,8 @@ class ServiceSession(requests.Session):
                 return answer
         else:
             remember = getattr(fallback, "remember", None)
-            # A call made with a client certificate is a caller's own, like one
-            # with an Authorization header: no cache may keep its answer.
-            if remember is not None and not kwargs.get("cert"):
-                remember(response, streamed=bool(kwargs.get("stream")))
+            if remember is not None and not private:
+                remember(response, streamed=streamed)
         return response
 
     def _deadline_for(

@@ -64,6 +64,25 @@ def test_with_raise_errors_a_refusal_or_a_failure_falls_back_and_a_4xx_does_not(
 
 
 @responses.activate
+def test_a_subclass_overriding_send_runs_once_per_call_with_a_fallback() -> None:
+    sent: list[str | None] = []
+
+    class Signing(ServiceSession):
+        def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+            sent.append(request.url)
+            request.headers["X-Signature"] = f"sig-{len(sent)}"
+            return super().send(request, **kwargs)
+
+    session = Signing(base_url=BASE, service_name="signed", fallback=LastGoodResponse(), retries=0)
+    responses.get(f"{BASE}/x", json={"ok": 1})
+    assert session.get("/x").json() == {"ok": 1}
+    responses.replace(responses.GET, f"{BASE}/x", status=503)
+    assert getattr(session.get("/x"), "fallback", False) is True
+    assert sent == [f"{BASE}/x", f"{BASE}/x"]
+    assert [call.request.headers["X-Signature"] for call in responses.calls] == ["sig-1", "sig-2"]
+
+
+@responses.activate
 def test_without_a_remembered_answer_the_failure_stands() -> None:
     session = _session(LastGoodResponse())
     responses.get(f"{BASE}/x", body=requests.ConnectionError("refused"))
