@@ -10,6 +10,7 @@ import pytest
 import requests
 import responses
 
+from gennet_sync import http_client
 from gennet_sync.exceptions import NotFoundError
 from gennet_sync.fallback import FALLBACK_WARNING, LastGoodResponse
 from gennet_sync.http_client import ServiceSession
@@ -80,6 +81,43 @@ def test_a_subclass_overriding_send_runs_once_per_call_with_a_fallback() -> None
     assert getattr(session.get("/x"), "fallback", False) is True
     assert sent == [f"{BASE}/x", f"{BASE}/x"]
     assert [call.request.headers["X-Signature"] for call in responses.calls] == ["sig-1", "sig-2"]
+
+
+class _RecordingObserver:
+    """A call observer (the metrics' seat) noting what each call it saw ended with."""
+
+    def __init__(self) -> None:
+        self.seen: list[object] = []
+
+    def observe(
+        self, session: ServiceSession, request: requests.PreparedRequest, send: Any
+    ) -> requests.Response:
+        try:
+            response: requests.Response = send()
+        except Exception as error:
+            self.seen.append(type(error).__name__)
+            raise
+        self.seen.append(response.status_code)
+        return response
+
+    def retried(self, call: object) -> None:
+        self.seen.append("retry")
+
+
+@responses.activate
+def test_the_observer_sees_each_calls_own_outcome_once_not_its_stand_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    observer = _RecordingObserver()
+    monkeypatch.setattr(http_client, "call_observer", observer)
+    session = _session(LastGoodResponse())
+    responses.get(f"{BASE}/x", json={"ok": 1})
+    session.get("/x")
+    responses.replace(responses.GET, f"{BASE}/x", status=503)
+    assert getattr(session.get("/x"), "fallback", False) is True
+    responses.replace(responses.GET, f"{BASE}/x", body=requests.ConnectionError("reset"))
+    assert getattr(session.get("/x"), "fallback", False) is True
+    assert observer.seen == [200, 503, "ConnectionError"]
 
 
 @responses.activate
