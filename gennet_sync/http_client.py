@@ -1039,6 +1039,9 @@ class ServiceSession(requests.Session):
             if deadline is not None:
                 _WATCHDOG.finish(deadline)
                 if deadline.forward:
+                    # The watchdog keeps a finished deadline until its time comes (25 s
+                    # by default): it must not keep the request's headers alive too.
+                    deadline.request_headers = None
                     headers = request.headers
                     if deadline.callers_header is None and type(headers) is CaseInsensitiveDict:
                         headers._store.pop(_DEADLINE_KEY, None)  # type: ignore[attr-defined]  # its pop() is two calls

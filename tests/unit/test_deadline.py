@@ -3,7 +3,9 @@ step, and ServiceSession obeying them (transport mocked by ``responses``)."""
 
 from __future__ import annotations
 
+import gc
 import pickle
+import weakref
 
 import pytest
 import requests
@@ -238,6 +240,35 @@ def test_a_call_forwards_the_time_left_and_its_timeouts_are_capped_by_it() -> No
     assert own is not None and 24.9 < float(own) <= 25 - FORWARD_MARGIN
     assert own_timeout == (3.05, 20.0)
     assert none is None
+
+
+class _Answering(requests.adapters.BaseAdapter):
+    """A transport of the user's own that answers every request with an empty 200."""
+
+    def send(  # type: ignore[override]  # requests' stubs list each keyword
+        self, request: requests.PreparedRequest, **kwargs: object
+    ) -> requests.Response:
+        response = requests.Response()
+        response.status_code = 200
+        response._content = b"{}"
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_finished_call_leaves_nothing_of_its_request_alive() -> None:
+    # The watchdog keeps a finished call's deadline until its time would have come
+    # (25 s by default): in a busy service, thousands of requests' headers if the
+    # deadline held on to them.
+    session = ServiceSession(base_url=BASE, service_name="deadline-kept")
+    session.mount(BASE, _Answering())
+    response = session.get("/x")
+    headers = weakref.ref(response.request.headers)
+    del response
+    gc.collect()
+    assert headers() is None
 
 
 @responses.activate
