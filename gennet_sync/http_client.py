@@ -282,6 +282,12 @@ def _observed_send(
         _observed_by.reset(token)
 
 
+#: The session whose fallback is running in this context: its calls through that
+#: session are plain calls (see :meth:`ServiceSession.send`).
+_falling_back: ContextVar[ServiceSession | None] = ContextVar(
+    "gennet_sync_falling_back", default=None
+)
+
 #: What ``ServiceSession(fallback=)`` takes: called with the request and the error
 #: raised (or the failure response); its response, if any, is the call's answer.
 Fallback: TypeAlias = Callable[
@@ -918,8 +924,10 @@ class ServiceSession(requests.Session):
         if isinstance(request, requests.Request):  # as requests refuses it, before any use
             raise ValueError("You can only send PreparedRequests.")
         fallback = self.fallback
-        # A redirect hop is part of its call: the call falls back, not the hop.
-        if fallback is not None and _redirect_of.get() is None:
+        # A redirect hop is part of its call: the call falls back, not the hop.  The
+        # fallback's own calls through this session (another replica) do not fall
+        # back: that would call the fallback again, without end while both fail.
+        if fallback is not None and _redirect_of.get() is None and _falling_back.get() is not self:
             return self._send_or_fall_back(fallback, request, kwargs)
         return self._send_observed(request, kwargs)
 
@@ -1071,12 +1079,12 @@ class ServiceSession(requests.Session):
                 raise  # the service answered: a 4xx is not an outage
             if isinstance(error, _CALLER_ERRORS):
                 raise  # a bad URL or header of the caller's: a bug, not an outage
-            answer = fallback(request, error, None)
+            answer = self._ask_fallback(fallback, request, error, None)
             if answer is None:
                 raise
             return answer
         if response.status_code in self.failure_statuses:
-            answer = fallback(request, None, response)
+            answer = self._ask_fallback(fallback, request, None, response)
             if answer is not None:
                 response.close()
                 return answer
@@ -1085,6 +1093,20 @@ class ServiceSession(requests.Session):
             if remember is not None and not private:
                 remember(response, streamed=streamed)
         return response
+
+    def _ask_fallback(
+        self,
+        fallback: Fallback,
+        request: requests.PreparedRequest,
+        error: BaseException | None,
+        response: requests.Response | None,
+    ) -> requests.Response | None:
+        """``fallback``'s answer for ``request``, whose calls on this session do not fall back."""
+        token = _falling_back.set(self)
+        try:
+            return fallback(request, error, response)
+        finally:
+            _falling_back.reset(token)
 
     def _deadline_for(
         self, total: float | None, request: requests.PreparedRequest

@@ -19,6 +19,7 @@ from tests.support.clock import FakeClock
 pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")
 
 BASE = "http://grn.test"
+REPLICA = "http://grn-replica.test"
 
 
 def _session(cache: LastGoodResponse, **settings: Any) -> ServiceSession:
@@ -118,6 +119,31 @@ def test_the_observer_sees_each_calls_own_outcome_once_not_its_stand_in(
     responses.replace(responses.GET, f"{BASE}/x", body=requests.ConnectionError("reset"))
     assert getattr(session.get("/x"), "fallback", False) is True
     assert observer.seen == [200, 503, "ConnectionError"]
+
+
+@responses.activate
+def test_a_fallback_may_try_another_replica_through_the_same_session() -> None:
+    asked: list[str | None] = []
+    session = _session(LastGoodResponse())
+
+    def to_replica(
+        request: requests.PreparedRequest, error: BaseException | None, answer: object
+    ) -> requests.Response:
+        asked.append(request.url)
+        replica = request.copy()
+        replica.url = (request.url or "").replace(BASE, REPLICA)
+        return session.send(replica)  # a plain call: it does not fall back again
+
+    session.fallback = to_replica
+    responses.get(f"{BASE}/x", body=requests.ConnectionError("primary down"))
+    responses.get(f"{REPLICA}/x", json={"from": "replica"})
+    assert session.get("/x").json() == {"from": "replica"}
+    responses.replace(responses.GET, f"{REPLICA}/x", body=requests.ConnectionError("also down"))
+    with pytest.raises(requests.ConnectionError, match="also down"):
+        session.get("/x")
+    responses.replace(responses.GET, f"{REPLICA}/x", status=503)
+    assert session.get("/x").status_code == 503  # the replica's answer, once
+    assert asked == [f"{BASE}/x"] * 3
 
 
 @responses.activate
