@@ -782,11 +782,21 @@ def test_blueprint_hooks_run_as_flask_runs_them_with_the_blueprints_remembered()
     def flask_reads() -> list[str]:
         return FlaskRequest.blueprints.fget(request._get_current_object())  # type: ignore[attr-defined, no-any-return]
 
+    def note(name: str) -> None:
+        ran.append(name)
+
+    def after(name: str) -> Any:
+        def hook(response: Response) -> Response:
+            note(f"after {name}")
+            return response
+
+        return hook
+
     for blueprint in (outer, inner, other):
         name = blueprint.name
-        blueprint.before_request(lambda name=name: ran.append(f"before {name}"))
-        blueprint.after_request(lambda response, name=name: ran.append(f"after {name}") or response)
-        blueprint.teardown_request(lambda error, name=name: ran.append(f"teardown {name}"))
+        blueprint.before_request(lambda name=name: note(f"before {name}"))
+        blueprint.after_request(after(name))
+        blueprint.teardown_request(lambda error, name=name: note(f"teardown {name}"))
 
     @inner.get("/item")
     def item() -> dict[str, list[str]]:
@@ -929,7 +939,11 @@ def test_a_step_for_unrouted_or_marked_requests_runs_in_its_place_only_on_those(
     state.add_request_steps(app, before=lambda r: ran.append("first"))
     state.add_request_steps(app, before=lambda r: ran.append("rare"), before_always=False)
     state.add_request_steps(app, before=lambda r: ran.append("last"))
-    app.before_request(lambda: ran.append("app") and None)
+
+    @app.before_request
+    def own_hook() -> None:
+        ran.append("app")
+
     state.add_request_steps(app, before=lambda r: ran.append("rare after app"), before_always=False)
     app.add_url_rule("/item", "item", lambda: request.path)
     client = app.test_client()
