@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import flask.globals
+import flask.helpers
 from flask import Flask, Response, current_app, has_request_context, jsonify, request
 from flask.wrappers import Request
 from marshmallow import ValidationError as MarshmallowValidationError
@@ -218,6 +219,11 @@ class _SafeJSONRequest(Request):
 
 
 _NOT_READ: Any = object()
+# Flask's split of a blueprint's name into it and its parents' names, which its
+# ``blueprints`` property returns; a Flask without it gets the property's value.
+_blueprint_names: Callable[[str], list[str]] | None = getattr(
+    flask.helpers, "_split_blueprint_path", None
+)
 
 
 class _RuleBlueprintsRequest(Request):
@@ -242,7 +248,16 @@ class _RuleBlueprintsRequest(Request):
         rule = self.url_rule
         if rule is self._blueprints_rule:
             return self._blueprints
-        blueprints = super().blueprints
+        endpoint = None if rule is None else rule.endpoint
+        if _blueprint_names is None:  # not the Flask this was written for
+            blueprints = super().blueprints
+        elif endpoint is not None and "." in endpoint:
+            # What Flask's properties give (blueprints, from blueprint, from
+            # endpoint), without their calls: its own (cached) split of the
+            # blueprint's name, else a new empty list.
+            blueprints = _blueprint_names(endpoint.rpartition(".")[0])
+        else:
+            blueprints = []
         self._blueprints = blueprints
         self._blueprints_rule = rule
         return blueprints
