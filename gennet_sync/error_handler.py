@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import flask.globals
+import flask.helpers
 from flask import Flask, Response, current_app, has_request_context, jsonify, request
 from flask.wrappers import Request
 from marshmallow import ValidationError as MarshmallowValidationError
@@ -47,6 +48,7 @@ from gennet_sync.context import (
     new_request_id,
     set_request_id_fallback,
 )
+from gennet_sync.context import _made as _new_request_ids
 from gennet_sync.context import _request_id as _request_id_var
 from gennet_sync.exceptions import (
     MAX_FIELD_ERRORS,
@@ -216,6 +218,63 @@ class _SafeJSONRequest(Request):
         raise BadRequest(f"Failed to decode JSON object: {e}") from e
 
 
+_NOT_READ: Any = object()
+# Flask's split of a blueprint's name into it and its parents' names, which its
+# ``blueprints`` property returns; a Flask without it gets the property's value.
+_blueprint_names: Callable[[str], list[str]] | None = getattr(
+    flask.helpers, "_split_blueprint_path", None
+)
+
+
+class _RuleBlueprintsRequest(Request):
+    """A request that works out :attr:`blueprints` once per URL rule, not on every read.
+
+    Flask reads ``request.blueprints`` three times a request (for the
+    ``before_request`` hooks, the ``after_request`` hooks and the teardown
+    functions) and works it out each time, from the endpoint of the URL rule
+    matched (three property calls and a split for an endpoint in a blueprint).
+    Here the value Flask's property gives is kept with the rule it came from and
+    given back while the request's rule is that rule; a rule set later (an app
+    routing again by hand) is read afresh.  Mixed in only when the app's request
+    class reads the blueprints from the rule as Flask does (see
+    :func:`_blueprints_follow_the_rule`).
+    """
+
+    _blueprints_rule: Any = _NOT_READ
+    _blueprints: list[str]
+
+    @property
+    def blueprints(self) -> list[str]:
+        rule = self.url_rule
+        if rule is self._blueprints_rule:
+            return self._blueprints
+        endpoint = None if rule is None else rule.endpoint
+        if _blueprint_names is None:  # not the Flask this was written for
+            blueprints = super().blueprints
+        elif endpoint is not None and "." in endpoint:
+            # What Flask's properties give (blueprints, from blueprint, from
+            # endpoint), without their calls: its own (cached) split of the
+            # blueprint's name, else a new empty list.
+            blueprints = _blueprint_names(endpoint.rpartition(".")[0])
+        else:
+            blueprints = []
+        self._blueprints = blueprints
+        self._blueprints_rule = rule
+        return blueprints
+
+
+def _blueprints_follow_the_rule(request_class: type[Request]) -> bool:
+    """Whether ``request_class`` works out its blueprints from its URL rule as Flask does."""
+    return all(
+        getattr(request_class, name) is getattr(Request, name)
+        for name in ("blueprints", "blueprint", "endpoint")
+    )
+
+
+#: Set in a request's WSGI environ (to any value) by a middleware that found
+#: something a ``before`` step added with ``before_always=False`` must act on.
+BEFORE_STEPS_WANTED = "gennet_sync.before_steps_wanted"
+
 #: A feature's work before the view: raise to answer with an error instead.
 BeforeStep = Callable[[Request], None]
 #: A feature's work on the response, as an ``after_request`` hook does it.
@@ -235,6 +294,8 @@ class AppState:
     extension: GenNet
     features: dict[str, Any] = field(default_factory=dict)
     _before_steps: list[BeforeStep] = field(default_factory=list, init=False, repr=False)
+    # The steps of the last shared before hook that run on a routed, unmarked request.
+    _before_routed: list[BeforeStep] = field(default_factory=list, init=False, repr=False)
     _after_steps: list[AfterStep] = field(default_factory=list, init=False, repr=False)
     _before_hook: Callable[[], None] | None = field(default=None, init=False, repr=False)
     _after_hook: Callable[[Response], Response] | None = field(default=None, init=False, repr=False)
@@ -255,7 +316,12 @@ class AppState:
         return True
 
     def add_request_steps(
-        self, app: Flask, before: BeforeStep | None = None, after: AfterStep | None = None
+        self,
+        app: Flask,
+        before: BeforeStep | None = None,
+        after: AfterStep | None = None,
+        *,
+        before_always: bool = True,
     ) -> None:
         """Run ``before`` ahead of every view and ``after`` on every response of ``app``.
 
@@ -268,18 +334,30 @@ class AppState:
         registered; after a hook of the app's own, it gets a new shared hook, so
         the app's hooks run between the features' steps exactly as before.
 
+        A ``before`` step that can only act on a request no URL rule matched, or
+        on one a WSGI middleware marked by setting ``environ[BEFORE_STEPS_WANTED]``
+        (a decoding error it found), is added with ``before_always=False``: on
+        every other request the shared hook skips it without calling it, one check
+        for all such steps.  On the requests it runs for, it runs in its place
+        among the others.
+
         Args:
             app: The app this state belongs to.
             before: Called with the request before the view.
             after: Called with the request and the response; returns the response.
+            before_always: ``False``: ``before`` does nothing on a routed request
+                its middleware did not mark, and is not called for one.
         """
         if before is not None:
             last_before = _last(app.before_request_funcs.get(None))
             if self._before_hook is None or last_before is not self._before_hook:
                 self._before_steps = []
-                self._before_hook = _before_hook(self._before_steps)
+                self._before_routed = []
+                self._before_hook = _before_hook(self._before_steps, self._before_routed)
                 app.before_request(self._before_hook)
             self._before_steps.append(before)
+            if before_always:
+                self._before_routed.append(before)
         if after is not None:
             last_after = _last(app.after_request_funcs.get(None))
             if self._after_hook is None or last_after is not self._after_hook:
@@ -304,13 +382,18 @@ _request_proxy = cast("LocalProxy[Request]", request)
 _request_contexts: ContextVar[Any] | None = getattr(flask.globals, "_cv_request", None)
 
 
-def _before_hook(steps: list[BeforeStep]) -> Callable[[], None]:
+def _before_hook(steps: list[BeforeStep], routed: list[BeforeStep]) -> Callable[[], None]:
     def run_before_steps() -> None:
         # One lookup of the request for all steps.
         if _request_contexts is not None:
             current = _request_contexts.get().request
         else:
             current = _request_proxy._get_current_object()
+        # Most requests: routed, and no middleware asked for the other steps.
+        if current.routing_exception is None and BEFORE_STEPS_WANTED not in current.environ:
+            for step in routed:
+                step(current)
+            return
         for step in steps:
             step(current)
 
@@ -396,7 +479,10 @@ class GenNet:
         app.logger.addFilter(RequestIdFilter())
         app.logger.addFilter(_ESCAPED_TRACEBACKS)
         if not issubclass(app.request_class, _SafeJSONRequest):
-            app.request_class = type("GenNetRequest", (_SafeJSONRequest, app.request_class), {})
+            bases: tuple[type[Request], ...] = (_SafeJSONRequest, app.request_class)
+            if _blueprints_follow_the_rule(app.request_class):
+                bases = (_RuleBlueprintsRequest, *bases)
+            app.request_class = type("GenNetRequest", bases, {})
         app.register_error_handler(GenNetException, _handle_gennet_exception)
         app.register_error_handler(MarshmallowValidationError, _handle_marshmallow_error)
         app.register_error_handler(HTTPException, _handle_http_exception)
@@ -736,6 +822,28 @@ class _RequestIdGlobals:
         return _request_id()
 
 
+def _start_with_request_id(
+    start_response: StartResponse,
+    header: str,
+    lowered: str,
+    request_id: str,
+    status: str,
+    headers: list[tuple[str, str]],
+    exc_info: OptExcInfo | None = None,
+) -> Callable[[bytes], object]:
+    """``start_response`` with the request ID as the last header (the boundary's)."""
+    length = len(lowered)
+    for name, _ in headers:
+        # Lengths first: most names are not ours, and lower() is a call.
+        if len(name) == length and name.lower() == lowered:  # the view set one
+            headers = [pair for pair in headers if pair[0].lower() != lowered]
+            break
+    return start_response(status, [*headers, (header, request_id)], exc_info)
+
+
+_partial = functools.partial
+
+
 class _WSGIBoundary:
     """WSGI middleware: what must hold for every response, whatever failed inside Flask.
 
@@ -753,47 +861,46 @@ class _WSGIBoundary:
     def __init__(self, wsgi_app: WSGIApplication, app: Flask) -> None:
         self.wsgi_app = wsgi_app
         self.app = app
-        self._header = ""
-        self._header_key = ""
-        self._header_lowered = ""
+        # The request-ID header setting as last read: its name, its environ key and
+        # its lowered name (replaced as one, so a request never mixes two settings).
+        self._setting = ("", "", "")
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # Every request passes here: calls are counted (each costs about as much
         # as the work of a line), hence the inlined helpers.
         header = self.app.config["GENNET_REQUEST_ID_HEADER"]
-        if header != self._header:  # read once per setting, not per request
-            self._header_key = _environ_key(header)
-            self._header_lowered = header.lower()
-            self._header = header
-        lowered = self._header_lowered
-        length = len(lowered)
+        setting = self._setting
+        if header != setting[0]:  # read once per setting, not per request
+            setting = self._setting = (header, _environ_key(header), header.lower())
+        _, key, lowered = setting
         # Bound here, before Flask: the ID is known to every hook, handler and
         # teardown function (they read it from the environ or the context).  An
         # app mounted inside another one takes a valid ID from its own header,
         # else keeps the one its host bound.
-        incoming: str | None = environ.get(self._header_key)
+        incoming: str | None = environ.get(key)
         request_id: str | None
         if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming) is not None:
             request_id = incoming
         else:
-            request_id = environ.get(_ENVIRON_REQUEST_ID) or new_request_id()
+            request_id = environ.get(_ENVIRON_REQUEST_ID)
+            if not request_id:
+                try:  # new_request_id(), inlined
+                    request_id = _new_request_ids.popleft()
+                except IndexError:
+                    request_id = new_request_id()
         environ[_ENVIRON_REQUEST_ID] = request_id
 
-        def start_with_request_id(
-            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
-        ) -> Callable[[bytes], object]:
-            for name, _ in headers:
-                # Lengths first: most names are not ours, and lower() is a call.
-                if len(name) == length and name.lower() == lowered:  # the view set one
-                    headers = [pair for pair in headers if pair[0].lower() != lowered]
-                    break
-            return start_response(status, [*headers, (header, request_id)], exc_info)
-
+        # A partial, not a closure: cheaper to make, and this frame keeps no cells.
+        start_with_request_id = _partial(
+            _start_with_request_id, start_response, header, lowered, request_id
+        )
         token = _request_id_var.set(request_id)
         try:
             # Without a tracer provider (opentelemetry absent, or none set yet),
-            # server_call only calls the app: its first check, made here, saves a call.
-            if _tracing._provider_now() is None:
+            # server_call only calls the app: its first check, _provider_now's
+            # read, is made here (without calling either).
+            holder = _tracing.PROVIDER_HOLDER
+            if (_tracing._provider_now() if holder is None else holder._TRACER_PROVIDER) is None:
                 return self.wsgi_app(environ, start_with_request_id)
             return _tracing.server_call(
                 self.wsgi_app, environ, start_with_request_id, request_id, self.app

@@ -161,6 +161,12 @@ def _provider_now() -> TracerProvider | None:
 
 
 _MISSING: Any = object()
+#: The module whose ``_TRACER_PROVIDER`` :func:`_provider_now` reads, for the WSGI
+#: boundary to read it without a call on every request; ``None`` when that is not
+#: how opentelemetry keeps it (or it is absent): then call :func:`_provider_now`.
+PROVIDER_HOLDER: Any = (
+    otel_trace if otel_trace is not None and hasattr(otel_trace, "_TRACER_PROVIDER") else None
+)
 _tracers: dict[int, tuple[TracerProvider, Tracer]] = {}
 
 

@@ -313,8 +313,12 @@ class VersionedAPI:
         if existing is not None:
             raise RuntimeError("this app already has a VersionedAPI; use that one")
         state.features[_FEATURE] = self
+        # Its before step acts only on a request no rule matched: skipped on the others.
         state.add_request_steps(
-            app, before=self._reject_unknown_version, after=self._add_version_headers
+            app,
+            before=self._reject_unknown_version,
+            after=self._add_version_headers,
+            before_always=False,
         )
         if self.header_routing:
             self._marks_versionable = True

@@ -873,3 +873,39 @@ def test_a_request_an_earlier_hook_answered_is_counted_but_not_timed(
     count = "gennet_http_request_duration_seconds_count"
     assert value(samples, count, method="GET", route="/fine") == 1
     assert not value(samples, count, method="GET", route="/busy")
+
+
+def test_counting_that_fails_inside_the_step_leaves_the_response_and_is_logged(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(registry)
+
+    def broken() -> list[float]:
+        raise RuntimeError("tally broken")
+
+    # The counting step is bound at init_app: break what it calls, not the method.
+    monkeypatch.setattr(metrics, "_new_tally", broken)
+    response = app.test_client().get("/items/5", headers={"X-Request-ID": "counted"})
+    assert response.status_code == 200
+    assert response.get_json() == {"id": 5}
+    assert response.headers["X-Request-ID"] == "counted"
+    assert "counting a request failed" in caplog.text
+    assert "tally broken" in caplog.text
+
+
+def test_a_failing_first_request_check_is_logged_and_the_request_still_timed(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(registry)
+
+    def broken(self: Metrics, request: object) -> None:
+        raise RuntimeError("check broken")
+
+    monkeypatch.setattr(Metrics, "_check_served", broken)
+    assert app.test_client().get("/items/5").status_code == 200
+    assert "checking the app at its first request failed" in caplog.text
+    samples = scrape(app)
+    route = "/items/<int:item_id>"
+    assert (
+        value(samples, "gennet_http_request_duration_seconds_count", method="GET", route=route) == 1
+    )

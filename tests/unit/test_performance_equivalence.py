@@ -760,3 +760,201 @@ def test_compression_reads_header_names_in_any_case_and_each_content_type_on_its
         assert plain.headers["Content-Encoding"] == "gzip"
         assert plain.headers["Vary"] == "Accept-Encoding"
         assert json.loads(decoded(plain.get_data(), "gzip")) == BIG
+
+
+# ------------------------------------------------------ Flask's blueprints, status codes
+
+
+def test_blueprint_hooks_run_as_flask_runs_them_with_the_blueprints_remembered() -> None:
+    # Flask reads request.blueprints three times a request (before, after, teardown);
+    # the request class gennet_sync sets remembers it per URL rule.  Every read must
+    # give what Flask's own property gives, also after a hook routes again by hand.
+    from flask import Blueprint, request
+    from flask import Request as FlaskRequest
+
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    ran: list[str] = []
+    outer = Blueprint("outer", __name__, url_prefix="/outer")
+    inner = Blueprint("inner", __name__, url_prefix="/inner")
+    other = Blueprint("other", __name__, url_prefix="/other")
+
+    def flask_reads() -> list[str]:
+        return FlaskRequest.blueprints.fget(request._get_current_object())  # type: ignore[attr-defined, no-any-return]
+
+    def note(name: str) -> None:
+        ran.append(name)
+
+    def after(name: str) -> Any:
+        def hook(response: Response) -> Response:
+            note(f"after {name}")
+            return response
+
+        return hook
+
+    for blueprint in (outer, inner, other):
+        name = blueprint.name
+        blueprint.before_request(lambda name=name: note(f"before {name}"))
+        blueprint.after_request(after(name))
+        blueprint.teardown_request(lambda error, name=name: note(f"teardown {name}"))
+
+    @inner.get("/item")
+    def item() -> dict[str, list[str]]:
+        # The very list Flask gives (its split is cached), whichever read this is.
+        assert request.blueprints is flask_reads()
+        return {"blueprints": request.blueprints}
+
+    @other.get("/item")
+    def other_item() -> str:
+        return "other"
+
+    @app.before_request
+    def reroute() -> None:
+        seen = list(request.blueprints)
+        assert seen == flask_reads()
+        if request.args.get("reroute"):
+            # Routed again by hand: the blueprints follow the new rule.
+            request.url_rule = next(
+                r for r in app.url_map.iter_rules() if r.endpoint == "other.other_item"
+            )
+            assert request.blueprints == flask_reads() == ["other"]
+
+    outer.register_blueprint(inner)
+    app.register_blueprint(outer)
+    app.register_blueprint(other)
+    assert app.request_class.blueprints is not FlaskRequest.blueprints  # remembered here
+    client = app.test_client()
+
+    assert client.get("/outer/inner/item").get_json() == {"blueprints": ["outer.inner", "outer"]}
+    assert ran == [
+        "before outer", "before inner",
+        "after inner", "after outer",
+        "teardown inner", "teardown outer",
+    ]  # fmt: skip
+    ran.clear()
+    assert client.get("/other/item").get_data(as_text=True) == "other"
+    assert ran == ["before other", "after other", "teardown other"]
+    ran.clear()
+    # Rerouted inside the before hooks: Flask's later reads see the new rule's blueprints.
+    client.get("/outer/inner/item?reroute=1")
+    assert ran == [
+        "before outer", "before inner",
+        "after other",
+        "teardown other",
+    ]  # fmt: skip
+    ran.clear()
+    assert client.get("/outer/nowhere").status_code == 404
+    assert ran == []
+
+
+def test_a_request_class_with_its_own_blueprints_keeps_them() -> None:
+    from flask import Request as FlaskRequest
+    from flask import request
+
+    class CustomBlueprints(FlaskRequest):
+        reads = 0
+
+        @property
+        def blueprints(self) -> list[str]:
+            type(self).reads += 1
+            return [f"read-{type(self).reads}"]
+
+    app = Flask(__name__)
+    app.request_class = CustomBlueprints
+    setup_error_handlers(app)
+
+    @app.get("/item")
+    def item() -> dict[str, list[str]]:
+        return {"first": request.blueprints, "second": request.blueprints}
+
+    body = app.test_client().get("/item").get_json()
+    assert body["first"] != body["second"]  # computed on every read, as the app wrote it
+    assert issubclass(app.request_class, CustomBlueprints)
+
+
+@pytest.mark.parametrize("status", [201, "418 I'M A TEAPOT", 304, "599 ODD"])
+def test_werkzeug_keeps_the_status_code_where_our_steps_read_it(status: int | str) -> None:
+    # Compression and metrics read ``response._status_code`` (what the status_code
+    # property returns, without its call): this fails, rather than them reading a
+    # stale status, should a werkzeug release keep it elsewhere.
+    from http import HTTPStatus
+
+    response = Response("{}", mimetype="application/json")
+    assert response._status_code == 200
+    response.status = status if isinstance(status, str) else HTTPStatus(status).phrase
+    if isinstance(status, int):
+        response.status_code = status
+    assert response._status_code == response.status_code
+    assert response._status_code == int(str(status).split()[0])
+
+
+def test_a_request_id_header_the_view_set_in_any_case_gives_way_to_ours() -> None:
+    app = Flask(__name__)
+    setup_error_handlers(app)
+
+    @app.get("/own")
+    def own() -> Response:
+        response = Response("{}", mimetype="application/json")
+        response.headers.add("x-request-id", "from-the-view")
+        response.headers.add("X-Mine", "1")
+        response.headers.add("X-REQUEST-ID", "again")
+        return response
+
+    @app.get("/plain")
+    def plain() -> str:
+        return "plain"
+
+    client = app.test_client()
+    for path in ("/plain", "/own", "/plain", "/own"):
+        response = client.get(path, headers={"X-Request-ID": "rid"})
+        names = [name for name, _ in response.headers]
+        assert response.headers.getlist("X-Request-ID") == ["rid"], path
+        assert names[-1] == "X-Request-ID"
+        assert [name.lower() for name in names].count("x-request-id") == 1
+    assert client.get("/own").headers["X-Mine"] == "1"
+    app.config["GENNET_REQUEST_ID_HEADER"] = "X-Mine"  # now the view's X-Mine gives way
+    response = client.get("/own", headers={"X-Mine": "mine"})
+    assert response.headers.getlist("X-Mine") == ["mine"]
+    assert response.headers.getlist("x-request-id") == ["from-the-view", "again"]
+
+
+def test_a_step_for_unrouted_or_marked_requests_runs_in_its_place_only_on_those() -> None:
+    from flask import request
+
+    from gennet_sync.error_handler import BEFORE_STEPS_WANTED, app_state
+
+    app = Flask(__name__)
+    state = app_state(app)
+    ran: list[str] = []
+
+    class Mark:
+        # A middleware marking the requests that carry a header.
+        def __init__(self, wsgi_app: Any) -> None:
+            self.wsgi_app = wsgi_app
+
+        def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+            if "HTTP_X_MARK" in environ:
+                environ[BEFORE_STEPS_WANTED] = True
+            return self.wsgi_app(environ, start_response)
+
+    app.wsgi_app = Mark(app.wsgi_app)  # type: ignore[method-assign]
+    state.add_request_steps(app, before=lambda r: ran.append("first"))
+    state.add_request_steps(app, before=lambda r: ran.append("rare"), before_always=False)
+    state.add_request_steps(app, before=lambda r: ran.append("last"))
+
+    @app.before_request
+    def own_hook() -> None:
+        ran.append("app")
+
+    state.add_request_steps(app, before=lambda r: ran.append("rare after app"), before_always=False)
+    app.add_url_rule("/item", "item", lambda: request.path)
+    client = app.test_client()
+
+    client.get("/item")
+    assert ran == ["first", "last", "app"]
+    ran.clear()
+    client.get("/nowhere")
+    assert ran == ["first", "rare", "last", "app", "rare after app"]
+    ran.clear()
+    client.get("/item", headers={"X-Mark": "1"})
+    assert ran == ["first", "rare", "last", "app", "rare after app"]
