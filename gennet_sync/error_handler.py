@@ -237,17 +237,30 @@ class _RuleBlueprintsRequest(Request):
     given back while the request's rule is that rule; a rule set later (an app
     routing again by hand) is read afresh.  Mixed in only when the app's request
     class reads the blueprints from the rule as Flask does (see
-    :func:`_blueprints_follow_the_rule`).
+    :func:`_blueprints_follow_the_rule`); a class derived later that reads its
+    ``endpoint`` or ``blueprint`` its own way gets Flask's property, which reads them.
     """
 
     _blueprints_rule: Any = _NOT_READ
     _blueprints: list[str]
+    #: Whether this class reads ``endpoint`` and ``blueprint`` as Flask does.
+    _reads_the_rule = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._reads_the_rule = all(
+            getattr(cls, name) is getattr(Request, name) for name in ("blueprint", "endpoint")
+        )
 
     @property
     def blueprints(self) -> list[str]:
+        if not self._reads_the_rule:
+            return super().blueprints
         rule = self.url_rule
         if rule is self._blueprints_rule:
-            return self._blueprints
+            # The very list Flask's cached split gives; none: a new empty list per
+            # read, as Flask's property makes (a caller may change what it got).
+            return self._blueprints or []
         endpoint = None if rule is None else rule.endpoint
         if _blueprint_names is None:  # not the Flask this was written for
             blueprints = super().blueprints

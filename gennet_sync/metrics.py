@@ -315,6 +315,7 @@ class _Series:
             started = request.environ.get(_STARTED)
             if started is None:  # an earlier before_request hook answered: not timed
                 self._count(False, key, 0.0, 1)
+                _check_unseen_request(request)
                 return response
             seconds = perf_counter() - started
             index = bisect_left(_BOUNDS, seconds) + _TIMED
@@ -919,12 +920,13 @@ class Metrics:
     def _note_start(self, request: Request) -> None:
         request.environ[_STARTED] = perf_counter()
         if not self._checked:
-            try:
-                self._check_served(request)
-            except Exception:
-                logger.exception(
-                    "gennet_sync metrics: checking the app at its first request failed"
-                )
+            self._check_first_request(request)
+
+    def _check_first_request(self, request: Request) -> None:
+        try:
+            self._check_served(request)
+        except Exception:
+            logger.exception("gennet_sync metrics: checking the app at its first request failed")
 
     def _check_served(self, request: Request) -> None:
         """At the first request: say what init_app could not see then.
@@ -967,6 +969,15 @@ class Metrics:
         response.headers["Content-Type"] = content_type
         response.headers["Cache-Control"] = "no-store"
         return response
+
+
+def _check_unseen_request(request: Request) -> None:
+    """The app's first-request check, for a request its metrics' before step never
+    saw (an earlier ``before_request`` hook of the app's answered it): an app whose
+    every request is answered so is still checked at its first."""
+    metrics = app_state(current_app).features.get(_FEATURE)
+    if isinstance(metrics, Metrics) and not metrics._checked:
+        metrics._check_first_request(request)
 
 
 def setup_metrics(app: Flask) -> Metrics:

@@ -691,6 +691,29 @@ def test_a_path_added_after_init_is_reported_at_the_first_request(
     assert "'other_metrics' also answers GET /metrics" in caplog.text
 
 
+def test_the_first_request_is_checked_when_an_earlier_app_hook_answers_it(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Flask("gated_app")
+    GenNet(app)
+
+    @app.before_request
+    def gate() -> tuple[str, int] | None:  # answers before the metrics' own step
+        return ("who are you?", 401) if "X-Auth" not in request.headers else None
+
+    Metrics(app, registry=registry)
+
+    @app.get("/metrics", endpoint="other_metrics")
+    def other() -> str:
+        return "theirs"
+
+    client = app.test_client()
+    assert client.get("/items/3").status_code == 401
+    assert caplog.text.count("'other_metrics' also answers GET /metrics") == 1
+    client.get("/items/3", headers={"X-Auth": "yes"})
+    assert caplog.text.count("'other_metrics' also answers GET /metrics") == 1  # once
+
+
 def test_gunicorn_without_a_multiprocess_directory_is_reported(
     registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:

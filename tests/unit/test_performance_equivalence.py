@@ -872,6 +872,50 @@ def test_a_request_class_with_its_own_blueprints_keeps_them() -> None:
     assert issubclass(app.request_class, CustomBlueprints)
 
 
+def test_a_request_class_derived_later_reads_its_blueprints_its_own_way() -> None:
+    # A class derived from the app's request class after set-up, reading its
+    # blueprint or endpoint its own way: Flask's hooks follow what it reads.
+    from flask import Blueprint, request
+
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    ran: list[str] = []
+    for name in ("parent", "zzz"):
+        hooks = Blueprint(name, __name__, url_prefix=f"/{name}")
+        hooks.before_request(lambda name=name: ran.append(name))
+        if name == "parent":
+            hooks.add_url_rule("/v", "v", lambda: {"blueprints": request.blueprints})
+        app.register_blueprint(hooks)
+
+    class OwnBlueprint(app.request_class):  # type: ignore[name-defined, misc]
+        @property
+        def blueprint(self) -> str:
+            return "zzz"
+
+    app.request_class = OwnBlueprint
+    assert app.test_client().get("/parent/v").get_json() == {"blueprints": ["zzz"]}
+    assert ran == ["zzz"]
+
+
+def test_the_blueprints_of_a_route_outside_any_blueprint_are_a_new_list_per_read() -> None:
+    from flask import Blueprint, request
+
+    app = Flask(__name__)
+    setup_error_handlers(app)
+    ghost = Blueprint("ghost", __name__)
+    ran: list[str] = []
+    ghost.before_request(lambda: ran.append("ghost"))
+    app.register_blueprint(ghost)
+
+    @app.before_request
+    def meddle() -> None:
+        request.blueprints.append("ghost")  # changes its own copy only, as in Flask
+
+    app.add_url_rule("/plain", "plain", lambda: {"blueprints": request.blueprints})
+    assert app.test_client().get("/plain").get_json() == {"blueprints": []}
+    assert ran == []
+
+
 @pytest.mark.parametrize("status", [201, "418 I'M A TEAPOT", 304, "599 ODD"])
 def test_werkzeug_keeps_the_status_code_where_our_steps_read_it(status: int | str) -> None:
     # Compression and metrics read ``response._status_code`` (what the status_code
