@@ -263,25 +263,6 @@ def _tell_observer_of_retry(call: _Call | None) -> None:
 
 _retries._retry_listener = _tell_observer_of_retry
 
-#: The session whose call the observer is watching in this context: the redirect
-#: hops of that call come back through send() and are part of it.
-_observed_by: ContextVar[ServiceSession | None] = ContextVar("gennet_sync_observed", default=None)
-
-
-def _observed_send(
-    observer: CallObserver,
-    session: ServiceSession,
-    request: requests.PreparedRequest,
-    kwargs: dict[str, Any],
-) -> requests.Response:
-    token = _observed_by.set(session)
-    try:
-        # Not through send(): a subclass overriding send() must run once, not twice.
-        return observer.observe(session, request, lambda: session._send_call_of(request, kwargs))
-    finally:
-        _observed_by.reset(token)
-
-
 #: The session whose fallback is running in this context: its calls through that
 #: session are plain calls (see :meth:`ServiceSession.send`).
 _falling_back: ContextVar[ServiceSession | None] = ContextVar(
@@ -940,9 +921,15 @@ class ServiceSession(requests.Session):
         ``send`` runs once per call, as it would on a ``requests.Session``.
         """
         # Inside the fallback: the metrics count the call's own outcome, not its
-        # stand-in.  A redirect hop of an observed call is part of that call.
-        if call_observer is not None and _observed_by.get() is not self:  # metrics on
-            return _observed_send(call_observer, self, request, kwargs)
+        # stand-in.  A redirect hop is part of its call, which the observer watches;
+        # a call a hook makes (on this session too) is one of its own.
+        if call_observer is not None:  # metrics on
+            hop_of = _redirect_of.get()
+            if hop_of is None or hop_of.session is not self:
+                # Not through send(): a subclass overriding send() runs once, not twice.
+                return call_observer.observe(
+                    self, request, lambda: self._send_call_of(request, kwargs)
+                )
         return self._send_call_of(request, kwargs)
 
     def _send_call_of(

@@ -492,6 +492,31 @@ def test_hostile_downstream_codes_do_not_grow_the_series(registry: CollectorRegi
 
 
 @responses.activate
+def test_a_call_a_hook_makes_is_counted_and_a_redirect_is_part_of_its_call(
+    registry: CollectorRegistry,
+) -> None:
+    app = make_app(registry)
+    base = "http://hooked.test"
+    responses.get(f"{base}/moved", status=302, headers={"Location": f"{base}/item"})
+    responses.get(f"{base}/item", json={"token": "stale"})
+    responses.get(f"{base}/token", json={"token": "fresh"})
+    session = ServiceSession(base_url=base, service_name="hooked", retries=0)
+
+    def refresh(response: requests.Response, **kwargs: object) -> None:
+        if response.request.path_url == "/item":  # a call of the hook's own
+            session.get("/token")
+
+    session.hooks["response"].append(refresh)
+    session.get("/moved")
+    samples = scrape(app)
+    total = "gennet_client_requests_total"
+    # The redirected call once (its last answer), the hook's call once.
+    assert value(samples, total, service="hooked", method="GET", status="200") == 2
+    count = "gennet_client_request_duration_seconds_count"
+    assert value(samples, count, service="hooked", method="GET") == 2
+
+
+@responses.activate
 def test_a_session_subclass_overriding_send_runs_it_once(registry: CollectorRegistry) -> None:
     make_app(registry)
     responses.get("http://sub.test/x", json={})
