@@ -248,9 +248,7 @@ class _RuleBlueprintsRequest(Request):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._reads_the_rule = all(
-            getattr(cls, name) is getattr(Request, name) for name in ("blueprint", "endpoint")
-        )
+        cls._reads_the_rule = _reads_as_flask_does(cls, ("blueprint", "endpoint"))
 
     @property
     def blueprints(self) -> list[str]:
@@ -276,12 +274,14 @@ class _RuleBlueprintsRequest(Request):
         return blueprints
 
 
+def _reads_as_flask_does(request_class: type[Request], names: tuple[str, ...]) -> bool:
+    """Whether ``request_class`` has Flask's own properties of these ``names``."""
+    return all(getattr(request_class, name) is getattr(Request, name) for name in names)
+
+
 def _blueprints_follow_the_rule(request_class: type[Request]) -> bool:
     """Whether ``request_class`` works out its blueprints from its URL rule as Flask does."""
-    return all(
-        getattr(request_class, name) is getattr(Request, name)
-        for name in ("blueprints", "blueprint", "endpoint")
-    )
+    return _reads_as_flask_does(request_class, ("blueprints", "blueprint", "endpoint"))
 
 
 #: Set in a request's WSGI environ (to any value) by a middleware that found
