@@ -17,7 +17,8 @@ import os
 import re
 import threading
 import weakref
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -26,6 +27,7 @@ from typing import Any, Final
 import requests
 from flask import Flask, Response, current_app, request
 from flask.wrappers import Request
+from werkzeug.routing import Rule
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -88,6 +90,13 @@ _STATES: Final = tuple(CircuitState)
 _STATUS_LABELS: Final = {code: str(code) for code in range(100, 600)}
 # Label children cached per key; cleared past this (keys of a bounded label set).
 _MAX_CACHED_CHILDREN: Final = 4096
+# Timed requests waiting for the flush thread to count them, at most: a request
+# finding more (the thread late, or a long flush interval) counts them itself.
+_MAX_PENDING: Final = 20_000
+# A timed request as its after step notes it: URL rule, method, status, error code, seconds.
+_Finished = tuple[Rule | None, str, int, object, float]
+# A request's labels: method, route, status, error code.
+_Labels = tuple[str, str, int, str | None]
 # The module, not the package's circuit_breaker() decorator of the same name.
 _breakers: Final = importlib.import_module("gennet_sync.circuit_breaker")
 # The duration histograms' bucket bounds (prometheus-client's defaults, +Inf last).
@@ -273,6 +282,10 @@ class _Series:
         # them into prometheus-client's values (see docs/metrics.md).
         self._tally_lock = threading.Lock()
         self._http_tally: dict[tuple[str, str, int, str | None], list[float]] = {}
+        # Timed requests as they finished (URL rule, method, status, error code,
+        # seconds), counted into a tally by the flush: a request appends one tuple,
+        # which needs no lock (see _count_pending).
+        self._http_pending: deque[_Finished] = deque()
         self._client_tally: dict[tuple[str, str, str, str | None], list[float]] = {}
         self._seen: weakref.WeakKeyDictionary[CircuitBreaker, _Seen] = weakref.WeakKeyDictionary()
         self._flush_lock = threading.Lock()
@@ -289,51 +302,104 @@ class _Series:
     # -- the Flask side ----------------------------------------------------------------
 
     def observe_request(self, request: Request, response: Response) -> Response:
-        """Count a request in the tally: a few integers, copied out by :meth:`flush_calls`.
+        """Note a finished request for the next flush to count: one tuple appended.
 
         The features' after step itself (one call a request, not two); it never
-        raises: a failure is logged and the response goes out as it is.
+        raises: a failure is logged and the response goes out as it is.  Its
+        labels and histogram bucket are worked out by :meth:`_count_pending`, off
+        the request path, for many requests at a time.
         """
         try:
             if _flusher_pid is None:  # checked here: a call per request costs
                 _ensure_flusher()
-            rule = request.url_rule
-            if rule is None:
-                route = UNMATCHED_ROUTE
-            elif rule.endpoint == _ENDPOINT:
-                return response
-            else:
-                route = rule.rule
-            method = request.method
-            if method not in _METHODS:
-                method = OTHER
-            code = getattr(response, "gennet_error_code", None)
-            if code is not None:
-                code = self.codes(str(code))
-            # What the status_code property returns, without its call (a test pins it).
-            key = (method, route, response._status_code, code)
             started = request.environ.get(_STARTED)
             if started is None:  # an earlier before_request hook answered: not timed
-                self._count(False, key, 0.0, 1)
-                _check_unseen_request(request)
+                self._count_untimed(request, response)
                 return response
-            seconds = perf_counter() - started
-            index = bisect_left(_BOUNDS, seconds) + _TIMED
-            # _count inlined: a call is a tenth of what counting a request costs.  The
-            # lock is taken by hand: ``with`` costs twice as much (0.16 us against 0.07).
-            lock = self._tally_lock
-            lock.acquire()
-            try:
-                tally = self._http_tally.get(key)
-                if tally is None:
-                    tally = self._http_tally[key] = _new_tally()
-                tally[0] += seconds
-                tally[index] += 1
-            finally:
-                lock.release()
+            pending = self._http_pending
+            # deque.append is atomic: no lock, and nothing appended is lost to a
+            # flush draining the deque at the same time.  ``_status_code`` is what
+            # the status_code property returns, without its call (a test pins it).
+            pending.append(
+                (
+                    request.url_rule,
+                    request.method,
+                    response._status_code,
+                    getattr(response, "gennet_error_code", None),
+                    perf_counter() - started,
+                )
+            )
+            if len(pending) > _MAX_PENDING:
+                with self._tally_lock:
+                    self._count_pending(self._http_tally)
         except Exception:
             logger.exception("gennet_sync metrics: counting a request failed")
         return response
+
+    def _count_untimed(self, request: Request, response: Response) -> None:
+        code = getattr(response, "gennet_error_code", None)
+        key = self._request_labels(request.url_rule, request.method, response._status_code, code)
+        if key is not None:
+            self._count(False, key, 0.0, 1)
+        _check_unseen_request(request)
+
+    def _request_labels(
+        self, rule: Rule | None, method: str, status: int, code: object
+    ) -> _Labels | None:
+        """A request's labels: (method, route, status, error code); ``None``: not counted."""
+        if rule is None:
+            route = UNMATCHED_ROUTE
+        elif rule.endpoint == _ENDPOINT:
+            return None  # the scrapes themselves
+        else:
+            route = rule.rule
+        return (
+            method if method in _METHODS else OTHER,
+            route,
+            status,
+            None if code is None else self.codes(str(code)),
+        )
+
+    def _count_pending(self, tally: dict[_Labels, list[float]]) -> None:
+        """Count the timed requests noted so far into ``tally``, taking them out.
+
+        Called by the flush, and by a request finding too many waiting (under the
+        tally lock, ``tally`` being the shared one).  Each tuple is taken out by one
+        atomic ``popleft``, so two callers at once count each request once; one
+        appended meanwhile waits for the next call.
+        """
+        pending = self._http_pending
+        take = pending.popleft
+        # Durations by (rule, method, status, code), so the labels and buckets are
+        # worked out once per set rather than once per request.  A URL rule cannot
+        # be hashed (werkzeug's Rule has __eq__ and no __hash__): it is known by its
+        # id, and kept in ``rules`` so no other object can take that id meanwhile.
+        durations: dict[tuple[int, str, int, object], list[float]] = {}
+        rules: dict[tuple[int, str, int, object], Rule | None] = {}
+        for _ in range(len(pending)):
+            try:
+                rule, method, status, code, seconds = take()
+            except IndexError:  # the other caller took the rest
+                break
+            where = (id(rule), method, status, code)
+            try:
+                durations[where].append(seconds)
+            except KeyError:
+                durations[where] = [seconds]
+                rules[where] = rule
+            except TypeError:  # an error code nobody can hash, set by hand
+                where = (id(rule), method, status, str(code))
+                durations.setdefault(where, []).append(seconds)
+                rules[where] = rule
+        for where, seconds_each in durations.items():
+            _, method, status, code = where
+            key = self._request_labels(rules[where], method, status, code)
+            if key is None:
+                continue
+            counts = tally.get(key)
+            if counts is None:
+                counts = tally[key] = _new_tally()
+            _add_durations(counts, seconds_each)
 
     def _count(self, client: bool, key: Any, seconds: float, index: int) -> None:
         """Add one request (or ``client`` call) to its tally: its duration, one at ``index``."""
@@ -406,6 +472,7 @@ class _Series:
             with self._tally_lock:
                 http, self._http_tally = self._http_tally, {}
                 client, self._client_tally = self._client_tally, {}
+            self._count_pending(http)
             for (method, route, status, code), tally in http.items():
                 count = int(sum(tally[1:]))
                 children = self._http_children.get((method, route, status))
@@ -575,6 +642,24 @@ def _new_tally() -> list[float]:
     return [0.0] * (_TIMED + len(_BOUNDS))
 
 
+def _add_durations(tally: list[float], durations: list[float]) -> None:
+    """Add requests that took ``durations`` seconds to a tally: their sum and buckets."""
+    tally[0] += sum(durations)
+    if len(durations) == 1:
+        tally[bisect_left(_BOUNDS, durations[0]) + _TIMED] += 1
+        return
+    # Sorted, each bucket's count is the distance between two bisections: a bucket
+    # counts the durations up to its bound (included) and above the one before.
+    durations.sort()
+    below = 0
+    for index, bound in enumerate(_BOUNDS, _TIMED):
+        upto = bisect_right(durations, bound)
+        tally[index] += upto - below
+        below = upto
+        if below == len(durations):
+            return
+
+
 def _add_observations(histogram: Any, tally: list[float]) -> None:
     """Add a tally's timed requests to a histogram child, one write per bucket.
 
@@ -730,6 +815,7 @@ def _reinit_after_fork() -> None:
         series._tally_lock = threading.Lock()
         # The parent's uncopied counts are the parent's to copy, not this worker's.
         series._http_tally = {}
+        series._http_pending = deque()
         series._client_tally = {}
         for breaker in breakers:
             history = breaker._history

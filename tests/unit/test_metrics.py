@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import math
 import random
 import re
 import string
@@ -16,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 import responses
-from flask import Flask, request
-from prometheus_client import REGISTRY, CollectorRegistry
+from flask import Flask, Response, request
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_flask_exporter import PrometheusMetrics
 
@@ -928,17 +929,115 @@ def test_counting_that_fails_inside_the_step_leaves_the_response_and_is_logged(
 ) -> None:
     app = make_app(registry)
 
-    def broken() -> list[float]:
-        raise RuntimeError("tally broken")
+    class Broken:
+        def append(self, item: object) -> None:
+            raise RuntimeError("queue broken")
 
     # The counting step is bound at init_app: break what it calls, not the method.
-    monkeypatch.setattr(metrics, "_new_tally", broken)
+    monkeypatch.setattr(metrics._series[id(registry)], "_http_pending", Broken())
     response = app.test_client().get("/items/5", headers={"X-Request-ID": "counted"})
     assert response.status_code == 200
     assert response.get_json() == {"id": 5}
     assert response.headers["X-Request-ID"] == "counted"
     assert "counting a request failed" in caplog.text
+    assert "queue broken" in caplog.text
+
+
+def test_a_copy_that_fails_is_logged_and_the_requests_go_on(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(registry)
+
+    def broken() -> list[float]:
+        raise RuntimeError("tally broken")
+
+    monkeypatch.setattr(metrics, "_new_tally", broken)
+    client = app.test_client()
+    assert client.get("/items/5").status_code == 200
+    metrics.flush()
+    assert "copying the requests counted failed" in caplog.text
     assert "tally broken" in caplog.text
+    assert client.get("/items/6").get_json() == {"id": 6}
+
+
+def test_requests_past_the_waiting_cap_are_counted_without_the_flush_thread(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics._stop_flusher()
+    monkeypatch.setattr(metrics, "_flush_interval", 3600.0)  # the thread never copies
+    monkeypatch.setattr(metrics, "_MAX_PENDING", 10)
+    try:
+        app = make_app(registry)
+        client = app.test_client()
+        for index in range(25):
+            assert client.get(f"/items/{index + 2}").status_code == 200
+            # Never more than the cap wait in memory for a thread that is late.
+            assert len(metrics._series[id(registry)]._http_pending) <= 10
+        samples = scrape(app)
+    finally:
+        metrics._stop_flusher()
+    route = "/items/<int:item_id>"
+    assert (
+        value(samples, "gennet_http_requests_total", method="GET", route=route, status="200") == 25
+    )
+    count = "gennet_http_request_duration_seconds_count"
+    assert value(samples, count, method="GET", route=route) == 25
+
+
+def test_an_error_code_set_by_hand_that_cannot_be_hashed_is_counted_as_other(
+    registry: CollectorRegistry,
+) -> None:
+    app = make_app(registry)
+
+    @app.after_request
+    def odd_code(response: Response) -> Response:
+        if response.status_code == 418:
+            response.gennet_error_code = ["TEAPOT"]  # type: ignore[attr-defined]
+        return response
+
+    app.add_url_rule("/teapot", "teapot", lambda: ("short and stout", 418))
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/teapot").status_code == 418
+    samples = scrape(app)
+    errors = "gennet_http_errors_total"
+    assert value(samples, errors, code=OTHER, status="418", method="GET", route="/teapot") == 3
+    count = "gennet_http_request_duration_seconds_count"
+    assert value(samples, count, method="GET", route="/teapot") == 3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_durations_counted_together_fill_the_buckets_as_observing_each_does(
+    seed: int, registry: CollectorRegistry
+) -> None:
+    chooser = random.Random(seed)
+    bounds = [bound for bound in Histogram.DEFAULT_BUCKETS if bound != float("inf")]
+    # Exactly on bounds, just either side of them, and anywhere up to past the last.
+    durations = [
+        chooser.choice(
+            [
+                chooser.choice(bounds),
+                math.nextafter(chooser.choice(bounds), 0.0),
+                math.nextafter(chooser.choice(bounds), math.inf),
+                chooser.uniform(0.0, 15.0),
+            ]
+        )
+        for _ in range(chooser.randrange(1, 400))
+    ]
+    histogram = Histogram("each", "observed one by one", registry=registry)
+    for duration in durations:
+        histogram.observe(duration)
+    tally = metrics._new_tally()
+    metrics._add_durations(tally, list(durations))
+    together = Histogram("together", "counted together", registry=registry)
+    metrics._add_observations(together, tally)
+    for bucket in [*(str(bound) for bound in bounds), "+Inf"]:
+        assert registry.get_sample_value("together_bucket", {"le": bucket}) == (
+            registry.get_sample_value("each_bucket", {"le": bucket})
+        ), bucket
+    assert registry.get_sample_value("together_sum") == pytest.approx(
+        registry.get_sample_value("each_sum"), rel=1e-12
+    )
 
 
 def test_a_failing_first_request_check_is_logged_and_the_request_still_timed(
