@@ -230,9 +230,12 @@ def _settle(app: Flask) -> Callable[[], None] | None:
     state = app.extensions.get("gennet_sync")
     if state is None or "metrics" not in state.features:
         return None
-    from gennet_sync.metrics import flush
+    from gennet_sync import metrics
 
-    return flush
+    # The thread would copy part of a run on its own thread, outside the run's
+    # CPU time: it waits an hour instead, and each run ends with the copy.
+    metrics._flush_interval = 3600.0
+    return metrics.flush
 
 
 def _worker() -> None:

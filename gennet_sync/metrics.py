@@ -21,6 +21,7 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import add
 from time import perf_counter
 from typing import Any, Final
 
@@ -353,12 +354,16 @@ class _Series:
             return None  # the scrapes themselves
         else:
             route = rule.rule
-        return (
-            method if method in _METHODS else OTHER,
-            route,
-            status,
-            None if code is None else self.codes(str(code)),
-        )
+        return (method if method in _METHODS else OTHER, route, status, self._code_label(code))
+
+    def _code_label(self, code: object) -> str | None:
+        """The ``code`` label of an error code an envelope (or a hook) set."""
+        if code is None:
+            return None
+        try:
+            return self.codes(str(code))
+        except Exception:  # an object set by hand that cannot be a string
+            return OTHER
 
     def _count_pending(self, tally: dict[_Labels, list[float]]) -> None:
         """Count the timed requests noted so far into ``tally``, taking them out.
@@ -374,32 +379,30 @@ class _Series:
         # worked out once per set rather than once per request.  A URL rule cannot
         # be hashed (werkzeug's Rule has __eq__ and no __hash__): it is known by its
         # id, and kept in ``rules`` so no other object can take that id meanwhile.
-        durations: dict[tuple[int, str, int, object], list[float]] = {}
-        rules: dict[tuple[int, str, int, object], Rule | None] = {}
+        # A code is known by its type too: a str Enum member equals its value but
+        # may be labelled otherwise.
+        durations: dict[tuple[int, str, int, type, object], list[float]] = {}
+        rules: dict[tuple[int, str, int, type, object], Rule | None] = {}
         for _ in range(len(pending)):
             try:
                 rule, method, status, code, seconds = take()
             except IndexError:  # the other caller took the rest
                 break
-            where = (id(rule), method, status, code)
+            where = (id(rule), method, status, type(code), code)
             try:
                 durations[where].append(seconds)
             except KeyError:
                 durations[where] = [seconds]
                 rules[where] = rule
-            except TypeError:  # an error code nobody can hash, set by hand
-                where = (id(rule), method, status, str(code))
-                durations.setdefault(where, []).append(seconds)
-                rules[where] = rule
+            except Exception:  # a code set by hand that cannot be hashed
+                key = self._request_labels(rule, method, status, code)
+                if key is not None:
+                    _add_durations(_tally_of(tally, key), [seconds])
         for where, seconds_each in durations.items():
-            _, method, status, code = where
+            _, method, status, _, code = where
             key = self._request_labels(rules[where], method, status, code)
-            if key is None:
-                continue
-            counts = tally.get(key)
-            if counts is None:
-                counts = tally[key] = _new_tally()
-            _add_durations(counts, seconds_each)
+            if key is not None:
+                _add_durations(_tally_of(tally, key), seconds_each)
 
     def _count(self, client: bool, key: Any, seconds: float, index: int) -> None:
         """Add one request (or ``client`` call) to its tally: its duration, one at ``index``."""
@@ -469,10 +472,20 @@ class _Series:
         with self._flush_lock:
             # Swapped under the lock the request path takes; copied under the flush
             # lock, so a scrape waits for a copy the flush thread is still writing.
+            # The queue first, then the swap: a request that finds the queue too long
+            # counts its rest into the shared tally under the lock, so whatever the
+            # queue held when this copy began is in this copy, by one way or the other.
+            queued: dict[_Labels, list[float]] = {}
+            self._count_pending(queued)
             with self._tally_lock:
                 http, self._http_tally = self._http_tally, {}
                 client, self._client_tally = self._client_tally, {}
-            self._count_pending(http)
+            for key, counts in queued.items():
+                tally = http.get(key)
+                if tally is None:
+                    http[key] = counts
+                else:
+                    tally[:] = map(add, tally, counts)
             for (method, route, status, code), tally in http.items():
                 count = int(sum(tally[1:]))
                 children = self._http_children.get((method, route, status))
@@ -642,11 +655,21 @@ def _new_tally() -> list[float]:
     return [0.0] * (_TIMED + len(_BOUNDS))
 
 
+def _tally_of(tallies: dict[Any, list[float]], key: Any) -> list[float]:
+    """The tally of ``key`` in ``tallies``, made empty if it has none yet."""
+    tally = tallies.get(key)
+    if tally is None:
+        tally = tallies[key] = _new_tally()
+    return tally
+
+
 def _add_durations(tally: list[float], durations: list[float]) -> None:
     """Add requests that took ``durations`` seconds to a tally: their sum and buckets."""
-    tally[0] += sum(durations)
-    if len(durations) == 1:
-        tally[bisect_left(_BOUNDS, durations[0]) + _TIMED] += 1
+    total = sum(durations)
+    tally[0] += total
+    if len(durations) == 1 or total != total:  # noqa: PLR0124 - NaN: a list with one can't be sorted
+        for seconds in durations:
+            tally[bisect_left(_BOUNDS, seconds) + _TIMED] += 1
         return
     # Sorted, each bucket's count is the distance between two bisections: a bucket
     # counts the durations up to its bound (included) and above the one before.

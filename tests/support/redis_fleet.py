@@ -142,7 +142,11 @@ def failover_run(
         assert outcome["returned"] + outcome["failed"] == outcome["attempts"] - 1, outcome
         assert outcome["slowest"] < SLOWEST_CALL_BOUND, outcome
         assert outcome["rejected_at"] is not None, "sharing resumed after the failover"
-        assert 0 <= outcome["rejected_at"] - tripped_at[0] < SHARING_BOUND, outcome
+        seen_after = outcome["rejected_at"] - tripped_at[0]
+        assert 0 <= seen_after < SHARING_BOUND, (
+            f"trip seen {seen_after:.3f} s after it was made "
+            f"(primary failed {tripped_at[0] - failed_at[0]:.3f} s before the trip): {outcome}"
+        )
     print(
         f"\n{name}: primary down to trip {tripped_at[0] - failed_at[0]:.2f} s, slowest call "
         f"{max(o['slowest'] for o in outcomes):.3f} s, trip seen after "

@@ -3,6 +3,7 @@ from ``GET /metrics`` with prometheus-client's own parser."""
 
 from __future__ import annotations
 
+import enum
 import gc
 import importlib.util
 import math
@@ -12,6 +13,7 @@ import string
 import sys
 import threading
 import weakref
+from collections import deque
 from collections.abc import Iterator
 
 import pytest
@@ -1056,3 +1058,121 @@ def test_a_failing_first_request_check_is_logged_and_the_request_still_timed(
     assert (
         value(samples, "gennet_http_request_duration_seconds_count", method="GET", route=route) == 1
     )
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no string for you")
+
+
+class _Unhashable(str):
+    def __hash__(self) -> int:
+        raise ValueError("no hash for you")
+
+
+@pytest.mark.parametrize("odd", [_Unprintable(), _Unhashable("NOT_FOUND")], ids=["str", "hash"])
+def test_an_odd_error_code_set_by_hand_costs_no_other_request_its_count(
+    registry: CollectorRegistry, odd: object
+) -> None:
+    app = make_app(registry)
+
+    @app.after_request
+    def odd_code(response: Response) -> Response:
+        if response.status_code == 418:
+            response.gennet_error_code = odd  # type: ignore[attr-defined]
+        return response
+
+    app.add_url_rule("/teapot", "teapot", lambda: ("short and stout", 418))
+    client = app.test_client()
+    for index in range(4):
+        client.get(f"/items/{index + 2}")
+    assert client.get("/teapot").status_code == 418
+    client.get("/items/0")
+    samples = scrape(app)
+    total = "gennet_http_requests_total"
+    route = "/items/<int:item_id>"
+    assert value(samples, total, method="GET", route=route, status="200") == 4
+    assert value(samples, total, method="GET", route=route, status="404") == 1
+    assert value(samples, total, method="GET", route="/teapot", status="418") == 1
+    errors = "gennet_http_errors_total"
+    code = OTHER if isinstance(odd, _Unprintable) else "NOT_FOUND"
+    assert value(samples, errors, code=code, status="418", method="GET", route="/teapot") == 1
+
+
+def test_codes_equal_as_values_but_labelled_apart_are_counted_apart(
+    registry: CollectorRegistry,
+) -> None:
+    class Code(str, enum.Enum):  # noqa: UP042 - str() of a StrEnum member is its value
+        GONE = "NOT_FOUND"
+
+    app = make_app(registry)
+
+    @app.after_request
+    def enum_code(response: Response) -> Response:
+        if request.args.get("enum"):
+            response.gennet_error_code = Code.GONE  # type: ignore[attr-defined]
+        return response
+
+    client = app.test_client()
+    client.get("/items/0?enum=1")  # first in the queue: must not name the other
+    client.get("/items/0")
+    client.get("/items/0")
+    samples = scrape(app)
+    errors = "gennet_http_errors_total"
+    route = "/items/<int:item_id>"
+    assert value(samples, errors, code="NOT_FOUND", status="404", method="GET", route=route) == 2
+    # str() of a str Enum member is "Code.GONE": no code this app defines.
+    assert value(samples, errors, code=OTHER, status="404", method="GET", route=route) == 1
+
+
+def test_a_scrape_counts_what_a_request_over_the_cap_moves_while_it_copies(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics._stop_flusher()
+    monkeypatch.setattr(metrics, "_flush_interval", 3600.0)  # the thread never copies
+    monkeypatch.setattr(metrics, "_MAX_PENDING", 2)
+    try:
+        app = make_app(registry)
+        client = app.test_client()
+        series = metrics._series[id(registry)]
+        taken: list[object] = []
+
+        class Busy(deque):  # type: ignore[type-arg]
+            """The queue; its first ``popleft`` lets two more requests finish meanwhile."""
+
+            def popleft(self) -> object:
+                item = super().popleft()
+                if not taken:
+                    taken.append(item)
+                    others = threading.Thread(
+                        target=lambda: [client.get("/items/7") for _ in range(2)]
+                    )
+                    others.start()
+                    others.join(timeout=30)
+                return item
+
+        monkeypatch.setattr(series, "_http_pending", Busy())
+        client.get("/items/5")
+        client.get("/items/6")
+        assert len(series._http_pending) == 2
+        samples = scrape(app)
+    finally:
+        metrics._stop_flusher()
+    assert taken  # the copy did meet the other requests
+    route = "/items/<int:item_id>"
+    # The two before the scrape, and the two the request over the cap counted.
+    assert (
+        value(samples, "gennet_http_requests_total", method="GET", route=route, status="200") == 4
+    )
+
+
+def test_a_duration_that_is_not_a_number_puts_no_other_in_the_wrong_bucket() -> None:
+    durations = [3.0, math.nan, 0.001, 0.3, 0.005, 0.1]
+    together = metrics._new_tally()
+    metrics._add_durations(together, list(durations))
+    each = metrics._new_tally()
+    for duration in durations:
+        metrics._add_durations(each, [duration])
+    assert together[metrics._TIMED :] == each[metrics._TIMED :]
+    # 3.0 s is above the 2.5 s bound and at most 5 s.
+    assert together[metrics._TIMED + metrics._BOUNDS.index(5.0)] == 1
