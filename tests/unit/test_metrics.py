@@ -68,6 +68,15 @@ def registry() -> CollectorRegistry:
     return CollectorRegistry()
 
 
+@pytest.fixture
+def no_flush_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The flush thread never copies: only a scrape (or ``flush()``) does."""
+    metrics._stop_flusher()
+    monkeypatch.setattr(metrics, "_flush_interval", 3600.0)
+    yield
+    metrics._stop_flusher()
+
+
 def make_app(registry: CollectorRegistry, **config: object) -> Flask:
     app = Flask("metrics_app")
     app.config.update(config)
@@ -807,27 +816,23 @@ def test_requests_from_eight_threads_are_counted_exactly_while_copies_run(
     assert buckets["+Inf"] == ok + missing
 
 
+@pytest.mark.usefixtures("no_flush_thread")
 def test_a_scrape_sees_every_request_before_it_without_waiting_for_the_flush_thread(
-    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+    registry: CollectorRegistry,
 ) -> None:
-    metrics._stop_flusher()
-    monkeypatch.setattr(metrics, "_flush_interval", 3600.0)  # the thread never copies
-    try:
-        app = make_app(registry)
-        client = app.test_client()
-        for _ in range(7):
-            client.get("/items/9")
-        client.get("/items/1")
-        # Counted, not yet copied into prometheus-client's values...
-        copied = registry.get_sample_value(
-            "gennet_http_requests_total",
-            {"method": "GET", "route": "/items/<int:item_id>", "status": "200"},
-        )
-        assert copied is None
-        # ...which the scrape does before answering.
-        samples = scrape(app)
-    finally:
-        metrics._stop_flusher()
+    app = make_app(registry)
+    client = app.test_client()
+    for _ in range(7):
+        client.get("/items/9")
+    client.get("/items/1")
+    # Counted, not yet copied into prometheus-client's values...
+    copied = registry.get_sample_value(
+        "gennet_http_requests_total",
+        {"method": "GET", "route": "/items/<int:item_id>", "status": "200"},
+    )
+    assert copied is None
+    # ...which the scrape does before answering.
+    samples = scrape(app)
     route = "/items/<int:item_id>"
     total = "gennet_http_requests_total"
     assert value(samples, total, method="GET", route=route, status="200") == 7
@@ -962,22 +967,18 @@ def test_a_copy_that_fails_is_logged_and_the_requests_go_on(
     assert client.get("/items/6").get_json() == {"id": 6}
 
 
+@pytest.mark.usefixtures("no_flush_thread")
 def test_requests_past_the_waiting_cap_are_counted_without_the_flush_thread(
     registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    metrics._stop_flusher()
-    monkeypatch.setattr(metrics, "_flush_interval", 3600.0)  # the thread never copies
     monkeypatch.setattr(metrics, "_MAX_PENDING", 10)
-    try:
-        app = make_app(registry)
-        client = app.test_client()
-        for index in range(25):
-            assert client.get(f"/items/{index + 2}").status_code == 200
-            # Never more than the cap wait in memory for a thread that is late.
-            assert len(metrics._series[id(registry)]._http_pending) <= 10
-        samples = scrape(app)
-    finally:
-        metrics._stop_flusher()
+    app = make_app(registry)
+    client = app.test_client()
+    for index in range(25):
+        assert client.get(f"/items/{index + 2}").status_code == 200
+        # Never more than the cap wait in memory for a thread that is late.
+        assert len(metrics._series[id(registry)]._http_pending) <= 10
+    samples = scrape(app)
     route = "/items/<int:item_id>"
     assert (
         value(samples, "gennet_http_requests_total", method="GET", route=route, status="200") == 25
@@ -1125,39 +1126,33 @@ def test_codes_equal_as_values_but_labelled_apart_are_counted_apart(
     assert value(samples, errors, code=OTHER, status="404", method="GET", route=route) == 1
 
 
+@pytest.mark.usefixtures("no_flush_thread")
 def test_a_scrape_counts_what_a_request_over_the_cap_moves_while_it_copies(
     registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    metrics._stop_flusher()
-    monkeypatch.setattr(metrics, "_flush_interval", 3600.0)  # the thread never copies
     monkeypatch.setattr(metrics, "_MAX_PENDING", 2)
-    try:
-        app = make_app(registry)
-        client = app.test_client()
-        series = metrics._series[id(registry)]
-        taken: list[object] = []
+    app = make_app(registry)
+    client = app.test_client()
+    series = metrics._series[id(registry)]
+    taken: list[object] = []
 
-        class Busy(deque):  # type: ignore[type-arg]
-            """The queue; its first ``popleft`` lets two more requests finish meanwhile."""
+    class Busy(deque):  # type: ignore[type-arg]
+        """The queue; its first ``popleft`` lets two more requests finish meanwhile."""
 
-            def popleft(self) -> object:
-                item = super().popleft()
-                if not taken:
-                    taken.append(item)
-                    others = threading.Thread(
-                        target=lambda: [client.get("/items/7") for _ in range(2)]
-                    )
-                    others.start()
-                    others.join(timeout=30)
-                return item
+        def popleft(self) -> object:
+            item = super().popleft()
+            if not taken:
+                taken.append(item)
+                others = threading.Thread(target=lambda: [client.get("/items/7") for _ in range(2)])
+                others.start()
+                others.join(timeout=30)
+            return item
 
-        monkeypatch.setattr(series, "_http_pending", Busy())
-        client.get("/items/5")
-        client.get("/items/6")
-        assert len(series._http_pending) == 2
-        samples = scrape(app)
-    finally:
-        metrics._stop_flusher()
+    monkeypatch.setattr(series, "_http_pending", Busy())
+    client.get("/items/5")
+    client.get("/items/6")
+    assert len(series._http_pending) == 2
+    samples = scrape(app)
     assert taken  # the copy did meet the other requests
     route = "/items/<int:item_id>"
     # The two before the scrape, and the two the request over the cap counted.
