@@ -94,6 +94,11 @@ class _Entry:
         self.vary = vary
 
 
+def _same_vary(request: requests.PreparedRequest, entry: _Entry) -> bool:
+    """Whether ``request`` has the values of the headers ``entry``'s response varies on."""
+    return all(request.headers.get(name, "") == value for name, value in entry.vary)
+
+
 class LastGoodResponse:
     """A fallback that answers a failed GET with the last good response to its URL.
 
@@ -106,7 +111,10 @@ class LastGoodResponse:
     headers (``Vary: *``: never kept).  Entries are keyed by the URL the call
     asked for (not where it was redirected) and ``Accept``; at most
     ``max_entries`` are kept (the least recently used goes first) and an entry
-    older than ``max_age`` seconds is never served.  A served response carries
+    older than ``max_age`` seconds is never served.  An entry is replaced by a
+    newer good answer once it is ``refresh_after`` seconds old, not sooner: a URL
+    called a thousand times a second is kept once a second, and its other calls
+    pay for a lookup only.  A served response carries
     ``Warning: 110 gennet_sync "Response is Stale"``, an ``Age`` header, and
     ``response.fallback = True``.
 
@@ -121,6 +129,10 @@ class LastGoodResponse:
         max_entries: URLs remembered.
         max_age: Seconds a response may be served for after it was received.
         max_body: Largest body kept, in bytes.
+        refresh_after: Seconds an entry is kept before a newer good answer to
+            the same request replaces it (at most half of ``max_age``; a larger
+            value is taken as that); ``0``: every one does.  An answer served is
+            then at most this much older than the last good one.
         clock: Seconds on a monotonic scale.
         private_headers: Request headers carrying a key or a token (beyond
             ``Authorization``, ``Cookie`` and ``Proxy-Authorization``, always
@@ -132,6 +144,7 @@ class LastGoodResponse:
         max_entries: int = 256,
         max_age: float = 300.0,
         max_body: int = 1024 * 1024,
+        refresh_after: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         private_headers: Collection[str] = DEFAULT_PRIVATE_HEADERS,
     ) -> None:
@@ -141,9 +154,13 @@ class LastGoodResponse:
             raise ValueError(f"max_age must be > 0, got {max_age!r}")
         if max_body < 0:
             raise ValueError(f"max_body must be >= 0, got {max_body!r}")
+        if not refresh_after >= 0:
+            raise ValueError(f"refresh_after must be >= 0, got {refresh_after!r}")
         self.max_entries = max_entries
         self.max_age = max_age
         self.max_body = max_body
+        # At most half of max_age: an entry is refreshed well before it expires.
+        self.refresh_after = min(refresh_after, max_age / 2)
         self._clock = clock
         self.private_headers = private_headers
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
@@ -207,6 +224,17 @@ class LastGoodResponse:
         if request is None or asked is None or asked.method != "GET":
             return
         asked_headers = by_lowered_name(asked.headers)
+        key = _key_of(asked, asked_headers)
+        now = self._clock()
+        # Read without the lock (one dict lookup is atomic): an entry that is too
+        # young to replace, for a request with the same values of its Vary headers.
+        kept = self._entries.get(key)
+        if (
+            kept is not None
+            and now - kept.stored_at < self.refresh_after
+            and (not kept.vary or _same_vary(asked, kept))
+        ):
+            return
         if self._private_by(asked, asked_headers):
             return
         # A redirect hop's own request may carry credentials of its own, and a hop's
@@ -238,8 +266,7 @@ class LastGoodResponse:
         content = response._content
         if not isinstance(content, bytes) or len(content) > self.max_body:
             return
-        key = _key_of(asked, asked_headers)
-        entry = _Entry(response, content, headers, self._clock(), vary)
+        entry = _Entry(response, content, headers, now, vary)
         entries = self._entries
         with self._lock:
             entries[key] = entry
@@ -260,9 +287,7 @@ class LastGoodResponse:
         now = self._clock()
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or any(
-                request.headers.get(name, "") != value for name, value in entry.vary
-            ):
+            if entry is None or not _same_vary(request, entry):
                 return None
             if now - entry.stored_at > self.max_age:
                 del self._entries[key]
@@ -297,6 +322,8 @@ class LastGoodResponse:
         # A copy pickled before private_headers became a property kept the names
         # as a plain attribute.
         names = state.pop("private_headers", None)
+        # One pickled before refresh_after existed kept every good answer.
+        state.setdefault("refresh_after", 0.0)
         self.__dict__.update(state)
         if names is not None:
             self.private_headers = cast("tuple[str, ...]", names)

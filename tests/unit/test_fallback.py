@@ -330,7 +330,9 @@ def test_a_session_with_the_cache_pickles_with_an_empty_one() -> None:
     assert clone.fallback.max_entries == 3 and len(clone.fallback) == 0
 
 
-@pytest.mark.parametrize("settings", [{"max_entries": 0}, {"max_age": 0}, {"max_body": -1}])
+@pytest.mark.parametrize(
+    "settings", [{"max_entries": 0}, {"max_age": 0}, {"max_body": -1}, {"refresh_after": -1}]
+)
 def test_bad_cache_settings_fail_at_construction(settings: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         LastGoodResponse(**settings)  # type: ignore[arg-type]
@@ -397,3 +399,70 @@ def test_a_cache_pickled_by_an_earlier_release_still_refuses_credentials() -> No
     assert len(cache) == 0
     session.get("/x")
     assert len(cache) == 1
+
+
+@responses.activate
+def test_a_newer_good_answer_replaces_the_kept_one_once_that_is_refresh_after_old() -> None:
+    clock = FakeClock()
+    cache = LastGoodResponse(clock=clock)  # refresh_after: 1 s
+    session = _session(cache)
+    url = f"{BASE}/networks/n"
+
+    def answer_then_fail(body: dict[str, int]) -> requests.Response:
+        responses.replace(responses.GET, url, json=body)
+        assert session.get("/networks/n").json() == body
+        responses.replace(responses.GET, url, status=503, json={})
+        return session.get("/networks/n")
+
+    responses.get(url, json={})
+    first = answer_then_fail({"v": 1})
+    assert first.json() == {"v": 1} and first.headers["Age"] == "0"
+    clock.advance(0.9)  # the kept answer is too young to replace
+    assert answer_then_fail({"v": 2}).json() == {"v": 1}
+    clock.advance(0.2)  # 1.1 s old now
+    assert answer_then_fail({"v": 3}).json() == {"v": 3}
+
+
+@responses.activate
+def test_with_refresh_after_zero_every_good_answer_replaces_the_last() -> None:
+    cache = LastGoodResponse(refresh_after=0, clock=FakeClock())
+    session = _session(cache)
+    for version in (1, 2, 3):
+        responses.upsert(responses.GET, f"{BASE}/n", json={"v": version})
+        session.get("/n")
+    responses.replace(responses.GET, f"{BASE}/n", status=503)
+    assert session.get("/n").json() == {"v": 3}
+
+
+@responses.activate
+def test_an_answer_for_other_values_of_its_vary_headers_replaces_a_young_one() -> None:
+    cache = LastGoodResponse(clock=FakeClock())
+    session = _session(cache)
+    responses.get(f"{BASE}/x", json={"lang": "fr"}, headers={"Vary": "Accept-Language"})
+    session.get("/x", headers={"Accept-Language": "fr"})
+    responses.replace(
+        responses.GET, f"{BASE}/x", json={"lang": "de"}, headers={"Vary": "Accept-Language"}
+    )
+    session.get("/x", headers={"Accept-Language": "de"})  # no time passed
+    responses.replace(responses.GET, f"{BASE}/x", status=503)
+    assert session.get("/x", headers={"Accept-Language": "de"}).json() == {"lang": "de"}
+    assert session.get("/x", headers={"Accept-Language": "fr"}).status_code == 503
+
+
+def test_refresh_after_is_at_most_half_of_max_age() -> None:
+    assert LastGoodResponse(max_age=1.0).refresh_after == 0.5
+    assert LastGoodResponse(max_age=60.0, refresh_after=5.0).refresh_after == 5.0
+
+
+@responses.activate
+def test_a_cache_pickled_before_refresh_after_keeps_every_good_answer() -> None:
+    state = LastGoodResponse(clock=FakeClock()).__getstate__()
+    del state["refresh_after"]
+    cache = LastGoodResponse.__new__(LastGoodResponse)
+    cache.__setstate__(state)
+    session = _session(cache)
+    for version in (1, 2):
+        responses.upsert(responses.GET, f"{BASE}/n", json={"v": version})
+        session.get("/n")
+    responses.replace(responses.GET, f"{BASE}/n", status=503)
+    assert session.get("/n").json() == {"v": 2}
