@@ -111,10 +111,11 @@ class LastGoodResponse:
     headers (``Vary: *``: never kept).  Entries are keyed by the URL the call
     asked for (not where it was redirected) and ``Accept``; at most
     ``max_entries`` are kept (the least recently used goes first) and an entry
-    older than ``max_age`` seconds is never served.  An entry is replaced by a
-    newer good answer once it is ``refresh_after`` seconds old, not sooner: a URL
-    called a thousand times a second is kept once a second, and its other calls
-    pay for a lookup only.  A served response carries
+    older than ``max_age`` seconds is never served.  A kept answer is replaced by
+    a newer good one once it is ``refresh_after`` seconds old, not sooner (unless
+    the newer one's request has other values of the headers the kept answer
+    varies on): a URL called a thousand times a second is kept once a second,
+    and its other calls pay for a lookup only.  A served response carries
     ``Warning: 110 gennet_sync "Response is Stale"``, an ``Age`` header, and
     ``response.fallback = True``.
 
@@ -129,14 +130,14 @@ class LastGoodResponse:
         max_entries: URLs remembered.
         max_age: Seconds a response may be served for after it was received.
         max_body: Largest body kept, in bytes.
-        refresh_after: Seconds an entry is kept before a newer good answer to
-            the same request replaces it (at most half of ``max_age``; a larger
-            value is taken as that); ``0``: every one does.  An answer served is
-            then at most this much older than the last good one.
         clock: Seconds on a monotonic scale.
         private_headers: Request headers carrying a key or a token (beyond
             ``Authorization``, ``Cookie`` and ``Proxy-Authorization``, always
             private): a request with one is never kept nor served.
+        refresh_after: Seconds a kept answer stays before a newer good answer
+            to the same request replaces it (at most half of ``max_age``);
+            ``0``: every one does.  An answer served is then at most this much
+            older than the last good one.
     """
 
     def __init__(
@@ -144,9 +145,9 @@ class LastGoodResponse:
         max_entries: int = 256,
         max_age: float = 300.0,
         max_body: int = 1024 * 1024,
-        refresh_after: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         private_headers: Collection[str] = DEFAULT_PRIVATE_HEADERS,
+        refresh_after: float = 1.0,
     ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries!r}")
@@ -159,8 +160,7 @@ class LastGoodResponse:
         self.max_entries = max_entries
         self.max_age = max_age
         self.max_body = max_body
-        # At most half of max_age: an entry is refreshed well before it expires.
-        self.refresh_after = min(refresh_after, max_age / 2)
+        self.refresh_after = refresh_after
         self._clock = clock
         self.private_headers = private_headers
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
@@ -226,15 +226,23 @@ class LastGoodResponse:
         asked_headers = by_lowered_name(asked.headers)
         key = _key_of(asked, asked_headers)
         now = self._clock()
-        # Read without the lock (one dict lookup is atomic): an entry that is too
-        # young to replace, for a request with the same values of its Vary headers.
-        kept = self._entries.get(key)
-        if (
-            kept is not None
-            and now - kept.stored_at < self.refresh_after
-            and (not kept.vary or _same_vary(asked, kept))
-        ):
-            return
+        # An entry too young to replace, for a request with the same values of its
+        # Vary headers: used again, as a kept answer would be, and not replaced.
+        # Young: under refresh_after and half of max_age (refreshed well before it
+        # expires), and not from a time the clock has gone back past.
+        entries = self._entries
+        kept = entries.get(key)  # one dict lookup is atomic: no lock to find none
+        if kept is not None:
+            age = now - kept.stored_at
+            if (
+                0 <= age < self.refresh_after
+                and age + age < self.max_age
+                and (not kept.vary or _same_vary(asked, kept))
+            ):
+                with self._lock:
+                    if entries.get(key) is kept:
+                        entries.move_to_end(key)
+                return
         if self._private_by(asked, asked_headers):
             return
         # A redirect hop's own request may carry credentials of its own, and a hop's
@@ -267,7 +275,6 @@ class LastGoodResponse:
         if not isinstance(content, bytes) or len(content) > self.max_body:
             return
         entry = _Entry(response, content, headers, now, vary)
-        entries = self._entries
         with self._lock:
             entries[key] = entry
             entries.move_to_end(key)

@@ -449,9 +449,63 @@ def test_an_answer_for_other_values_of_its_vary_headers_replaces_a_young_one() -
     assert session.get("/x", headers={"Accept-Language": "fr"}).status_code == 503
 
 
-def test_refresh_after_is_at_most_half_of_max_age() -> None:
-    assert LastGoodResponse(max_age=1.0).refresh_after == 0.5
-    assert LastGoodResponse(max_age=60.0, refresh_after=5.0).refresh_after == 5.0
+@responses.activate
+@pytest.mark.parametrize("set_later", [False, True])
+def test_an_answer_is_refreshed_once_half_of_max_age_has_gone_whatever_refresh_after(
+    set_later: bool,
+) -> None:
+    clock = FakeClock()
+    cache = LastGoodResponse(max_age=60 if set_later else 1.0, clock=clock, refresh_after=30)
+    if set_later:
+        cache.max_age = 1.0
+    session = _session(cache)
+    responses.get(f"{BASE}/n", json={"v": 1})
+    session.get("/n")
+    clock.advance(0.6)  # past half of max_age: the next good answer replaces it
+    responses.replace(responses.GET, f"{BASE}/n", json={"v": 2})
+    session.get("/n")
+    clock.advance(0.5)  # the first answer has expired; the second has not
+    responses.replace(responses.GET, f"{BASE}/n", status=503)
+    assert session.get("/n").json() == {"v": 2}
+
+
+@responses.activate
+def test_a_url_called_again_and_again_stays_the_most_recently_used() -> None:
+    clock = FakeClock()
+    cache = LastGoodResponse(max_entries=2, clock=clock)
+    session = _session(cache)
+    for path in ("/a", "/b", "/c"):
+        responses.get(f"{BASE}{path}", json={"path": path})
+    session.get("/a")
+    session.get("/b")
+    clock.advance(0.5)
+    session.get("/a")  # too young to replace, but used: /b goes first
+    session.get("/c")
+    for path in ("/a", "/b", "/c"):
+        responses.replace(responses.GET, f"{BASE}{path}", status=503)
+    assert session.get("/a").json() == {"path": "/a"}
+    assert session.get("/b").status_code == 503
+    assert session.get("/c").json() == {"path": "/c"}
+
+
+@responses.activate
+def test_an_answer_kept_before_the_clock_went_back_is_replaced() -> None:
+    clock = FakeClock(1000.0)
+    cache = LastGoodResponse(clock=clock)
+    session = _session(cache)
+    for version, step in ((1, 0.0), (2, -100.0), (3, 10.0)):
+        clock.advance(step)
+        responses.upsert(responses.GET, f"{BASE}/n", json={"v": version})
+        session.get("/n")
+    responses.replace(responses.GET, f"{BASE}/n", status=503)
+    assert session.get("/n").json() == {"v": 3}
+
+
+def test_the_settings_keep_their_places_for_positional_callers() -> None:
+    clock = FakeClock()
+    cache = LastGoodResponse(8, 60.0, 1000, clock, ("X-Tenant",))
+    assert (cache.max_entries, cache.max_age, cache.max_body) == (8, 60.0, 1000)
+    assert "X-Tenant" in cache.private_headers and cache.refresh_after == 1.0
 
 
 @responses.activate
