@@ -239,9 +239,14 @@ class LastGoodResponse:
                 and age + age < self.max_age
                 and (not kept.vary or _same_vary(asked, kept))
             ):
-                with self._lock:
-                    if entries.get(key) is kept:
-                        entries.move_to_end(key)
+                # Without the lock: move_to_end is one C call, atomic under the GIL
+                # (and under free-threading's per-object locks) like the lookup, and
+                # the lock only keeps a store's several steps together.  An entry
+                # evicted or replaced meanwhile: nothing to mark.
+                try:  # noqa: SIM105 - contextlib.suppress costs a call on every call
+                    entries.move_to_end(key)
+                except KeyError:
+                    pass
                 return
         if self._private_by(asked, asked_headers):
             return

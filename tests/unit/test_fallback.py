@@ -4,6 +4,7 @@ on a fake clock, and when a session falls back (transport mocked by ``responses`
 from __future__ import annotations
 
 import pickle
+import threading
 from typing import Any
 
 import pytest
@@ -520,3 +521,39 @@ def test_a_cache_pickled_before_refresh_after_keeps_every_good_answer() -> None:
         session.get("/n")
     responses.replace(responses.GET, f"{BASE}/n", status=503)
     assert session.get("/n").json() == {"v": 2}
+
+
+def test_threads_keeping_finding_and_evicting_answers_leave_the_cache_whole() -> None:
+    clock = FakeClock()
+    cache = LastGoodResponse(max_entries=8, clock=clock, refresh_after=0.5)
+    failures: list[BaseException] = []
+
+    def answer(url: str) -> requests.Response:
+        good = requests.Response()
+        good.status_code = 200
+        good._content = url.encode()
+        good.request = requests.Request("GET", url).prepare()
+        return good
+
+    answers = [answer(f"http://a/{index}") for index in range(24)]
+
+    def work(offset: int) -> None:
+        try:
+            for turn in range(3000):
+                good = answers[(turn * 7 + offset) % len(answers)]
+                cache.remember(good)  # keeps, finds fresh, or evicts another
+                if turn % 5 == 0:
+                    clock.advance(0.1)
+                assert good.request is not None
+                served = cache(good.request, None, None)
+                assert served is None or served.content == good.content
+        except BaseException as failure:  # reported below, with the thread gone
+            failures.append(failure)
+
+    threads = [threading.Thread(target=work, args=(offset,)) for offset in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    assert 1 <= len(cache) <= 8
