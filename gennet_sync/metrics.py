@@ -381,23 +381,40 @@ class _Series:
         # id, and kept in ``rules`` so no other object can take that id meanwhile.
         # A code is known by its type too: a str Enum member equals its value but
         # may be labelled otherwise.
+        # Requests in a row with the same rule, method, status and code (most of
+        # them, on a busy route) join the last one's list without a lookup.
         durations: dict[tuple[int, str, int, type, object], list[float]] = {}
         rules: dict[tuple[int, str, int, type, object], Rule | None] = {}
+        last: tuple[Rule | None, str, int, object] | None = None
+        run: list[float] = []
         for _ in range(len(pending)):
             try:
                 rule, method, status, code, seconds = take()
             except IndexError:  # the other caller took the rest
                 break
+            if (
+                last is not None
+                and rule is last[0]
+                and code is last[3]
+                and status == last[2]
+                and method == last[1]
+            ):
+                run.append(seconds)
+                continue
             where = (id(rule), method, status, type(code), code)
             try:
-                durations[where].append(seconds)
+                run = durations[where]
             except KeyError:
-                durations[where] = [seconds]
+                run = durations[where] = []
                 rules[where] = rule
             except Exception:  # a code set by hand that cannot be hashed
                 key = self._request_labels(rule, method, status, code)
                 if key is not None:
                     _add_durations(_tally_of(tally, key), [seconds])
+                last = None
+                continue
+            run.append(seconds)
+            last = (rule, method, status, code)
         for where, seconds_each in durations.items():
             _, method, status, _, code = where
             key = self._request_labels(rules[where], method, status, code)
