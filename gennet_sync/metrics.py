@@ -376,13 +376,12 @@ class _Series:
         pending = self._http_pending
         take = pending.popleft
         # Durations by (rule, method, status, code), so the labels and buckets are
-        # worked out once per set rather than once per request.  A URL rule cannot
-        # be hashed (werkzeug's Rule has __eq__ and no __hash__): it is known by its
-        # id, and kept in ``rules`` so no other object can take that id meanwhile.
-        # A code is known by its type too: a str Enum member equals its value but
-        # may be labelled otherwise.
-        # Requests in a row with the same rule, method, status and code (most of
-        # them, on a busy route) join the last one's list without a lookup.
+        # worked out once per set rather than once per request; requests in a row
+        # with the same four (most of them, on a busy route) join the last one's
+        # list without a lookup.  A URL rule cannot be hashed (werkzeug's Rule has
+        # __eq__ and no __hash__): it is known by its id, and kept in ``rules`` so
+        # no other object can take that id meanwhile.  A code is known by its type
+        # too: a str Enum member equals its value but may be labelled otherwise.
         durations: dict[tuple[int, str, int, type, object], list[float]] = {}
         rules: dict[tuple[int, str, int, type, object], Rule | None] = {}
         last: tuple[Rule | None, str, int, object] | None = None
@@ -487,11 +486,12 @@ class _Series:
     def flush_calls(self) -> None:
         """Copy the requests and calls counted since the last copy into the metrics."""
         with self._flush_lock:
-            # Swapped under the lock the request path takes; copied under the flush
-            # lock, so a scrape waits for a copy the flush thread is still writing.
-            # The queue first, then the swap: a request that finds the queue too long
-            # counts its rest into the shared tally under the lock, so whatever the
-            # queue held when this copy began is in this copy, by one way or the other.
+            # Swapped under the tally's lock (which calls, untimed requests and a
+            # request over the queue's cap take); copied under the flush lock, so a
+            # scrape waits for a copy the flush thread is still writing.  The queue
+            # first, then the swap: a request over the cap counts the rest of the
+            # queue into the shared tally under its lock, so whatever the queue held
+            # when this copy began is in this copy, one way or the other.
             queued: dict[_Labels, list[float]] = {}
             self._count_pending(queued)
             with self._tally_lock:
