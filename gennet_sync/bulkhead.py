@@ -90,7 +90,11 @@ class Bulkhead:
             BulkheadFullError: Every slot is taken (for ``max_wait`` seconds, or
                 ``timeout`` if shorter).
         """
-        with self._lock:
+        # The lock is taken by hand, here and in release(): ``with`` costs twice as
+        # much, and every call passes through both.
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._in_flight < self.max_concurrent_calls and not self._waiters:
                 # Admitted: what every call passes through, kept to a few operations.
                 in_flight = self._in_flight = self._in_flight + 1
@@ -99,18 +103,22 @@ class Bulkhead:
                 return
             wait = self.max_wait if timeout is None else min(self.max_wait, max(timeout, 0.0))
             if wait > 0:
-                waiter = _Waiter(self._lock)
+                waiter = _Waiter(lock)
                 self._waiters.append(waiter)
                 waiter.wait_for(lambda: waiter.granted, wait)
                 if waiter.granted:  # the slot was handed over by release()
                     return
                 self._waiters.remove(waiter)
             self.rejected += 1
+        finally:
+            lock.release()
         raise self._refusal()
 
     def release(self) -> None:
         """Give back the slot a call took with :meth:`acquire`."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._in_flight <= 0:
                 raise RuntimeError(f"bulkhead {self.name!r} released more often than acquired")
             if self._waiters:
@@ -121,6 +129,8 @@ class Bulkhead:
                 waiter.notify()
             else:
                 self._in_flight -= 1
+        finally:
+            lock.release()
 
     def _refusal(self) -> BulkheadFullError:
         return BulkheadFullError(

@@ -29,6 +29,7 @@ from gennet_sync.deadline import (
 from gennet_sync.deadline_flask import Deadlines
 from gennet_sync.exceptions import DeadlineExceededError, ServiceUnavailableError
 from gennet_sync.http_client import ServiceSession
+from gennet_sync.transport import _Deadline
 from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")
@@ -74,6 +75,17 @@ def test_a_formatted_budget_reads_back_as_at_most_the_time_left(seconds: float) 
 @pytest.mark.parametrize("seconds", [0.0, -3.0, float("nan")])
 def test_no_time_left_is_formatted_as_zero(seconds: float) -> None:
     assert format_budget(seconds) == "0"
+
+
+# One call's deadline, kept across examples: its cache of the last value sent is
+# tried too (the same millisecond again, then another).
+_ONE_CALL = _Deadline(30.0)
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0101, 0.0109, 1.0]))
+def test_what_a_call_sends_is_what_format_budget_writes(remaining: float) -> None:
+    for _ in range(2):
+        assert _ONE_CALL.budget(remaining) == format_budget(remaining - FORWARD_MARGIN)
 
 
 def test_a_scope_gives_its_work_the_time_left_on_the_injected_clock() -> None:
