@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -20,6 +21,12 @@ from tests.support.clock import FakeClock
 pytestmark = pytest.mark.usefixtures("fresh_breaker_registry")
 
 BASE = "http://grn.test"
+
+
+def _nothing() -> None:
+    pass
+
+
 REPLICA = "http://grn-replica.test"
 
 
@@ -27,6 +34,19 @@ def _session(cache: LastGoodResponse, **settings: Any) -> ServiceSession:
     return ServiceSession(
         base_url=BASE, service_name="fallback", fallback=cache, retries=0, **settings
     )
+
+
+def _served_after(
+    session: ServiceSession, versions: Iterable[int], before_each: Callable[[], None] = _nothing
+) -> Any:
+    """``/n`` answers each version in turn (``before_each`` runs before each call),
+    then fails: the body the fallback answers with."""
+    for version in versions:
+        before_each()
+        responses.upsert(responses.GET, f"{BASE}/n", json={"v": version})
+        session.get("/n")
+    responses.replace(responses.GET, f"{BASE}/n", status=503)
+    return session.get("/n").json()
 
 
 @responses.activate
@@ -427,12 +447,7 @@ def test_a_newer_good_answer_replaces_the_kept_one_once_that_is_refresh_after_ol
 @responses.activate
 def test_with_refresh_after_zero_every_good_answer_replaces_the_last() -> None:
     cache = LastGoodResponse(refresh_after=0, clock=FakeClock())
-    session = _session(cache)
-    for version in (1, 2, 3):
-        responses.upsert(responses.GET, f"{BASE}/n", json={"v": version})
-        session.get("/n")
-    responses.replace(responses.GET, f"{BASE}/n", status=503)
-    assert session.get("/n").json() == {"v": 3}
+    assert _served_after(_session(cache), (1, 2, 3)) == {"v": 3}
 
 
 @responses.activate
@@ -492,14 +507,11 @@ def test_a_url_called_again_and_again_stays_the_most_recently_used() -> None:
 @responses.activate
 def test_an_answer_kept_before_the_clock_went_back_is_replaced() -> None:
     clock = FakeClock(1000.0)
-    cache = LastGoodResponse(clock=clock)
-    session = _session(cache)
-    for version, step in ((1, 0.0), (2, -100.0), (3, 10.0)):
-        clock.advance(step)
-        responses.upsert(responses.GET, f"{BASE}/n", json={"v": version})
-        session.get("/n")
-    responses.replace(responses.GET, f"{BASE}/n", status=503)
-    assert session.get("/n").json() == {"v": 3}
+    steps = iter((0.0, -100.0, 10.0))  # v2 comes 100 s "before" v1, v3 10 s after v2
+    served = _served_after(
+        _session(LastGoodResponse(clock=clock)), (1, 2, 3), lambda: clock.advance(next(steps))
+    )
+    assert served == {"v": 3}
 
 
 def test_the_settings_keep_their_places_for_positional_callers() -> None:
@@ -515,12 +527,7 @@ def test_a_cache_pickled_before_refresh_after_keeps_every_good_answer() -> None:
     del state["refresh_after"]
     cache = LastGoodResponse.__new__(LastGoodResponse)
     cache.__setstate__(state)
-    session = _session(cache)
-    for version in (1, 2):
-        responses.upsert(responses.GET, f"{BASE}/n", json={"v": version})
-        session.get("/n")
-    responses.replace(responses.GET, f"{BASE}/n", status=503)
-    assert session.get("/n").json() == {"v": 2}
+    assert _served_after(_session(cache), (1, 2)) == {"v": 2}
 
 
 def test_threads_keeping_finding_and_evicting_answers_leave_the_cache_whole() -> None:
