@@ -36,6 +36,15 @@ def _session(cache: LastGoodResponse, **settings: Any) -> ServiceSession:
     )
 
 
+def _good_answer(url: str) -> requests.Response:
+    """A 200 to a GET of ``url``, its body the URL, as a session hands it to ``remember``."""
+    answer = requests.Response()
+    answer.status_code = 200
+    answer._content = url.encode()
+    answer.request = requests.Request("GET", url).prepare()
+    return answer
+
+
 def _served_after(
     session: ServiceSession, versions: Iterable[int], before_each: Callable[[], None] = _nothing
 ) -> Any:
@@ -298,17 +307,10 @@ def test_entries_expire_and_the_least_recently_used_goes_first() -> None:
     clock = FakeClock()
     cache = LastGoodResponse(max_entries=2, max_age=10, clock=clock)
 
-    def response(url: str) -> requests.Response:
-        answer = requests.Response()
-        answer.status_code = 200
-        answer._content = url.encode()
-        answer.request = requests.Request("GET", url).prepare()
-        return answer
-
     for url in ("http://a/1", "http://a/2"):
-        cache.remember(response(url))
+        cache.remember(_good_answer(url))
     assert cache(requests.Request("GET", "http://a/1").prepare(), None, None) is not None
-    cache.remember(response("http://a/3"))  # /2 was used least recently
+    cache.remember(_good_answer("http://a/3"))  # /2 was used least recently
     assert cache(requests.Request("GET", "http://a/2").prepare(), None, None) is None
     clock.advance(10.5)
     assert cache(requests.Request("GET", "http://a/1").prepare(), None, None) is None
@@ -535,14 +537,7 @@ def test_threads_keeping_finding_and_evicting_answers_leave_the_cache_whole() ->
     cache = LastGoodResponse(max_entries=8, clock=clock, refresh_after=0.5)
     failures: list[BaseException] = []
 
-    def answer(url: str) -> requests.Response:
-        good = requests.Response()
-        good.status_code = 200
-        good._content = url.encode()
-        good.request = requests.Request("GET", url).prepare()
-        return good
-
-    answers = [answer(f"http://a/{index}") for index in range(24)]
+    answers = [_good_answer(f"http://a/{index}") for index in range(24)]
 
     def work(offset: int) -> None:
         try:
